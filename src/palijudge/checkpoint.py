@@ -1,0 +1,150 @@
+"""big_vision-compatible `.npz` checkpoints.
+
+Layout: a flat, uncompressed `np.savez` archive, one array per parameter,
+keyed `params/<slash/joined/path>` (the Kaggle `paligemma-3b-pt-224.f16.npz`
+layout; keys without the `params/` prefix load too). Besides the parameters,
+files written here carry `palijudge/config` (the model config JSON) and
+`palijudge/meta` (provenance JSON) as uint8 arrays; big_vision's loader only
+reads `params/`, so the files load back there unchanged.
+
+Loading fills a tree built by `jax.eval_shape` one array at a time: the host
+never holds a second full copy, and each leaf is cast to the dtype its
+`dtypes` entry asks for as it is read. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any, Callable
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+from palijudge import config as config_lib
+from palijudge.errors import UserError, where
+
+CONFIG_KEY = "palijudge/config"
+META_KEY = "palijudge/meta"
+Params = dict[str, Any]
+
+
+def flatten(params: Params) -> dict[str, Any]:
+  return traverse_util.flatten_dict(params, sep="/")
+
+
+def unflatten(flat: dict[str, Any]) -> Params:
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _restore_dtype(a: np.ndarray) -> np.ndarray:
+  # bfloat16 arrays come back from np.savez as 2-byte void ('V2').
+  if a.dtype.kind == "V" and a.dtype.itemsize == 2:
+    return a.view(ml_dtypes.bfloat16)
+  return a
+
+
+def _open(path) -> np.lib.npyio.NpzFile:
+  if not os.path.exists(path):
+    raise UserError(f"{where(path)}: checkpoint not found")
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise UserError(f"{where(path)}: not a readable .npz checkpoint ({e})") from None
+
+
+def _key_index(npz) -> dict[str, str]:
+  """Maps parameter path -> archive key, accepting keys with or without `params/`."""
+  index = {}
+  for key in npz.files:
+    if key.startswith("palijudge/"):
+      continue
+    index[key[len("params/"):] if key.startswith("params/") else key] = key
+  return index
+
+
+def read_config(path) -> config_lib.ModelConfig | None:
+  """The model config stored in a palijudge checkpoint, or None (e.g. Kaggle's)."""
+  with _open(path) as npz:
+    if CONFIG_KEY not in npz.files:
+      return None
+    raw = json.loads(npz[CONFIG_KEY].tobytes().decode("utf-8"))
+  return config_lib.from_dict(raw, f"{where(path)} (stored config)")
+
+
+def read_meta(path) -> dict:
+  with _open(path) as npz:
+    if META_KEY not in npz.files:
+      return {}
+    return json.loads(npz[META_KEY].tobytes().decode("utf-8"))
+
+
+def load_params(path, shapes: Params, dtype_for: Callable[[str], Any],
+                put: Callable[[str, np.ndarray], Any] = lambda _, a: a,
+                subset: Callable[[str], bool] | None = None) -> Params:
+  """Loads `path` into the tree `shapes` (ShapeDtypeStructs from eval_shape).
+
+  dtype_for(name) gives each leaf's target dtype; `put(name, array)` places it
+  (e.g. `jax.device_put` with a sharding) before the next array is read.
+  `subset`, if given, restricts which leaves must be present (delta files).
+  Missing, unexpected or mis-shaped keys raise one UserError listing them.
+  """
+  want = flatten(shapes)
+  if subset is not None:
+    want = {k: v for k, v in want.items() if subset(k)}
+  out = {}
+  with _open(path) as npz:
+    index = _key_index(npz)
+    missing = sorted(set(want) - set(index))
+    if missing:
+      raise UserError(f"{where(path)}: missing {len(missing)} parameter(s), e.g. "
+                      f"{', '.join(missing[:3])} (is this checkpoint for another model?)")
+    for name, sd in want.items():
+      a = npz[index[name]]
+      if tuple(a.shape) != tuple(sd.shape):
+        raise UserError(f"{where(path)}: {name} has shape {tuple(a.shape)}, the model "
+                        f"expects {tuple(sd.shape)} (wrong --model or image size?)")
+      out[name] = put(name, _restore_dtype(a).astype(dtype_for(name), copy=False))
+      del a
+    extra = sorted(set(index) - set(want)) if subset is None else []
+    if extra:
+      raise UserError(f"{where(path)}: {len(extra)} unexpected parameter(s), e.g. "
+                      f"{', '.join(extra[:3])}")
+  return unflatten(out)
+
+
+def _json_array(obj) -> np.ndarray:
+  return np.frombuffer(json.dumps(obj, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+
+
+def save(path, params: Params, cfg: config_lib.ModelConfig | None, meta: dict | None = None,
+         dtype=None) -> None:
+  """Writes params (optionally cast to `dtype`) atomically: temp file + rename.
+
+  Leaves are fetched from the device one at a time as the archive is written.
+  """
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=folder)
+  os.close(fd)
+  try:
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+      def write(key: str, a: np.ndarray):
+        with zf.open(key + ".npy", "w", force_zip64=True) as f:
+          np.lib.format.write_array(f, a, allow_pickle=False)
+      for name, leaf in flatten(params).items():
+        a = np.asarray(jax.device_get(leaf))
+        write("params/" + name, a if dtype is None else a.astype(dtype))
+      if cfg is not None:
+        write(CONFIG_KEY, _json_array(cfg.to_dict()))
+      write(META_KEY, _json_array(meta or {}))
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

@@ -1,0 +1,138 @@
+"""PaliGemma: SigLIP image tokens + text, through a Gemma decoder.
+
+The model sees the sequence [image tokens (P), text tokens (T)]. Which token
+may attend to which is decided by `make_attn_mask` alone. Functions here are
+pure: `params` is a plain nested dict (`{"img": ..., "llm": ...}`), never
+closed over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from palijudge.config import ModelConfig
+from palijudge.gemma import Gemma, KVCache, softcap
+from palijudge.vit import ViT
+
+Params = dict[str, Any]
+
+
+def make_attn_mask(mask_ar_BxS, mask_input_BxS):
+  """Prefix-LM attention mask, (B, S, S) bool, query x key.
+
+  With c = cumsum(mask_ar), query i may attend key j iff c[j] <= c[i] and both
+  are real tokens (mask_input). Tokens with mask_ar 0 (image, prompt) form one
+  fully connected block; each mask_ar 1 token (the answer) starts a new causal
+  step. Unlike big_vision's training forward pass, padding is masked out here,
+  so pads never leak into real positions. A padding query sees nothing; its
+  output is discarded.
+  """
+  cum = jnp.cumsum(mask_ar_BxS, axis=1)
+  causal = cum[:, None, :] <= cum[:, :, None]
+  valid = mask_input_BxS.astype(bool)
+  return causal & valid[:, None, :] & valid[:, :, None]
+
+
+class PaliGemma(nn.Module):
+  cfg: ModelConfig
+  dtype: Any = jnp.float32
+  remat_policy: str = "none"
+
+  def setup(self):
+    c = self.cfg
+    self.img = ViT(c.img, c.image_size, c.llm.width, self.dtype, self.remat_policy)
+    self.llm = Gemma(c.llm, self.dtype, self.remat_policy)
+
+  def embed_image(self, image_BxSxSx3):
+    """Image tokens as fed to the LLM (ViT + head), (B, P, D), unscaled."""
+    return self.img(image_BxSxSx3)
+
+  def embed_text(self, tokens_BxT):
+    return self.llm.embed(tokens_BxT)
+
+  def decode(self, x_BxTxD, positions_BxT, mask_BxTxS, cache=None, write_index=None):
+    return self.llm(x_BxTxD, positions_BxT, mask_BxTxS, cache, write_index)
+
+  def logits(self, pre_BxTxD, ids=None):
+    return self.llm.logits(pre_BxTxD, ids)
+
+  def __call__(self, image_BxSxSx3, text_BxT, mask_ar_BxT):
+    """Used by `init` only; see `forward` for the real entry point."""
+    out = forward(self, None, image_BxSxSx3, text_BxT, mask_ar_BxT, jnp.ones_like(text_BxT),
+                  bound=True)
+    return self.logits(out.pre_logits_BxTxD)
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardOut:
+  """Decoder output at the text positions (image positions dropped)."""
+  pre_logits_BxTxD: jax.Array  # After the final norm; logits = this @ emb.T.
+  zimg_BxPxD: jax.Array
+
+
+def _forward_bound(model: PaliGemma, image, text, mask_ar, mask_input, zimg):
+  if zimg is None:
+    zimg = model.embed_image(image)
+  b, p = zimg.shape[:2]
+  x = jnp.concatenate([zimg.astype(model.dtype), model.embed_text(text)], axis=1)
+  full_ar = jnp.concatenate([jnp.zeros((b, p), mask_ar.dtype), mask_ar], axis=1)
+  full_in = jnp.concatenate([jnp.ones((b, p), mask_input.dtype), mask_input], axis=1)
+  mask = make_attn_mask(full_ar, full_in)
+  # Right padding only, so positions are 0..S-1 at every real token.
+  positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+  pre, _ = model.decode(x, positions, mask)
+  return ForwardOut(pre[:, p:], zimg)
+
+
+def forward(model: PaliGemma, params: Params | None, image_BxSxSx3, text_BxT, mask_ar_BxT,
+            mask_input_BxT, zimg_BxPxD=None, bound: bool = False) -> ForwardOut:
+  """Training/scoring pass over [image, text]; pass `zimg` to skip the ViT.
+
+  Output position t predicts text token t + 1.
+  """
+  if bound:
+    return _forward_bound(model, image_BxSxSx3, text_BxT, mask_ar_BxT, mask_input_BxT,
+                          zimg_BxPxD)
+  return model.apply({"params": params}, image_BxSxSx3, text_BxT, mask_ar_BxT, mask_input_BxT,
+                     zimg_BxPxD, method=_forward_bound)
+
+
+def text_logits(model: PaliGemma, params: Params, pre_BxTxD, ids=None):
+  """f32 logits (before any final soft-cap, as big_vision's loss uses them)."""
+  return model.apply({"params": params}, pre_BxTxD, ids, method=PaliGemma.logits)
+
+
+def capped_logits(cfg: ModelConfig, logits):
+  """The decoder's own output logits: final soft-cap applied (Gemma 2)."""
+  return softcap(logits, cfg.llm.final_logits_softcap)
+
+
+def build(cfg: ModelConfig, dtype=jnp.float32, remat: str = "none") -> PaliGemma:
+  return PaliGemma(cfg, dtype, remat)
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+  """The full parameter tree as ShapeDtypeStructs; allocates nothing."""
+  model = build(cfg)
+  s = cfg.image_size
+  image = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
+  text = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), image, text, text)
+  return shapes["params"]
+
+
+def init_params(cfg: ModelConfig, seed: int) -> Params:
+  model = build(cfg)
+  s = cfg.image_size
+  image = jnp.zeros((1, s, s, 3), jnp.float32)
+  text = jnp.zeros((1, 8), jnp.int32)
+  return jax.jit(model.init)(jax.random.PRNGKey(seed), image, text, text)["params"]
+
+
+__all__ = ["PaliGemma", "ForwardOut", "KVCache", "make_attn_mask", "forward", "text_logits",
+           "capped_logits", "build", "param_shapes", "init_params"]

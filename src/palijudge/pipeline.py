@@ -1,0 +1,126 @@
+"""From examples to device-ready batches.
+
+`collate` turns tokenized texts (and images or cached image embeddings) into
+the dict every jitted function here consumes:
+
+  image      (B, S, S, 3) f32 in [-1, 1]    (or zimg (B, P, D): cached tokens)
+  text       (B, T) i32, right-padded; T is the shortest bucket that fits
+  mask_ar, mask_loss, mask_input  (B, T) i32
+  prefix_len (B,) i32: prompt tokens incl. bos and "\\n"
+  label      (B,) i32: 1 = yes, 0 = no
+  loss_idx   (B, L) i32: positions t whose output predicts a suffix token
+  loss_w     (B, L) f32: 1 where loss_idx is real, 0 for padding
+  example_w  (B,) f32: 0 for rows that only pad a short last batch
+
+Images are decoded and resized in background threads (Pillow releases the
+GIL), so decoding overlaps the device work of the previous batch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from palijudge import images as images_lib
+from palijudge import tokenizer as tok_lib
+from palijudge.data import Example
+from palijudge.errors import UserError, where
+
+
+def loss_index(mask_loss_BxT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Indices t (into text[:, :-1]) whose next token text[t + 1] is in the loss."""
+  target = mask_loss_BxT[:, 1:] > 0
+  n = int(target.sum(1).max()) if target.size else 0
+  width = max(1, tok_lib.bucket_length(max(n, 1), buckets=(2, 4, 8, 16, 32, 64)))
+  idx = np.zeros((len(target), width), np.int32)
+  w = np.zeros((len(target), width), np.float32)
+  for b, row in enumerate(target):
+    pos = np.flatnonzero(row)
+    idx[b, :len(pos)] = pos
+    w[b, :len(pos)] = 1.0
+  return idx, w
+
+
+def prompt_for(ex: Example, default_prompt: str) -> str:
+  return ex.prefix if ex.prefix else default_prompt
+
+
+def collate(texts: Sequence[tok_lib.TokenizedText], labels: Sequence[bool],
+            pixels: np.ndarray | None = None, zimg: np.ndarray | None = None,
+            batch_size: int | None = None) -> dict[str, np.ndarray]:
+  """Pads texts to one bucket and rows to `batch_size` (zero-weight rows)."""
+  n = len(texts)
+  b = batch_size or n
+  if n == 0 or n > b:
+    raise ValueError(f"collate: {n} examples for a batch of {b}")
+  fill = list(texts) + [texts[0]] * (b - n)
+  seqlen = tok_lib.bucket_length(max(len(t.tokens) for t in fill))
+  batch = dict(tok_lib.pad_batch(fill, seqlen))
+  batch["label"] = np.array(list(labels) + [False] * (b - n), np.int32)
+  batch["loss_idx"], batch["loss_w"] = loss_index(batch["mask_loss"])
+  batch["example_w"] = (np.arange(b) < n).astype(np.float32)
+  if pixels is not None:
+    batch["image"] = _pad_rows(pixels, b)
+  if zimg is not None:
+    batch["zimg"] = _pad_rows(zimg, b)
+  return batch
+
+
+def _pad_rows(x: np.ndarray, b: int) -> np.ndarray:
+  if len(x) == b:
+    return x
+  return np.concatenate([x, np.repeat(x[:1], b - len(x), axis=0)])
+
+
+def load_pixels(ex: Example, size: int, gif_frame: str) -> np.ndarray:
+  """One preprocessed image; errors name the data file and line too."""
+  try:
+    return images_lib.load_image(ex.image, size, gif_frame)
+  except UserError as e:
+    raise UserError(f"{where(ex.source, ex.line)}: {e}") from None
+
+
+class Batches:
+  """Iterates collated batches over `examples` in the given order."""
+
+  def __init__(self, examples: Sequence[Example], tok: tok_lib.Tokenizer, image_size: int,
+               batch_size: int, prompt: str, with_suffix: bool, gif_frame: str = "first",
+               workers: int = 4):
+    self.examples = list(examples)
+    self.tok, self.size, self.bs = tok, image_size, batch_size
+    self.prompt, self.with_suffix, self.gif_frame = prompt, with_suffix, gif_frame
+    self.workers = workers
+
+  def _texts(self, chunk):
+    return [tok_lib.tokenize(self.tok, prompt_for(e, self.prompt),
+                             e.suffix if self.with_suffix else None) for e in chunk]
+
+  def __iter__(self) -> Iterator[tuple[list[Example], dict]]:
+    chunks = [self.examples[i:i + self.bs] for i in range(0, len(self.examples), self.bs)]
+    with futures.ThreadPoolExecutor(self.workers) as pool:
+      load = lambda c: pool.map(lambda e: load_pixels(e, self.size, self.gif_frame), c)
+      pending = [load(c) for c in chunks[:2]]  # Two batches in flight.
+      for i, chunk in enumerate(chunks):
+        pixels = np.stack(list(pending.pop(0)))
+        if i + 2 < len(chunks):
+          pending.append(load(chunks[i + 2]))
+        yield chunk, collate(self._texts(chunk), [e.label for e in chunk], pixels,
+                             batch_size=self.bs)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+  """A fresh permutation per epoch, fixed by (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def training_stream(examples: Sequence[Example], steps: int, batch_size: int,
+                    seed: int) -> list[Example]:
+  """Exactly steps * batch_size examples: shuffled epochs, concatenated."""
+  out: list[Example] = []
+  epoch = 0
+  while len(out) < steps * batch_size:
+    out.extend(examples[i] for i in epoch_order(len(examples), seed, epoch))
+    epoch += 1
+  return out[:steps * batch_size]

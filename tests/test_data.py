@@ -1,0 +1,204 @@
+"""Tests for palijudge.data: reading, writing and splitting datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from palijudge import data
+from palijudge.data import Example
+from palijudge.errors import UserError
+
+
+def _dataset(tmp_path, rows, name="data.jsonl", n_images=3):
+  """Writes images img/0.png.. (empty files are fine: not decoded here)."""
+  (tmp_path / "img").mkdir(exist_ok=True)
+  for i in range(n_images):
+    (tmp_path / "img" / f"{i}.png").write_bytes(b"x")
+  path = tmp_path / name
+  text = "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows)
+  path.write_text(text + "\n", encoding="utf-8")
+  return path
+
+
+def _fake(n_yes: int, n_no: int) -> list[Example]:
+  return [Example(image=f"/x/{i}.png", label=i < n_yes, prefix="p",
+                  suffix="yes" if i < n_yes else "no", source="d.jsonl",
+                  line=i + 1, raw_image=f"{i}.png")
+          for i in range(n_yes + n_no)]
+
+
+def test_read_and_round_trip(tmp_path):
+  rows = [{"image": "img/0.png", "prefix": "Is it ok?", "suffix": " Yes "},
+          {"image": "img/1.png", "suffix": "no"}]
+  path = _dataset(tmp_path, rows)
+  exs = data.read_jsonl(path, tmp_path)
+  assert [e.label for e in exs] == [True, False]
+  assert [e.suffix for e in exs] == ["yes", "no"]
+  assert [e.prefix for e in exs] == ["Is it ok?", ""]
+  assert exs[0].image == os.path.realpath(tmp_path / "img" / "0.png")
+  assert exs[0].raw_image == "img/0.png" and exs[1].line == 2
+  assert exs[0].source == str(path)
+  out = tmp_path / "new" / "dir" / "train.jsonl"
+  data.write_jsonl(out, exs)
+  assert json.loads(out.read_text().splitlines()[0]) == {
+      "prefix": "Is it ok?", "suffix": "yes", "image": "img/0.png"}
+  again = data.read_jsonl(out, tmp_path)
+  assert [(e.image, e.label, e.prefix) for e in again] == [
+      (e.image, e.label, e.prefix) for e in exs]
+  assert [f for f in os.listdir(out.parent)] == ["train.jsonl"]  # no temp
+
+
+def test_root_defaults_to_file_folder_and_bom(tmp_path):
+  path = _dataset(tmp_path, [{"image": "img/0.png", "suffix": "no"}])
+  path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+  (ex,) = data.read_jsonl(path)
+  assert ex.image == os.path.realpath(tmp_path / "img" / "0.png")
+
+
+def test_blank_lines_keep_line_numbers(tmp_path):
+  path = _dataset(tmp_path, [{"image": "img/0.png", "suffix": "no"}, "",
+                             "   ", {"image": "img/1.png", "suffix": "yes"}])
+  assert [e.line for e in data.read_jsonl(path, tmp_path)] == [1, 4]
+
+
+@pytest.mark.parametrize("text,want", [("yes", True), (" Yes ", True),
+                                       ("NO\n", False), ("no", False)])
+def test_normalize_label(text, want):
+  assert data.normalize_label(text, "d.jsonl", 3) is want
+
+
+@pytest.mark.parametrize("text", ["OK", "maybe", "", "yes."])
+def test_normalize_label_refuses(text):
+  with pytest.raises(UserError) as e:
+    data.normalize_label(text, "dataset/data.jsonl", 12)
+  assert str(e.value) == (f"dataset/data.jsonl:12: unknown label {text!r}"
+                          " (expected yes or no)")
+
+
+def test_bad_label_in_file(tmp_path):
+  path = _dataset(tmp_path, [{"image": "img/0.png", "suffix": "yes"},
+                             {"image": "img/1.png", "suffix": "OK"}])
+  with pytest.raises(UserError) as e:
+    data.read_jsonl(path, tmp_path)
+  assert str(e.value) == f"{path}:2: unknown label 'OK' (expected yes or no)"
+
+
+def test_escape_root_refused(tmp_path):
+  root = tmp_path / "ds"
+  root.mkdir()
+  (tmp_path / "secret.png").write_bytes(b"x")
+  path = _dataset(root, [{"image": "../secret.png", "suffix": "yes"}])
+  with pytest.raises(UserError, match="escapes the dataset root") as e:
+    data.read_jsonl(path, root)
+  assert str(e.value).startswith(f"{path}:1: ")
+
+
+def test_absolute_path_ok(tmp_path):
+  other = tmp_path / "elsewhere.png"
+  other.write_bytes(b"x")
+  root = tmp_path / "ds"
+  root.mkdir()
+  path = _dataset(root, [{"image": str(other), "suffix": "no"}])
+  (ex,) = data.read_jsonl(path, root)
+  assert ex.image == os.path.realpath(other) and ex.raw_image == str(other)
+
+
+def test_missing_image_refused(tmp_path):
+  path = _dataset(tmp_path, [{"image": "img/0.png", "suffix": "yes"},
+                             {"image": "img/nope.png", "suffix": "yes"}])
+  with pytest.raises(UserError, match="image not found") as e:
+    data.read_jsonl(path, tmp_path)
+  assert str(e.value).startswith(f"{path}:2: ") and "img/nope.png" in str(
+      e.value)
+
+
+@pytest.mark.parametrize("line,match", [
+    ('{"image": "img/0.png", "suffix": "yes"', "invalid JSON"),
+    ('["img/0.png", "yes"]', "expected a JSON object"),
+    ('{"suffix": "yes"}', "missing key 'image'"),
+    ('{"image": "img/0.png"}', "missing key 'suffix'"),
+    ('{"image": 3, "suffix": "yes"}', "'image' must be a string"),
+    ('{"image": "img/0.png", "suffix": true}', "'suffix' must be a string"),
+    ('{"image": "img/0.png", "suffix": "no", "prefix": null}',
+     "'prefix' must be a string"),
+])
+def test_bad_line_refused_with_line_number(tmp_path, line, match):
+  path = _dataset(tmp_path, [{"image": "img/0.png", "suffix": "yes"}, "",
+                             line])
+  with pytest.raises(UserError, match=match) as e:
+    data.read_jsonl(path, tmp_path)
+  assert str(e.value).startswith(f"{path}:3: ") and "\n" not in str(e.value)
+
+
+def test_invalid_utf8_refused(tmp_path):
+  (tmp_path / "a.png").write_bytes(b"x")
+  path = tmp_path / "d.jsonl"
+  path.write_bytes(b'{"image": "a.png", "suffix": "yes"}\n{"image": "\xff"}\n')
+  with pytest.raises(UserError, match=r"d\.jsonl:2: not valid UTF-8"):
+    data.read_jsonl(path, tmp_path)
+
+
+def test_empty_and_missing_file_refused(tmp_path):
+  path = tmp_path / "empty.jsonl"
+  path.write_text("\n  \n")
+  with pytest.raises(UserError, match="no examples"):
+    data.read_jsonl(path, tmp_path)
+  with pytest.raises(UserError, match="not found"):
+    data.read_jsonl(tmp_path / "missing.jsonl", tmp_path)
+
+
+def test_split_deterministic_and_sized():
+  exs = _fake(20, 20)
+  train, valid = data.split(exs, 10, seed=1)
+  assert len(train) == 30 and len(valid) == 10
+  assert data.split(exs, 10, seed=1) == (train, valid)
+  assert data.split(exs, 10, seed=2) != (train, valid)
+  assert train != exs[:30]  # shuffled
+
+
+def test_split_stratified_ratio():
+  exs = _fake(30, 70)
+  for seed in range(5):
+    train, valid = data.split(exs, 10, seed=seed, stratify=True)
+    assert data.class_counts(valid) == {"yes": 3, "no": 7}
+    assert data.class_counts(train) == {"yes": 27, "no": 63}
+  _, valid = data.split(_fake(1, 2), 2, seed=0, stratify=True)
+  assert data.class_counts(valid) == {"yes": 1, "no": 1}  # 2/3 -> 1, 4/3 -> 1
+
+
+@pytest.mark.parametrize("n_valid", [40, 50, 0, -1])
+def test_split_bad_n_valid(n_valid):
+  with pytest.raises(UserError) as e:
+    data.split(_fake(20, 20), n_valid, seed=0, data_path="dataset/data.jsonl")
+  if n_valid >= 40:
+    assert str(e.value) == (f"-v {n_valid} is not smaller than the 40 examples"
+                            " in dataset/data.jsonl")
+
+
+def test_class_counts():
+  assert data.class_counts(_fake(2, 5)) == {"yes": 2, "no": 5}
+  assert data.class_counts([]) == {"yes": 0, "no": 0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_yes=st.integers(0, 30), n_no=st.integers(0, 30),
+       frac=st.floats(0, 1), seed=st.integers(0, 2**32 - 1),
+       stratify=st.booleans())
+def test_split_property(n_yes, n_no, frac, seed, stratify):
+  exs = _fake(n_yes, n_no)
+  n = len(exs)
+  if n < 2:
+    return
+  n_valid = 1 + int(frac * (n - 2))
+  train, valid = data.split(exs, n_valid, seed, stratify=stratify)
+  assert len(valid) == n_valid and len(train) == n - n_valid
+  lines = [e.line for e in train + valid]
+  assert sorted(lines) == list(range(1, n + 1))  # union = all, disjoint
+  if stratify:
+    share = n_valid * n_yes / n
+    assert abs(data.class_counts(valid)["yes"] - share) < 1
