@@ -88,7 +88,7 @@ def load_params(path, shapes: Params, dtype_for: Callable[[str], Any],
                 subset: Callable[[str], bool] | None = None) -> Params:
   """Loads `path` into the tree `shapes` (ShapeDtypeStructs from eval_shape).
 
-  dtype_for(name) gives each leaf's target dtype; `put(name, array)` places it
+  dtype_for(name) gives each leaf's target dtype (None: keep the stored one); `put(name, array)` places it
   (e.g. `jax.device_put` with a sharding) before the next array is read.
   `subset`, if given, restricts which leaves must be present (delta files).
   Missing, unexpected or mis-shaped keys raise one UserError listing them.
@@ -108,7 +108,8 @@ def load_params(path, shapes: Params, dtype_for: Callable[[str], Any],
       if tuple(a.shape) != tuple(sd.shape):
         raise UserError(f"{where(path)}: {name} has shape {tuple(a.shape)}, the model "
                         f"expects {tuple(sd.shape)} (wrong --model or image size?)")
-      out[name] = put(name, _restore_dtype(a).astype(dtype_for(name), copy=False))
+      a = _restore_dtype(a)
+      out[name] = put(name, a.astype(dtype_for(name) or a.dtype, copy=False))
       del a
     extra = sorted(set(index) - set(want)) if subset is None else []
     if extra:

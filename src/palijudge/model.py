@@ -9,6 +9,7 @@ closed over.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -136,3 +137,21 @@ def init_params(cfg: ModelConfig, seed: int) -> Params:
 
 __all__ = ["PaliGemma", "ForwardOut", "KVCache", "make_attn_mask", "forward", "text_logits",
            "capped_logits", "build", "param_shapes", "init_params"]
+
+
+def describe_params(cfg: ModelConfig) -> list[str]:
+  """One line per parameter (path, shape, dtype at init) and the totals."""
+  from palijudge.checkpoint import flatten
+  flat = flatten(param_shapes(cfg))
+  lines, totals = [], {"img": 0, "llm": 0}
+  for name in sorted(flat):
+    sd = flat[name]
+    n = math.prod(sd.shape)
+    totals[name.split("/")[0]] += n
+    lines.append(f"{name}\t{tuple(sd.shape)}\t{sd.dtype}\t{n}")
+  attn = sum(math.prod(v.shape) for k, v in flat.items()
+             if k.startswith("llm/layers/attn/"))
+  lines += [f"# num_arrays\t{len(flat)}", f"# total_params\t{sum(totals.values())}",
+            f"# img_params\t{totals['img']}", f"# llm_params\t{totals['llm']}",
+            f"# trainable_llm_layers_attn_params\t{attn}"]
+  return lines

@@ -29,11 +29,15 @@ from palijudge.data import Example
 from palijudge.errors import UserError, where
 
 
-def loss_index(mask_loss_BxT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+_LOSS_BUCKETS = (2, 4, 8, 16, 32, 64)
+
+
+def loss_index(mask_loss_BxT: np.ndarray, width: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
   """Indices t (into text[:, :-1]) whose next token text[t + 1] is in the loss."""
   target = mask_loss_BxT[:, 1:] > 0
   n = int(target.sum(1).max()) if target.size else 0
-  width = max(1, tok_lib.bucket_length(max(n, 1), buckets=(2, 4, 8, 16, 32, 64)))
+  width = width or tok_lib.bucket_length(max(n, 1), buckets=_LOSS_BUCKETS)
   idx = np.zeros((len(target), width), np.int32)
   w = np.zeros((len(target), width), np.float32)
   for b, row in enumerate(target):
@@ -47,19 +51,27 @@ def prompt_for(ex: Example, default_prompt: str) -> str:
   return ex.prefix if ex.prefix else default_prompt
 
 
+def shape_for(texts: Sequence[tok_lib.TokenizedText]) -> tuple[int, int]:
+  """(seqlen, loss width) buckets that fit every text: one compile per dataset."""
+  seqlen = tok_lib.bucket_length(max(len(t.tokens) for t in texts))
+  n_loss = max(int(t.mask_loss.sum()) for t in texts)
+  return seqlen, tok_lib.bucket_length(max(n_loss, 1), buckets=_LOSS_BUCKETS)
+
+
 def collate(texts: Sequence[tok_lib.TokenizedText], labels: Sequence[bool],
             pixels: np.ndarray | None = None, zimg: np.ndarray | None = None,
-            batch_size: int | None = None) -> dict[str, np.ndarray]:
-  """Pads texts to one bucket and rows to `batch_size` (zero-weight rows)."""
+            batch_size: int | None = None, shape: tuple[int, int] | None = None
+            ) -> dict[str, np.ndarray]:
+  """Pads texts to `shape` (default: buckets that fit) and rows to `batch_size`."""
   n = len(texts)
   b = batch_size or n
   if n == 0 or n > b:
     raise ValueError(f"collate: {n} examples for a batch of {b}")
   fill = list(texts) + [texts[0]] * (b - n)
-  seqlen = tok_lib.bucket_length(max(len(t.tokens) for t in fill))
+  seqlen, width = shape or shape_for(fill)
   batch = dict(tok_lib.pad_batch(fill, seqlen))
   batch["label"] = np.array(list(labels) + [False] * (b - n), np.int32)
-  batch["loss_idx"], batch["loss_w"] = loss_index(batch["mask_loss"])
+  batch["loss_idx"], batch["loss_w"] = loss_index(batch["mask_loss"], width)
   batch["example_w"] = (np.arange(b) < n).astype(np.float32)
   if pixels is not None:
     batch["image"] = _pad_rows(pixels, b)
@@ -92,13 +104,13 @@ class Batches:
     self.tok, self.size, self.bs = tok, image_size, batch_size
     self.prompt, self.with_suffix, self.gif_frame = prompt, with_suffix, gif_frame
     self.workers = workers
-
-  def _texts(self, chunk):
-    return [tok_lib.tokenize(self.tok, prompt_for(e, self.prompt),
-                             e.suffix if self.with_suffix else None) for e in chunk]
+    self.texts = [tok_lib.tokenize(tok, prompt_for(e, prompt), e.suffix if with_suffix else None)
+                  for e in self.examples]
+    self.shape = shape_for(self.texts)
 
   def __iter__(self) -> Iterator[tuple[list[Example], dict]]:
-    chunks = [self.examples[i:i + self.bs] for i in range(0, len(self.examples), self.bs)]
+    starts = range(0, len(self.examples), self.bs)
+    chunks = [self.examples[i:i + self.bs] for i in starts]
     with futures.ThreadPoolExecutor(self.workers) as pool:
       load = lambda c: pool.map(lambda e: load_pixels(e, self.size, self.gif_frame), c)
       pending = [load(c) for c in chunks[:2]]  # Two batches in flight.
@@ -106,8 +118,9 @@ class Batches:
         pixels = np.stack(list(pending.pop(0)))
         if i + 2 < len(chunks):
           pending.append(load(chunks[i + 2]))
-        yield chunk, collate(self._texts(chunk), [e.label for e in chunk], pixels,
-                             batch_size=self.bs)
+        texts = self.texts[i * self.bs:(i + 1) * self.bs]
+        yield chunk, collate(texts, [e.label for e in chunk], pixels, batch_size=self.bs,
+                             shape=self.shape)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""Download a PaliGemma checkpoint and the tokenizer into cache/.
+
+  ./01-download_models.py                      # paligemma-3b-pt-224 from Kaggle
+  ./01-download_models.py --model tiny         # the embedded default, no network
+"""
+from palijudge import cli
+
+
+def main():
+  from palijudge import config, download, session
+  p = cli.parser(__doc__)
+  p.add_argument("--model", default=session.DEFAULT_MODEL,
+                 choices=sorted(config.PRESETS), help="what to fetch (tiny*: generated locally)")
+  p.add_argument("--cache", default=session.CACHE_DIR, help="where to put the files")
+  p.add_argument("--seed", type=int, default=0, help="init seed for the tiny presets")
+  args = p.parse_args()
+  if args.model.startswith("tiny"):
+    spec = session.write_random_model(args.model, args.cache, args.seed)
+    print(f"wrote {spec.weights} (random, seed {args.seed}) and {spec.tokenizer}")
+    return
+  weights = download.download_model(args.model, args.cache)
+  print(f"checkpoint: {weights}")
+  folder = download.kaggle_folder(args.model)
+  print(f"tokenizer:  {download.download_tokenizer(args.cache, folder)}")
+
+
+if __name__ == "__main__":
+  cli.run_main(main)

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Shuffle dataset/data.jsonl and split it into dataset/NAME/{train,valid}.jsonl.
+
+  ./02-shuffle_data.py -v 10 -n set1 [--stratify] [--seed S]
+"""
+from palijudge import cli
+
+
+def main():
+  import os
+  from palijudge import data
+  p = cli.parser(__doc__)
+  p.add_argument("-v", "--valid", type=int, required=True, help="number of validation examples")
+  p.add_argument("-n", "--name", required=True, help="split name: writes dataset/NAME/")
+  p.add_argument("--data", default="dataset/data.jsonl", help="all examples (JSONL)")
+  p.add_argument("--root", default="dataset", help="dataset root for relative image paths")
+  p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: random)")
+  p.add_argument("--stratify", action="store_true", help="keep the yes/no ratio in valid")
+  args = p.parse_args()
+  seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+  examples = data.read_jsonl(args.data, args.root)
+  train, valid = data.split(examples, args.valid, seed, args.stratify, data_path=args.data)
+  out = os.path.join(args.root, args.name)
+  data.write_jsonl(os.path.join(out, "train.jsonl"), train)
+  data.write_jsonl(os.path.join(out, "valid.jsonl"), valid)
+  print(f"{out}/train.jsonl: {len(train)} {data.class_counts(train)}")
+  print(f"{out}/valid.jsonl: {len(valid)} {data.class_counts(valid)}  (seed {seed})")
+
+
+if __name__ == "__main__":
+  cli.run_main(main)

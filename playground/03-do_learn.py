@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Evaluate, fine-tune and re-evaluate on dataset/SET/{train,valid}.jsonl.
+
+  ./03-do_learn.py -d set1 -w trained-set1 [-2] [--model tiny] [--lr 0.03 ...]
+
+Evaluates all/train/valid before training, trains (the colab's recipe by
+default), evaluates after, and saves checkpoints/NAME.npz. -2 adds a second
+stage at lr/10.
+"""
+from palijudge import cli
+
+
+def main():
+  import os
+  from palijudge import data, losses, runner, train
+  p = cli.parser(__doc__)
+  p.add_argument("-d", "--dataset", required=True, help="split name under --root (dataset/SET)")
+  p.add_argument("-w", "--write", help="save checkpoints/NAME.npz after training")
+  p.add_argument("-2", "--two-stage", action="store_true", help="second stage at lr/10")
+  cli.add_model_args(p)
+  cli.add_eval_args(p)
+  d = train.TrainConfig()
+  g = p.add_argument_group("training")
+  g.add_argument("--lr", type=float, default=d.lr)
+  g.add_argument("--batch", type=int, default=d.batch_size)
+  g.add_argument("--steps", type=int, default=d.steps)
+  g.add_argument("--seed", type=int, default=d.seed)
+  g.add_argument("--trainable", default=d.trainable, choices=sorted(train.TRAINABLE))
+  g.add_argument("--optimizer", default=d.optimizer, choices=train.OPTIMIZERS)
+  g.add_argument("--loss", default=d.loss, choices=losses.LOSSES)
+  g.add_argument("--print-every", type=int, default=d.print_every)
+  args = p.parse_args()
+  tcfg = train.TrainConfig(lr=args.lr, batch_size=args.batch, steps=args.steps, seed=args.seed,
+                           trainable=args.trainable, optimizer=args.optimizer, loss=args.loss,
+                           print_every=args.print_every)
+  opts = cli.eval_options(args)
+  folder = os.path.join(args.root, args.dataset)
+  names = (os.path.join(folder, "all"), os.path.join(folder, "train.jsonl"),
+           os.path.join(folder, "valid.jsonl"))
+  train_set = data.read_jsonl(names[1], args.root)
+  valid_set = data.read_jsonl(names[2], args.root)
+  lm = cli.load_model(args, trainable=tcfg.trainable)
+  save_to = os.path.join("checkpoints", args.write + ".npz") if args.write else None
+  runner.learn(lm, train_set, valid_set, tcfg, opts, names=names, save_to=save_to,
+               two_stage=args.two_stage)
+
+
+if __name__ == "__main__":
+  cli.run_main(main)

@@ -1,0 +1,121 @@
+"""The users' iteration as library calls: evaluate, train, evaluate, save.
+
+`fit` runs one training stage; `learn` is `03-do_learn.py`: evaluation of
+all/train/valid before training, one or two stages (the second at lr/10),
+evaluation after each, and the checkpoint saved atomically with its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from palijudge import checkpoint
+from palijudge import train as train_lib
+from palijudge.data import Example
+from palijudge.errors import UserError
+from palijudge.evaluate import EvalResult, evaluate
+from palijudge.metrics import format_block, json_line
+from palijudge.pipeline import Batches, training_stream
+from palijudge.session import LoadedModel
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+  params: dict
+  history: list[tuple[int, float, float]]  # (step, lr, loss) at every step.
+  seconds: float
+
+
+def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfig, *,
+        prompt: str, gif_frame: str = "first", log: Log = print) -> FitResult:
+  """One training stage from `lm.params`; returns the merged new params."""
+  trainable, frozen = train_lib.split_params(lm.params, tcfg.trainable)
+  trainable = jax.tree.map(lambda a: a.astype(np.float32), trainable)
+  tx = train_lib.make_optimizer(tcfg)
+  state = train_lib.init_state(trainable, tx)
+  step_fn = train_lib.jit_train_step(lm.model, tx, tcfg.loss, lm.yes_no_ids,
+                                     train_lib.default_mesh())
+  sched = train_lib.colab_lr(tcfg.lr, tcfg.steps, tcfg.warmup_percent)
+  stream = training_stream(examples, tcfg.steps, tcfg.batch_size, tcfg.seed)
+  batches = Batches(stream, lm.tok, lm.cfg.image_size, tcfg.batch_size, prompt,
+                    with_suffix=True, gif_frame=gif_frame)
+  history, start = [], time.time()
+  for step, (_, batch) in enumerate(batches, start=1):
+    state, metrics = step_fn(state, batch, frozen)
+    loss = float(metrics["loss"])
+    lr = float(sched(step))
+    history.append((step, lr, loss))
+    if not np.isfinite(loss):
+      raise UserError(f"training diverged: loss is {loss} at step {step}; try a lower --lr "
+                      f"or another --seed")
+    if step == 1 or step % tcfg.print_every == 0 or step == tcfg.steps:
+      log(train_lib.progress_line(step, tcfg.steps, lr, loss))
+  params = train_lib.merge_params(state.params, frozen)
+  return FitResult(params, history, time.time() - start)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnResult:
+  lm: LoadedModel
+  before: dict[str, EvalResult]
+  after: dict[str, EvalResult]  # After the last stage.
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  prompt: str
+  mode: str = "score"
+  batch_size: int = 8
+  threshold: float = 0.5
+  gif_frame: str = "first"
+  as_json: bool = False
+
+
+def report(lm: LoadedModel, sets: dict[str, Sequence[Example]], opts: EvalOptions, tag: str,
+           log: Log = print) -> dict[str, EvalResult]:
+  """Evaluates each named set and prints its Result block (and JSON line)."""
+  out = {}
+  for name, examples in sets.items():
+    res = evaluate(lm, examples, prompt=opts.prompt, mode=opts.mode,
+                   batch_size=opts.batch_size, threshold=opts.threshold,
+                   gif_frame=opts.gif_frame)
+    title = f"{name} ({tag})" if tag else name
+    log(format_block(res.confusion, title))
+    if opts.mode == "decode":
+      log(f"  invalid answers: {res.invalid}/{len(res.examples)}")
+    if opts.as_json:
+      log(json_line(res.confusion, name, stage=tag, invalid=res.invalid))
+    out[name] = res
+  return out
+
+
+def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
+          tcfg: train_lib.TrainConfig, opts: EvalOptions, *, names: tuple[str, str, str],
+          save_to: str | None, two_stage: bool = False, log: Log = print) -> LearnResult:
+  """03-do_learn: evaluate before, train (1 or 2 stages), evaluate after, save."""
+  all_name, train_name, valid_name = names
+  sets = {all_name: list(train) + list(valid), train_name: train, valid_name: valid}
+  before = after = report(lm, sets, opts, "before training", log)
+  stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if two_stage else [])
+  for i, stage in enumerate(stages):
+    log(f"training stage {i + 1}: lr {stage.lr:g}, batch {stage.batch_size}, "
+        f"{stage.steps} steps, trainable {stage.trainable}, {stage.optimizer}")
+    result = fit(lm, train, stage, prompt=opts.prompt, gif_frame=opts.gif_frame, log=log)
+    lm = dataclasses.replace(lm, params=result.params)
+    after = report(lm, sets, opts, ("1st", "2nd")[i] + " trained", log)
+  if save_to:
+    meta = {"tokenizer": lm.spec.tokenizer, "base": lm.spec.weights, "prompt": opts.prompt,
+            "train_config": dataclasses.asdict(tcfg), "two_stage": two_stage,
+            "threshold": opts.threshold,
+            "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    checkpoint.save(save_to, lm.params, lm.cfg, meta)
+    log(f"saved {save_to}")
+  return LearnResult(lm, before, after)

@@ -1,0 +1,163 @@
+"""Which model to run: resolve `--model`, `--model-config`, `--tokenizer`, load.
+
+`--model` is a preset name (weights looked up in `cache/`), or a checkpoint
+path. A palijudge checkpoint carries the config that rebuilds its model; a
+Kaggle file does not, so its config comes from `--model-config`, or from a
+preset named in its file name (`paligemma-3b-pt-224.f16.npz`).
+
+Dtypes: trainable leaves are f32; frozen leaves keep the checkpoint's own
+dtype unless `param_dtype` says otherwise (the Kaggle files are f16/bf16, so
+nothing is lost and the host never holds an f32 copy of the frozen model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from palijudge import checkpoint
+from palijudge import config as config_lib
+from palijudge import model as model_lib
+from palijudge import train as train_lib
+from palijudge.errors import UserError, where
+from palijudge.tokenizer import Tokenizer
+
+DEFAULT_PROMPT = "Is this image appropriate based on Federal Food, Drug, and Cosmetic Act?"
+DEFAULT_MODEL = "paligemma-3b-pt-224"
+CACHE_DIR = "cache"
+# Where `01-download_models.py` puts each preset's files.
+_KAGGLE_FILES = {
+    "paligemma-3b-pt-224": "paligemma-3b-pt-224.f16.npz",
+    "paligemma-3b-pt-448": "paligemma-3b-pt-448.f16.npz",
+    "paligemma2-3b-pt-224": "paligemma2-3b-pt-224.b16.npz",
+    "paligemma2-3b-pt-448": "paligemma2-3b-pt-448.b16.npz",
+    "paligemma2-10b-pt-224": "paligemma2-10b-pt-224.b16.npz",
+    "paligemma2-28b-pt-224": "paligemma2-28b-pt-224.b16.npz",
+}
+REAL_TOKENIZER = "paligemma_tokenizer.model"
+PARAM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def weights_file(preset: str, cache_dir: str = CACHE_DIR) -> str:
+  return os.path.join(cache_dir, _KAGGLE_FILES.get(preset, f"{preset}.npz"))
+
+
+def tokenizer_file(preset: str, cache_dir: str = CACHE_DIR) -> str:
+  name = REAL_TOKENIZER if preset in _KAGGLE_FILES else f"{preset}_tokenizer.model"
+  return os.path.join(cache_dir, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What to load: config, weights file, tokenizer file."""
+  cfg: config_lib.ModelConfig
+  weights: str
+  tokenizer: str
+  name: str
+
+
+def _preset_in_name(path: str) -> str | None:
+  base = os.path.basename(path)
+  names = sorted(config_lib.PRESETS, key=len, reverse=True)
+  return next((n for n in names if re.search(rf"(^|[^\w-]){re.escape(n)}([^\w-]|$)", base)), None)
+
+
+def resolve(model: str | None = None, model_config: str | None = None,
+            tokenizer: str | None = None, cache_dir: str = CACHE_DIR) -> ModelSpec:
+  model = model or DEFAULT_MODEL
+  is_file = model.endswith(".npz") or os.sep in model or os.path.exists(model)
+  if not is_file:
+    cfg = (config_lib.from_json_file(model_config) if model_config
+           else config_lib.preset(model))
+    weights = weights_file(model, cache_dir)
+    tok = tokenizer or tokenizer_file(model, cache_dir)
+    if not os.path.exists(weights):
+      raise UserError(f"{where(weights)}: weights for {model} not found; run "
+                      f"`python playground/01-download_models.py --model {model}` first")
+    return ModelSpec(cfg, weights, tok, model)
+  cfg = checkpoint.read_config(model)
+  preset = _preset_in_name(model)
+  if model_config:
+    cfg = config_lib.from_json_file(model_config)
+  elif cfg is None and preset:
+    cfg = config_lib.preset(preset)
+  if cfg is None:
+    raise UserError(f"{where(model)}: checkpoint carries no model config; pass "
+                    f"--model-config FILE")
+  meta = checkpoint.read_meta(model)
+  tok = tokenizer or meta.get("tokenizer") or tokenizer_file(preset or "", cache_dir)
+  return ModelSpec(cfg, model, tok, os.path.basename(model))
+
+
+def compute_dtype(name: str = "auto"):
+  if name == "auto":
+    return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+  return jnp.dtype(name)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  spec: ModelSpec
+  model: model_lib.PaliGemma
+  params: dict[str, Any]
+  tok: Tokenizer
+
+  @property
+  def cfg(self) -> config_lib.ModelConfig:
+    return self.spec.cfg
+
+  @property
+  def yes_no_ids(self) -> tuple[int, int]:
+    return (self.tok.yes_id, self.tok.no_id)
+
+
+def _dtype_rule(trainable: str, param_dtype: str):
+  pattern = re.compile(train_lib.TRAINABLE.get(trainable, trainable))
+
+  def rule(name: str):
+    if pattern.search(name):
+      return np.float32
+    return None if param_dtype == "auto" else np.dtype(jnp.dtype(param_dtype))
+  return rule
+
+
+def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
+         compute: str = "auto", remat: str = "none") -> LoadedModel:
+  if param_dtype not in PARAM_DTYPES:
+    raise UserError(f"--param-dtype must be one of {', '.join(PARAM_DTYPES)}")
+  tok = Tokenizer.load(spec.tokenizer)
+  if tok.vocab_size > spec.cfg.llm.vocab_size:
+    raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "
+                    f"model only {spec.cfg.llm.vocab_size}")
+  shapes = model_lib.param_shapes(spec.cfg)
+  rule = _dtype_rule(trainable, param_dtype)
+  params = checkpoint.load_params(
+      spec.weights, shapes, dtype_for=rule,
+      put=lambda _, a: jax.device_put(a))
+  model = model_lib.build(spec.cfg, compute_dtype(compute), remat)
+  return LoadedModel(spec, model, params, tok)
+
+
+def write_random_model(preset: str, cache_dir: str = CACHE_DIR, seed: int = 0) -> ModelSpec:
+  """A seeded random model + offline-trained tokenizer: the embedded default.
+
+  Only for small presets (the tiny ones): a 3B model would not fit the point.
+  """
+  from palijudge import synthetic
+  cfg = config_lib.preset(preset)
+  n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(model_lib.param_shapes(cfg)))
+  if n_params > 50_000_000:
+    raise UserError(f"{preset} has {n_params:,} parameters; random weights are only written "
+                    f"for the tiny presets")
+  tok_path = tokenizer_file(preset, cache_dir)
+  synthetic.write_tiny_tokenizer(tok_path, cfg.llm.vocab_size)
+  weights = weights_file(preset, cache_dir)
+  params = model_lib.init_params(cfg, seed)
+  checkpoint.save(weights, params, cfg, {"tokenizer": tok_path, "init": f"random, seed {seed}"})
+  return ModelSpec(cfg, weights, tok_path, preset)
