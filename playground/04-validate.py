@@ -21,13 +21,7 @@ def main():
   lm = cli.load_model(args, model=args.checkpoint)
   results = runner.report(lm, sets, opts, tag="")
   if args.scores:
-    merged = evaluate.EvalResult(
-        [e for r in results.values() for e in r.examples],
-        __import__("numpy").concatenate([r.p_yes for r in results.values()]),
-        __import__("numpy").concatenate([r.pred for r in results.values()]),
-        [a for r in results.values() for a in r.answers],
-        sum(r.invalid for r in results.values()), opts.threshold)
-    evaluate.write_scores(args.scores, merged)
+    evaluate.write_scores(args.scores, evaluate.EvalResult.concat(list(results.values())))
     print(f"wrote {os.path.normpath(args.scores)}")
 
 

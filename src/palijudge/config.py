@@ -164,8 +164,8 @@ PRESETS: dict[str, dict] = {
                                   llm=_GEMMA2_9B),
     "paligemma2-28b-pt-224": dict(image_size=224, family="gemma2", img=_SO400M,
                                   llm=_GEMMA2_27B),
-    "tiny": dict(image_size=112, img=_TINY_IMG, llm=_TINY_LLM),
-    "tiny-gemma2": dict(image_size=112, family="gemma2", img=_TINY_IMG,
+    "tiny": dict(image_size=224, img=_TINY_IMG, llm=_TINY_LLM),
+    "tiny-gemma2": dict(image_size=224, family="gemma2", img=_TINY_IMG,
                         llm=_TINY_LLM),
 }
 

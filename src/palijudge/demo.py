@@ -19,7 +19,7 @@ from palijudge import runner, session, synthetic
 from palijudge.errors import UserError
 from palijudge.train import TrainConfig
 
-DEMO_RECIPE = TrainConfig(lr=1e-3, batch_size=16, steps=240, seed=0, trainable="all",
+DEMO_RECIPE = TrainConfig(lr=2e-3, batch_size=16, steps=320, seed=0, trainable="all",
                           optimizer="adam", print_every=20)
 DEMO_DIR = os.path.join("dataset", "demo")
 

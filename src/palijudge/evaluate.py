@@ -19,7 +19,7 @@ import numpy as np
 from palijudge import predict
 from palijudge.data import Example
 from palijudge.metrics import Confusion
-from palijudge.pipeline import Batches
+from palijudge.pipeline import Batches, PixelCache
 from palijudge.session import LoadedModel
 
 MODES = ("score", "decode")
@@ -42,6 +42,15 @@ class EvalResult:
   def confusion(self) -> Confusion:
     return Confusion.from_labels(self.labels.tolist(), self.pred.tolist())
 
+  @classmethod
+  def concat(cls, results: Sequence[EvalResult]) -> EvalResult:
+    """One result over several evaluated sets (same threshold)."""
+    return cls([e for r in results for e in r.examples],
+               np.concatenate([r.p_yes for r in results]),
+               np.concatenate([r.pred for r in results]),
+               [a for r in results for a in r.answers],
+               sum(r.invalid for r in results), results[0].threshold)
+
 
 def _answer(text: str) -> bool | None:
   a = text.strip().lower()
@@ -62,13 +71,13 @@ def _decode_batch(lm: LoadedModel, batch: dict, max_new: int):
 
 def evaluate(lm: LoadedModel, examples: Sequence[Example], *, prompt: str, mode: str = "score",
              batch_size: int = 8, threshold: float = 0.5, gif_frame: str = "first",
-             max_new: int = 4) -> EvalResult:
+             max_new: int = 4, cache: PixelCache | None = None) -> EvalResult:
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}")
   ids = np.asarray(lm.yes_no_ids, np.int32)
   probs, answers = [], []
   batches = Batches(examples, lm.tok, lm.cfg.image_size, batch_size, prompt, with_suffix=False,
-                    gif_frame=gif_frame)
+                    gif_frame=gif_frame, cache=cache)
   for chunk, batch in batches:
     n = len(chunk)
     if mode == "score":

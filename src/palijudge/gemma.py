@@ -165,7 +165,8 @@ class Embedder(nn.Module):
 
   def setup(self):
     self.input_embedding = self.param(
-        "input_embedding", nn.initializers.normal(stddev=1.0), (self.vocab_size, self.width))
+        "input_embedding", nn.initializers.normal(stddev=self.width ** -0.5),
+        (self.vocab_size, self.width))
 
   def encode(self, tokens_BxT, dtype):
     # Text embeddings are scaled by sqrt(width); image tokens never are.

@@ -86,6 +86,30 @@ def _pad_rows(x: np.ndarray, b: int) -> np.ndarray:
   return np.concatenate([x, np.repeat(x[:1], b - len(x), axis=0)])
 
 
+class PixelCache:
+  """Preprocessed images kept in memory up to a byte budget (exact f32 values).
+
+  Training revisits every image once per epoch and evaluation revisits them
+  before and after training; decoding each image once is enough.
+  """
+
+  def __init__(self, budget_bytes: int = 2 << 30):
+    self.budget = budget_bytes
+    self.used = 0
+    self.store: dict[tuple, np.ndarray] = {}
+
+  def get(self, ex: Example, size: int, gif_frame: str) -> np.ndarray:
+    key = (ex.image, size, gif_frame)
+    hit = self.store.get(key)
+    if hit is not None:
+      return hit
+    x = load_pixels(ex, size, gif_frame)
+    if self.used + x.nbytes <= self.budget:
+      self.store[key] = x
+      self.used += x.nbytes
+    return x
+
+
 def load_pixels(ex: Example, size: int, gif_frame: str) -> np.ndarray:
   """One preprocessed image; errors name the data file and line too."""
   try:
@@ -99,11 +123,16 @@ class Batches:
 
   def __init__(self, examples: Sequence[Example], tok: tok_lib.Tokenizer, image_size: int,
                batch_size: int, prompt: str, with_suffix: bool, gif_frame: str = "first",
-               workers: int = 4):
+               workers: int = 4, flip_seed: int | None = None,
+               cache: PixelCache | None = None):
     self.examples = list(examples)
     self.tok, self.size, self.bs = tok, image_size, batch_size
     self.prompt, self.with_suffix, self.gif_frame = prompt, with_suffix, gif_frame
     self.workers = workers
+    self.cache = cache
+    # Training-time augmentation: mirror each image left-right with p = 0.5.
+    self.flips = (np.random.default_rng(flip_seed).random(len(self.examples)) < 0.5
+                  if flip_seed is not None else None)
     self.texts = [tok_lib.tokenize(tok, prompt_for(e, prompt), e.suffix if with_suffix else None)
                   for e in self.examples]
     self.shape = shape_for(self.texts)
@@ -112,10 +141,14 @@ class Batches:
     starts = range(0, len(self.examples), self.bs)
     chunks = [self.examples[i:i + self.bs] for i in starts]
     with futures.ThreadPoolExecutor(self.workers) as pool:
-      load = lambda c: pool.map(lambda e: load_pixels(e, self.size, self.gif_frame), c)
+      get = self.cache.get if self.cache is not None else load_pixels
+      load = lambda c: pool.map(lambda e: get(e, self.size, self.gif_frame), c)
       pending = [load(c) for c in chunks[:2]]  # Two batches in flight.
       for i, chunk in enumerate(chunks):
         pixels = np.stack(list(pending.pop(0)))
+        if self.flips is not None:
+          flip = self.flips[i * self.bs:i * self.bs + len(chunk)]
+          pixels[flip] = pixels[flip][:, :, ::-1]
         if i + 2 < len(chunks):
           pending.append(load(chunks[i + 2]))
         texts = self.texts[i * self.bs:(i + 1) * self.bs]

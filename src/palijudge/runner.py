@@ -21,7 +21,7 @@ from palijudge.data import Example
 from palijudge.errors import UserError
 from palijudge.evaluate import EvalResult, evaluate
 from palijudge.metrics import format_block, json_line
-from palijudge.pipeline import Batches, training_stream
+from palijudge.pipeline import Batches, PixelCache, training_stream
 from palijudge.session import LoadedModel
 
 Log = Callable[[str], None]
@@ -35,7 +35,8 @@ class FitResult:
 
 
 def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfig, *,
-        prompt: str, gif_frame: str = "first", log: Log = print) -> FitResult:
+        prompt: str, gif_frame: str = "first", log: Log = print,
+        cache: PixelCache | None = None) -> FitResult:
   """One training stage from `lm.params`; returns the merged new params."""
   trainable, frozen = train_lib.split_params(lm.params, tcfg.trainable)
   trainable = jax.tree.map(lambda a: a.astype(np.float32), trainable)
@@ -46,7 +47,8 @@ def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfi
   sched = train_lib.colab_lr(tcfg.lr, tcfg.steps, tcfg.warmup_percent)
   stream = training_stream(examples, tcfg.steps, tcfg.batch_size, tcfg.seed)
   batches = Batches(stream, lm.tok, lm.cfg.image_size, tcfg.batch_size, prompt,
-                    with_suffix=True, gif_frame=gif_frame)
+                    with_suffix=True, gif_frame=gif_frame,
+                    flip_seed=tcfg.seed if tcfg.flip else None, cache=cache)
   history, start = [], time.time()
   for step, (_, batch) in enumerate(batches, start=1):
     state, metrics = step_fn(state, batch, frozen)
@@ -79,22 +81,37 @@ class EvalOptions:
   as_json: bool = False
 
 
-def report(lm: LoadedModel, sets: dict[str, Sequence[Example]], opts: EvalOptions, tag: str,
-           log: Log = print) -> dict[str, EvalResult]:
-  """Evaluates each named set and prints its Result block (and JSON line)."""
-  out = {}
-  for name, examples in sets.items():
-    res = evaluate(lm, examples, prompt=opts.prompt, mode=opts.mode,
-                   batch_size=opts.batch_size, threshold=opts.threshold,
-                   gif_frame=opts.gif_frame)
+def report(lm: LoadedModel, sets: dict[str, Sequence[Example] | list[str]], opts: EvalOptions,
+           tag: str, log: Log = print, cache: PixelCache | None = None
+           ) -> dict[str, EvalResult]:
+  """Evaluates each named set and prints its Result block (and JSON line).
+
+  A set given as a list of earlier set names is their union, reported from
+  their results without evaluating anything twice.
+  """
+  out: dict[str, EvalResult] = {}
+  for name in sorted(sets, key=lambda n: _is_union(sets[n])):
+    examples = sets[name]
+    if _is_union(examples):
+      res = EvalResult.concat([out[part] for part in examples])
+    else:
+      res = evaluate(lm, examples, prompt=opts.prompt, mode=opts.mode,
+                     batch_size=opts.batch_size, threshold=opts.threshold,
+                     gif_frame=opts.gif_frame, cache=cache)
+    out[name] = res
+  for name in sets:
+    res = out[name]
     title = f"{name} ({tag})" if tag else name
     log(format_block(res.confusion, title))
     if opts.mode == "decode":
       log(f"  invalid answers: {res.invalid}/{len(res.examples)}")
     if opts.as_json:
       log(json_line(res.confusion, name, stage=tag, invalid=res.invalid))
-    out[name] = res
   return out
+
+
+def _is_union(value) -> bool:
+  return bool(value) and all(isinstance(v, str) for v in value)
 
 
 def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
@@ -102,15 +119,17 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
           save_to: str | None, two_stage: bool = False, log: Log = print) -> LearnResult:
   """03-do_learn: evaluate before, train (1 or 2 stages), evaluate after, save."""
   all_name, train_name, valid_name = names
-  sets = {all_name: list(train) + list(valid), train_name: train, valid_name: valid}
-  before = after = report(lm, sets, opts, "before training", log)
+  sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid}
+  cache = PixelCache()
+  before = after = report(lm, sets, opts, "before training", log, cache)
   stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if two_stage else [])
   for i, stage in enumerate(stages):
     log(f"training stage {i + 1}: lr {stage.lr:g}, batch {stage.batch_size}, "
         f"{stage.steps} steps, trainable {stage.trainable}, {stage.optimizer}")
-    result = fit(lm, train, stage, prompt=opts.prompt, gif_frame=opts.gif_frame, log=log)
+    result = fit(lm, train, stage, prompt=opts.prompt, gif_frame=opts.gif_frame, log=log,
+                 cache=cache)
     lm = dataclasses.replace(lm, params=result.params)
-    after = report(lm, sets, opts, ("1st", "2nd")[i] + " trained", log)
+    after = report(lm, sets, opts, ("1st", "2nd")[i] + " trained", log, cache)
   if save_to:
     meta = {"tokenizer": lm.spec.tokenizer, "base": lm.spec.weights, "prompt": opts.prompt,
             "train_config": dataclasses.asdict(tcfg), "two_stage": two_stage,

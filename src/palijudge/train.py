@@ -47,6 +47,7 @@ class TrainConfig:
   warmup_percent: float = 0.10
   loss: str = "ce"
   print_every: int = 32
+  flip: bool = False  # Augment: random left-right mirror of training images.
 
   def __post_init__(self):
     def need(ok, msg):
