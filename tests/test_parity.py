@@ -123,7 +123,7 @@ class Case:
 
   @functools.cached_property
   def sgd_step(self):
-    """big_vision-style update: (metrics, new trainable params, loss after the step)."""
+    """One jitted SGD step: (metrics, new trainable params, loss after it, step count)."""
     trainable, frozen = self.split
     tx = optax.sgd(SGD_LR)
     state = train.init_state(jax.tree.map(jnp.array, trainable), tx)  # Copy: it is donated.

@@ -22,8 +22,7 @@ from palijudge.errors import UserError  # noqa: E402
 
 class _Parser(argparse.ArgumentParser):
   def error(self, message):  # One line, exit 2, like every other bad input.
-    self.print_usage(sys.stderr)
-    print(f"{self.prog}: error: {message}", file=sys.stderr)
+    print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
     sys.exit(2)
 
 
