@@ -27,12 +27,30 @@ def main():
   g.add_argument("--seed", type=int, default=d.seed)
   g.add_argument("--trainable", default=d.trainable, choices=sorted(train.TRAINABLE))
   g.add_argument("--optimizer", default=d.optimizer, choices=train.OPTIMIZERS)
-  g.add_argument("--loss", default=d.loss, choices=losses.LOSSES)
+  g.add_argument("--loss", default=d.loss.kind, choices=losses.LOSSES)
   g.add_argument("--print-every", type=int, default=d.print_every)
+  g.add_argument("--accum", type=int, default=d.accum,
+                 help="gradient accumulation: effective batch = batch x accum")
+  g.add_argument("--remat", default=d.remat, choices=train.REMAT_POLICIES,
+                 help="rematerialise the scanned layers (saves activation memory)")
+  g.add_argument("--fsdp", action="store_true", help="shard params over all devices")
+  g.add_argument("--flip", action="store_true", help="augment: random left-right mirror")
+  g = p.add_argument_group("the lottery")
+  g.add_argument("--max-restarts", type=int, default=d.max_restarts,
+                 help="on divergence, restart with the next seed up to this many times")
+  g.add_argument("--diverge-loss", type=float, default=d.diverge_loss,
+                 help="divergence: mean loss of 16 steps rises above this after warm-up")
+  g.add_argument("--save-every", type=int, default=d.save_every,
+                 help="write the train state every N steps (for --resume)")
+  g.add_argument("--resume", action="store_true",
+                 help="continue from checkpoints/NAME.state.npz if a killed run left one")
   args = p.parse_args()
   tcfg = train.TrainConfig(lr=args.lr, batch_size=args.batch, steps=args.steps, seed=args.seed,
-                           trainable=args.trainable, optimizer=args.optimizer, loss=args.loss,
-                           print_every=args.print_every)
+                           trainable=args.trainable, optimizer=args.optimizer,
+                           loss=losses.LossConfig(kind=args.loss),
+                           print_every=args.print_every, accum=args.accum, remat=args.remat,
+                           fsdp=args.fsdp, flip=args.flip, max_restarts=args.max_restarts,
+                           diverge_loss=args.diverge_loss, save_every=args.save_every)
   opts = cli.eval_options(args)
   folder = os.path.join(args.root, args.dataset)
   names = (os.path.join(folder, "all"), os.path.join(folder, "train.jsonl"),
@@ -41,8 +59,10 @@ def main():
   valid_set = data.read_jsonl(names[2], args.root)
   lm = cli.load_model(args, trainable=tcfg.trainable)
   save_to = os.path.join("checkpoints", args.write + ".npz") if args.write else None
+  if (args.resume or args.save_every) and not save_to:
+    raise cli.UserError("--resume and --save-every need -w NAME (the state lives beside it)")
   runner.learn(lm, train_set, valid_set, tcfg, opts, names=names, save_to=save_to,
-               two_stage=args.two_stage)
+               two_stage=args.two_stage, resume=args.resume)
 
 
 if __name__ == "__main__":

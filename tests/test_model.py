@@ -392,10 +392,6 @@ def test_pickled_object_array_is_never_unpickled(tmp_path, pg1_tiny):
   assert marker.is_dir()
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "library: the 'Object arrays cannot be loaded when allow_pickle=False' ValueError "
-    "is raised while reading a member (npz[key]), outside _open's try, so it escapes as "
-    "ValueError, not UserError"))
 def test_pickled_object_array_gives_user_error(tmp_path, pg1_tiny):
   _, _, shapes = pg1_tiny
   path, marker = _pickle_checkpoint(tmp_path)

@@ -20,6 +20,7 @@ from palijudge import checkpoint
 from palijudge import losses
 from palijudge import model as model_lib
 from palijudge import predict
+from palijudge import sharding
 from palijudge import train
 from palijudge.pipeline import loss_index
 
@@ -42,7 +43,8 @@ NUM_IMAGE_TOKENS = 16
 @functools.partial(jax.jit, static_argnums=0)
 def _loss_and_grad(model, trainable, frozen, batch):
   def loss_fn(t):
-    return losses.batch_loss(model, train.merge_params(t, frozen), batch, "ce", (YES_ID, NO_ID))
+    return losses.batch_loss(model, train.merge_params(t, frozen), batch, losses.LossConfig(),
+                             (YES_ID, NO_ID))
   return jax.value_and_grad(loss_fn)(trainable)
 
 
@@ -127,7 +129,11 @@ class Case:
     trainable, frozen = self.split
     tx = optax.sgd(SGD_LR)
     state = train.init_state(jax.tree.map(jnp.array, trainable), tx)  # Copy: it is donated.
-    step = train.jit_train_step(self.model, tx, "ce", (YES_ID, NO_ID), train.default_mesh())
+    mesh = sharding.make_mesh()
+    replicated = sharding.tree_shardings(mesh, state, fsdp=False)
+    frozen_sh = sharding.tree_shardings(mesh, frozen, fsdp=False)
+    step = train.jit_train_step(self.model, tx, losses.LossConfig(), (YES_ID, NO_ID), mesh,
+                                replicated, frozen_sh)
     with jax.default_matmul_precision("float32"):
       new_state, metrics = step(state, self.train_batch, frozen)
       # Host copies: the step's outputs carry a mesh sharding, which would

@@ -67,6 +67,13 @@ def _key_index(npz) -> dict[str, str]:
   return index
 
 
+def _read_member(npz, key: str, path) -> np.ndarray:
+  try:
+    return npz[key]
+  except (OSError, ValueError, zipfile.BadZipFile) as e:  # Object arrays are refused here.
+    raise UserError(f"{where(path)}: cannot read {key}: {e}") from None
+
+
 def read_config(path) -> config_lib.ModelConfig | None:
   """The model config stored in a palijudge checkpoint, or None (e.g. Kaggle's)."""
   with _open(path) as npz:
@@ -104,7 +111,7 @@ def load_params(path, shapes: Params, dtype_for: Callable[[str], Any],
       raise UserError(f"{where(path)}: missing {len(missing)} parameter(s), e.g. "
                       f"{', '.join(missing[:3])} (is this checkpoint for another model?)")
     for name, sd in want.items():
-      a = npz[index[name]]
+      a = _read_member(npz, index[name], path)
       if tuple(a.shape) != tuple(sd.shape):
         raise UserError(f"{where(path)}: {name} has shape {tuple(a.shape)}, the model "
                         f"expects {tuple(sd.shape)} (wrong --model or image size?)")
@@ -122,11 +129,11 @@ def _json_array(obj) -> np.ndarray:
   return np.frombuffer(json.dumps(obj, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
 
-def save(path, params: Params, cfg: config_lib.ModelConfig | None, meta: dict | None = None,
-         dtype=None) -> None:
-  """Writes params (optionally cast to `dtype`) atomically: temp file + rename.
+def write_npz(path, arrays, meta: dict | None = None) -> None:
+  """Atomic, uncompressed .npz (temp file + rename) from (key, array) pairs.
 
-  Leaves are fetched from the device one at a time as the archive is written.
+  `arrays` may be a generator: each array is written, then dropped, so device
+  leaves are fetched one at a time. `meta` is stored as JSON under META_KEY.
   """
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
@@ -135,17 +142,28 @@ def save(path, params: Params, cfg: config_lib.ModelConfig | None, meta: dict | 
   os.close(fd)
   try:
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-      def write(key: str, a: np.ndarray):
+      for key, a in arrays:
         with zf.open(key + ".npy", "w", force_zip64=True) as f:
-          np.lib.format.write_array(f, a, allow_pickle=False)
-      for name, leaf in flatten(params).items():
-        a = np.asarray(jax.device_get(leaf))
-        write("params/" + name, a if dtype is None else a.astype(dtype))
-      if cfg is not None:
-        write(CONFIG_KEY, _json_array(cfg.to_dict()))
-      write(META_KEY, _json_array(meta or {}))
+          np.lib.format.write_array(f, np.asarray(a), allow_pickle=False)
+      if meta is not None:
+        with zf.open(META_KEY + ".npy", "w") as f:
+          np.lib.format.write_array(f, _json_array(meta), allow_pickle=False)
+    with open(tmp, "rb+") as f:
+      os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def save(path, params: Params, cfg: config_lib.ModelConfig | None, meta: dict | None = None,
+         dtype=None) -> None:
+  """Writes params (optionally cast to `dtype`) with config and meta, atomically."""
+  def arrays():
+    for name, leaf in flatten(params).items():
+      a = np.asarray(jax.device_get(leaf))
+      yield "params/" + name, a if dtype is None else a.astype(dtype)
+    if cfg is not None:
+      yield CONFIG_KEY, _json_array(cfg.to_dict())
+  write_npz(path, arrays(), meta or {})

@@ -123,16 +123,14 @@ class Batches:
 
   def __init__(self, examples: Sequence[Example], tok: tok_lib.Tokenizer, image_size: int,
                batch_size: int, prompt: str, with_suffix: bool, gif_frame: str = "first",
-               workers: int = 4, flip_seed: int | None = None,
+               workers: int = 4, flips: np.ndarray | None = None,
                cache: PixelCache | None = None):
     self.examples = list(examples)
     self.tok, self.size, self.bs = tok, image_size, batch_size
     self.prompt, self.with_suffix, self.gif_frame = prompt, with_suffix, gif_frame
     self.workers = workers
     self.cache = cache
-    # Training-time augmentation: mirror each image left-right with p = 0.5.
-    self.flips = (np.random.default_rng(flip_seed).random(len(self.examples)) < 0.5
-                  if flip_seed is not None else None)
+    self.flips = flips  # Training augmentation: which images to mirror left-right.
     self.texts = [tok_lib.tokenize(tok, prompt_for(e, prompt), e.suffix if with_suffix else None)
                   for e in self.examples]
     self.shape = shape_for(self.texts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import time
 from typing import Callable, Sequence
 
@@ -16,52 +17,16 @@ import jax
 import numpy as np
 
 from palijudge import checkpoint
+from palijudge import fit as fit_lib
 from palijudge import train as train_lib
 from palijudge.data import Example
 from palijudge.errors import UserError
 from palijudge.evaluate import EvalResult, evaluate
 from palijudge.metrics import format_block, json_line
-from palijudge.pipeline import Batches, PixelCache, training_stream
+from palijudge.pipeline import PixelCache
 from palijudge.session import LoadedModel
 
 Log = Callable[[str], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class FitResult:
-  params: dict
-  history: list[tuple[int, float, float]]  # (step, lr, loss) at every step.
-  seconds: float
-
-
-def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfig, *,
-        prompt: str, gif_frame: str = "first", log: Log = print,
-        cache: PixelCache | None = None) -> FitResult:
-  """One training stage from `lm.params`; returns the merged new params."""
-  trainable, frozen = train_lib.split_params(lm.params, tcfg.trainable)
-  trainable = jax.tree.map(lambda a: a.astype(np.float32), trainable)
-  tx = train_lib.make_optimizer(tcfg)
-  state = train_lib.init_state(trainable, tx)
-  step_fn = train_lib.jit_train_step(lm.model, tx, tcfg.loss, lm.yes_no_ids,
-                                     train_lib.default_mesh())
-  sched = train_lib.colab_lr(tcfg.lr, tcfg.steps, tcfg.warmup_percent)
-  stream = training_stream(examples, tcfg.steps, tcfg.batch_size, tcfg.seed)
-  batches = Batches(stream, lm.tok, lm.cfg.image_size, tcfg.batch_size, prompt,
-                    with_suffix=True, gif_frame=gif_frame,
-                    flip_seed=tcfg.seed if tcfg.flip else None, cache=cache)
-  history, start = [], time.time()
-  for step, (_, batch) in enumerate(batches, start=1):
-    state, metrics = step_fn(state, batch, frozen)
-    loss = float(metrics["loss"])
-    lr = float(sched(step))
-    history.append((step, lr, loss))
-    if not np.isfinite(loss):
-      raise UserError(f"training diverged: loss is {loss} at step {step}; try a lower --lr "
-                      f"or another --seed")
-    if step == 1 or step % tcfg.print_every == 0 or step == tcfg.steps:
-      log(train_lib.progress_line(step, tcfg.steps, lr, loss))
-  params = train_lib.merge_params(state.params, frozen)
-  return FitResult(params, history, time.time() - start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,18 +81,21 @@ def _is_union(value) -> bool:
 
 def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
           tcfg: train_lib.TrainConfig, opts: EvalOptions, *, names: tuple[str, str, str],
-          save_to: str | None, two_stage: bool = False, log: Log = print) -> LearnResult:
+          save_to: str | None, two_stage: bool = False, log: Log = print,
+          resume: bool = False) -> LearnResult:
   """03-do_learn: evaluate before, train (1 or 2 stages), evaluate after, save."""
   all_name, train_name, valid_name = names
   sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid}
   cache = PixelCache()
+  state_path = save_to[:-len(".npz")] + ".state.npz" if save_to else None
   before = after = report(lm, sets, opts, "before training", log, cache)
   stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if two_stage else [])
   for i, stage in enumerate(stages):
     log(f"training stage {i + 1}: lr {stage.lr:g}, batch {stage.batch_size}, "
         f"{stage.steps} steps, trainable {stage.trainable}, {stage.optimizer}")
-    result = fit(lm, train, stage, prompt=opts.prompt, gif_frame=opts.gif_frame, log=log,
-                 cache=cache)
+    fit_opts = fit_lib.FitOptions(prompt=opts.prompt, gif_frame=opts.gif_frame,
+                                  state_path=state_path, resume=resume, stage=i)
+    result = fit_lib.fit(lm, train, stage, fit_opts, log=log, cache=cache)
     lm = dataclasses.replace(lm, params=result.params)
     after = report(lm, sets, opts, ("1st", "2nd")[i] + " trained", log, cache)
   if save_to:
@@ -137,4 +105,6 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
             "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     checkpoint.save(save_to, lm.params, lm.cfg, meta)
     log(f"saved {save_to}")
+    if state_path and os.path.exists(state_path):
+      os.remove(state_path)  # The run finished: its periodic state is obsolete.
   return LearnResult(lm, before, after)

@@ -33,6 +33,7 @@ TRAINABLE = {
     "all": r".*",
 }
 OPTIMIZERS = ("sgd", "adam")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +46,14 @@ class TrainConfig:
   trainable: str = "attn"
   optimizer: str = "sgd"
   warmup_percent: float = 0.10
-  loss: str = "ce"
+  loss: losses.LossConfig = losses.LossConfig()
   print_every: int = 32
+  accum: int = 1  # Gradient accumulation: effective batch = batch_size * accum.
+  remat: str = "none"  # Rematerialisation policy of the scanned layers.
+  fsdp: bool = False  # Shard params and optimizer state over devices.
+  max_restarts: int = 0  # Restarts with the next seed after a divergence.
+  diverge_loss: float = 1.0  # Guard threshold on the windowed loss (0: finite only).
+  save_every: int = 0  # Steps between periodic train-state saves (0: never).
   flip: bool = False  # Augment: random left-right mirror of training images.
 
   def __post_init__(self):
@@ -59,8 +66,17 @@ class TrainConfig:
     need(self.trainable in TRAINABLE, f"--trainable must be one of {', '.join(TRAINABLE)}")
     need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
     need(0 <= self.warmup_percent < 1, "warm-up fraction must be in [0, 1)")
-    need(self.loss in losses.LOSSES, f"--loss must be one of {', '.join(losses.LOSSES)}")
     need(self.print_every >= 1, "print_every must be >= 1")
+    need(self.accum >= 1, f"--accum must be >= 1, got {self.accum}")
+    need(self.max_restarts >= 0, "--max-restarts must be >= 0")
+    need(self.diverge_loss >= 0, "--diverge-loss must be >= 0")
+    need(self.save_every >= 0, "--save-every must be >= 0")
+    need(self.remat in REMAT_POLICIES, f"--remat must be one of {', '.join(REMAT_POLICIES)}")
+
+
+def trains_encoder(trainable: str) -> bool:
+  """Whether the trainable set touches the vision encoder (no feature cache then)."""
+  return bool(re.search(TRAINABLE.get(trainable, trainable), "img/embedding/kernel"))
 
 
 def colab_lr(base: float, train_steps: int, warmup_percent: float = 0.10) -> Callable:
@@ -117,33 +133,57 @@ def init_state(trainable: Params, tx: optax.GradientTransformation) -> TrainStat
                     opt_state=tx.init(trainable))
 
 
-def train_step(state: TrainState, batch: dict, frozen: Params, *, model, tx, loss_kind: str,
-               yes_no_ids) -> tuple[TrainState, dict]:
-  """One optimizer step on one batch. Pure: jit it with `jit_train_step`."""
-  def loss_fn(trainable):
-    params = merge_params(trainable, frozen)
-    return losses.batch_loss(model, params, batch, loss_kind, yes_no_ids)
+def _grads(trainable: Params, frozen: Params, batch: dict, model, loss, yes_no_ids):
+  def loss_fn(t):
+    return losses.batch_loss(model, merge_params(t, frozen), batch, loss, yes_no_ids)
+  return jax.value_and_grad(loss_fn)(trainable)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+
+def _accumulated_grads(trainable, frozen, batch, accum: int, **kw):
+  """Mean loss and gradient over `accum` equal micro-batches, one at a time.
+
+  The loss is a mean over examples, so the mean of the micro-batch means is
+  the large batch's value; only one micro-batch's activations are alive.
+  """
+  micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+  def body(carry, mb):
+    value, grads = _grads(trainable, frozen, mb, **kw)
+    return jax.tree.map(jnp.add, carry, (value, grads)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
+  (value, grads), _ = jax.lax.scan(body, zeros, micro)
+  return jax.tree.map(lambda x: x / accum, (value, grads))
+
+
+def train_step(state: TrainState, batch: dict, frozen: Params, *, model, tx,
+               loss: losses.LossConfig, yes_no_ids, accum: int = 1
+               ) -> tuple[TrainState, dict]:
+  """One optimizer step on one (possibly accumulated) batch. Pure; see `jit_train_step`."""
+  kw = dict(model=model, loss=loss, yes_no_ids=yes_no_ids)
+  if accum > 1:
+    value, grads = _accumulated_grads(state.params, frozen, batch, accum, **kw)
+  else:
+    value, grads = _grads(state.params, frozen, batch, **kw)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  metrics = {"loss": value, "grad_norm": optax.tree.norm(grads)}
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def jit_train_step(model, tx, loss_kind: str, yes_no_ids, mesh: jax.sharding.Mesh):
-  """`train_step` jitted once: state donated, batch split over the mesh's data axis."""
+def jit_train_step(model, tx, loss: losses.LossConfig, yes_no_ids, mesh: jax.sharding.Mesh,
+                   state_shardings, frozen_shardings, accum: int = 1):
+  """`train_step` jitted once: state donated, batch split over the mesh's data axis.
+
+  Shardings come from `sharding.state_shardings` / `param_shardings`
+  (replicated for data parallelism, split leaves for FSDP).
+  """
   from jax.sharding import NamedSharding, PartitionSpec as P
-  replicated = NamedSharding(mesh, P())
   data = NamedSharding(mesh, P("data"))
-  fn = functools.partial(train_step, model=model, tx=tx, loss_kind=loss_kind,
-                         yes_no_ids=tuple(yes_no_ids))
-  return jax.jit(fn, donate_argnums=(0,), in_shardings=(replicated, data, replicated),
-                 out_shardings=(replicated, replicated))
-
-
-def default_mesh() -> jax.sharding.Mesh:
-  return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  fn = functools.partial(train_step, model=model, tx=tx, loss=loss,
+                         yes_no_ids=tuple(yes_no_ids), accum=accum)
+  return jax.jit(fn, donate_argnums=(0,), in_shardings=(state_shardings, data, frozen_shardings),
+                 out_shardings=(state_shardings, NamedSharding(mesh, P())))
 
 
 def progress_line(step: int, total: int, lr: float, loss: float) -> str:

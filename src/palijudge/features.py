@@ -1,0 +1,101 @@
+"""Frozen-encoder feature cache: image tokens computed once per image.
+
+When the vision encoder and its projection are frozen, an image's tokens
+`zimg` (P, D) depend only on the image, the model weights and the
+preprocessing. They are kept in memory and on disk under
+`cache/features/`, keyed by all three, and reused across steps, epochs,
+seeds, folds, trials and runs. Training with `--trainable all` changes the
+encoder, so no cache is used then.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+
+import jax
+import numpy as np
+
+from palijudge.data import Example
+from palijudge.model import PaliGemma
+
+FEATURE_DIR = os.path.join("cache", "features")
+
+
+def _file_id(path: str) -> str:
+  st = os.stat(path)
+  return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _embed(model: PaliGemma, img_params, image_BxSxSx3):
+  return model.apply({"params": {"img": img_params}}, image_BxSxSx3,
+                     method=PaliGemma.embed_image)
+
+
+class FeatureCache:
+  """zimg per image for one frozen encoder (identified by `weights_id`)."""
+
+  def __init__(self, model: PaliGemma, img_params, weights_id: str, gif_frame: str,
+               disk_dir: str | None = FEATURE_DIR):
+    self.model, self.img_params = model, img_params
+    self.gif_frame = gif_frame
+    self.memory: dict[str, np.ndarray] = {}
+    self.hits = self.misses = 0
+    self.disk_dir = disk_dir
+    self.model_key = hashlib.sha256(json.dumps(
+        [model.cfg.to_dict(), str(model.dtype), weights_id]).encode()).hexdigest()[:16]
+
+  def _key(self, ex: Example) -> str:
+    raw = f"{self.model_key}|{_file_id(ex.image)}|{self.gif_frame}"
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+  def _disk(self, key: str) -> str | None:
+    return os.path.join(self.disk_dir, key[:2], key + ".npy") if self.disk_dir else None
+
+  def _lookup(self, key: str) -> np.ndarray | None:
+    if key in self.memory:
+      return self.memory[key]
+    path = self._disk(key)
+    if path and os.path.exists(path):
+      try:
+        self.memory[key] = np.load(path, allow_pickle=False)
+        return self.memory[key]
+      except (OSError, ValueError):
+        return None  # A damaged entry is recomputed and rewritten.
+    return None
+
+  def _store(self, key: str, z: np.ndarray) -> None:
+    self.memory[key] = z
+    path = self._disk(key)
+    if not path:
+      return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=os.path.dirname(path))
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, z, allow_pickle=False)
+    os.replace(tmp, path)
+
+  def attach(self, chunk: list[Example], batch: dict) -> dict:
+    """Replaces batch["image"] by batch["zimg"], computing only the misses."""
+    keys = [self._key(ex) for ex in chunk]
+    found = [self._lookup(k) for k in keys]
+    missing = [i for i, z in enumerate(found) if z is None]
+    self.hits += len(chunk) - len(missing)
+    self.misses += len(missing)
+    if missing:
+      images = batch["image"]
+      z = np.asarray(_embed(self.model, self.img_params, images))
+      for i in missing:
+        found[i] = z[i]
+        self._store(keys[i], z[i])
+    rows = np.stack(found)
+    pad = len(batch["text"]) - len(rows)
+    if pad:
+      rows = np.concatenate([rows, np.repeat(rows[:1], pad, axis=0)])
+    out = {k: v for k, v in batch.items() if k != "image"}
+    out["zimg"] = rows
+    return out
