@@ -42,6 +42,10 @@ def main():
                  help="divergence: mean loss of 16 steps rises above this after warm-up")
   g.add_argument("--save-every", type=int, default=d.save_every,
                  help="write the train state every N steps (for --resume)")
+  g.add_argument("--runs", type=int, default=1,
+                 help="independent runs (seeds S, S+1000, ...); the best is saved")
+  g.add_argument("--select", default="f1", choices=runner.SELECT,
+                 help="validation metric that picks the best run")
   g.add_argument("--resume", action="store_true",
                  help="continue from checkpoints/NAME.state.npz if a killed run left one")
   args = p.parse_args()
@@ -59,10 +63,13 @@ def main():
   valid_set = data.read_jsonl(names[2], args.root)
   lm = cli.load_model(args, trainable=tcfg.trainable)
   save_to = os.path.join("checkpoints", args.write + ".npz") if args.write else None
+  if args.runs < 1:
+    raise cli.UserError("--runs must be >= 1")
   if (args.resume or args.save_every) and not save_to:
     raise cli.UserError("--resume and --save-every need -w NAME (the state lives beside it)")
-  runner.learn(lm, train_set, valid_set, tcfg, opts, names=names, save_to=save_to,
-               two_stage=args.two_stage, resume=args.resume)
+  setup = runner.LearnSetup(names=names, save_to=save_to, two_stage=args.two_stage,
+                            resume=args.resume, runs=args.runs, select=args.select)
+  runner.learn(lm, train_set, valid_set, tcfg, opts, setup)
 
 
 if __name__ == "__main__":

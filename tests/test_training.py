@@ -198,3 +198,24 @@ def test_data_parallel_and_fsdp_match_one_device():
   proc = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT.format(fx=FX)], env=env,
                         capture_output=True, text=True, timeout=600)
   assert "SHARDING OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_runs_keep_the_best_by_the_chosen_metric(tiny, tmp_path, monkeypatch):
+  from palijudge import runner
+  root, spec, examples = tiny
+  monkeypatch.chdir(tmp_path)
+  lm = session.load(spec, trainable="attn")
+  tcfg = train.TrainConfig(steps=2, batch_size=2, lr=0.3)
+  logs = []
+  setup = runner.LearnSetup(names=("all", "train", "valid"), save_to="best.npz", runs=3,
+                            select="auc")
+  opts = runner.EvalOptions(prompt=session.DEFAULT_PROMPT)
+  result = runner.learn(lm, examples[:8], examples[8:], tcfg, opts, setup, log=logs.append)
+  scores = [float(l.split("= ")[1]) for l in logs if l.startswith("run ") and "valid auc" in l]
+  assert len(scores) == 3
+  best = int(np.argmax(scores))  # First of equals wins, as in the loop.
+  assert f"best run: {best + 1}/3 (seed {1000 * best})" in "\n".join(logs)
+  meta = checkpoint.read_meta("best.npz")
+  assert meta["train_config"]["seed"] == 1000 * best
+  assert runner.selection_score(result.after["valid"], "auc") == pytest.approx(scores[best],
+                                                                               abs=1e-4)

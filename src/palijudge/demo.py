@@ -44,5 +44,6 @@ def run(data: str | None = None, preset: str = "tiny", recipe: TrainConfig = DEM
   opts = runner.EvalOptions(prompt=session.DEFAULT_PROMPT, batch_size=32)
   base = os.path.splitext(data)[0]
   names = (f"{base} (all)", f"{base} (train split)", f"{base} (valid split)")
-  result = runner.learn(lm, train, valid, recipe, opts, names=names, save_to=save_to, log=log)
+  setup = runner.LearnSetup(names=names, save_to=save_to)
+  result = runner.learn(lm, train, valid, recipe, opts, setup, log=log)
   return result.after[names[2]]

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from palijudge import checkpoint
+from palijudge import metrics
 from palijudge import fit as fit_lib
 from palijudge import train as train_lib
 from palijudge.data import Example
@@ -79,32 +80,86 @@ def _is_union(value) -> bool:
   return bool(value) and all(isinstance(v, str) for v in value)
 
 
-def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
-          tcfg: train_lib.TrainConfig, opts: EvalOptions, *, names: tuple[str, str, str],
-          save_to: str | None, two_stage: bool = False, log: Log = print,
-          resume: bool = False) -> LearnResult:
-  """03-do_learn: evaluate before, train (1 or 2 stages), evaluate after, save."""
-  all_name, train_name, valid_name = names
-  sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid}
-  cache = PixelCache()
-  state_path = save_to[:-len(".npz")] + ".state.npz" if save_to else None
-  before = after = report(lm, sets, opts, "before training", log, cache)
-  stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if two_stage else [])
+SELECT = ("precision", "f1", "accuracy", "recall", "auc")
+
+
+def selection_score(result: EvalResult, metric: str) -> float:
+  """The validation metric `--runs` keeps the best run by (higher is better)."""
+  c = result.confusion
+  values = {"precision": c.precision, "f1": c.f_measure, "accuracy": c.accuracy,
+            "recall": c.recall}
+  if metric == "auc":
+    auc = metrics.roc_auc(result.labels.tolist(), result.p_yes.tolist())
+    return float("-inf") if auc is None else auc
+  return values[metric]
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnSetup:
+  """What 03-do_learn runs, beyond the recipe itself."""
+  names: tuple[str, str, str]  # all, train, valid (as printed).
+  save_to: str | None = None
+  two_stage: bool = False
+  resume: bool = False
+  runs: int = 1               # Independent seeds; the best by `select` is kept.
+  select: str = "f1"
+
+
+def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, log):
+  """One run: 1 or 2 stages, evaluated after each. Returns (lm, after-results)."""
+  state_path = setup.save_to[:-len(".npz")] + ".state.npz" if setup.save_to else None
+  stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if setup.two_stage else [])
+  after = {}
   for i, stage in enumerate(stages):
-    log(f"training stage {i + 1}: lr {stage.lr:g}, batch {stage.batch_size}, "
-        f"{stage.steps} steps, trainable {stage.trainable}, {stage.optimizer}")
+    log(f"training stage {i + 1}: lr {stage.lr:g}, batch {stage.batch_size}"
+        f"{f' x {stage.accum}' if stage.accum > 1 else ''}, {stage.steps} steps, "
+        f"trainable {stage.trainable}, {stage.optimizer}, seed {stage.seed}")
     fit_opts = fit_lib.FitOptions(prompt=opts.prompt, gif_frame=opts.gif_frame,
-                                  state_path=state_path, resume=resume, stage=i)
+                                  state_path=state_path, resume=setup.resume,
+                                  stage=run * 2 + i)
     result = fit_lib.fit(lm, train, stage, fit_opts, log=log, cache=cache)
+    stage_seed = result.seed
+    if i + 1 < len(stages):
+      stages[i + 1] = dataclasses.replace(stages[i + 1], seed=stage_seed)
     lm = dataclasses.replace(lm, params=result.params)
     after = report(lm, sets, opts, ("1st", "2nd")[i] + " trained", log, cache)
-  if save_to:
-    meta = {"tokenizer": lm.spec.tokenizer, "base": lm.spec.weights, "prompt": opts.prompt,
-            "train_config": dataclasses.asdict(tcfg), "two_stage": two_stage,
-            "threshold": opts.threshold,
-            "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    checkpoint.save(save_to, lm.params, lm.cfg, meta)
-    log(f"saved {save_to}")
-    if state_path and os.path.exists(state_path):
-      os.remove(state_path)  # The run finished: its periodic state is obsolete.
+  return lm, after
+
+
+def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
+          tcfg: train_lib.TrainConfig, opts: EvalOptions, setup: LearnSetup,
+          log: Log = print) -> LearnResult:
+  """03-do_learn: evaluate before, train (runs x stages), evaluate after, save the best."""
+  all_name, train_name, valid_name = setup.names
+  sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid}
+  cache = PixelCache()
+  before = report(lm, sets, opts, "before training", log, cache)
+  best = None
+  for run in range(setup.runs):
+    cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 1000 * run)
+    if setup.runs > 1:
+      log(f"run {run + 1}/{setup.runs} (seed {cfg.seed})")
+    run_lm, after = _train_run(lm, train, cfg, setup, sets, opts, cache, run, log)
+    score = selection_score(after[valid_name], setup.select)
+    if setup.runs > 1:
+      log(f"run {run + 1}: valid {setup.select} = {score:.4f}")
+    if best is None or score > best[0]:
+      best = (score, run, run_lm, after, cfg)
+  score, run, lm, after, cfg = best
+  if setup.runs > 1:
+    log(f"best run: {run + 1}/{setup.runs} (seed {cfg.seed}), valid {setup.select} = {score:.4f}")
+  if setup.save_to:
+    _save(lm, cfg, opts, setup)
+    log(f"saved {setup.save_to}")
   return LearnResult(lm, before, after)
+
+
+def _save(lm: LoadedModel, tcfg, opts: EvalOptions, setup: LearnSetup) -> None:
+  meta = {"tokenizer": lm.spec.tokenizer, "base": lm.spec.weights, "prompt": opts.prompt,
+          "train_config": dataclasses.asdict(tcfg), "two_stage": setup.two_stage,
+          "threshold": opts.threshold,
+          "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+  checkpoint.save(setup.save_to, lm.params, lm.cfg, meta)
+  state_path = setup.save_to[:-len(".npz")] + ".state.npz"
+  if os.path.exists(state_path):
+    os.remove(state_path)  # The run finished: its periodic state is obsolete.

@@ -127,10 +127,22 @@ def _dtype_rule(trainable: str, param_dtype: str):
   return rule
 
 
+def enable_compile_cache(cache_dir: str = CACHE_DIR) -> None:
+  """Persistent XLA compilation cache, so a rerun of a configuration skips compiling.
+
+  `PALIJUDGE_COMPILE_CACHE` names another folder; set it empty to disable.
+  """
+  folder = os.environ.get("PALIJUDGE_COMPILE_CACHE", os.path.join(cache_dir, "jax-compile"))
+  if folder:
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
          compute: str = "auto", remat: str = "none") -> LoadedModel:
   if param_dtype not in PARAM_DTYPES:
     raise UserError(f"--param-dtype must be one of {', '.join(PARAM_DTYPES)}")
+  enable_compile_cache()
   tok = Tokenizer.load(spec.tokenizer)
   if tok.vocab_size > spec.cfg.llm.vocab_size:
     raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "
