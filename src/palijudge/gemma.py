@@ -49,6 +49,12 @@ def apply_rope(x_BxTxNxH, positions_BxT, max_wavelength: float = 10_000.0):
   return out.astype(x_BxTxNxH.dtype)
 
 
+def _gather(x_BxSx_, idx_BxT):
+  """x[b, idx[b, t]] along axis 1."""
+  idx = idx_BxT.reshape(idx_BxT.shape + (1,) * (x_BxSx_.ndim - 2))
+  return jnp.take_along_axis(x_BxSx_, idx, axis=1)
+
+
 def softcap(x, cap: float):
   return jnp.tanh(x / cap) * cap if cap else x
 
@@ -77,27 +83,31 @@ class Attention(nn.Module):
   cfg: LlmConfig
   dtype: Dtype = jnp.float32
 
-  def _project_qkv(self, x):
+  def _project_qkv(self, x, query_idx):
     c, d = self.cfg, x.shape[-1]
     n, k, h = c.num_heads, c.num_kv_heads, c.head_dim
     x = x.astype(self.dtype)
+    xq = x if query_idx is None else _gather(x, query_idx)
     if n == k:  # big_vision stores one fused weight when there is no sharing.
       w = _Weight((3, n, d, h), name="qkv_einsum")().astype(self.dtype)
-      q, kk, v = jnp.einsum("BTD,CNDH->CBTNH", x, w)
+      q = jnp.einsum("BTD,NDH->BTNH", xq, w[0])
+      kk, v = jnp.einsum("BSD,CNDH->CBSNH", x, w[1:])
     else:
       wq = _Weight((n, d, h), name="q_einsum")().astype(self.dtype)
       wkv = _Weight((2, k, d, h), name="kv_einsum")().astype(self.dtype)
-      q = jnp.einsum("BTD,NDH->BTNH", x, wq)
+      q = jnp.einsum("BTD,NDH->BTNH", xq, wq)
       kk, v = jnp.einsum("BSD,CKDH->CBSKH", x, wkv)
     return q, kk, v
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache_k=None, cache_v=None,
-               write_index=None):
+  def __call__(self, x_BxSxD, positions_BxS, mask_BxTxS, cache_k=None, cache_v=None,
+               write_index=None, query_idx=None):
+    """Queries at every position, or only at `query_idx` (B, T); keys at all S."""
     c = self.cfg
-    q, k, v = self._project_qkv(x_BxTxD)
-    q = apply_rope(q, positions_BxT)
-    k = apply_rope(k, positions_BxT)
+    q, k, v = self._project_qkv(x_BxSxD, query_idx)
+    q_pos = positions_BxS if query_idx is None else _gather(positions_BxS, query_idx)
+    q = apply_rope(q, q_pos)
+    k = apply_rope(k, positions_BxS)
     if c.query_pre_attn_norm == "rsqrt_emb_per_head":
       q = q * (c.width // c.num_heads) ** -0.5
     else:
@@ -143,11 +153,15 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, mask, write_index):
+  def __call__(self, x, layer_cache, positions, mask, write_index, query_idx=None):
+    """With `query_idx` (B, T), outputs only those positions: (B, T, D)."""
     ck, cv = layer_cache if layer_cache is not None else (None, None)
     y = RMSNorm(self.dtype, name="pre_attention_norm")(x)
+    if query_idx is not None:
+      mask = _gather(mask, query_idx)
+      x = _gather(x, query_idx)
     y, new_cache = Attention(self.cfg, self.dtype, name="attn")(
-        y, positions, mask, ck, cv, write_index)
+        y, positions, mask, ck, cv, write_index, query_idx)
     if self.cfg.post_norms:
       y = RMSNorm(self.dtype, name="post_attention_norm")(y)
     x = x + y
@@ -206,6 +220,28 @@ class Gemma(nn.Module):
     x, new = self.layers(x_BxTxD.astype(self.dtype), layer_cache, positions_BxT, mask_BxTxS,
                          write_index)
     return self.final_norm(x), (KVCache(*new) if new is not None else None)
+
+  def hidden_at(self, x_BxSxD, positions_BxS, mask_BxSxS, query_idx_BxT):
+    """Pre-logits (B, T, D) at `query_idx` only: the last layer skips the rest.
+
+    Every layer still attends over all S tokens, but the last one computes
+    queries, the MLP and the final norm only where an output is needed (the
+    answer position, or the positions the loss reads).
+    """
+    stacked = self.variables["params"]["layers"]
+    cls = Block
+    if self.remat_policy != "none":
+      cls = nn.remat(Block, policy=remat_policy(self.remat_policy), prevent_cse=False)
+    block = cls(self.cfg, self.dtype, parent=None)  # A detached module, applied by hand.
+
+    def body(x, layer_params):
+      return block.apply({"params": layer_params}, x, None, positions_BxS, mask_BxSxS,
+                         None)[0], None
+    x = x_BxSxD.astype(self.dtype)
+    x, _ = jax.lax.scan(body, x, jax.tree.map(lambda a: a[:-1], stacked))
+    last = jax.tree.map(lambda a: a[-1], stacked)
+    x, _ = block.apply({"params": last}, x, None, positions_BxS, mask_BxSxS, None, query_idx_BxT)
+    return self.final_norm(x)
 
   def logits(self, pre_BxTxD, ids=None):
     """f32 logits before final soft-capping (big_vision feeds these to the loss)."""

@@ -1,4 +1,4 @@
-"""Training objectives, all computed in f32.
+"""Training objectives (`--loss`), all computed in f32.
 
 `ce` is the colab's loss: cross-entropy over the full vocabulary at every
 suffix token (the answer and its eos), averaged per example, then over the
@@ -6,46 +6,182 @@ batch. Vocabulary logits are computed only at those positions (gathered
 through `batch["loss_idx"]`), never at every text position.
 
 The yes/no objectives look at one position, the last prompt token, whose
-logits predict the answer. With m = logit(yes) - logit(no) and y = 1 for yes:
-- `yesno`: 2-way softmax cross-entropy over (yes, no) logits (equals `bce` on m);
-- `bce`: binary cross-entropy on m, positives weighted by `pos_weight`;
-- `focal`: alpha * (1 - p_t)^gamma * bce_t, where p_t is the probability given
-  to the true answer. alpha is a plain scale applied to every example, as in
-  the users' CombinedLoss (alpha=1: no scaling); gamma=0 gives exactly `bce`.
-  Class balance comes from `pos_weight` / class weights, not from alpha;
-- `combined`: bce_weight * bce + focal_weight * focal.
+logits predict the answer. With m = logit(yes) - logit(no), p = sigmoid(m) =
+p(yes), y = 1 for a `yes` label and q the target (q = y, or with label
+smoothing eps: q = y (1 - eps) + eps / 2):
+- `yesno`: 2-way softmax cross-entropy over the (yes, no) logits:
+  -(q log softmax_yes + (1 - q) log softmax_no). Numerically equal to `bce`
+  without `pos_weight` (the 2-way softmax of (yes, no) is sigmoid(m)).
+- `bce`: -(pos_weight q log p + (1 - q) log(1 - p)); `pos_weight` multiplies
+  the positive (`yes`) term only, as torch's BCEWithLogitsLoss does.
+- `focal`: -alpha (pos_weight q (1 - p)^gamma log p + (1 - q) p^gamma log(1 - p)).
+  For a hard label that is alpha (1 - p_t)^gamma bce_t, p_t being the
+  probability given to the true answer; gamma = 0 gives exactly alpha * bce.
+  **alpha scales both classes alike**, as in the users' CombinedLoss
+  (`F_loss = alpha * (1 - pt)**gamma * BCE`): alpha = 1 (the default) means no
+  scaling at all, yes and no examples weigh the same. It is *not* the
+  RetinaNet/torchvision alpha (alpha on positives, 1 - alpha on negatives,
+  under which alpha = 1 would give `no` examples zero weight); that weighting
+  is `--class-weight A,1-A` here.
+- `combined`: bce_weight * bce + focal_weight * focal (defaults 0.5 / 0.5,
+  alpha = 1, gamma = 3: the users' CombinedLoss).
+
+Class weights (W_YES, W_NO) multiply each example's loss by the weight of its
+label (any kind, `ce` included); the batch loss stays the mean over the batch's
+real examples (not divided by the sum of weights, so a batch of one class
+still feels its weight). `auto` = sklearn's "balanced": N / (2 N_class) on the
+training split, so the average weight over the training set is 1.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 
 from palijudge import model as model_lib
+from palijudge.errors import UserError
 
 LOSSES = ("ce", "yesno", "bce", "focal", "combined")
+_FOCAL = ("focal", "combined")
+_POS_WEIGHTED = ("bce", "focal", "combined")
 
 
-def ce_per_example(logits_BxLxV, targets_BxL, weights_BxL):
-  """-sum(w * log p(target)) / max(sum(w), 1) per example, f32."""
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The training objective and its parameters (hashable: static under jit).
+
+  class_weight: (W_YES, W_NO) already resolved to numbers (never "auto").
+  """
+  kind: str = "ce"
+  pos_weight: float = 1.0
+  focal_alpha: float = 1.0
+  focal_gamma: float = 3.0
+  bce_weight: float = 0.5
+  focal_weight: float = 0.5
+  label_smoothing: float = 0.0
+  class_weight: tuple[float, float] | None = None
+
+  def __post_init__(self):
+    if self.kind not in LOSSES:
+      raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {self.kind!r}")
+    if self.class_weight is not None:
+      cw = tuple(float(w) for w in self.class_weight)
+      object.__setattr__(self, "class_weight", cw)
+    for msg in _problems(self):
+      raise UserError(msg)
+
+
+def _problems(c: LossConfig) -> list[str]:
+  """Every invalid value or senseless combination, as user-facing messages."""
+  out = []
+  finite = all(math.isfinite(v) for v in (c.pos_weight, c.focal_alpha, c.focal_gamma,
+                                          c.bce_weight, c.focal_weight, c.label_smoothing))
+  if not finite:
+    out.append("loss parameters must be finite numbers")
+  if not c.pos_weight > 0:
+    out.append(f"--pos-weight must be > 0, got {c.pos_weight}")
+  if c.pos_weight != 1.0 and c.kind not in _POS_WEIGHTED:
+    out.append(f"--pos-weight applies to --loss {'/'.join(_POS_WEIGHTED)}, not {c.kind}")
+  if c.pos_weight != 1.0 and c.class_weight is not None:
+    out.append("--pos-weight and --class-weight both weight the classes: use one")
+  if c.kind not in _FOCAL and (c.focal_alpha, c.focal_gamma) != (1.0, 3.0):
+    out.append(f"--focal-alpha/--focal-gamma apply to --loss focal/combined, not {c.kind}")
+  if not c.focal_alpha > 0 or not c.focal_gamma >= 0:
+    out.append(f"need --focal-alpha > 0 and --focal-gamma >= 0, got "
+               f"{c.focal_alpha}, {c.focal_gamma}")
+  if c.kind != "combined" and (c.bce_weight, c.focal_weight) != (0.5, 0.5):
+    out.append(f"--bce-weight/--focal-weight apply to --loss combined, not {c.kind}")
+  if min(c.bce_weight, c.focal_weight) < 0 or c.bce_weight + c.focal_weight <= 0:
+    out.append(f"--bce-weight and --focal-weight must be >= 0 and not both 0, got "
+               f"{c.bce_weight}, {c.focal_weight}")
+  if not 0 <= c.label_smoothing < 1:
+    out.append(f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
+  cw = c.class_weight
+  if cw is not None and (len(cw) != 2 or not all(math.isfinite(w) and w > 0 for w in cw)):
+    out.append(f"--class-weight needs two positive numbers W_YES,W_NO, got {cw}")
+  return out
+
+
+def balanced_class_weight(n_yes: int, n_no: int) -> tuple[float, float]:
+  """sklearn's "balanced" weights (N / (2 N_yes), N / (2 N_no)); both classes needed."""
+  if n_yes <= 0 or n_no <= 0:
+    raise UserError(f"--class-weight auto needs both classes in the training split "
+                    f"(yes={n_yes}, no={n_no})")
+  n = n_yes + n_no
+  return (n / (2 * n_yes), n / (2 * n_no))
+
+
+def ce_per_example(logits_BxLxV, targets_BxL, weights_BxL, label_smoothing: float = 0.0):
+  """-sum(w * log p(target)) / max(sum(w), 1) per example, f32.
+
+  With label smoothing eps the target distribution is (1 - eps) one-hot +
+  eps / V over the vocabulary.
+  """
   logp = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, targets_BxL[..., None], axis=-1)[..., 0]
+  if label_smoothing:
+    nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
   w = weights_BxL.astype(jnp.float32)
   return (nll * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
 
 
-def bce_on_margin(margin_B, label_B, pos_weight=1.0):
-  """Binary cross-entropy with logit `margin`; positives weighted."""
-  m = margin_B.astype(jnp.float32)
+def soft_target(label_B, label_smoothing: float = 0.0):
+  """q = y (1 - eps) + eps / 2, f32 (B,)."""
   y = label_B.astype(jnp.float32)
-  return -(pos_weight * y * jax.nn.log_sigmoid(m) + (1 - y) * jax.nn.log_sigmoid(-m))
+  return y * (1.0 - label_smoothing) + 0.5 * label_smoothing
 
 
-def focal_on_margin(margin_B, label_B, alpha=1.0, gamma=3.0, pos_weight=1.0):
+def bce_on_margin(margin_B, label_B, pos_weight=1.0, label_smoothing: float = 0.0):
+  """Binary cross-entropy with logit `margin`; the positive term weighted."""
   m = margin_B.astype(jnp.float32)
-  y = label_B.astype(jnp.float32)
-  p_t = jax.nn.sigmoid(jnp.where(y > 0, m, -m))
-  return alpha * (1.0 - p_t) ** gamma * bce_on_margin(m, y, pos_weight)
+  q = soft_target(label_B, label_smoothing)
+  return -(pos_weight * q * jax.nn.log_sigmoid(m) + (1 - q) * jax.nn.log_sigmoid(-m))
+
+
+def yesno_ce(yes_no_logits_Bx2, label_B, label_smoothing: float = 0.0):
+  """2-way softmax cross-entropy over the [yes, no] logits (B, 2) -> (B,)."""
+  logp = jax.nn.log_softmax(yes_no_logits_Bx2.astype(jnp.float32), axis=-1)
+  q = soft_target(label_B, label_smoothing)
+  return -(q * logp[:, 0] + (1 - q) * logp[:, 1])
+
+
+def focal_on_margin(margin_B, label_B, alpha=1.0, gamma=3.0, pos_weight=1.0,
+                    label_smoothing: float = 0.0):
+  """alpha * focal loss (see the module docstring); gamma = 0 equals alpha * bce."""
+  m = margin_B.astype(jnp.float32)
+  q = soft_target(label_B, label_smoothing)
+  log_p, log_1mp = jax.nn.log_sigmoid(m), jax.nn.log_sigmoid(-m)
+  # (1 - p)^gamma and p^gamma in log space: finite gradients even at p = 0 or 1.
+  mod_pos = jnp.exp(gamma * log_1mp) if gamma else 1.0
+  mod_neg = jnp.exp(gamma * log_p) if gamma else 1.0
+  return -alpha * (pos_weight * q * mod_pos * log_p + (1 - q) * mod_neg * log_1mp)
+
+
+def yes_no_per_example(yn_Bx2, label_B, cfg: LossConfig):
+  """Per-example loss (B,) of the yes/no kinds from the [yes, no] logits."""
+  eps, pw = cfg.label_smoothing, cfg.pos_weight
+  margin = yn_Bx2[:, 0].astype(jnp.float32) - yn_Bx2[:, 1].astype(jnp.float32)
+  if cfg.kind == "yesno":
+    return yesno_ce(yn_Bx2, label_B, eps)
+  if cfg.kind == "bce":
+    return bce_on_margin(margin, label_B, pw, eps)
+  focal = focal_on_margin(margin, label_B, cfg.focal_alpha, cfg.focal_gamma, pw, eps)
+  if cfg.kind == "focal":
+    return focal
+  if cfg.kind == "combined":
+    return cfg.bce_weight * bce_on_margin(margin, label_B, pw, eps) + cfg.focal_weight * focal
+  raise ValueError(f"unknown loss {cfg.kind!r}")
+
+
+def apply_class_weight(per_ex_B, label_B, class_weight: tuple[float, float] | None):
+  """Multiplies each example's loss by W_YES or W_NO (no-op when None)."""
+  if class_weight is None:
+    return per_ex_B
+  w = jnp.where(label_B > 0, class_weight[0], class_weight[1]).astype(jnp.float32)
+  return per_ex_B * w
 
 
 def answer_pre_logits(pre_BxTxD, prefix_len_B):
@@ -54,35 +190,24 @@ def answer_pre_logits(pre_BxTxD, prefix_len_B):
   return jnp.take_along_axis(pre_BxTxD, idx, axis=1)[:, 0]
 
 
-def batch_loss(model, params, batch: dict, kind: str, yes_no_ids, opts: dict | None = None):
+def batch_loss(model, params, batch: dict, cfg: LossConfig | str, yes_no_ids):
   """Scalar f32 loss for one batch (see `pipeline.collate` for its keys)."""
-  opts = opts or {}
+  cfg = LossConfig(kind=cfg) if isinstance(cfg, str) else cfg
   text = batch["text"]
-  out = model_lib.forward(model, params, batch.get("image"), text[:, :-1], batch["mask_ar"][:, :-1],
-                          batch["mask_input"][:, :-1], batch.get("zimg"))
-  if kind == "ce":
-    idx = batch["loss_idx"]
-    pre = jnp.take_along_axis(out.pre_logits_BxTxD, idx[..., None], axis=1)
+  # The decoder's output is needed only where the loss reads it.
+  idx = batch["loss_idx"] if cfg.kind == "ce" else (batch["prefix_len"] - 1)[:, None]
+  pre = model_lib.forward_at(model, params, batch.get("image"), text[:, :-1],
+                             batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1], idx,
+                             batch.get("zimg"))
+  if cfg.kind == "ce":
     logits = model_lib.text_logits(model, params, pre)
     targets = jnp.take_along_axis(text, idx + 1, axis=1)
-    per_ex = ce_per_example(logits, targets, batch["loss_w"])
+    per_ex = ce_per_example(logits, targets, batch["loss_w"], cfg.label_smoothing)
   else:
-    pre = answer_pre_logits(out.pre_logits_BxTxD, batch["prefix_len"])
-    yn = model_lib.text_logits(model, params, pre, jnp.asarray(yes_no_ids))
-    margin = yn[:, 0] - yn[:, 1]
-    label = batch["label"]
-    pw = opts.get("pos_weight", 1.0)
-    if kind in ("yesno", "bce"):
-      per_ex = bce_on_margin(margin, label, pw)
-    elif kind == "focal":
-      per_ex = focal_on_margin(margin, label, opts.get("focal_alpha", 1.0),
-                               opts.get("focal_gamma", 3.0), pw)
-    elif kind == "combined":
-      per_ex = (opts.get("bce_weight", 0.5) * bce_on_margin(margin, label, pw)
-                + opts.get("focal_weight", 0.5) * focal_on_margin(
-                    margin, label, opts.get("focal_alpha", 1.0), opts.get("focal_gamma", 3.0), pw))
-    else:
-      raise ValueError(f"unknown loss {kind!r}")
+    yn = model_lib.text_logits(model, params, pre[:, 0], jnp.asarray(yes_no_ids))
+    per_ex = yes_no_per_example(yn, batch["label"], cfg)
+  if cfg.class_weight is not None:
+    per_ex = apply_class_weight(per_ex, batch["label"], cfg.class_weight)
   if "example_w" in batch:  # Zero-weight rows pad a short last batch.
     w = batch["example_w"].astype(jnp.float32)
     return (per_ex * w).sum() / jnp.maximum(w.sum(), 1.0)

@@ -76,7 +76,8 @@ class ForwardOut:
   zimg_BxPxD: jax.Array
 
 
-def _forward_bound(model: PaliGemma, image, text, mask_ar, mask_input, zimg):
+def _inputs(model: PaliGemma, image, text, mask_ar, mask_input, zimg):
+  """[image tokens, text] embeddings (B, S, D), positions (B, S), mask (B, S, S)."""
   if zimg is None:
     zimg = model.embed_image(image)
   b, p = zimg.shape[:2]
@@ -86,8 +87,29 @@ def _forward_bound(model: PaliGemma, image, text, mask_ar, mask_input, zimg):
   mask = make_attn_mask(full_ar, full_in)
   # Right padding only, so positions are 0..S-1 at every real token.
   positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+  return x, positions, mask, zimg
+
+
+def _forward_bound(model: PaliGemma, image, text, mask_ar, mask_input, zimg):
+  x, positions, mask, zimg = _inputs(model, image, text, mask_ar, mask_input, zimg)
   pre, _ = model.decode(x, positions, mask)
-  return ForwardOut(pre[:, p:], zimg)
+  return ForwardOut(pre[:, zimg.shape[1]:], zimg)
+
+
+def _forward_at_bound(model: PaliGemma, image, text, mask_ar, mask_input, zimg, idx):
+  x, positions, mask, zimg = _inputs(model, image, text, mask_ar, mask_input, zimg)
+  return model.llm.hidden_at(x, positions, mask, idx + zimg.shape[1])
+
+
+def forward_at(model: PaliGemma, params: Params, image_BxSxSx3, text_BxT, mask_ar_BxT,
+               mask_input_BxT, text_idx_BxK, zimg_BxPxD=None):
+  """Pre-logits (B, K, D) at text positions `text_idx` only (see `Gemma.hidden_at`).
+
+  Equals `forward(...).pre_logits_BxTxD` gathered at `text_idx`, at a fraction
+  of the last layer's cost.
+  """
+  return model.apply({"params": params}, image_BxSxSx3, text_BxT, mask_ar_BxT, mask_input_BxT,
+                     zimg_BxPxD, text_idx_BxK, method=_forward_at_bound)
 
 
 def forward(model: PaliGemma, params: Params | None, image_BxSxSx3, text_BxT, mask_ar_BxT,
@@ -135,7 +157,8 @@ def init_params(cfg: ModelConfig, seed: int) -> Params:
   return jax.jit(model.init)(jax.random.PRNGKey(seed), image, text, text)["params"]
 
 
-__all__ = ["PaliGemma", "ForwardOut", "KVCache", "make_attn_mask", "forward", "text_logits",
+__all__ = ["PaliGemma", "ForwardOut", "KVCache", "make_attn_mask", "forward", "forward_at",
+           "text_logits",
            "capped_logits", "build", "param_shapes", "init_params"]
 
 

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from palijudge import losses
 from palijudge import model as model_lib
 from palijudge.gemma import KVCache
 
@@ -27,10 +26,10 @@ from palijudge.gemma import KVCache
 @functools.partial(jax.jit, static_argnames=("model",))
 def yes_no_logits(model, params, batch: dict, yes_no_ids) -> jax.Array:
   """(B, 2) f32 logits [yes, no] at the answer position (prompt-only or teacher-forced)."""
-  out = model_lib.forward(model, params, batch.get("image"), batch["text"], batch["mask_ar"],
-                          batch["mask_input"], batch.get("zimg"))
-  pre = losses.answer_pre_logits(out.pre_logits_BxTxD, batch["prefix_len"])
-  return model_lib.text_logits(model, params, pre, yes_no_ids)
+  idx = (batch["prefix_len"] - 1)[:, None]
+  pre = model_lib.forward_at(model, params, batch.get("image"), batch["text"], batch["mask_ar"],
+                             batch["mask_input"], idx, batch.get("zimg"))
+  return model_lib.text_logits(model, params, pre[:, 0], yes_no_ids)
 
 
 def p_yes(yes_no_logits_Bx2) -> np.ndarray:
