@@ -46,6 +46,8 @@ def main():
                  help="independent runs (seeds S, S+1000, ...); the best is saved")
   g.add_argument("--select", default="f1", choices=runner.SELECT,
                  help="validation metric that picks the best run")
+  g.add_argument("--full", action="store_true",
+                 help="save every parameter (big_vision-loadable), not a delta over the base")
   g.add_argument("--resume", action="store_true",
                  help="continue from checkpoints/NAME.state.npz if a killed run left one")
   args = p.parse_args()
@@ -68,7 +70,8 @@ def main():
   if (args.resume or args.save_every) and not save_to:
     raise cli.UserError("--resume and --save-every need -w NAME (the state lives beside it)")
   setup = runner.LearnSetup(names=names, save_to=save_to, two_stage=args.two_stage,
-                            resume=args.resume, runs=args.runs, select=args.select)
+                            resume=args.resume, runs=args.runs, select=args.select,
+                            full=args.full)
   runner.learn(lm, train_set, valid_set, tcfg, opts, setup)
 
 

@@ -3,6 +3,7 @@ SIGKILL, the frozen-encoder feature cache, data-parallel and FSDP sharding."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import random
@@ -219,3 +220,33 @@ def test_runs_keep_the_best_by_the_chosen_metric(tiny, tmp_path, monkeypatch):
   assert meta["train_config"]["seed"] == 1000 * best
   assert runner.selection_score(result.after["valid"], "auc") == pytest.approx(scores[best],
                                                                                abs=1e-4)
+
+
+def test_delta_checkpoint_loads_over_its_verified_base(tiny, tmp_path, monkeypatch):
+  from palijudge import runner
+  root, spec, examples = tiny
+  monkeypatch.chdir(tmp_path)
+  base = tmp_path / "base.npz"
+  base.write_bytes(pathlib.Path(spec.weights).read_bytes())
+  spec = dataclasses.replace(spec, weights=str(base))
+  lm = session.load(spec, trainable="attn")
+  opts = runner.EvalOptions(prompt=session.DEFAULT_PROMPT)
+  tcfg = train.TrainConfig(steps=2, batch_size=2)
+  for name, full in (("delta.npz", False), ("full.npz", True)):
+    setup = runner.LearnSetup(names=("a", "t", "v"), save_to=name, full=full)
+    runner.learn(lm, examples[:8], examples[8:], tcfg, opts, setup, log=lambda _: None)
+  names = checkpoint.param_names("delta.npz")
+  assert names and all(n.startswith("llm/layers/attn/") for n in names)
+  assert os.path.getsize("delta.npz") < os.path.getsize("full.npz") / 2
+  loaded = session.load(session.resolve("delta.npz"), trainable="attn")
+  with np.load("full.npz") as full:
+    for name, leaf in checkpoint.flatten(loaded.params).items():
+      np.testing.assert_array_equal(np.asarray(leaf), full["params/" + name], err_msg=name)
+  with open(base, "r+b") as f:  # Change the base: the delta must refuse it.
+    f.seek(-8, os.SEEK_END)
+    f.write(b"\0" * 8)
+  with pytest.raises(UserError, match="sha256"):
+    session.resolve("delta.npz")
+  base.unlink()
+  with pytest.raises(UserError, match="missing"):
+    session.resolve("delta.npz")

@@ -14,6 +14,7 @@ never holds a second full copy, and each leaf is cast to the dtype its
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -72,6 +73,11 @@ def _read_member(npz, key: str, path) -> np.ndarray:
     return npz[key]
   except (OSError, ValueError, zipfile.BadZipFile) as e:  # Object arrays are refused here.
     raise UserError(f"{where(path)}: cannot read {key}: {e}") from None
+
+
+def param_names(path) -> list[str]:
+  with _open(path) as npz:
+    return list(_key_index(npz))
 
 
 def read_config(path) -> config_lib.ModelConfig | None:
@@ -150,6 +156,9 @@ def write_npz(path, arrays, meta: dict | None = None) -> None:
           np.lib.format.write_array(f, _json_array(meta), allow_pickle=False)
     with open(tmp, "rb+") as f:
       os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise a shared team folder.
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -167,3 +176,55 @@ def save(path, params: Params, cfg: config_lib.ModelConfig | None, meta: dict | 
     if cfg is not None:
       yield CONFIG_KEY, _json_array(cfg.to_dict())
   write_npz(path, arrays(), meta or {})
+
+
+def file_sha256(path) -> str:
+  """sha256 of a (large) file, remembered beside it as `<file>.sha256`.
+
+  The sidecar records size and mtime, so a changed file is hashed again.
+  """
+  path = os.fspath(path)
+  st = os.stat(path)
+  stamp = f"{st.st_size}:{st.st_mtime_ns}"
+  side = path + ".sha256"
+  try:
+    with open(side, encoding="utf-8") as f:
+      digest, seen = f.read().split()
+    if seen == stamp:
+      return digest
+  except (OSError, ValueError):
+    pass
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 24), b""):
+      h.update(block)
+  digest = h.hexdigest()
+  try:
+    with open(side + ".tmp", "w", encoding="utf-8") as f:
+      f.write(f"{digest} {stamp}\n")
+    os.replace(side + ".tmp", side)
+  except OSError:
+    pass  # A read-only cache folder only costs a re-hash next time.
+  return digest
+
+
+def save_delta(path, params: Params, keep, cfg: config_lib.ModelConfig, base: str,
+               meta: dict) -> None:
+  """Only the leaves `keep(name)` selects, plus what identifies the base checkpoint."""
+  flat = {k: v for k, v in flatten(params).items() if keep(k)}
+  delta_meta = dict(meta, delta=True, base=os.path.abspath(base), base_sha256=file_sha256(base))
+  save(path, unflatten(flat), cfg, delta_meta)
+
+
+def is_delta(path) -> bool:
+  return bool(read_meta(path).get("delta"))
+
+
+def verify_base(delta_path, base_path) -> None:
+  want = read_meta(delta_path).get("base_sha256")
+  if not os.path.exists(base_path):
+    raise UserError(f"{where(delta_path)}: its base checkpoint {base_path} is missing "
+                    f"(pass --base FILE)")
+  if want and file_sha256(base_path) != want:
+    raise UserError(f"{where(delta_path)}: base checkpoint {base_path} is not the one it was "
+                    f"trained from (sha256 differs)")

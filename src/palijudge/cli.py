@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
@@ -50,6 +50,7 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None)
                  help="preset name (weights from cache/) or checkpoint .npz")
   g.add_argument("--model-config", help="model config JSON (for checkpoints without one)")
   g.add_argument("--tokenizer", help="sentencepiece model (default: next to the weights)")
+  g.add_argument("--base", help="base checkpoint of a delta checkpoint (default: as recorded)")
   g.add_argument("--prompt", default=session.DEFAULT_PROMPT,
                  help="prompt used where a row's prefix is empty")
   g.add_argument("--param-dtype", default="auto", choices=session.PARAM_DTYPES,
@@ -65,26 +66,182 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
   g.add_argument("--mode", default="score", choices=evaluate.MODES,
                  help="score: p(yes) from one forward pass; decode: greedy answer")
   g.add_argument("--eval-batch", type=int, default=8, help="evaluation batch size")
-  g.add_argument("--threshold", type=float, default=0.5, help="predict yes when p(yes) >= this")
-  g.add_argument("--gif-frame", default="first", choices=images.GIF_FRAMES,
-                 help="which frame of an animated GIF to judge")
+  g.add_argument("--threshold", type=float, default=None,
+                 help="predict yes when p(yes) >= this (default: the threshold stored in "
+                      "the checkpoint, else 0.5)")
+  g.add_argument("--pick-threshold", metavar="SET",
+                 help="choose the threshold on this evaluated set (a file name, its stem "
+                      "such as valid, or an --eval-set name) and apply it to every set")
+  g.add_argument("--target", default=None,
+                 help="what --pick-threshold aims for: f1, precision=P or recall=R (default f1)")
+  g.add_argument("--gif-frame", default="first", choices=images.GIF_POLICIES,
+                 help="which frame of an animated image to judge; all: score every frame "
+                      "and combine p(yes) by --gif-combine")
+  g.add_argument("--gif-frames", type=int, default=None, metavar="K",
+                 help="with --gif-frame all: K evenly spaced frames (default 0 = every frame)")
+  g.add_argument("--gif-combine", default=None, choices=images.GIF_COMBINE,
+                 help="with --gif-frame all: combine the frames' p(yes) (default mean)")
+  g.add_argument("--eval-set", action="append", default=[], metavar="NAME=FILE",
+                 help="extra evaluation set (.jsonl or .tsv), repeatable")
+  g.add_argument("--gallery", metavar="DIR",
+                 help="write an HTML error gallery (FP and FN thumbnails) per set to DIR")
+  g.add_argument("--gallery-max", type=int, default=200,
+                 help="thumbnails per gallery section")
   g.add_argument("--json", action="store_true", help="also print one JSON line per file")
   g.add_argument("--root", default="dataset",
                  help="dataset root: relative image paths are resolved against it")
 
 
-def eval_options(args):
+def _eval_conflicts(args) -> list[str]:
+  """Contradictory evaluation flags, as messages."""
+  out = []
+  get = lambda name: getattr(args, name, None)
+  if get("threshold") is not None and get("pick_threshold"):
+    out.append("--threshold and --pick-threshold contradict each other: give one")
+  if get("mode") == "decode":
+    for flag in ("threshold", "pick_threshold"):
+      if get(flag) is not None:
+        out.append(f"--{flag.replace('_', '-')} needs --mode score (decode predicts from "
+                   f"the answer text)")
+    if get("gif_frame") == "all":
+      out.append("--gif-frame all combines p(yes) over frames and needs --mode score")
+  if get("target") is not None and not get("pick_threshold"):
+    out.append("--target needs --pick-threshold SET")
+  if (get("gif_frames") is not None or get("gif_combine") is not None) \
+      and get("gif_frame") != "all":
+    out.append("--gif-frames/--gif-combine need --gif-frame all")
+  return out
+
+
+def eval_options(args, stored_threshold: float | None = None):
+  """EvalOptions from the evaluation flags; contradictions are refused.
+
+  The threshold is --threshold, else `stored_threshold` (a checkpoint's), else 0.5.
+  """
   from palijudge.runner import EvalOptions
-  if not 0 < args.threshold < 1:
-    raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
+  for msg in _eval_conflicts(args):
+    raise UserError(msg)
+  threshold = args.threshold if args.threshold is not None else stored_threshold
+  threshold = 0.5 if threshold is None else float(threshold)
+  if not 0 < threshold < 1:
+    raise UserError(f"--threshold must be in (0, 1), got {threshold}")
   if args.eval_batch < 1:
     raise UserError("--eval-batch must be >= 1")
   return EvalOptions(prompt=args.prompt, mode=args.mode, batch_size=args.eval_batch,
-                     threshold=args.threshold, gif_frame=args.gif_frame, as_json=args.json)
+                     threshold=threshold, gif_frame=args.gif_frame, as_json=args.json)
 
 
 def load_model(args, model: str | None = None, trainable: str = "attn"):
   from palijudge import session
-  spec = session.resolve(model or args.model, args.model_config, args.tokenizer)
+  spec = session.resolve(model or args.model, args.model_config, args.tokenizer,
+                         base=getattr(args, "base", None))
   return session.load(spec, trainable=trainable, param_dtype=args.param_dtype,
                       compute=args.compute_dtype)
+
+
+def report_options(args, strict: bool = True):
+  """reporting.ReportOptions from the evaluation flags (call after eval_options).
+
+  strict=False: a --target no threshold reaches warns and uses the best reachable
+  threshold instead of stopping (for reports in the middle of a training run).
+  """
+  from palijudge import reporting, thresholds
+  frames = getattr(args, "gif_frames", None) or 0
+  if frames < 0:
+    raise UserError(f"--gif-frames must be >= 0, got {frames}")
+  if getattr(args, "gallery_max", 200) < 1:
+    raise UserError("--gallery-max must be >= 1")
+  target = getattr(args, "target", None)
+  return reporting.ReportOptions(
+      pick_split=getattr(args, "pick_threshold", None),
+      target=thresholds.parse_target(target) if target else thresholds.Target("f1"),
+      strict_target=strict, frames=frames, combine=getattr(args, "gif_combine", None) or "mean",
+      gallery_dir=getattr(args, "gallery", None), gallery_limit=getattr(args, "gallery_max", 200))
+
+
+def eval_sets(args, taken: Sequence[str] = ()) -> dict:
+  """{NAME: examples} of every --eval-set NAME=FILE (read with data.read_examples)."""
+  from palijudge import data
+  out: dict = {}
+  for spec in getattr(args, "eval_set", None) or []:
+    name, sep, path = spec.partition("=")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+      raise UserError(f"--eval-set {spec!r}: expected NAME=FILE, e.g. safe=dataset/safe.jsonl")
+    if name in out or name in taken:
+      raise UserError(f"--eval-set {name}: the name is already used; pick another")
+    out[name] = data.read_examples(path, args.root)
+  return out
+
+
+def stored_threshold(model: str | None) -> float | None:
+  """The decision threshold saved in a checkpoint's meta ("threshold"), if any."""
+  import os
+  from palijudge import checkpoint
+  if not model or not model.endswith(".npz") or not os.path.isfile(model):
+    return None
+  value = checkpoint.read_meta(model).get("threshold")
+  return float(value) if isinstance(value, (int, float)) else None
+
+
+def add_loss_args(p: argparse.ArgumentParser) -> None:
+  """--loss and its parameters (defaults None: flags given for another loss are refused)."""
+  from palijudge import losses
+  g = p.add_argument_group("objective (see palijudge.losses)")
+  g.add_argument("--loss", default=None, choices=losses.LOSSES, help="default ce (the colab's)")
+  g.add_argument("--pos-weight", type=float, help="bce/focal/combined: weight of yes terms")
+  g.add_argument("--focal-alpha", type=float, help="focal/combined: scale of the focal term, "
+                 "both classes alike (default 1: none)")
+  g.add_argument("--focal-gamma", type=float, help="focal/combined: focusing (default 3)")
+  g.add_argument("--bce-weight", type=float, help="combined: weight of bce (default 0.5)")
+  g.add_argument("--focal-weight", type=float, help="combined: weight of focal (default 0.5)")
+  g.add_argument("--label-smoothing", type=float, help="target smoothing eps (default 0)")
+  g.add_argument("--class-weight", metavar="auto|W_YES,W_NO",
+                 help="per-class loss weights; auto = inverse class frequency of the "
+                      "training split")
+
+
+_LOSS_FLAGS = {"pos_weight": ("bce", "focal", "combined"), "focal_alpha": ("focal", "combined"),
+               "focal_gamma": ("focal", "combined"), "bce_weight": ("combined",),
+               "focal_weight": ("combined",)}
+
+
+def loss_config(args, train_examples: Sequence):
+  """LossConfig from the flags; `auto` class weights come from the training split."""
+  from palijudge import data, losses
+  kind = args.loss or "ce"
+  kw = {}
+  for flag, kinds in _LOSS_FLAGS.items():
+    value = getattr(args, flag, None)
+    if value is not None:
+      if kind not in kinds:
+        raise UserError(f"--{flag.replace('_', '-')} applies to --loss {'/'.join(kinds)}, "
+                        f"not {kind}")
+      kw[flag] = value
+  if getattr(args, "label_smoothing", None) is not None:
+    kw["label_smoothing"] = args.label_smoothing
+  cw = getattr(args, "class_weight", None)
+  if cw is not None:
+    if cw.strip().lower() == "auto":
+      counts = data.class_counts(train_examples)
+      kw["class_weight"] = losses.balanced_class_weight(counts["yes"], counts["no"])
+    else:
+      kw["class_weight"] = _two_floats(cw)
+  return losses.LossConfig(kind=kind, **kw)
+
+
+def _two_floats(text: str) -> tuple[float, float]:
+  parts = text.split(",")
+  try:
+    values = tuple(float(x) for x in parts)
+  except ValueError:
+    values = ()
+  if len(values) != 2:
+    raise UserError(f"--class-weight must be auto or W_YES,W_NO (two numbers), got {text!r}")
+  return values
+
+
+def resolving_parser(description: str) -> argparse.ArgumentParser:
+  """`parser` whose later options replace earlier ones of the same name."""
+  return _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                 conflict_handler="resolve")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import time
 from typing import Callable, Sequence
 
@@ -22,9 +23,10 @@ from palijudge import fit as fit_lib
 from palijudge import train as train_lib
 from palijudge.data import Example
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalResult, evaluate
-from palijudge.metrics import format_block, json_line
+from palijudge.evaluate import EvalResult, evaluate, format_result, json_extra, regressions
+from palijudge.metrics import json_line
 from palijudge.pipeline import PixelCache
+from palijudge.reporting import ReportOptions, apply_pick, write_gallery
 from palijudge.session import LoadedModel
 
 Log = Callable[[str], None]
@@ -48,32 +50,39 @@ class EvalOptions:
 
 
 def report(lm: LoadedModel, sets: dict[str, Sequence[Example] | list[str]], opts: EvalOptions,
-           tag: str, log: Log = print, cache: PixelCache | None = None
-           ) -> dict[str, EvalResult]:
+           tag: str, log: Log = print, cache: PixelCache | None = None,
+           honest: ReportOptions | None = None,
+           baseline: dict[str, EvalResult] | None = None) -> dict[str, EvalResult]:
   """Evaluates each named set and prints its Result block (and JSON line).
 
   A set given as a list of earlier set names is their union, reported from
-  their results without evaluating anything twice.
+  their results without evaluating anything twice. `honest` adds a threshold
+  picked on one set and applied unchanged to all (every result then carries
+  it: `evaluate.shared_threshold`), all-frame GIF scoring and error
+  galleries; `baseline` (the results before training) adds a warning line for
+  every set that got worse.
   """
+  ro = honest or ReportOptions()
   out: dict[str, EvalResult] = {}
-  for name in sorted(sets, key=lambda n: _is_union(sets[n])):
-    examples = sets[name]
+  for name, examples in sets.items():
+    if not _is_union(examples):
+      out[name] = evaluate(lm, examples, prompt=opts.prompt, mode=opts.mode,
+                           batch_size=opts.batch_size, threshold=opts.threshold,
+                           gif_frame=opts.gif_frame, cache=cache, frames=ro.frames,
+                           combine=ro.combine)
+  for name, examples in sets.items():
     if _is_union(examples):
-      res = EvalResult.concat([out[part] for part in examples])
-    else:
-      res = evaluate(lm, examples, prompt=opts.prompt, mode=opts.mode,
-                     batch_size=opts.batch_size, threshold=opts.threshold,
-                     gif_frame=opts.gif_frame, cache=cache)
-    out[name] = res
+      out[name] = EvalResult.concat([out[part] for part in examples])
+  out, _ = apply_pick(out, ro, opts.mode, log)
   for name in sets:
     res = out[name]
-    title = f"{name} ({tag})" if tag else name
-    log(format_block(res.confusion, title))
-    if opts.mode == "decode":
-      log(f"  invalid answers: {res.invalid}/{len(res.examples)}")
+    log(format_result(res, f"{name} ({tag})" if tag else name))
     if opts.as_json:
-      log(json_line(res.confusion, name, stage=tag, invalid=res.invalid))
-  return out
+      log(json_line(res.confusion, name, stage=tag, **json_extra(res)))
+    write_gallery(ro, name, tag, res, log)
+  for line in regressions(baseline or {}, {n: out[n] for n in sets}):
+    log(line)
+  return {n: out[n] for n in sets}
 
 
 def _is_union(value) -> bool:
@@ -103,6 +112,7 @@ class LearnSetup:
   resume: bool = False
   runs: int = 1               # Independent seeds; the best by `select` is kept.
   select: str = "f1"
+  full: bool = False          # Save every parameter, not only the trained ones.
 
 
 def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, log):
@@ -159,7 +169,12 @@ def _save(lm: LoadedModel, tcfg, opts: EvalOptions, setup: LearnSetup) -> None:
           "train_config": dataclasses.asdict(tcfg), "two_stage": setup.two_stage,
           "threshold": opts.threshold,
           "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-  checkpoint.save(setup.save_to, lm.params, lm.cfg, meta)
+  base = lm.spec.base or lm.spec.weights
+  if setup.full or train_lib.TRAINABLE.get(tcfg.trainable) == ".*":
+    checkpoint.save(setup.save_to, lm.params, lm.cfg, meta)
+  else:  # A delta: the trained leaves and the base's sha256.
+    keep = re.compile(train_lib.TRAINABLE.get(tcfg.trainable, tcfg.trainable)).search
+    checkpoint.save_delta(setup.save_to, lm.params, keep, lm.cfg, base, meta)
   state_path = setup.save_to[:-len(".npz")] + ".state.npz"
   if os.path.exists(state_path):
     os.remove(state_path)  # The run finished: its periodic state is obsolete.

@@ -60,6 +60,14 @@ class ModelSpec:
   weights: str
   tokenizer: str
   name: str
+  base: str | None = None  # For a delta checkpoint: the full checkpoint under it.
+
+  @property
+  def weights_id(self) -> str:
+    """Identifies the weights (for caches): files, sizes and times."""
+    files = [f for f in (self.base, self.weights) if f]
+    return "+".join(f"{os.path.abspath(f)}:{os.path.getsize(f)}:{os.path.getmtime(f)}"
+                    for f in files)
 
 
 def _preset_in_name(path: str) -> str | None:
@@ -69,7 +77,8 @@ def _preset_in_name(path: str) -> str | None:
 
 
 def resolve(model: str | None = None, model_config: str | None = None,
-            tokenizer: str | None = None, cache_dir: str = CACHE_DIR) -> ModelSpec:
+            tokenizer: str | None = None, cache_dir: str = CACHE_DIR,
+            base: str | None = None) -> ModelSpec:
   model = model or DEFAULT_MODEL
   is_file = model.endswith(".npz") or os.sep in model or os.path.exists(model)
   if not is_file:
@@ -92,7 +101,10 @@ def resolve(model: str | None = None, model_config: str | None = None,
                     f"--model-config FILE")
   meta = checkpoint.read_meta(model)
   tok = tokenizer or meta.get("tokenizer") or tokenizer_file(preset or "", cache_dir)
-  return ModelSpec(cfg, model, tok, os.path.basename(model))
+  if meta.get("delta"):
+    base = base or meta.get("base")
+    checkpoint.verify_base(model, base)
+  return ModelSpec(cfg, model, tok, os.path.basename(model), base if meta.get("delta") else None)
 
 
 def compute_dtype(name: str = "auto"):
@@ -149,9 +161,15 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
                     f"model only {spec.cfg.llm.vocab_size}")
   shapes = model_lib.param_shapes(spec.cfg)
   rule = _dtype_rule(trainable, param_dtype)
-  params = checkpoint.load_params(
-      spec.weights, shapes, dtype_for=rule,
-      put=lambda _, a: jax.device_put(a))
+  put = lambda _, a: jax.device_put(a)
+  if spec.base:  # A delta: the base first, then the leaves the run trained.
+    params = checkpoint.load_params(spec.base, shapes, dtype_for=rule, put=put)
+    names = set(checkpoint.param_names(spec.weights))
+    delta = checkpoint.load_params(spec.weights, shapes, dtype_for=rule, put=put,
+                                   subset=names.__contains__)
+    params = train_lib.merge_params(params, delta)
+  else:
+    params = checkpoint.load_params(spec.weights, shapes, dtype_for=rule, put=put)
   model = model_lib.build(spec.cfg, compute_dtype(compute), remat)
   return LoadedModel(spec, model, params, tok)
 
