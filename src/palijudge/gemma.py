@@ -16,6 +16,7 @@ call writes into at `write_index` and returns. Masks are always explicit
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -29,6 +30,17 @@ from palijudge.vit import remat_policy
 Dtype = Any
 # big_vision's masked-logit value (not -inf, so fully masked rows stay finite).
 _NEG_INF = -2.3819763e38
+
+
+# Rematerialisation of the training path's layers. Matmul outputs are the
+# activations worth keeping; "none" keeps them all (only the cheap slicing and
+# elementwise work is redone), "full" keeps nothing and recomputes each layer.
+_SCAN_POLICIES = {
+    "none": jax.checkpoint_policies.dots_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 
 
 class KVCache(NamedTuple):
@@ -222,23 +234,26 @@ class Gemma(nn.Module):
     return self.final_norm(x), (KVCache(*new) if new is not None else None)
 
   def hidden_at(self, x_BxSxD, positions_BxS, mask_BxSxS, query_idx_BxT):
-    """Pre-logits (B, T, D) at `query_idx` only: the last layer skips the rest.
+    """Pre-logits (B, T, D) at `query_idx` only: the training and scoring path.
 
-    Every layer still attends over all S tokens, but the last one computes
-    queries, the MLP and the final norm only where an output is needed (the
-    answer position, or the positions the loss reads).
+    Every layer attends over all S tokens, but the last one computes queries,
+    the MLP and the final norm only where an output is needed (the answer
+    position, or the positions the loss reads). Each layer's weights are
+    sliced from the stack inside a `jax.checkpoint`, so the backward pass
+    re-reads them instead of keeping a per-layer copy of every weight (which a
+    plain scan does: a second copy of the whole decoder).
     """
     stacked = self.variables["params"]["layers"]
-    cls = Block
-    if self.remat_policy != "none":
-      cls = nn.remat(Block, policy=remat_policy(self.remat_policy), prevent_cse=False)
-    block = cls(self.cfg, self.dtype, parent=None)  # A detached module, applied by hand.
+    block = Block(self.cfg, self.dtype, parent=None)  # Detached, applied by hand.
+    policy = _SCAN_POLICIES[self.remat_policy]
 
-    def body(x, layer_params):
-      return block.apply({"params": layer_params}, x, None, positions_BxS, mask_BxSxS,
-                         None)[0], None
+    @functools.partial(jax.checkpoint, policy=policy, prevent_cse=False)
+    def layer(x, i):
+      params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
+      return block.apply({"params": params}, x, None, positions_BxS, mask_BxSxS, None)[0]
+
     x = x_BxSxD.astype(self.dtype)
-    x, _ = jax.lax.scan(body, x, jax.tree.map(lambda a: a[:-1], stacked))
+    x, _ = jax.lax.scan(lambda x, i: (layer(x, i), None), x, jnp.arange(self.cfg.depth - 1))
     last = jax.tree.map(lambda a: a[-1], stacked)
     x, _ = block.apply({"params": last}, x, None, positions_BxS, mask_BxSxS, None, query_idx_BxT)
     return self.final_norm(x)

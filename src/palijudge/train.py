@@ -33,7 +33,7 @@ TRAINABLE = {
     "all": r".*",
 }
 OPTIMIZERS = ("sgd", "adam")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
+REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -171,7 +171,6 @@ def remat_policy(name: str):
       "full": None,  # Save nothing: recompute the whole block.
       "dots": jax.checkpoint_policies.checkpoint_dots,
       "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-      "minimal": jax.checkpoint_policies.everything_saveable,
   }
   if name not in policies:
     raise ValueError(f"unknown remat policy {name!r}; choose none or {', '.join(policies)}")

@@ -1,0 +1,153 @@
+"""`make plan`: will this recipe fit the GPU? Answered without allocating.
+
+Bytes by category:
+- frozen params: count x size of `param_dtype` (half precision);
+- trainable params, their gradients: f32;
+- optimizer state: none for SGD, two f32 moments for Adam;
+- activations and temporaries: XLA's own memory analysis of the compiled
+  train step, lowered on abstract shapes (`jax.ShapeDtypeStruct`), so no
+  array is ever created (on CPU, a 16-bit recipe is measured in f32 and
+  scaled: see `activation_bytes`). It is measured with image tokens from the
+  frozen-encoder cache when the encoder is frozen, as training runs.
+With FSDP over n devices, parameters, gradients and optimizer state are
+divided by n; each device keeps one micro-batch of activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+
+from palijudge import config as config_lib
+from palijudge import sharding, train
+from palijudge.checkpoint import flatten, unflatten
+from palijudge import model as model_lib
+
+GIB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  frozen: int
+  trainable: int
+  gradients: int
+  optimizer: int
+  activations: int
+
+  @property
+  def state(self) -> int:
+    return self.frozen + self.trainable + self.gradients + self.optimizer
+
+  @property
+  def total(self) -> int:
+    return self.state + self.activations
+
+  def per_device(self, n: int) -> int:
+    return math.ceil(self.state / n) + self.activations
+
+
+def _abstract_batch(cfg: config_lib.ModelConfig, batch: int, seqlen: int, cached: bool,
+                    compute) -> dict:
+  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+  out = {"text": i32(batch, seqlen), "mask_ar": i32(batch, seqlen),
+         "mask_loss": i32(batch, seqlen), "mask_input": i32(batch, seqlen),
+         "prefix_len": i32(batch), "label": i32(batch), "loss_idx": i32(batch, 2),
+         "loss_w": jax.ShapeDtypeStruct((batch, 2), jnp.float32),
+         "example_w": jax.ShapeDtypeStruct((batch,), jnp.float32)}
+  if cached:
+    out["zimg"] = jax.ShapeDtypeStruct((batch, cfg.num_patches, cfg.llm.width), compute)
+  else:
+    s = cfg.image_size
+    out["image"] = jax.ShapeDtypeStruct((batch, s, s, 3), jnp.float32)
+  return out
+
+
+def _split(cfg, trainable: str, param_dtype):
+  pattern = re.compile(train.TRAINABLE.get(trainable, trainable))
+  flat = flatten(model_lib.param_shapes(cfg))
+  t = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in flat.items()
+       if pattern.search(k)}
+  f = {k: jax.ShapeDtypeStruct(v.shape, param_dtype) for k, v in flat.items() if k not in t}
+  return unflatten(t), unflatten(f)
+
+
+def _nbytes(tree) -> int:
+  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def activation_bytes(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, compute) -> int:
+  """Temporaries of the compiled train step (XLA memory analysis), per device.
+
+  XLA's CPU backend has no 16-bit matmuls: it converts every half-precision
+  weight to f32 up front, which a GPU never does. On CPU a 16-bit recipe is
+  therefore compiled in f32 and its temporaries scaled by the size ratio.
+  """
+  scale = 1.0
+  if jax.default_backend() == "cpu" and jnp.dtype(compute).itemsize < 4:
+    scale = jnp.dtype(compute).itemsize / 4
+    param_dtype = compute = jnp.float32
+  return int(scale * _temporaries(cfg, tcfg, seqlen, param_dtype, compute))
+
+
+def _temporaries(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, compute) -> int:
+  trainable, frozen = _split(cfg, tcfg.trainable, param_dtype)
+  tx = train.make_optimizer(tcfg)
+  state = jax.eval_shape(lambda t: train.init_state(t, tx), trainable)
+  cached = not train.trains_encoder(tcfg.trainable)
+  batch = _abstract_batch(cfg, tcfg.batch_size * tcfg.accum, seqlen, cached, compute)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  step = train.jit_train_step(
+      model_lib.build(cfg, compute, tcfg.remat), tx, tcfg.loss, (0, 1), mesh,
+      sharding.tree_shardings(mesh, state, False), sharding.tree_shardings(mesh, frozen, False),
+      tcfg.accum)
+  analysis = step.lower(state, batch, frozen).compile().memory_analysis()
+  return int(analysis.temp_size_in_bytes)
+
+
+def plan(cfg: config_lib.ModelConfig, tcfg: train.TrainConfig, seqlen: int = 64,
+         param_dtype=jnp.bfloat16, compute=jnp.bfloat16) -> Plan:
+  trainable, frozen = _split(cfg, tcfg.trainable, param_dtype)
+  t = _nbytes(trainable)
+  moments = 2 if tcfg.optimizer == "adam" else 0
+  return Plan(frozen=_nbytes(frozen), trainable=t, gradients=t, optimizer=moments * t,
+              activations=activation_bytes(cfg, tcfg, seqlen, param_dtype, compute))
+
+
+def largest_batch(cfg, tcfg: train.TrainConfig, budget: int, seqlen: int = 64,
+                  param_dtype=jnp.bfloat16, compute=jnp.bfloat16, limit: int = 64) -> int:
+  """Largest micro-batch (with `tcfg.accum`) whose plan fits `budget`; 0 if none."""
+  def fits(b):
+    p = plan(cfg, dataclasses.replace(tcfg, batch_size=b), seqlen, param_dtype, compute)
+    return p.total <= budget
+  lo, hi = 0, 1
+  while hi <= limit and fits(hi):
+    lo, hi = hi, hi * 2
+  hi = min(hi, limit + 1)
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return lo
+
+
+def devices_needed(p: Plan, budget: int, max_devices: int = 1024) -> int | None:
+  """Fewest FSDP devices whose per-device share fits `budget` (None: never)."""
+  if p.activations >= budget:
+    return None
+  n = math.ceil(p.state / (budget - p.activations))
+  return n if n <= max_devices else None
+
+
+def format_plan(p: Plan, budget: int) -> list[str]:
+  rows = [("frozen params", p.frozen), ("trainable params (f32)", p.trainable),
+          ("gradients (f32)", p.gradients), ("optimizer state", p.optimizer),
+          ("activations + temporaries", p.activations), ("total", p.total)]
+  lines = [f"  {name:<28}{b / GIB:8.2f} GiB" for name, b in rows]
+  verdict = "fits" if p.total <= budget else "does NOT fit"
+  lines.append(f"  {verdict} in {budget / GIB:g} GiB")
+  return lines
+
+
