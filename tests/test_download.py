@@ -1,9 +1,15 @@
-"""Kaggle download logic, with kagglehub replaced by a fake module (no network)."""
+"""Downloads: Kaggle with a fake kagglehub, the tokenizer from a local HTTP server
+(TOKENIZER_URL points at a closed local port otherwise; no test reaches the network)."""
 
 from __future__ import annotations
 
+import hashlib
+import http.server
+import re
 import shutil
+import socket
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -15,6 +21,24 @@ from palijudge.errors import UserError
 
 FIXTURE_TOK = Path(__file__).parent / "fixtures" / "paligemma-tiny" / "tokenizer.model"
 NAME = "paligemma-3b-pt-224"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+  with socket.socket() as s:  # a local port nothing listens on
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  monkeypatch.setattr(download, "TOKENIZER_URL", f"http://127.0.0.1:{port}/tok.model")
+  monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+  for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+    monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def tiny_tok(monkeypatch):  # The 512-token fixture tokenizer passes as the PaliGemma one.
+  monkeypatch.setattr(download, "TOKENIZER_VOCAB", 512)
+  monkeypatch.setattr(download, "TOKENIZER_SHA256",
+                      hashlib.sha256(FIXTURE_TOK.read_bytes()).hexdigest())
 
 
 @pytest.fixture
@@ -146,8 +170,7 @@ def test_tokenizer_wrong_vocab_refused(tmp_path):
   assert not (tmp_path / "cache" / download.TOKENIZER_FILE).exists()
 
 
-def test_tokenizer_from_model_dir(monkeypatch, tmp_path):
-  monkeypatch.setattr(download, "TOKENIZER_VOCAB", 512)
+def test_tokenizer_from_model_dir(monkeypatch, tmp_path, tiny_tok):
   model_dir = tmp_path / "kaggle" / "sub"
   model_dir.mkdir(parents=True)
   shutil.copyfile(FIXTURE_TOK, model_dir / "other_name.model")
@@ -157,19 +180,120 @@ def test_tokenizer_from_model_dir(monkeypatch, tmp_path):
   assert download.download_tokenizer(tmp_path / "cache") == out
 
 
-def test_tokenizer_from_url(monkeypatch, tmp_path):
-  monkeypatch.setattr(download, "TOKENIZER_VOCAB", 512)
-  urls = []
-  def fetch(url, dst):
-    urls.append(url)
-    shutil.copyfile(FIXTURE_TOK, dst)
-  monkeypatch.setattr(download, "_fetch_url", fetch)
-  out = download.download_tokenizer(tmp_path / "cache")
-  assert urls == [download.TOKENIZER_URL] and out.is_file()
-  assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
-
-
 def test_tokenizer_cached_wrong_vocab(tmp_path):
   (tmp_path / download.TOKENIZER_FILE).write_bytes(FIXTURE_TOK.read_bytes())
   with pytest.raises(UserError, match="vocabulary is 512"):
     download.download_tokenizer(tmp_path)
+
+
+class _Server:
+  """Serves one payload on 127.0.0.1: Range (unless ranges=False), a first response
+  cut in half then closed (cut_first), or an error `status` for every request."""
+
+  def __init__(self, payload: bytes, cut_first=False, ranges=True, status=200):
+    self.payload, self.cut, self.ranges, self.status = payload, cut_first, ranges, status
+    self.seen = []  # The Range header of each request (None: no Range).
+    srv = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def do_GET(self):  # noqa: N802
+        srv.seen.append(self.headers.get("Range"))
+        if srv.status != 200:
+          self.send_error(srv.status)
+          return
+        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        start = int(m.group(1)) if m and srv.ranges else 0
+        body, n = srv.payload[start:], len(srv.payload)
+        self.send_response(206 if start else 200)
+        if start:
+          self.send_header("Content-Range", f"bytes {start}-{n - 1}/{n}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:len(body) // 2] if srv.cut else body)
+        srv.cut = False
+
+      log_message = lambda *args: None
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/paligemma_tokenizer.model"
+    threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+
+@pytest.fixture
+def serve(monkeypatch):
+  servers = []
+  def start(payload=FIXTURE_TOK.read_bytes(), **kw):
+    servers.append(_Server(payload, **kw))
+    monkeypatch.setattr(download, "TOKENIZER_URL", servers[-1].url)
+    return servers[-1]
+  yield start
+  for s in servers:
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def test_url_download_resumes_after_interruption(tmp_path, tiny_tok, serve):
+  server = serve(cut_first=True)
+  size, lines = FIXTURE_TOK.stat().st_size, []
+  with pytest.raises(UserError, match=r"interrupted at \d+ of \d+ bytes; run again to resume"):
+    download.download_tokenizer(tmp_path, progress=False)
+  part = tmp_path / (download.TOKENIZER_FILE + ".part")
+  assert part.stat().st_size == size // 2
+  out = download.download_tokenizer(tmp_path, progress=False, log=lines.append)
+  assert server.seen == [None, f"bytes={size // 2}-"]
+  assert out.read_bytes() == FIXTURE_TOK.read_bytes() and not part.exists()
+  assert download.TOKENIZER_SHA256 in lines[0] and server.url in lines[0]
+  out.unlink()  # A server that ignores Range: the download starts over.
+  server.ranges = False
+  part.write_bytes(b"stale half")
+  download.download_tokenizer(tmp_path, progress=False)
+  assert server.seen[-1] == "bytes=10-" and out.read_bytes() == FIXTURE_TOK.read_bytes()
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_url_refused_explained(tmp_path, tiny_tok, serve, code):
+  serve(status=code)
+  with pytest.raises(UserError) as e:
+    download.download_tokenizer(tmp_path, progress=False)
+  msg = str(e.value)  # One line: this source's explanation, then why the hub was skipped.
+  assert f"HTTP {code}" in msg and "--tokenizer-file" in msg and "\n" not in msg
+  assert "pip install huggingface_hub" in msg
+  assert not list(tmp_path.iterdir())
+
+
+def test_url_wrong_sha256_rejected_and_discarded(monkeypatch, tmp_path, tiny_tok, serve):
+  monkeypatch.setattr(download, "TOKENIZER_SHA256", "0" * 64)
+  serve()
+  with pytest.raises(UserError, match="is not the known tokenizer's 0000"):
+    download.download_tokenizer(tmp_path, progress=False)
+  assert not list(tmp_path.iterdir())  # no .part left to resume
+
+
+def test_user_file_first_then_the_next_source(tmp_path, tiny_tok, serve):
+  server = serve()
+  mine, bad = tmp_path / "mine.model", tmp_path / "bad.model"
+  shutil.copyfile(FIXTURE_TOK, mine)
+  bad.write_bytes(b"not sentencepiece")
+  out = download.download_tokenizer(tmp_path / "c1", user_file=mine)
+  assert out.read_bytes() == mine.read_bytes() and server.seen == []
+  out = download.download_tokenizer(tmp_path / "c2", user_file=bad, progress=False)
+  assert out.read_bytes() == FIXTURE_TOK.read_bytes() and server.seen == [None]
+
+
+def test_hub_last_needs_token_and_licence(monkeypatch, tmp_path, tiny_tok):
+  calls, refuse = [], RuntimeError("Access to model google/paligemma-3b-pt-224 is restricted")
+  refuse.response = types.SimpleNamespace(status_code=401)
+  def fetch(repo, name, token=None):
+    calls.append((repo, name, token))
+    return str(FIXTURE_TOK) if token == "hf_good" else _raise(refuse)(None)
+  monkeypatch.setitem(sys.modules, "huggingface_hub",
+                      types.SimpleNamespace(hf_hub_download=fetch))
+  with pytest.raises(UserError, match="no Hugging Face token.*HF_TOKEN"):
+    download.download_tokenizer(tmp_path, progress=False)
+  monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+  with pytest.raises(UserError, match=r"access refused \(HTTP 401\): accept the licence"):
+    download.download_tokenizer(tmp_path, progress=False)
+  monkeypatch.setenv("HF_TOKEN", "hf_good")
+  out = download.download_tokenizer(tmp_path, progress=False)
+  assert calls[-1] == ("google/paligemma-3b-pt-224", "tokenizer.model", "hf_good")
+  assert out.read_bytes() == FIXTURE_TOK.read_bytes()

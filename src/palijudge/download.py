@@ -1,20 +1,27 @@
 """Downloads official PaliGemma checkpoints (Kaggle) and the tokenizer.
 
-Needs network access, Kaggle credentials (~/.kaggle/kaggle.json, or
-KAGGLE_USERNAME and KAGGLE_KEY) and the model licence accepted on Kaggle.
-Files land in `cache_dir` (hard link or symlink into kagglehub's cache when
-possible, else a copy); existing files are reused.
+Checkpoints need Kaggle credentials (~/.kaggle/kaggle.json, or KAGGLE_USERNAME
+and KAGGLE_KEY) and the model licence accepted on Kaggle; they land in
+`cache_dir` (a link into kagglehub's cache, else a copy). The tokenizer comes
+from the first source that works: a file the user names, the Kaggle model
+files, big_vision's public bucket (resumable: HTTP Range into a .part file),
+the Hugging Face hub (HF_TOKEN); each is checked by sha256 and vocab size.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import re
 import shutil
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import sentencepiece as spm
+from tqdm import tqdm
 
 from palijudge.errors import UserError, where
 
@@ -36,6 +43,10 @@ TOKENIZER_FILE = "paligemma_tokenizer.model"
 TOKENIZER_VOCAB = 257152
 # Public copy used by big_vision's colabs (no credentials needed).
 TOKENIZER_URL = "https://storage.googleapis.com/big_vision/paligemma_tokenizer.model"
+# sha256 of that file (4,264,023 bytes); None skips the check (vocab size is still checked).
+TOKENIZER_SHA256: str | None = "8986bb4f423f07f8c7f70d0dbe3526fb2316056c17bae71b1ea975e77a168fc6"
+HF_REPO, HF_FILE = "google/paligemma-3b-pt-224", "tokenizer.model"
+_KNOWN = "known"  # sha256 argument default: TOKENIZER_SHA256 as set when called
 
 
 def _credentials_file() -> Path:
@@ -45,11 +56,9 @@ def _credentials_file() -> Path:
 
 def check_credentials() -> None:
   """Raises UserError unless Kaggle credentials are configured."""
-  if _credentials_file().is_file():
-    return
-  if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-    return
-  if os.environ.get("KAGGLE_API_TOKEN"):
+  env = os.environ.get
+  if _credentials_file().is_file() or (env("KAGGLE_USERNAME") and env("KAGGLE_KEY")) or env(
+      "KAGGLE_API_TOKEN"):
     return
   raise UserError(
       f"no Kaggle credentials: put kaggle.json (from kaggle.com > Settings > "
@@ -63,12 +72,10 @@ def _licence_url(handle: str) -> str:
 
 def _status_code(err: BaseException) -> int | None:
   """HTTP status of a kagglehub/requests error, from .response or the text."""
-  code = getattr(getattr(err, "response", None), "status_code", None)
-  if isinstance(code, int):
-    return code
-  code = getattr(err, "error_code", None)
-  if isinstance(code, int):
-    return code
+  for code in (getattr(getattr(err, "response", None), "status_code", None),
+               getattr(err, "error_code", None)):
+    if isinstance(code, int):
+      return code
   m = re.search(r"\b(401|403|404)\b", str(err))
   return int(m.group(1)) if m else None
 
@@ -85,20 +92,15 @@ def _download_error(err: Exception, handle: str) -> UserError:
   return UserError(f"could not download {handle} from Kaggle: {reason}")
 
 
-def _import_kagglehub():
-  try:
-    import kagglehub  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise UserError("kagglehub is not installed: pip install kagglehub") from None
-  return kagglehub
-
-
 def kaggle_folder(name: str) -> Path:
   """Downloads (or reuses kagglehub's cache of) model `name`; returns its folder."""
   if name not in KAGGLE_MODELS:
     raise UserError(f"unknown model {name!r}; known: {', '.join(KAGGLE_MODELS)}")
   check_credentials()
-  kagglehub = _import_kagglehub()
+  try:
+    import kagglehub  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError("kagglehub is not installed: pip install kagglehub") from None
   handle = KAGGLE_MODELS[name][0]
   try:
     return Path(kagglehub.model_download(handle))
@@ -111,9 +113,8 @@ def kaggle_folder(name: str) -> Path:
 def _find_npz(folder: Path, filename: str) -> Path:
   if folder.is_file():
     return folder
-  exact = folder / filename
-  if exact.is_file():
-    return exact
+  if (folder / filename).is_file():
+    return folder / filename
   found = sorted(folder.rglob(filename)) or sorted(folder.rglob("*.npz"))
   if not found:
     raise UserError(f"{where(folder)}: no .npz checkpoint in the Kaggle download")
@@ -128,15 +129,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
                lambda: os.symlink(src.resolve(), tmp),
                lambda: shutil.copyfile(src, tmp)):
     try:
-      if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
+      tmp.unlink(missing_ok=True)
       make()
       os.replace(tmp, dst)
       return
     except OSError:
       continue
-  if tmp.is_symlink() or tmp.exists():
-    tmp.unlink()
+  tmp.unlink(missing_ok=True)
   raise UserError(f"{where(dst)}: could not link or copy {src} here")
 
 
@@ -160,8 +159,12 @@ def tokenizer_vocab(path: Path) -> int | None:
     return None
 
 
-def _verify_tokenizer(path: Path, name: str | None = None) -> None:
-  """UserError (naming `name`, default `path`) unless vocab is 257152."""
+def file_sha256(path: str | os.PathLike) -> str:
+  return hashlib.sha256(Path(path).read_bytes()).hexdigest()  # a tokenizer is ~4 MB
+
+
+def check_tokenizer(path: Path, name: str | None = None, sha256: str | None = _KNOWN) -> str:
+  """The file's sha256; UserError unless vocab 257152 and the sha256 expected (None: any)."""
   vocab = tokenizer_vocab(path)
   name = name or where(path)
   if vocab is None:
@@ -169,6 +172,10 @@ def _verify_tokenizer(path: Path, name: str | None = None) -> None:
   if vocab != TOKENIZER_VOCAB:
     raise UserError(f"{name}: tokenizer vocabulary is {vocab}, "
                     f"PaliGemma needs {TOKENIZER_VOCAB}")
+  digest, expected = file_sha256(path), TOKENIZER_SHA256 if sha256 == _KNOWN else sha256
+  if expected and digest != expected:
+    raise UserError(f"{name}: sha256 {digest} is not the known tokenizer's {expected}")
+  return digest
 
 
 def _tokenizer_in(folder: Path) -> Path | None:
@@ -182,39 +189,111 @@ def _tokenizer_in(folder: Path) -> Path | None:
   return None
 
 
-def _fetch_url(url: str, dst: Path) -> None:
-  """Downloads `url` to `dst` (not atomic; the caller verifies and renames)."""
+def _http_error(url: str, code: int) -> UserError:
+  why = {401: "credentials required", 403: "access denied", 404: "not found"}.get(code, "error")
+  hint = "; use --tokenizer-file FILE or set HF_TOKEN" if code in (401, 403, 404) else ""
+  return UserError(f"{url}: HTTP {code}, {why}{hint}")
+
+
+def _total(resp, offset: int) -> int | None:
+  m = re.search(r"/(\d+)\s*$", resp.headers.get("Content-Range") or "")
+  length = resp.headers.get("Content-Length") or ""
+  return int(m.group(1)) if m else offset + int(length) if length.isdigit() else None
+
+
+def fetch_resumable(url: str, dst: Path, progress: bool = True, _retry: bool = True) -> Path:
+  """url -> dst.part (complete), resuming a partial dst.part with an HTTP Range request."""
+  part = dst.with_name(dst.name + ".part")
+  have = part.stat().st_size if part.exists() else 0
+  req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
   try:
-    with urllib.request.urlopen(url, timeout=60) as r, open(dst, "wb") as f:
-      shutil.copyfileobj(r, f)
-  except OSError as e:
-    raise UserError(f"could not download the tokenizer from {url}: "
-                    f"{getattr(e, 'reason', e)}") from None
+    resp = urllib.request.urlopen(req, timeout=60)
+  except urllib.error.HTTPError as e:
+    if e.code == 416 and have and _retry:  # The .part is not a prefix: start over, once.
+      part.unlink()
+      return fetch_resumable(url, dst, progress, _retry=False)
+    raise _http_error(url, e.code) from None
+  except (OSError, http.client.HTTPException) as e:
+    raise UserError(f"{url}: {getattr(e, 'reason', None) or e}") from None
+  with resp:
+    have = have if resp.status == 206 else 0  # A server that ignores Range starts over.
+    total = _total(resp, have)
+    with open(part, "ab" if have else "wb") as f, tqdm(
+        total=total, initial=have, unit="B", unit_scale=True, desc=dst.name, leave=False,
+        disable=not progress) as bar:
+      try:
+        for chunk in iter(lambda: resp.read(1 << 16), b""):
+          f.write(chunk)
+          have += len(chunk)
+          bar.update(len(chunk))
+      except (OSError, http.client.HTTPException) as e:
+        raise UserError(f"{url}: interrupted at {have} bytes ({e}); run again to resume") \
+            from None
+  if total is not None and have < total:
+    raise UserError(f"{url}: interrupted at {have} of {total} bytes; run again to resume")
+  return part
+
+
+def _from_hub(token: str | None) -> Path:
+  """tokenizer.model of google/paligemma-3b-pt-224 via huggingface_hub (lazy import)."""
+  at = f"huggingface.co/{HF_REPO}"
+  try:
+    import huggingface_hub as hub  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError(f"{at}: pip install huggingface_hub to use it") from None
+  token = (token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+           or getattr(hub, "get_token", lambda: None)())
+  if not token:
+    raise UserError(f"{at}: no Hugging Face token: accept the licence at https://{at}, "
+                    f"then set HF_TOKEN (or run `huggingface-cli login`)")
+  try:
+    return Path(hub.hf_hub_download(HF_REPO, HF_FILE, token=token))
+  except Exception as e:  # HfHubHTTPError, GatedRepoError, network errors...
+    code = _status_code(e)
+    if code in (401, 403) or "Gated" in type(e).__name__:
+      raise UserError(f"{at}: access refused (HTTP {code or 403}): accept the licence at "
+                      f"https://{at} with the account of your token") from None
+    raise UserError(f"{at}: {' '.join(str(e).split()) or type(e).__name__}") from None
 
 
 def download_tokenizer(cache_dir: str | os.PathLike = "cache",
-                       model_dir: str | os.PathLike | None = None) -> Path:
-  """Returns a verified cache_dir/paligemma_tokenizer.model (vocab 257152).
-
-  Taken from `model_dir` (a Kaggle model folder) when it holds one, else
-  downloaded from big_vision's public bucket.
-  """
+                       model_dir: str | os.PathLike | None = None, *,
+                       user_file: str | os.PathLike | None = None, hf_token: str | None = None,
+                       sha256: str | None = _KNOWN, progress: bool = True,
+                       log: Callable[[str], None] | None = None) -> Path:
+  """Returns a verified cache_dir/paligemma_tokenizer.model, from the first source
+  that works: user_file, model_dir (Kaggle files), TOKENIZER_URL, the HF hub."""
   target = Path(cache_dir) / TOKENIZER_FILE
   if target.is_file():
-    _verify_tokenizer(target)
+    check_tokenizer(target, sha256=sha256)
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-  try:
-    src = _tokenizer_in(Path(model_dir)) if model_dir is not None else None
-    if src is not None:
-      _verify_tokenizer(src)
-      shutil.copyfile(src, tmp)
-    else:
-      _fetch_url(TOKENIZER_URL, tmp)
-      _verify_tokenizer(tmp, TOKENIZER_URL)
-    os.replace(tmp, target)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-  return target
+
+  def kaggle() -> Path:
+    found = _tokenizer_in(Path(model_dir))
+    if found is None:
+      raise UserError(f"{where(model_dir)}: no tokenizer in the Kaggle model files")
+    return found
+  sources = ([(where(user_file), lambda: Path(user_file))] if user_file else []) + (
+      [(where(model_dir), kaggle)] if model_dir is not None else []) + [
+      (TOKENIZER_URL, lambda: fetch_resumable(TOKENIZER_URL, target, progress)),
+      (f"huggingface.co/{HF_REPO}", lambda: _from_hub(hf_token))]
+  failures = []
+  for name, get in sources:
+    src = None
+    try:
+      src = get()
+      if not src.is_file():
+        raise UserError(f"{name}: file not found")
+      digest = check_tokenizer(src, name, sha256)
+    except UserError as e:
+      failures.append(str(e))
+      if src is not None and src.name.endswith(".part"):
+        src.unlink(missing_ok=True)  # Complete but wrong: do not resume it next time.
+      continue
+    (os.replace if src.name.endswith(".part") else _link_or_copy)(src, target)
+    if log:
+      log(f"tokenizer: {target} from {name} (sha256 {digest}, vocab {TOKENIZER_VOCAB})")
+    return target
+  raise UserError("no usable PaliGemma tokenizer: " + "; ".join(failures))
+

@@ -1,0 +1,44 @@
+# palijudge on NVIDIA's JAX container (CUDA, cuDNN and a GPU build of jax preinstalled).
+#   bin/docker-build.sh                 # builds palijudge:latest
+#   bin/docker-run.sh make train SET=set1
+# The base image's jax/jaxlib are kept: pip installs palijudge with them as constraints.
+ARG BASE_IMAGE=nvcr.io/nvidia/jax:25.04-py3
+FROM ${BASE_IMAGE}
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# The users' GPU memory settings (12 GB card: no preallocation, platform allocator).
+ENV XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    XLA_PYTHON_CLIENT_ALLOCATOR=platform \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    MPLBACKEND=Agg \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    PALIJUDGE_CONTAINER=1
+
+WORKDIR /workspace/palijudge
+
+# Dependencies first (cached while only the code changes).
+COPY pyproject.toml README.md ./
+COPY src/palijudge/__init__.py src/palijudge/__init__.py
+RUN python3 -m pip list --format=freeze \
+      | grep -iE '^(jax|jaxlib|jax-cuda[0-9]+-(plugin|pjrt)|numpy|ml[-_]dtypes)==' \
+      > /tmp/keep.txt || true; \
+    python3 -m pip install -c /tmp/keep.txt -e '.[download,test]'
+
+COPY src/ src/
+COPY playground/ playground/
+COPY tests/ tests/
+COPY Makefile ./
+COPY bin/ bin/
+
+# `make` targets run here as they do on a host: .venv/bin/python is the image's python.
+RUN mkdir -p .venv/bin cache dataset checkpoints experiments \
+    && ln -s "$(command -v python3)" .venv/bin/python \
+    && touch .venv/.installed \
+    && chmod -R a+rwX cache dataset checkpoints experiments \
+    && python3 -c "import palijudge, jax, optuna, matplotlib, yaml; print('palijudge ok')"
+
+CMD ["bash"]

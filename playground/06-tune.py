@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Search 03-do_learn.py's settings on a budget (~10 trials a week), by CV score.
+
+  ./06-tune.py run --trials 3 --cv cv5     # train 3 trials now; the study resumes next time
+  ./06-tune.py ask --cv cv5                # the next configuration, as a command line
+  ./06-tune.py tell 4 0.8123               # trial 4's CV score, measured by hand
+  ./06-tune.py tell 4 fail --reason OOM    # ... or why it failed
+  ./06-tune.py status                      # every trial, the best, this week's count
+  ./06-tune.py space > space.yaml          # the default search space, to edit (--space)
+
+The study lives in experiments/study.db (--storage: another file or a database URL).
+The first trial is the space's baseline; then TPE after 3 random start-up trials.
+"""
+from __future__ import annotations
+
+import argparse
+
+from palijudge import cli
+
+KEYS = ("lr", "loss", "focal_alpha", "focal_gamma", "bce_weight", "focal_weight")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+  """Keeps the usage examples' lines; shows defaults."""
+
+
+def _parser():
+  from palijudge import tune
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--storage", default=None,
+                      help=f"study database: a file or a URL (default {tune.DEFAULT_STORAGE})")
+  common.add_argument("--study", default=tune.DEFAULT_STUDY, help="study name")
+  common.add_argument("--space", default=None, help="search space YAML (default: built in)")
+  common.add_argument("--experiments", default="experiments", help="where run records go")
+  common.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
+  p = cli.parser(__doc__)
+  p.formatter_class = _Formatter
+  sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  run = sub.add_parser("run", parents=[common], help="train and score N trials now")
+  run.add_argument("--trials", type=int, required=True, help="how many trials to run now")
+  run.add_argument("--cv", required=True, help="fold splits dataset/NAME (02 --folds K -n NAME)")
+  ask = sub.add_parser("ask", parents=[common], help="print the next configuration")
+  ask.add_argument("--cv", default=None, help="fold splits the command line should use")
+  tell = sub.add_parser("tell", parents=[common], help="record a trial's CV score")
+  tell.add_argument("trial", type=int, help="trial number (from ask)")
+  tell.add_argument("score", help="the CV score, or `fail`")
+  tell.add_argument("--reason", default="", help="why it failed (with `fail`)")
+  sub.add_parser("status", parents=[common], help="list the trials")
+  sub.add_parser("space", parents=[common], help="print the default search space YAML")
+  return p
+
+
+def _objective(cv_name: str):
+  from palijudge.errors import UserError
+  try:
+    from palijudge.runner import cv_objective
+  except ImportError:
+    raise UserError("training objective not available: palijudge.runner.cv_objective is "
+                    "missing in this version") from None
+  return lambda config, report: cv_objective(config, cv_name, report)
+
+
+def status_text(study, now=None) -> str:
+  """One line per trial, the best, and how many finished in the last 7 days."""
+  import datetime
+  from palijudge.report import fmt, settings_of
+  trials = study.get_trials(deepcopy=False)
+  lines = [f"study {study.study_name}: {len(trials)} trial(s)",
+           f"{'trial':>5}  {'state':8} {'score':>7}  settings"]
+  for t in trials:
+    cfg = settings_of(t.user_attrs.get("config") or t.params)
+    text = " ".join(f"{k}={fmt(k, cfg[k])}" for k in KEYS if k in cfg)
+    why = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""
+    lines.append(f"{t.number:5d}  {t.state.name:8} {fmt('score', t.value):>7}  {text}"
+                 + (f"  [{why}]" if why else ""))
+  done = [t for t in trials if t.state.name == "COMPLETE"]
+  if done:
+    best = max(done, key=lambda t: t.value)
+    lines.append(f"best: trial {best.number} with {best.value:.4f}: "
+                 f"{best.user_attrs.get('command', '')}")
+  now = now or datetime.datetime.now()
+  week = [t for t in trials if t.datetime_complete
+          and now - t.datetime_complete < datetime.timedelta(days=7)]
+  lines.append(f"finished in the last 7 days: {len(week)}")
+  return "\n".join(lines)
+
+
+def _score(text: str) -> float | None:
+  from palijudge.errors import UserError
+  if text.lower() in ("fail", "failed"):
+    return None
+  try:
+    return float(text)
+  except ValueError:
+    raise UserError(f"score must be a number or `fail`, got {text!r}") from None
+
+
+def main():
+  import optuna
+  from palijudge import tune
+  from palijudge.errors import UserError
+  args = _parser().parse_args()
+  if args.command == "space":
+    print(tune.DEFAULT_SPACE_YAML, end="")
+    return 0
+  if args.command == "run" and args.trials < 1:
+    raise UserError(f"--trials must be >= 1, got {args.trials}")
+  objective = _objective(args.cv) if args.command == "run" else None
+  score = _score(args.score) if args.command == "tell" else None
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  space = tune.load_space(args.space)
+  study = tune.open_study(args.storage, args.study, seed=args.seed)
+  if args.command == "run":
+    tune.run_trials(study, space, objective, args.trials, records_root=args.experiments,
+                    cv=args.cv)
+    print(status_text(study))
+  elif args.command == "ask":
+    number, config = tune.ask(study, space, records_root=args.experiments, cv=args.cv)
+    print(f"trial {number}:\n  {tune.to_command(config, args.cv)}")
+    print(f"then: python playground/06-tune.py tell {number} SCORE   (the CV {space.metric})")
+  elif args.command == "tell":
+    out = tune.tell(study, args.trial, score, args.reason)
+    print(f"trial {out.number}: {out.state}" + (f" {out.value:.4f}" if out.value is not None
+                                                 else f" ({out.reason})"))
+  else:
+    print(status_text(study))
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run_main(main)

@@ -1,0 +1,209 @@
+"""Curves (pure numpy) and PNG plots (matplotlib, Agg backend, imported lazily).
+
+Positive = yes. `roc_curve`/`pr_curve`/`auc`/`average_precision` follow
+scikit-learn's definitions (ties share one threshold; AP is the step-wise
+sum of (R_n - R_{n-1}) P_n). Every `render_*` writes one PNG atomically and
+returns its path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+  x: np.ndarray
+  y: np.ndarray
+  thresholds: np.ndarray
+
+
+def _counts(labels: Sequence[bool], scores: Sequence[float]):
+  y = np.asarray(labels, bool)
+  s = np.asarray(scores, np.float64)
+  order = np.argsort(-s, kind="mergesort")
+  y, s = y[order], s[order]
+  last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # Last index of each distinct score.
+  tps = np.cumsum(y)[last]
+  fps = (last + 1) - tps
+  return tps.astype(np.float64), fps.astype(np.float64), s[last]
+
+
+def roc_curve(labels: Sequence[bool], scores: Sequence[float]) -> Curve | None:
+  """(fpr, tpr) from (0, 0); None unless both classes are present."""
+  tps, fps, thr = _counts(labels, scores)
+  if tps.size == 0 or tps[-1] == 0 or fps[-1] == 0:
+    return None
+  fpr = np.r_[0.0, fps / fps[-1]]
+  tpr = np.r_[0.0, tps / tps[-1]]
+  return Curve(fpr, tpr, np.r_[np.inf, thr])
+
+
+def pr_curve(labels: Sequence[bool], scores: Sequence[float]) -> Curve | None:
+  """(recall, precision) by decreasing threshold; None without positives."""
+  tps, fps, thr = _counts(labels, scores)
+  if tps.size == 0 or tps[-1] == 0:
+    return None
+  precision = tps / (tps + fps)
+  recall = tps / tps[-1]
+  return Curve(np.r_[0.0, recall], np.r_[1.0, precision], np.r_[np.inf, thr])
+
+
+def auc(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
+  """Area under the ROC curve (trapezoids); None unless both classes are present."""
+  c = roc_curve(labels, scores)
+  if c is None:
+    return None
+  return float(np.sum(np.diff(c.x) * (c.y[1:] + c.y[:-1]) / 2))
+
+
+def average_precision(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
+  c = pr_curve(labels, scores)
+  if c is None:
+    return None
+  return float(np.sum(np.diff(c.x) * c.y[1:]))
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg", force=True)
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+  fig.savefig(tmp, dpi=100, bbox_inches="tight")
+  _pyplot().close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def render_loss(steps: Sequence[int], loss: Sequence[float], lr: Sequence[float],
+                grad_norm: Sequence[float], path: str | os.PathLike, title: str = "") -> Path:
+  """Loss per step (log scale when it spans decades), lr and grad norm below."""
+  plt = _pyplot()
+  fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
+                                 gridspec_kw={"height_ratios": [2, 1]})
+  ax1.plot(steps, loss, lw=1, color="tab:blue")
+  finite = np.asarray(loss, np.float64)
+  finite = finite[np.isfinite(finite) & (finite > 0)]
+  if finite.size and finite.max() / max(finite.min(), 1e-12) > 100:
+    ax1.set_yscale("log")
+  ax1.set_ylabel("loss")
+  ax1.set_title(title or "training loss")
+  ax1.grid(alpha=0.3)
+  ax2.plot(steps, lr, lw=1, color="tab:orange", label="lr")
+  ax2.set_ylabel("lr")
+  ax2.set_xlabel("step")
+  if len(grad_norm) and np.any(np.isfinite(np.asarray(grad_norm, np.float64))):
+    ax3 = ax2.twinx()
+    ax3.plot(steps, grad_norm, lw=0.8, color="tab:green", alpha=0.7)
+    ax3.set_ylabel("grad norm", color="tab:green")
+  return _save(fig, path)
+
+
+def render_roc(labels: Sequence[bool], scores: Sequence[float], path: str | os.PathLike
+               ) -> Path | None:
+  c = roc_curve(labels, scores)
+  if c is None:
+    return None
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  ax.plot(c.x, c.y, lw=1.5, label=f"AUC = {auc(labels, scores):.4f}")
+  ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
+  ax.set(xlabel="false positive rate", ylabel="true positive rate (recall)",
+         title="ROC (yes = positive)", xlim=(0, 1), ylim=(0, 1.02))
+  ax.legend(loc="lower right")
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def render_pr(labels: Sequence[bool], scores: Sequence[float], path: str | os.PathLike
+              ) -> Path | None:
+  c = pr_curve(labels, scores)
+  if c is None:
+    return None
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  ap = average_precision(labels, scores)
+  ax.step(c.x, c.y, where="post", lw=1.5, label=f"AP = {ap:.4f}")
+  base = float(np.mean(np.asarray(labels, bool)))
+  ax.axhline(base, ls="--", color="gray", lw=0.8, label=f"share of yes = {base:.2f}")
+  ax.set(xlabel="recall", ylabel="precision", title="precision-recall (yes = positive)",
+         xlim=(0, 1), ylim=(0, 1.02))
+  ax.legend(loc="lower left")
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def render_confusion(tp: int, tn: int, fp: int, fn: int, path: str | os.PathLike,
+                     title: str = "confusion matrix") -> Path:
+  plt = _pyplot()
+  m = np.array([[tp, fn], [fp, tn]])
+  fig, ax = plt.subplots(figsize=(4, 3.6))
+  ax.imshow(m, cmap="Blues")
+  names = [["Tp", "Fn"], ["Fp", "Tn"]]
+  for i in range(2):
+    for j in range(2):
+      dark = m[i, j] > m.max() / 2
+      ax.text(j, i, f"{names[i][j]}\n{m[i, j]}", ha="center", va="center",
+              color="white" if dark else "black", fontsize=12)
+  ax.set_xticks([0, 1], ["pred yes", "pred no"])
+  ax.set_yticks([0, 1], ["label yes", "label no"])
+  ax.set_title(title)
+  return _save(fig, path)
+
+
+def render_histogram(labels: Sequence[bool], scores: Sequence[float], path: str | os.PathLike,
+                     threshold: float = 0.5) -> Path:
+  """p(yes) histogram, one colour per true class, with the threshold."""
+  plt = _pyplot()
+  y = np.asarray(labels, bool)
+  s = np.asarray(scores, np.float64)
+  fig, ax = plt.subplots(figsize=(6, 3.6))
+  bins = np.linspace(0, 1, 21)
+  ax.hist(s[y], bins=bins, alpha=0.6, label=f"label yes ({int(y.sum())})", color="tab:blue")
+  ax.hist(s[~y], bins=bins, alpha=0.6, label=f"label no ({int((~y).sum())})", color="tab:red")
+  ax.axvline(threshold, ls="--", color="black", lw=0.8, label=f"threshold {threshold:g}")
+  ax.set(xlabel="p(yes)", ylabel="examples", title="p(yes) by true class", xlim=(0, 1))
+  ax.legend()
+  return _save(fig, path)
+
+
+def render_history(numbers: Sequence[int], values: Sequence[float | None],
+                   states: Sequence[str], path: str | os.PathLike, metric: str = "score") -> Path:
+  """Study history: each trial's score (failed/pruned marked), best so far as a line."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4))
+  best, best_x, best_y = -np.inf, [], []
+  for n, v, s in zip(numbers, values, states):
+    if s == "COMPLETE" and v is not None:
+      best = max(best, v)
+    if np.isfinite(best):
+      best_x.append(n)
+      best_y.append(best)
+  done = [(n, v) for n, v, s in zip(numbers, values, states) if s == "COMPLETE" and v is not None]
+  pruned = [(n, v) for n, v, s in zip(numbers, values, states) if s == "PRUNED" and v is not None]
+  failed = [n for n, s in zip(numbers, states) if s == "FAIL"]
+  if done:
+    ax.plot(*zip(*done), "o", color="tab:blue", label="trial")
+  if pruned:
+    ax.plot(*zip(*pruned), "v", color="tab:gray", label="pruned (last fold)")
+  if failed:
+    ax.plot(failed, [min(v for _, v in done) if done else 0] * len(failed), "x",
+            color="tab:red", label="failed")
+  if best_x:
+    ax.step(best_x, best_y, where="post", color="tab:orange", label="best so far")
+  ax.set(xlabel="trial", ylabel=metric, title="study history")
+  ax.grid(alpha=0.3)
+  if done or pruned or failed:
+    ax.legend()
+  return _save(fig, path)

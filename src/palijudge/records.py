@@ -1,0 +1,276 @@
+"""Run records: one folder per training run, fold or trial, under experiments/.
+
+  experiments/<run>/config.yaml        the complete resolved configuration
+  experiments/<run>/train_log.csv      step, lr, loss, grad_norm, seconds
+  experiments/<run>/eval_metrics.json  {stage: metrics}, merged stage by stage
+  experiments/<run>/predictions.jsonl  image, label, p_yes, pred per example
+  experiments/<run>/summary.md         a short human summary
+  experiments/<run>/*.png              loss, roc, pr, confusion, p_yes_hist
+
+Pure file I/O (no jax). Every file but the append-only CSV is written to a
+temp file and renamed over the target. A CV run keeps its folds as nested
+records (experiments/<run>/fold-1/...); its own eval_metrics.json holds the
+`cv` block of `cv.CVSummary.to_dict()`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from palijudge import plots
+from palijudge.errors import UserError, where
+
+CONFIG, LOG, METRICS, PREDICTIONS, SUMMARY = (
+    "config.yaml", "train_log.csv", "eval_metrics.json", "predictions.jsonl", "summary.md")
+LOG_FIELDS = ("step", "lr", "loss", "grad_norm", "seconds")
+PLOTS = {"loss": "loss.png", "roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png",
+         "hist": "p_yes_hist.png"}
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def plain(value: Any) -> Any:
+  """JSON/YAML-safe copy: dataclasses, tuples, numpy scalars/arrays, paths."""
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    value = dataclasses.asdict(value)
+  if isinstance(value, dict):
+    return {str(k): plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple, set)):
+    return [plain(v) for v in value]
+  if isinstance(value, os.PathLike):
+    return os.fspath(value)
+  if hasattr(value, "tolist"):  # numpy scalar or array
+    return plain(value.tolist())
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)  # JSON has no nan/inf; keep the information as text
+  return value
+
+
+def atomic_write(path: str | os.PathLike, text: str) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  try:
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+  return path
+
+
+def unique_name(root: Path, name: str | None) -> Path:
+  """Creates and returns root/<name>, or root/<name>-2, -3, ... if taken.
+
+  Without a name: a timestamp (20250101-120000). Created with mkdir, so two
+  processes never get the same folder.
+  """
+  base = _SAFE.sub("-", name).strip("-.") if name else ""
+  base = base or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  root.mkdir(parents=True, exist_ok=True)
+  for i in range(1, 10_000):
+    path = root / (base if i == 1 else f"{base}-{i}")
+    try:
+      path.mkdir()
+      return path
+    except FileExistsError:
+      continue
+  raise UserError(f"{where(root)}: no free run folder name for {base!r}")
+
+
+def _yes(value: Any) -> bool:
+  if isinstance(value, str):
+    return value.strip().lower() in ("yes", "true", "1")
+  return bool(value)
+
+
+class RunRecord:
+  """The folder of one run. `RunRecord()` creates it; `RunRecord.load` opens one."""
+
+  def __init__(self, root: str | os.PathLike = "experiments", name: str | None = None, *,
+               _path: Path | None = None):
+    self.path = _path if _path is not None else unique_name(Path(root), name)
+    self.name = self.path.name
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> RunRecord:
+    path = Path(path)
+    if not path.is_dir():
+      raise UserError(f"{where(path)}: no such run folder")
+    return cls(_path=path)
+
+  def file(self, name: str) -> Path:
+    return self.path / name
+
+  # Writing.
+  def write_config(self, config: dict[str, Any], merge: bool = False) -> Path:
+    """config.yaml; merge=True updates the existing keys instead of replacing."""
+    cfg = {**self.config(), **plain(config)} if merge else plain(config)
+    text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=10_000)
+    return atomic_write(self.file(CONFIG), text)
+
+  def log_step(self, step: int, lr: float, loss: float, grad_norm: float | None = None,
+               seconds: float | None = None) -> None:
+    """Appends one row to train_log.csv (header first) and flushes."""
+    path = self.file(LOG)
+    new = not path.exists() or path.stat().st_size == 0
+    row = [int(step), _num(lr), _num(loss), _num(grad_norm), _num(seconds)]
+    with open(path, "a", encoding="utf-8", newline="") as f:
+      w = csv.writer(f)
+      if new:
+        w.writerow(LOG_FIELDS)
+      w.writerow(row)
+      f.flush()
+
+  def write_eval(self, stage: str, metrics: dict[str, Any]) -> Path:
+    """Merges {stage: metrics} into eval_metrics.json (a stage written again is replaced)."""
+    current = self.eval_metrics()
+    current[str(stage)] = plain(metrics)
+    return atomic_write(self.file(METRICS), json.dumps(current, indent=2, ensure_ascii=False)
+                        + "\n")
+
+  def write_predictions(self, rows: Iterable[dict[str, Any]]) -> Path:
+    """predictions.jsonl: one row per example (image, label, p_yes, pred, ...)."""
+    lines = [json.dumps(plain(r), ensure_ascii=False) + "\n" for r in rows]
+    return atomic_write(self.file(PREDICTIONS), "".join(lines))
+
+  def write_summary(self, content: str | dict[str, Any]) -> Path:
+    text = content if isinstance(content, str) else summary_markdown(self.name, content)
+    return atomic_write(self.file(SUMMARY), text if text.endswith("\n") else text + "\n")
+
+  # Reading.
+  def config(self) -> dict[str, Any]:
+    path = self.file(CONFIG)
+    if not path.exists():
+      return {}
+    try:
+      cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+      raise UserError(f"{where(path)}: invalid YAML ({_one_line(e)})") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+  def eval_metrics(self) -> dict[str, Any]:
+    path = self.file(METRICS)
+    if not path.exists():
+      return {}
+    try:
+      out = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+      raise UserError(f"{where(path)}: invalid JSON ({e.msg})") from None
+    return out if isinstance(out, dict) else {}
+
+  def steps(self) -> list[dict[str, float]]:
+    path = self.file(LOG)
+    if not path.exists():
+      return []
+    with open(path, encoding="utf-8", newline="") as f:
+      return [{k: _float(r.get(k)) for k in LOG_FIELDS} for r in csv.DictReader(f)]
+
+  def predictions(self) -> list[dict[str, Any]]:
+    path = self.file(PREDICTIONS)
+    if not path.exists():
+      return []
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise UserError(f"{where(path, i)}: invalid JSON ({e.msg})") from None
+    return rows
+
+  def summary(self) -> str:
+    path = self.file(SUMMARY)
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+  def plots(self, threshold: float | None = None) -> list[Path]:
+    """Renders every PNG the logged data allows; returns the paths written."""
+    out: list[Path] = []
+    log = [r for r in self.steps() if r["loss"] is not None]
+    if log:
+      col = lambda k: [r[k] if r[k] is not None else math.nan for r in log]
+      out.append(plots.render_loss(col("step"), col("loss"), col("lr"), col("grad_norm"),
+                                   self.file(PLOTS["loss"]), f"training loss: {self.name}"))
+    rows = [r for r in self.predictions() if _float(r.get("p_yes")) is not None]
+    if rows:
+      out += self._prediction_plots(rows, threshold)
+    return out
+
+  def _prediction_plots(self, rows: Sequence[dict[str, Any]], threshold: float | None
+                        ) -> list[Path]:
+    labels = [_yes(r.get("label")) for r in rows]
+    scores = [float(r["p_yes"]) for r in rows]
+    thr = threshold if threshold is not None else _float(self.config().get("threshold")) or 0.5
+    preds = [_yes(r["pred"]) if "pred" in r else s >= thr for r, s in zip(rows, scores)]
+    tp = sum(y and p for y, p in zip(labels, preds))
+    tn = sum(not y and not p for y, p in zip(labels, preds))
+    fp = sum(p and not y for y, p in zip(labels, preds))
+    fn = sum(y and not p for y, p in zip(labels, preds))
+    made = [plots.render_roc(labels, scores, self.file(PLOTS["roc"])),
+            plots.render_pr(labels, scores, self.file(PLOTS["pr"])),
+            plots.render_confusion(tp, tn, fp, fn, self.file(PLOTS["confusion"]),
+                                   f"confusion: {self.name}"),
+            plots.render_histogram(labels, scores, self.file(PLOTS["hist"]), thr)]
+    return [p for p in made if p is not None]
+
+  def plot_files(self) -> dict[str, Path]:
+    """The PNGs that exist, by kind (loss, roc, pr, confusion, hist)."""
+    return {k: self.file(v) for k, v in PLOTS.items() if self.file(v).exists()}
+
+
+def eval_metrics(labels: Sequence[bool], p_yes: Sequence[float],
+                 preds: Sequence[bool] | None = None, threshold: float = 0.5) -> dict[str, Any]:
+  """Counts, accuracy/precision/recall/f_measure (as metrics.Confusion), auc and AP."""
+  from palijudge.metrics import Confusion  # pylint: disable=import-outside-toplevel
+  preds = list(preds) if preds is not None else [p >= threshold for p in p_yes]
+  c = Confusion.from_labels([bool(y) for y in labels], [bool(p) for p in preds])
+  return {**c.to_dict(), "n": c.total, "auc": plots.auc(labels, p_yes),
+          "average_precision": plots.average_precision(labels, p_yes), "threshold": threshold}
+
+
+def summary_markdown(name: str, content: dict[str, Any]) -> str:
+  """`# name` then one table per section; nested dicts become `## key` sections."""
+  lines = [f"# {name}", ""]
+  flat = {k: v for k, v in content.items() if not isinstance(v, dict)}
+  if flat:
+    lines += _table(flat)
+  for key, value in content.items():
+    if isinstance(value, dict):
+      lines += [f"## {key}", ""] + _table(value)
+  return "\n".join(lines)
+
+
+def _table(d: dict[str, Any]) -> list[str]:
+  rows = ["| key | value |", "| --- | --- |"]
+  for k, v in d.items():
+    text = json.dumps(plain(v), ensure_ascii=False) if isinstance(v, (dict, list)) else str(v)
+    rows.append(f"| {k} | {text.replace('|', '/')} |")
+  return rows + [""]
+
+
+def _num(value: Any) -> float | str:
+  if value is None:
+    return ""
+  return float(value)
+
+
+def _float(value: Any) -> float | None:
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    return None
+  return v if math.isfinite(v) else None
+
+
+def _one_line(err: BaseException) -> str:
+  return " ".join(str(err).split())

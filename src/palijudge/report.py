@@ -1,0 +1,297 @@
+"""Leaderboard of experiments/: markdown, a static sortable HTML page, study history.
+
+One row per run folder (experiments/<run>/ with config.yaml or
+eval_metrics.json) and per study trial that has no folder. A row's numbers:
+the `cv` block of eval_metrics.json when there is one (score = mean of the
+CV metric, with its std); else the last stage's metrics (its `valid` set
+when the stage holds several sets); a trial without either shows the score
+recorded in the study. The best row (highest by the sort metric) is marked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import html
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from palijudge import plots
+from palijudge.errors import UserError, where
+from palijudge.records import RunRecord, atomic_write
+
+METRIC_COLUMNS = (("score", "score"), ("precision", "precision"), ("recall", "recall"),
+                  ("f_measure", "F1"), ("auc", "AUC"), ("accuracy", "accuracy"))
+SETTINGS = (("lr", "lr"), ("steps", "steps"), ("batch", "batch"), ("accum", "accum"),
+            ("trainable", "trainable"), ("loss", "loss"), ("focal_alpha", "alpha"),
+            ("focal_gamma", "gamma"), ("bce_weight", "bce_w"), ("focal_weight", "focal_w"),
+            ("label_smoothing", "smooth"), ("seed", "seed"))
+ALIASES = {"batch": ("batch", "batch_size"), "loss": ("loss.kind", "loss")}
+SORT_KEYS = tuple(k for k, _ in METRIC_COLUMNS) + ("name",) + tuple(k for k, _ in SETTINGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  name: str
+  kind: str                        # run | cv | trial
+  link: str                        # relative link (summary.md or folder), "" if none
+  settings: dict[str, Any]
+  metrics: dict[str, float | None]  # METRIC_COLUMNS keys, plus "std" of the score
+  state: str = ""                  # trials: COMPLETE | PRUNED | FAIL | RUNNING
+  plots: tuple[tuple[str, str], ...] = ()  # (kind, relative path)
+  note: str = ""
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(d, dict):
+    return {prefix: d} if prefix else {}
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def settings_of(config: dict[str, Any]) -> dict[str, Any]:
+  """Key settings from a (possibly nested) config: a key or its last dotted part."""
+  flat = _flat(config)
+  out = {}
+  for key, _ in SETTINGS:
+    for name in ALIASES.get(key, (key,)):
+      hit = next((v for k, v in flat.items() if k == name or k.endswith("." + name)), None)
+      if hit is not None and not isinstance(hit, (dict, list)):
+        out[key] = hit
+        break
+  return out
+
+
+def _num(v: Any) -> float | None:
+  try:
+    f = float(v)
+  except (TypeError, ValueError):
+    return None
+  return f if math.isfinite(f) else None
+
+
+def headline(ev: dict[str, Any], metric: str = "f_measure") -> tuple[str, dict[str, float | None]]:
+  """(kind, metrics) of a run from its eval_metrics.json content."""
+  cv = ev.get("cv")
+  if isinstance(cv, dict) and "score" in cv:
+    means = cv.get("means") or {}
+    out = {k: _num(means.get(k)) for k, _ in METRIC_COLUMNS[1:]}
+    return "cv", {**out, "score": _num(cv.get("score")), "std": _num(cv.get("std"))}
+  for stage, block in reversed(list(ev.items())):
+    if stage == "trial" or not isinstance(block, dict):
+      continue
+    if not any(k in block for k, _ in METRIC_COLUMNS):
+      subs = [v for k, v in block.items() if isinstance(v, dict) and "valid" in k]
+      block = subs[-1] if subs else None
+    if block:
+      out = {k: _num(block.get(k)) for k, _ in METRIC_COLUMNS[1:]}
+      return "run", {**out, "score": out.get(metric), "std": None}
+  return "run", {"score": None, "std": None}
+
+
+def row_of(record: RunRecord, root: Path, metric: str = "f_measure") -> Row:
+  cfg, ev = record.config(), record.eval_metrics()
+  kind, metrics = headline(ev, str(cfg.get("metric") or metric))
+  trial = ev.get("trial") if isinstance(ev.get("trial"), dict) else None
+  state, note = "", ""
+  if "trial" in cfg and "study" in cfg:
+    kind, state = "trial", (trial or {}).get("state", "RUNNING")
+    note = (trial or {}).get("reason") or ""
+    if metrics["score"] is None and trial:
+      metrics = {**metrics, "score": _num(trial.get("value"))}
+  rel = record.path.relative_to(root).as_posix()
+  link = f"{rel}/summary.md" if record.file("summary.md").exists() else f"{rel}/"
+  figs = tuple((k, f"{rel}/{p.name}") for k, p in record.plot_files().items())
+  return Row(record.name, kind, link, settings_of(cfg), metrics, state, figs, note)
+
+
+def collect(root: str | Path = "experiments", render_plots: bool = True,
+            metric: str = "f_measure") -> list[Row]:
+  """One Row per run folder under root (PNGs rendered where missing)."""
+  root = Path(root)
+  if not root.is_dir():
+    raise UserError(f"{where(root)}: no experiments folder")
+  rows = []
+  for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    if not ((d / "config.yaml").exists() or (d / "eval_metrics.json").exists()):
+      continue
+    rec = RunRecord.load(d)
+    if render_plots and not rec.plot_files():
+      rec.plots()
+    rows.append(row_of(rec, root, metric))
+  return rows
+
+
+def study_rows(study, known: set[str] = frozenset()) -> list[Row]:
+  """Rows for a study's trials whose record folder is not in `known`."""
+  rows = []
+  for t in study.get_trials(deepcopy=False):
+    folder = Path(t.user_attrs.get("record") or "").name
+    name = folder or f"{study.study_name}-trial-{t.number:03d}"
+    if name in known:
+      continue
+    value = t.value if t.state.name in ("COMPLETE", "PRUNED") else None
+    rows.append(Row(name, "trial", "", settings_of(t.user_attrs.get("config") or t.params),
+                    {"score": _num(value), "std": None}, t.state.name, (),
+                    t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""))
+  return rows
+
+
+def sort_rows(rows: Sequence[Row], key: str = "score") -> list[Row]:
+  """Metrics descending, names and settings ascending; missing values last."""
+  if key not in SORT_KEYS:
+    raise UserError(f"--sort must be one of {', '.join(SORT_KEYS)}, got {key!r}")
+  value = lambda r: r.name if key == "name" else (
+      r.metrics.get(key) if key in dict(METRIC_COLUMNS) else r.settings.get(key))
+  present = [r for r in rows if value(r) is not None]
+  missing = [r for r in rows if value(r) is None]
+  desc = key in dict(METRIC_COLUMNS)
+  try:
+    present.sort(key=value, reverse=desc)
+  except TypeError:  # mixed types in a setting column
+    present.sort(key=lambda r: str(value(r)), reverse=desc)
+  return present + missing
+
+
+def best_of(rows: Sequence[Row], key: str = "score") -> Row | None:
+  key = key if key in dict(METRIC_COLUMNS) else "score"
+  scored = [r for r in rows if r.metrics.get(key) is not None and r.state in ("", "COMPLETE")]
+  return max(scored, key=lambda r: r.metrics[key]) if scored else None
+
+
+def fmt(key: str, v: Any) -> str:
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    return f"{v:.3g}" if key == "lr" else f"{v:.4f}" if key in dict(METRIC_COLUMNS) else f"{v:g}"
+  return str(v)
+
+
+def _score(r: Row) -> str:
+  s, std = r.metrics.get("score"), r.metrics.get("std")
+  return fmt("score", s) + (f" ± {std:.4f}" if s is not None and std is not None else "")
+
+
+def markdown(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
+  rows = sort_rows(rows, sort)
+  best = best_of(rows, sort)
+  head = ["", "run", "kind", "state"] + [t for _, t in SETTINGS] + [t for _, t in METRIC_COLUMNS]
+  lines = ["# Leaderboard", "",
+           f"Sorted by {sort}; ★ marks the best row. score = the CV metric's mean ± std over "
+           "the folds (or the run's valid metric).", "",
+           "| " + " | ".join(head + ["plots"]) + " |", "|" + " --- |" * (len(head) + 1)]
+  for r in rows:
+    name = f"[{r.name}]({r.link})" if r.link else r.name
+    cells = ["★" if r is best else "", name, r.kind, r.state or ""]
+    cells += [fmt(k, r.settings.get(k)) for k, _ in SETTINGS]
+    cells += [_score(r)] + [fmt(k, r.metrics.get(k)) for k, _ in METRIC_COLUMNS[1:]]
+    cells.append(" ".join(f"[{k}]({p})" for k, p in r.plots))
+    lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+  lines += [""] + [f"![study history]({h})" for h in histories]
+  return "\n".join(lines) + "\n"
+
+
+_CSS = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:13px}"
+        "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}"
+        "th{cursor:pointer;background:#f3f3f3}td.t{text-align:left}"
+        "tr.best{background:#fff3c4;font-weight:bold}tr.FAIL,tr.PRUNED{color:#888}")
+_JS = """document.querySelectorAll('th').forEach((th, i) => th.onclick = () => {
+  const body = th.closest('table').tBodies[0], rows = [...body.rows];
+  const desc = th.dataset.desc = th.dataset.desc === '1' ? '0' : '1';
+  const val = r => r.cells[i].dataset.v, num = v => v !== '' && !isNaN(v);
+  rows.sort((a, b) => { const x = val(a), y = val(b);
+    if (x === '' || y === '') return (x === '') - (y === '');
+    const c = num(x) && num(y) ? x - y : x.localeCompare(y); return desc === '1' ? -c : c; });
+  rows.forEach(r => body.appendChild(r)); });"""
+
+
+def _td(text: str, sort_value: Any = None, left: bool = False, raw: bool = False) -> str:
+  v = "" if sort_value is None else str(sort_value)
+  body = text if raw else html.escape(text)
+  return f'<td data-v="{html.escape(v)}"{" class=t" if left else ""}>{body}</td>'
+
+
+def html_page(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
+  rows = sort_rows(rows, sort)
+  best = best_of(rows, sort)
+  head = ["", "run", "kind", "state"] + [t for _, t in SETTINGS] + [t for _, t in METRIC_COLUMNS]
+  out = ["<!doctype html><html><head><meta charset=utf-8><title>palijudge leaderboard</title>",
+         f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1>",
+         f"<p>Generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Click a column to sort; "
+         "★ marks the best score. score = the CV metric's mean ± std over the folds.</p>",
+         "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head + ["plots"])
+         + "</tr></thead><tbody>"]
+  for r in rows:
+    link = (f'<a href="{html.escape(r.link)}">{html.escape(r.name)}</a>' if r.link
+            else html.escape(r.name))
+    cells = [_td("★" if r is best else "", 1 if r is best else 0),
+             _td(link, r.name, left=True, raw=True), _td(r.kind, r.kind, True),
+             _td(r.state, r.state, True)]
+    cells += [_td(fmt(k, r.settings.get(k)), r.settings.get(k), k in ("trainable", "loss"))
+              for k, _ in SETTINGS]
+    cells += [_td(_score(r), r.metrics.get("score"))]
+    cells += [_td(fmt(k, r.metrics.get(k)), r.metrics.get(k)) for k, _ in METRIC_COLUMNS[1:]]
+    figs = " ".join(f'<a href="{html.escape(p)}">{html.escape(k)}</a>' for k, p in r.plots)
+    cells.append(_td(figs, len(r.plots), left=True, raw=True))
+    title = f' title="{html.escape(r.note)}"' if r.note else ""
+    cls = " ".join(c for c in ("best" if r is best else "", r.state) if c)
+    out.append(f'<tr class="{cls}"{title}>' + "".join(cells) + "</tr>")
+  out.append("</tbody></table>")
+  out += [f'<h2>Study history</h2><img src="{html.escape(h)}" alt="study history">'
+          for h in histories]
+  out.append(f"<script>{_JS}</script></body></html>")
+  return "\n".join(out) + "\n"
+
+
+def history_png(study, root: Path) -> Path:
+  """experiments/study_history_<study>.png: score per trial and best so far."""
+  trials = study.get_trials(deepcopy=False)
+  values = [t.value if t.state.name in ("COMPLETE", "PRUNED") else None for t in trials]
+  return plots.render_history([t.number for t in trials], values, [t.state.name for t in trials],
+                              root / f"study_history_{study.study_name}.png", "CV score")
+
+
+def load_studies(storage: str | None, root: Path) -> list:
+  """Every study in `storage` (default: root/study.db when it exists)."""
+  if storage is None:
+    db = root / "study.db"
+    if not db.is_file():
+      return []
+    storage = f"sqlite:///{db}"
+  import optuna  # pylint: disable=import-outside-toplevel
+  try:
+    names = optuna.study.get_all_study_names(storage=storage)
+    return [optuna.load_study(study_name=n, storage=storage) for n in names]
+  except Exception as e:  # bad URL, not an optuna database, ...
+    raise UserError(f"{storage}: cannot read studies ({' '.join(str(e).split())[:200]})") \
+        from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+  markdown: Path
+  html: Path
+  histories: list[Path]
+  rows: int
+
+
+def build(root: str | Path = "experiments", sort: str = "score", storage: str | None = None,
+          render_plots: bool = True) -> Built:
+  """Writes root/leaderboard.md, root/leaderboard.html and the study history PNGs."""
+  root = Path(root)
+  rows = collect(root, render_plots)
+  sort_rows(rows, sort)  # validates the key before anything is written
+  studies = load_studies(storage, root)
+  histories, known = [], {r.name for r in rows}
+  for study in studies:
+    rows += study_rows(study, known)
+    if study.get_trials(deepcopy=False):
+      histories.append(history_png(study, root))
+  rel = [h.relative_to(root).as_posix() for h in histories]
+  md = atomic_write(root / "leaderboard.md", markdown(rows, sort, rel))
+  page = atomic_write(root / "leaderboard.html", html_page(rows, sort, rel))
+  return Built(md, page, histories, len(rows))
+

@@ -1,0 +1,114 @@
+"""The leaderboard: rows from run records and a study, markdown, HTML, history plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from palijudge import cv, records, report, tune
+from palijudge.errors import UserError
+from palijudge.records import RunRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _metrics(f1: float, auc: float) -> dict:
+  return {"tp": 5, "tn": 3, "fp": 1, "fn": 1, "accuracy": 0.8, "precision": 0.83,
+          "recall": 0.83, "f_measure": f1, "auc": auc}
+
+
+@pytest.fixture
+def experiments(tmp_path) -> Path:
+  root = tmp_path / "experiments"
+  run = RunRecord(root, "plain-run")
+  loss = {"kind": "focal", "focal_gamma": 2.0}
+  run.write_config({"model": "tiny",
+                    "train_config": {"lr": 0.01, "batch_size": 4, "steps": 64, "loss": loss}})
+  run.write_eval("before training", {"train": _metrics(0.1, 0.5), "valid": _metrics(0.2, 0.5)})
+  run.write_eval("1st trained", {"train": _metrics(0.99, 1.0), "valid": _metrics(0.7, 0.9)})
+  run.log_step(1, 0.01, 1.0, 2.0, 0.1)
+  run.log_step(2, 0.01, 0.5, 1.0, 0.2)
+  cvrun = RunRecord(root, "cv-<b>run</b>")  # a name that needs escaping
+  cvrun.write_config({"lr": 0.03, "loss": "combined", "bce_weight": 0.2, "focal_weight": 0.8,
+                     "trainable": "<attn>"})
+  cvrun.write_eval("cv", cv.summarize([_metrics(0.8, 0.95), _metrics(0.9, 0.85)]).to_dict())
+  cvrun.write_summary("# cv run\n")
+  (root / "not-a-run").mkdir()
+  study = tune.open_study(str(root / "study.db"), "s1", seed=0)
+  space = tune.load_space()
+  tune.run_trials(study, space, lambda cfg, rep: 0.75, 1, records_root=str(root),
+                  log=lambda s: None)
+  def fail(cfg, rep):
+    raise MemoryError("RESOURCE_EXHAUSTED: out of memory")
+  tune.run_trials(study, space, fail, 1, records_root=str(root), log=lambda s: None)
+  tune.ask(study, space)  # a trial only in the database, still running
+  return root
+
+
+def test_rows(experiments):
+  rows = {r.name: r for r in report.collect(experiments)}
+  assert set(rows) == {"plain-run", "cv--b-run-b", "s1-trial-000", "s1-trial-001"}
+  plain = rows["plain-run"]
+  assert plain.kind == "run" and plain.metrics["score"] == 0.7 and plain.metrics["auc"] == 0.9
+  assert plain.settings == {"lr": 0.01, "steps": 64, "batch": 4, "loss": "focal",
+                            "focal_gamma": 2.0}
+  assert [k for k, _ in plain.plots] == ["loss"]  # drawn from train_log.csv
+  c = rows["cv--b-run-b"]
+  assert c.kind == "cv" and c.metrics["score"] == pytest.approx(0.85)
+  assert c.metrics["std"] == pytest.approx(0.05) and c.metrics["auc"] == pytest.approx(0.9)
+  assert c.link == "cv--b-run-b/summary.md"
+  t0, t1 = rows["s1-trial-000"], rows["s1-trial-001"]
+  assert (t0.kind, t0.state, t0.metrics["score"]) == ("trial", "COMPLETE", 0.75)
+  assert t0.settings["loss"] == "combined" and t0.settings["focal_alpha"] == 1.0
+  assert t1.state == "FAIL" and "RESOURCE_EXHAUSTED" in t1.note
+
+
+def test_build_markdown_html_history(experiments):
+  built = report.build(experiments)
+  assert built.rows == 5 and [h.name for h in built.histories] == ["study_history_s1.png"]
+  md = built.markdown.read_text()
+  lines = [l for l in md.splitlines() if l.startswith("| ")][2:]
+  assert [re.search(r"\[?([\w-]+)", l.split("|")[2]).group(1) for l in lines] == [
+      "cv--b-run-b", "s1-trial-000", "plain-run", "s1-trial-001", "s1-trial-002"]
+  assert lines[0].startswith("| ★ | [cv--b-run-b](cv--b-run-b/summary.md) | cv |")
+  assert "0.8500 ± 0.0500" in lines[0] and "[loss](plain-run/loss.png)" in md
+  assert "![study history](study_history_s1.png)" in md
+  page = built.html.read_text()
+  assert page.count("<tr class=") == 5 and "<script>" in page and "cv--b-run-b" in page
+  assert "<b>" not in page.replace("<body>", "") and "&lt;attn&gt;" in page
+  assert 'class="best"' in page and 'src="study_history_s1.png"' in page
+  assert built.histories[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sort_keys(experiments):
+  rows = report.collect(experiments, render_plots=False)
+  by_lr = [r.settings["lr"] for r in report.sort_rows(rows, "lr")]
+  assert by_lr == sorted(by_lr) and len(by_lr) == 4
+  assert [r.name for r in report.sort_rows(rows, "name")][0] == "cv--b-run-b"
+  md = report.markdown(rows, "auc")
+  assert md.index("plain-run") < md.index("cv--b-run-b")  # AUC 0.9 = 0.9, stable order
+  assert report.best_of(rows, "auc").name in ("plain-run", "cv--b-run-b")
+  with pytest.raises(UserError, match="--sort must be one of"):
+    report.build(experiments, sort="speed")
+  assert not (experiments / "leaderboard.md").exists()
+
+
+def test_missing_folder(tmp_path):
+  with pytest.raises(UserError, match="no experiments folder"):
+    report.build(tmp_path / "nope")
+
+
+def test_report_script(experiments, monkeypatch, capsys):
+  spec = importlib.util.spec_from_file_location("report07", ROOT / "playground" / "07-report.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  monkeypatch.setattr(sys, "argv", ["07-report.py", "--experiments", str(experiments),
+                                    "--sort", "recall", "--no-plots"])
+  mod.main()
+  out = capsys.readouterr().out
+  assert "5 row(s)" in out and "study_history_s1.png" in out
+  assert not (experiments / "plain-run" / records.PLOTS["loss"]).exists()
