@@ -13,10 +13,19 @@ FILES ?= dataset/$(SET)/train.jsonl dataset/$(SET)/valid.jsonl
 MODEL_FAMILY ?= gemma
 DATA ?=
 ARGS ?=
+BATCH ?= 4
+ACCUM ?= 1
+TRAINABLE ?= attn
+BUDGET ?= 12
+FOLDS ?= 5
+TRIALS ?= 1
+SORT ?= score
+CMD ?=
 
 DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 
-.PHONY: help setup demo test download split train validate params clean
+.PHONY: help setup demo test download split train validate params plan bench folds cv tune ask \
+	tell status report docker-build docker-run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +59,40 @@ validate: $(STAMP) ## confusion blocks of MODEL (preset or checkpoint) on FILES
 
 params: $(STAMP) ## every parameter of MODEL (a preset) by jax.eval_shape, no allocation
 	$(PY) playground/00-params.py --model $(MODEL) $(ARGS)
+
+plan: $(STAMP) ## memory plan of a recipe without allocating: MODEL BATCH ACCUM TRAINABLE BUDGET (GiB)
+	$(PY) playground/10-plan.py --model $(MODEL) --batch $(BATCH) --accum $(ACCUM) \
+	  --trainable $(TRAINABLE) --budget $(BUDGET) --fsdp-table $(ARGS)
+
+bench: $(STAMP) ## speed benchmark, ours vs the colab's plain approach (JSON lines; see BENCHMARKS.md)
+	$(PY) playground/08-bench.py $(ARGS)
+
+folds: $(STAMP) ## FOLDS cross-validation folds of dataset/data.jsonl into dataset/SET/fold-*/
+	$(PY) playground/02-shuffle_data.py --folds $(FOLDS) -n $(SET) --stratify $(ARGS)
+
+cv: $(STAMP) ## train and evaluate every fold of dataset/SET; prints the CV score
+	$(PY) playground/03-do_learn.py --cv $(SET) --model $(MODEL) $(ARGS)
+
+tune: $(STAMP) ## TRIALS more search trials on dataset/SET's folds (experiments/study.db)
+	$(PY) playground/06-tune.py run --trials $(TRIALS) --cv $(SET) --model $(MODEL) $(ARGS)
+
+ask: $(STAMP) ## the next configuration to try by hand, as a command line
+	$(PY) playground/06-tune.py ask --cv $(SET) $(ARGS)
+
+tell: $(STAMP) ## record a hand-run trial: TRIAL=N SCORE=0.81 (or SCORE=fail)
+	$(PY) playground/06-tune.py tell $(TRIAL) $(SCORE) $(ARGS)
+
+status: $(STAMP) ## every trial of the study, the best, trials in the last 7 days
+	$(PY) playground/06-tune.py status $(ARGS)
+
+report: $(STAMP) ## experiments/leaderboard.{md,html} and the study history plot (SORT=metric)
+	$(PY) playground/07-report.py --sort $(SORT) $(ARGS)
+
+docker-build: ## build the palijudge image on NVIDIA's JAX container
+	bin/docker-build.sh $(ARGS)
+
+docker-run: ## run CMD (default: bash) in the container with the GPU and the data folders
+	bin/docker-run.sh $(CMD)
 
 clean: ## remove the virtual environment and caches (keeps cache/, dataset/, checkpoints/)
 	rm -rf $(VENV) .pytest_cache

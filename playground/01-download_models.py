@@ -14,6 +14,9 @@ def main():
                  choices=sorted(config.PRESETS), help="what to fetch (tiny*: generated locally)")
   p.add_argument("--cache", default=session.CACHE_DIR, help="where to put the files")
   p.add_argument("--seed", type=int, default=0, help="init seed for the tiny presets")
+  p.add_argument("--tokenizer-file", help="use this paligemma_tokenizer.model (tried first)")
+  p.add_argument("--any-tokenizer-sha", action="store_true",
+                 help="accept a tokenizer whose sha256 differs (its vocabulary is still checked)")
   args = p.parse_args()
   if args.model.startswith("tiny"):
     spec = session.write_random_model(args.model, args.cache, args.seed)
@@ -22,7 +25,10 @@ def main():
   weights = download.download_model(args.model, args.cache)
   print(f"checkpoint: {weights}")
   folder = download.kaggle_folder(args.model)
-  print(f"tokenizer:  {download.download_tokenizer(args.cache, folder)}")
+  extra = {"sha256": None} if args.any_tokenizer_sha else {}
+  tok = download.download_tokenizer(args.cache, folder, user_file=args.tokenizer_file, log=print,
+                                    **extra)
+  print(f"tokenizer:  {tok}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def main():
                  help="rematerialise the scanned layers (saves activation memory)")
   g.add_argument("--fsdp", action="store_true", help="shard params over all devices")
   g.add_argument("--flip", action="store_true", help="augment: random left-right mirror")
+  g.add_argument("--lora-rank", type=int, default=d.lora_rank,
+                 help="adapter rank with --trainable lora")
   g = p.add_argument_group("the lottery")
   g.add_argument("--max-restarts", type=int, default=d.max_restarts,
                  help="on divergence, restart with the next seed up to this many times")
@@ -56,7 +58,8 @@ def main():
                            loss=losses.LossConfig(kind=args.loss),
                            print_every=args.print_every, accum=args.accum, remat=args.remat,
                            fsdp=args.fsdp, flip=args.flip, max_restarts=args.max_restarts,
-                           diverge_loss=args.diverge_loss, save_every=args.save_every)
+                           diverge_loss=args.diverge_loss, save_every=args.save_every,
+                           lora_rank=args.lora_rank)
   opts = cli.eval_options(args)
   folder = os.path.join(args.root, args.dataset)
   names = (os.path.join(folder, "all"), os.path.join(folder, "train.jsonl"),

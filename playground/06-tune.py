@@ -39,6 +39,9 @@ def _parser():
   run = sub.add_parser("run", parents=[common], help="train and score N trials now")
   run.add_argument("--trials", type=int, required=True, help="how many trials to run now")
   run.add_argument("--cv", required=True, help="fold splits dataset/NAME (02 --folds K -n NAME)")
+  run.add_argument("--model", default=None,
+                   help="base model: preset or checkpoint (default paligemma-3b-pt-224)")
+  run.add_argument("--root", default="dataset", help="dataset root")
   ask = sub.add_parser("ask", parents=[common], help="print the next configuration")
   ask.add_argument("--cv", default=None, help="fold splits the command line should use")
   tell = sub.add_parser("tell", parents=[common], help="record a trial's CV score")
@@ -50,14 +53,9 @@ def _parser():
   return p
 
 
-def _objective(cv_name: str):
-  from palijudge.errors import UserError
-  try:
-    from palijudge.runner import cv_objective
-  except ImportError:
-    raise UserError("training objective not available: palijudge.runner.cv_objective is "
-                    "missing in this version") from None
-  return lambda config, report: cv_objective(config, cv_name, report)
+def _objective(cv_name: str, model: str | None = None, root: str = "dataset"):
+  from palijudge.experiment import cv_objective
+  return lambda config, report: cv_objective(config, cv_name, report, model=model, root=root)
 
 
 def status_text(study, now=None) -> str:
@@ -105,7 +103,7 @@ def main():
     return 0
   if args.command == "run" and args.trials < 1:
     raise UserError(f"--trials must be >= 1, got {args.trials}")
-  objective = _objective(args.cv) if args.command == "run" else None
+  objective = (_objective(args.cv, args.model, args.root) if args.command == "run" else None)
   score = _score(args.score) if args.command == "tell" else None
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   space = tune.load_space(args.space)

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from palijudge import checkpoint
+from palijudge import lora
 from palijudge import model as model_lib
 from palijudge import sharding
 from palijudge import train as train_lib
@@ -133,7 +134,10 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache):
   mesh = sharding.make_mesh()
   big_batch = tcfg.batch_size * tcfg.accum
   sharding.check_batch(tcfg.batch_size, mesh)
-  trainable, frozen = train_lib.split_params(lm.params, tcfg.trainable)
+  params = lm.params
+  if tcfg.trainable == "lora" and lora.rank_of(params) is None:
+    params = lora.add_adapters(params, tcfg.lora_rank, tcfg.seed)
+  trainable, frozen = train_lib.split_params(params, tcfg.trainable)
   trainable = jax.tree.map(lambda a: np.asarray(a, np.float32), trainable)
   tx = train_lib.make_optimizer(tcfg)
   state = train_lib.init_state(trainable, tx)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from palijudge import lora
 from palijudge import model as model_lib
 from palijudge.gemma import KVCache
 
@@ -109,5 +110,6 @@ def greedy_decode(model, params, batch: dict, max_new: int, eos_id: int,
 
 def decode(model, params, batch: dict, max_new: int, eos_id: int, cache_dtype=jnp.float32):
   batch = {k: batch[k] for k in ("image", "zimg", "text", "mask_ar", "mask_input") if k in batch}
+  params = lora.merge(params)  # The cached decoder path takes plain weights.
   tokens, logps, first = greedy_decode(model, params, batch, max_new, eos_id, cache_dtype)
   return DecodeOut(np.asarray(tokens), np.asarray(logps), np.asarray(first))

@@ -18,7 +18,9 @@ import jax
 import numpy as np
 
 from palijudge import checkpoint
+from palijudge import lora
 from palijudge import metrics
+from palijudge import records
 from palijudge import fit as fit_lib
 from palijudge import train as train_lib
 from palijudge.data import Example
@@ -113,6 +115,7 @@ class LearnSetup:
   runs: int = 1               # Independent seeds; the best by `select` is kept.
   select: str = "f1"
   full: bool = False          # Save every parameter, not only the trained ones.
+  record: records.RunRecord | None = None  # experiments/<run>/, if kept.
 
 
 def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, log):
@@ -128,6 +131,9 @@ def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, 
                                   state_path=state_path, resume=setup.resume,
                                   stage=run * 2 + i)
     result = fit_lib.fit(lm, train, stage, fit_opts, log=log, cache=cache)
+    if setup.record:
+      for row in result.history:
+        setup.record.log_step(*row)
     stage_seed = result.seed
     if i + 1 < len(stages):
       stages[i + 1] = dataclasses.replace(stages[i + 1], seed=stage_seed)
@@ -161,7 +167,23 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   if setup.save_to:
     _save(lm, cfg, opts, setup)
     log(f"saved {setup.save_to}")
+  if setup.record:
+    _write_record(setup.record, before, after, valid_name)
   return LearnResult(lm, before, after)
+
+
+def prediction_rows(result: EvalResult) -> list[dict]:
+  return [{"image": e.raw_image, "label": "yes" if e.label else "no", "p_yes": float(p),
+           "pred": "yes" if q else "no"} for e, p, q in zip(result.examples, result.p_yes,
+                                                            result.pred)]
+
+
+def _write_record(record: records.RunRecord, before, after, valid_name: str) -> None:
+  for tag, results in (("before training", before), ("after training", after)):
+    record.write_eval(tag, {os.path.basename(n): records.eval_metrics(
+        r.labels, r.p_yes, r.pred, r.threshold) for n, r in results.items()})
+  record.write_predictions(prediction_rows(after[valid_name]))
+  record.plots()
 
 
 def _save(lm: LoadedModel, tcfg, opts: EvalOptions, setup: LearnSetup) -> None:
@@ -171,7 +193,7 @@ def _save(lm: LoadedModel, tcfg, opts: EvalOptions, setup: LearnSetup) -> None:
           "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
   base = lm.spec.base or lm.spec.weights
   if setup.full or train_lib.TRAINABLE.get(tcfg.trainable) == ".*":
-    checkpoint.save(setup.save_to, lm.params, lm.cfg, meta)
+    checkpoint.save(setup.save_to, lora.merge(lm.params), lm.cfg, meta)
   else:  # A delta: the trained leaves and the base's sha256.
     keep = re.compile(train_lib.TRAINABLE.get(tcfg.trainable, tcfg.trainable)).search
     checkpoint.save_delta(setup.save_to, lm.params, keep, lm.cfg, base, meta)

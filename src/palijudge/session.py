@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from palijudge import checkpoint
+from palijudge import lora
 from palijudge import config as config_lib
 from palijudge import model as model_lib
 from palijudge import train as train_lib
@@ -165,6 +166,11 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
   if spec.base:  # A delta: the base first, then the leaves the run trained.
     params = checkpoint.load_params(spec.base, shapes, dtype_for=rule, put=put)
     names = set(checkpoint.param_names(spec.weights))
+    if any(n.startswith(lora.PREFIX) for n in names):  # An adapter-only delta.
+      rank = checkpoint.read_meta(spec.weights)["train_config"]["lora_rank"]
+      extra = lora.adapter_shapes(shapes["llm"]["layers"], rank)
+      shapes = checkpoint.unflatten({**checkpoint.flatten(shapes),
+                                     **{"llm/layers/" + k: v for k, v in extra.items()}})
     delta = checkpoint.load_params(spec.weights, shapes, dtype_for=rule, put=put,
                                    subset=names.__contains__)
     params = train_lib.merge_params(params, delta)

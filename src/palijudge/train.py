@@ -31,6 +31,7 @@ TRAINABLE = {
     "attn": r"^llm/layers/attn/",
     "llm": r"^llm/",
     "all": r".*",
+    "lora": r"^llm/layers/lora/",  # Adapters only (see lora.py).
 }
 OPTIMIZERS = ("sgd", "adam")
 REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")
@@ -54,6 +55,7 @@ class TrainConfig:
   max_restarts: int = 0  # Restarts with the next seed after a divergence.
   diverge_loss: float = 1.0  # Guard threshold on the windowed loss (0: finite only).
   save_every: int = 0  # Steps between periodic train-state saves (0: never).
+  lora_rank: int = 8  # Adapter rank, with trainable="lora".
   flip: bool = False  # Augment: random left-right mirror of training images.
 
   def __post_init__(self):
@@ -71,6 +73,7 @@ class TrainConfig:
     need(self.max_restarts >= 0, "--max-restarts must be >= 0")
     need(self.diverge_loss >= 0, "--diverge-loss must be >= 0")
     need(self.save_every >= 0, "--save-every must be >= 0")
+    need(self.lora_rank >= 1, "--lora-rank must be >= 1")
     need(self.remat in REMAT_POLICIES, f"--remat must be one of {', '.join(REMAT_POLICIES)}")
 
 
