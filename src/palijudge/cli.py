@@ -31,8 +31,27 @@ def parser(description: str) -> argparse.ArgumentParser:
                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
+def _maybe_distributed() -> None:
+  """Multi-host: join the cluster before any jax work (PALIJUDGE_DISTRIBUTED=1).
+
+  Every process loads the same global batches (the order is a function of
+  the seed); jit's shardings then keep each host's share on its devices.
+  """
+  if os.environ.get("PALIJUDGE_DISTRIBUTED") != "1":
+    return
+  import jax
+  try:
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))
+  except KeyError as e:
+    raise UserError(f"PALIJUDGE_DISTRIBUTED=1 needs the environment variable {e.args[0]}") from None
+
+
 def run_main(main: Callable[[], int | None]) -> None:
   try:
+    _maybe_distributed()
     code = main()
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -245,3 +264,52 @@ def resolving_parser(description: str) -> argparse.ArgumentParser:
   """`parser` whose later options replace earlier ones of the same name."""
   return _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                  conflict_handler="resolve")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+  """The recipe (defaults = the colab's), the lottery and memory flags of 03."""
+  from palijudge import runner, train
+  d = train.TrainConfig()
+  g = p.add_argument_group("training")
+  g.add_argument("--lr", type=float, default=d.lr)
+  g.add_argument("--batch", type=int, default=d.batch_size)
+  g.add_argument("--steps", type=int, default=d.steps)
+  g.add_argument("--seed", type=int, default=d.seed)
+  g.add_argument("--trainable", default=d.trainable, choices=sorted(train.TRAINABLE))
+  g.add_argument("--optimizer", default=d.optimizer, choices=train.OPTIMIZERS)
+  g.add_argument("--print-every", type=int, default=d.print_every)
+  g.add_argument("--accum", type=int, default=d.accum,
+                 help="gradient accumulation: effective batch = batch x accum")
+  g.add_argument("--remat", default=d.remat, choices=train.REMAT_POLICIES,
+                 help="what the decoder layers keep for the backward pass (full: nothing)")
+  g.add_argument("--fsdp", action="store_true", help="shard params over all devices")
+  g.add_argument("--flip", action="store_true", help="augment: random left-right mirror")
+  g.add_argument("--lora-rank", type=int, default=d.lora_rank,
+                 help="adapter rank with --trainable lora")
+  g = p.add_argument_group("the lottery")
+  g.add_argument("--max-restarts", type=int, default=d.max_restarts,
+                 help="on divergence, restart with the next seed up to this many times")
+  g.add_argument("--diverge-loss", type=float, default=d.diverge_loss,
+                 help="divergence: mean loss of 16 steps rises above this after warm-up")
+  g.add_argument("--save-every", type=int, default=d.save_every,
+                 help="write the train state every N steps (for --resume)")
+  g.add_argument("--runs", type=int, default=1,
+                 help="independent runs (seeds S, S+1000, ...); the best is saved")
+  g.add_argument("--select", default="f1", choices=runner.SELECT,
+                 help="validation metric that picks the best run")
+  g.add_argument("--full", action="store_true",
+                 help="save every parameter (big_vision-loadable), not a delta over the base")
+  g.add_argument("--resume", action="store_true",
+                 help="continue from checkpoints/NAME.state.npz if a killed run left one")
+
+
+def train_config(args, loss):
+  from palijudge import train
+  if args.runs < 1:
+    raise UserError("--runs must be >= 1")
+  return train.TrainConfig(
+      lr=args.lr, batch_size=args.batch, steps=args.steps, seed=args.seed,
+      trainable=args.trainable, optimizer=args.optimizer, loss=loss,
+      print_every=args.print_every, accum=args.accum, remat=args.remat, fsdp=args.fsdp,
+      flip=args.flip, max_restarts=args.max_restarts, diverge_loss=args.diverge_loss,
+      save_every=args.save_every, lora_rank=args.lora_rank)
