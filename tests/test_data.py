@@ -202,3 +202,60 @@ def test_split_property(n_yes, n_no, frac, seed, stratify):
   if stratify:
     share = n_valid * n_yes / n
     assert abs(data.class_counts(valid)["yes"] - share) < 1
+
+
+# --- TSV datasets --------------------------------------------------------------
+
+def _tsv(tmp_path, text: str, name="data.tsv"):
+  (tmp_path / "img").mkdir(exist_ok=True)
+  for i in range(3):
+    (tmp_path / "img" / f"{i}.png").write_bytes(b"x")
+  path = tmp_path / name
+  path.write_text(text, encoding="utf-8")
+  return path
+
+
+def test_tsv_with_header_round_trip(tmp_path):
+  path = _tsv(tmp_path, "id\timage\tlabel\tprefix\tp_yes\n"
+                        "a7\timg/0.png\t Yes \tIs it ok?\t0.3\n\n"
+                        "b8\timg/1.png\tno\t\t0.9\n")
+  exs = data.read_examples(path)
+  assert [(e.id, e.label, e.prefix, e.line) for e in exs] == [
+      ("a7", True, "Is it ok?", 2), ("b8", False, "", 4)]
+  assert exs[0].image == os.path.realpath(tmp_path / "img" / "0.png")
+  for out in (tmp_path / "o" / "copy.tsv", tmp_path / "o" / "copy.jsonl"):
+    data.write_examples(out, exs)
+    again = data.read_examples(out, tmp_path)
+    assert [(e.id, e.image, e.label, e.prefix) for e in again] == [
+        (e.id, e.image, e.label, e.prefix) for e in exs]
+  assert (tmp_path / "o" / "copy.tsv").read_text().splitlines()[0] == "id\timage\tlabel\tprefix"
+
+
+def test_tsv_headerless_and_suffix_column(tmp_path):
+  exs = data.read_tsv(_tsv(tmp_path, "img/0.png\tyes\nimg/1.png\tno\tcustom prompt\n"))
+  assert [(e.label, e.prefix, e.key) for e in exs] == [(True, "", "1"), (False, "custom prompt", "2")]
+  exs = data.read_tsv(_tsv(tmp_path, "suffix\timage\nno\timg/2.png\n", "s.tsv"))
+  assert exs[0].label is False and exs[0].raw_image == "img/2.png"
+
+
+@pytest.mark.parametrize("text,match", [
+    ("image\tlabel\nimg/0.png\tmaybe\n", r"data\.tsv:2: unknown label 'maybe'"),
+    ("image\tlabel\nimg/0.png\n", r"data\.tsv:2: 1 fields, expected 2"),
+    ("image\tprefix\nimg/0.png\tp\n", r"data\.tsv: missing column\(s\) label"),
+    ("image\tlabel\n", r"data\.tsv: no examples"),
+    ("image\tlabel\nimg/9.png\tyes\n", r"data\.tsv:2: image not found"),
+])
+def test_tsv_bad_input(tmp_path, text, match):
+  with pytest.raises(UserError, match=match) as e:
+    data.read_examples(_tsv(tmp_path, text))
+  assert "\n" not in str(e.value)
+
+
+def test_unknown_suffix_and_unwritable_value(tmp_path):
+  with pytest.raises(UserError, match="expected .jsonl or .tsv"):
+    data.read_examples(tmp_path / "data.csv")
+  ex = _fake(1, 0)[0]
+  bad = Example(**{**ex.__dict__, "prefix": "a\tb"})
+  with pytest.raises(UserError, match="tab or a newline"):
+    data.write_tsv(tmp_path / "x.tsv", [bad])
+  assert not (tmp_path / "x.tsv").exists() and os.listdir(tmp_path) == []

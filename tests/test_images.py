@@ -188,3 +188,48 @@ def test_decompression_bomb(tmp_path, monkeypatch, limit):
   with pytest.raises(UserError, match="decompression bomb") as e:
     images.decode_rgb(path)
   assert str(path) in str(e.value)
+
+
+def _disagreeing_gif(path, colours):
+  frames = [Image.new("RGB", (8, 6), c) for c in colours]
+  frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+  return path
+
+
+def test_frame_indices():
+  assert images.frame_indices(5) == [0, 1, 2, 3, 4]
+  assert images.frame_indices(10, 3) == [0, 4, 9]  # round(4.5) = 4 (banker's)
+  assert images.frame_indices(10, 1) == [0]
+  assert images.frame_indices(3, 8) == [0, 1, 2]
+  assert images.frame_indices(1, 4) == [0]
+
+
+def test_decode_and_load_every_frame(tmp_path):
+  colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (250, 250, 250), (0, 0, 0)]
+  path = _disagreeing_gif(tmp_path / "anim.gif", colours)
+  frames = images.decode_frames(path)
+  assert [tuple(f[3, 4]) for f in frames] == colours
+  assert [tuple(f[3, 4]) for f in images.decode_frames(path, 3)] == [colours[i] for i in (0, 2, 4)]
+  x = images.load_frames(path, SIZE, 2)
+  assert x.shape == (2, SIZE, SIZE, 3) and x.dtype == np.float32
+  assert tuple(images.decode_rgb(path, "all")[3, 4]) == colours[0]  # One frame: the first.
+  still = tmp_path / "still.png"
+  Image.new("RGB", (4, 4), (1, 2, 3)).save(still)
+  assert images.load_frames(still, SIZE).shape == (1, SIZE, SIZE, 3)
+
+
+def test_combine_policies():
+  p = np.array([0.9, 0.2, 0.7])
+  assert images.combine(p, "min") == pytest.approx(0.2)
+  assert images.combine(p, "mean") == pytest.approx(0.6)
+  assert images.combine(p, "max") == pytest.approx(0.9)
+  with pytest.raises(ValueError):
+    images.combine(p, "median")
+
+
+def test_frames_of_a_corrupt_file(tmp_path):
+  path = tmp_path / "bad.gif"
+  path.write_bytes(b"GIF89a broken")
+  with pytest.raises(UserError, match="cannot decode image") as e:
+    images.decode_frames(path)
+  assert str(path) in str(e.value)

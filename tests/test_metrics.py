@@ -81,3 +81,53 @@ def test_matches_sklearn(pairs):
   assert math.isclose(c.recall, skm.recall_score(labels, preds, **kw))
   assert math.isclose(c.f_measure, skm.f1_score(labels, preds, **kw),
                       abs_tol=1e-12)
+
+
+# --- Scores: AUC, AP, Brier, ECE ---------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from palijudge import metrics  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 10)), min_size=2, max_size=40))
+def test_auc_ap_brier_match_sklearn(pairs):
+  y = [b for b, _ in pairs]
+  s = [v / 10 for _, v in pairs]  # Coarse scores: many ties.
+  if all(y) or not any(y):
+    assert metrics.roc_auc(y, s) is None
+    if not any(y):
+      assert metrics.average_precision(y, s) is None
+    return
+  assert metrics.roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+  assert metrics.average_precision(y, s) == pytest.approx(
+      skm.average_precision_score(y, s), abs=1e-12)
+  assert metrics.brier(y, s) == pytest.approx(skm.brier_score_loss(y, s), abs=1e-12)
+
+
+def test_ece_hand_value():
+  # Bins [0.1, 0.2): p 0.1, 0.1 with labels 0, 1 -> |0.5 - 0.1| * 2/4;
+  # [0.9, 1.0]: p 0.9, 1.0 with labels 1, 1 -> |1 - 0.95| * 2/4.
+  got = metrics.expected_calibration_error([0, 1, 1, 1], [0.1, 0.1, 0.9, 1.0])
+  assert got == pytest.approx(0.5 * 0.4 + 0.5 * 0.05)
+  assert metrics.expected_calibration_error([1, 0], [1.0, 0.0]) == 0.0
+  assert metrics.expected_calibration_error([], []) is None
+
+
+def test_score_metrics_and_format():
+  sm = metrics.ScoreMetrics.compute([True, False, True], [0.9, 0.2, 0.4])
+  assert sm.roc_auc == 1.0 and sm.pr_auc == 1.0
+  text = metrics.format_scores(sm, threshold=0.5, invalid=(1, 4))
+  assert text.splitlines() == ["  threshold: 0.5", "  invalid answers: 1/4 (0.2500)",
+                               "  ROC-AUC:   1.0000", "  PR-AUC:    1.0000",
+                               f"  Brier:     {sm.brier:.4f}", f"  ECE:       {sm.ece:.4f}"]
+  one_class = metrics.ScoreMetrics.compute([True, True], [0.9, 0.2])
+  assert "ROC-AUC:   n/a" in metrics.format_scores(one_class)
+  assert json.loads(json.dumps(one_class.to_dict()))["roc_auc"] is None
+
+
+def test_cumulative_counts_groups_ties():
+  u, tp, fp = metrics.cumulative_counts(np.array([1, 0, 1, 0], bool),
+                                        np.array([0.5, 0.5, 0.9, 0.1]))
+  assert u.tolist() == [0.9, 0.5, 0.1] and tp.tolist() == [1, 2, 2] and fp.tolist() == [0, 1, 2]

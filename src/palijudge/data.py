@@ -1,9 +1,13 @@
-"""Datasets: JSON Lines files of {"image", "prefix", "suffix"} rows.
+"""Datasets: JSON Lines or TSV files of {"image", "prefix", "suffix"} rows.
 
-Each non-blank line of a dataset file is one example, e.g.
+Each non-blank line of a `.jsonl` dataset file is one example, e.g.
   {"image": "img/001.jpg", "prefix": "Is this ad appropriate?", "suffix": "yes"}
-Relative image paths are resolved against a dataset root, so split files
-written elsewhere (write_jsonl keeps paths as written) stay valid.
+A `.tsv` dataset has a header line naming its columns: `image` and `label`
+(or `suffix`) are required, `prefix` and `id` optional, other columns (e.g.
+`p_yes`, `pred` of a prediction file) ignored. A file without a header is
+read as `image<TAB>label[<TAB>prefix]`. Relative image paths are resolved
+against a dataset root, so split files written elsewhere (the writers keep
+paths as written) stay valid. `read_examples` picks the format by suffix.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,6 +39,12 @@ class Example:
   source: str
   line: int
   raw_image: str
+  id: str = ""  # Optional row id from the file ("id" key / column).
+
+  @property
+  def key(self) -> str:
+    """The row's id, or its line number: names the row in prediction files."""
+    return self.id or str(self.line)
 
 
 def normalize_label(text: str, path: str | os.PathLike, line: int) -> bool:
@@ -98,11 +107,18 @@ def _parse_line(text: str, path: str, line: int, root: str) -> Example:
   raw_image = _field(row, "image", at)
   suffix = _field(row, "suffix", at)
   prefix = _field(row, "prefix", at, default="")
-  label = normalize_label(suffix, path, line)
+  row_id = row.get("id", "")
+  if not isinstance(row_id, (str, int)) or isinstance(row_id, bool):
+    raise UserError(f"{at}: 'id' must be a string or an integer")
+  return _example(raw_image, suffix, prefix, path, line, root, str(row_id))
+
+
+def _example(raw_image: str, label_text: str, prefix: str, path: str, line: int, root: str,
+             row_id: str = "") -> Example:
+  label = normalize_label(label_text, path, line)
   image = _resolve_image(raw_image, root, path, line)
-  return Example(image=image, label=label, prefix=prefix,
-                 suffix="yes" if label else "no", source=path, line=line,
-                 raw_image=raw_image)
+  return Example(image=image, label=label, prefix=prefix, suffix="yes" if label else "no",
+                 source=path, line=line, raw_image=raw_image, id=row_id)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -147,31 +163,68 @@ def read_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None
 
 
 def write_jsonl(path: str | os.PathLike, examples: Sequence[Example]) -> None:
-  """Writes examples as {"prefix", "suffix", "image"} lines, atomically.
+  """Writes examples as {"prefix", "suffix", "image"[, "id"]} lines, atomically.
 
   The image is written as it was read (raw_image), so the new file resolves
   against the same dataset root. A temp file in the target folder is renamed
   over the target, so readers never see a half-written file.
   """
+  from palijudge import tsv
+
+  def row(e: Example) -> dict[str, str]:
+    return {"prefix": e.prefix, "suffix": e.suffix, "image": e.raw_image,
+            **({"id": e.id} if e.id else {})}
+  tsv.atomic_write(path, [json.dumps(row(e), ensure_ascii=False) + "\n" for e in examples])
+
+
+TSV_COLUMNS = ("image", "label", "prefix")
+
+
+def read_tsv(path: str | os.PathLike, root: str | os.PathLike | None = None
+             ) -> list[Example]:
+  """Reads a TSV dataset (see the module docstring); same rules as read_jsonl."""
+  from palijudge import tsv
   path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  lines = [json.dumps({"prefix": e.prefix, "suffix": e.suffix,
-                       "image": e.raw_image}, ensure_ascii=False) + "\n"
-           for e in examples]
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-      os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; datasets are shared
-      f.writelines(lines)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  root = os.path.realpath(os.path.dirname(os.path.abspath(path)) if root is None
+                          else os.fspath(root))
+  table = tsv.read_table(path, ("image",), positional=TSV_COLUMNS)
+  label_col = "suffix" if "suffix" in table.columns and "label" not in table.columns else "label"
+  tsv.require(table, ("image", label_col), "a dataset")
+  out = [_example(r["image"], r.get(label_col, ""), r.get("prefix", ""), path, line, root,
+                  r.get("id", "")) for line, r in table.rows]
+  if not out:
+    raise UserError(f"{path}: no examples")
+  return out
+
+
+def write_tsv(path: str | os.PathLike, examples: Sequence[Example]) -> None:
+  """Writes examples as `[id] image label prefix` TSV with a header, atomically."""
+  from palijudge import tsv
+  with_id = any(e.id for e in examples)
+  head = (("id",) if with_id else ()) + TSV_COLUMNS
+  rows = [((e.id,) if with_id else ()) + (e.raw_image, e.suffix, e.prefix) for e in examples]
+  tsv.atomic_write(path, [tsv.format_line(head)] + [tsv.format_line(r, path) for r in rows])
+
+
+def _format_of(path: str) -> str:
+  ext = os.path.splitext(path)[1].lower()
+  if ext in (".jsonl", ".tsv"):
+    return ext[1:]
+  raise UserError(f"{path}: unknown dataset format {ext or '(no suffix)'!r}; "
+                  f"expected .jsonl or .tsv")
+
+
+def read_examples(path: str | os.PathLike, root: str | os.PathLike | None = None
+                  ) -> list[Example]:
+  """read_jsonl or read_tsv, by the file's suffix (.jsonl / .tsv)."""
+  path = os.fspath(path)
+  return (read_jsonl if _format_of(path) == "jsonl" else read_tsv)(path, root)
+
+
+def write_examples(path: str | os.PathLike, examples: Sequence[Example]) -> None:
+  """write_jsonl or write_tsv, by the file's suffix (.jsonl / .tsv)."""
+  path = os.fspath(path)
+  (write_jsonl if _format_of(path) == "jsonl" else write_tsv)(path, examples)
 
 
 def _valid_quota(labels: np.ndarray, n_valid: int) -> dict[bool, int]:

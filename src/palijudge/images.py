@@ -19,6 +19,11 @@ from PIL import Image, ImageOps
 from palijudge.errors import UserError
 
 GIF_FRAMES = ("first", "middle", "last")
+# `all`: evaluation scores every frame (or K evenly spaced) and combines p(yes)
+# (see `frame_indices`, `combine`); where one frame is needed (training
+# batches, `decode_rgb`), `all` means the first frame.
+GIF_POLICIES = GIF_FRAMES + ("all",)
+GIF_COMBINE = ("min", "mean", "max")
 
 # Pillow raises these for corrupt, truncated or unsupported files.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError,
@@ -29,10 +34,10 @@ _WHITE = (255, 255, 255, 255)
 
 def _frame_index(n_frames: int, gif_frame: str) -> int:
   """Index of the frame to use in an animation of `n_frames` frames."""
-  if gif_frame not in GIF_FRAMES:
-    raise ValueError(f"gif_frame must be one of {GIF_FRAMES},"
+  if gif_frame not in GIF_POLICIES:
+    raise ValueError(f"gif_frame must be one of {GIF_POLICIES},"
                      f" got {gif_frame!r}")
-  return {"first": 0, "middle": n_frames // 2, "last": n_frames - 1}[gif_frame]
+  return {"first": 0, "all": 0, "middle": n_frames // 2, "last": n_frames - 1}[gif_frame]
 
 
 def _check_size(img: Image.Image, path: str) -> None:
@@ -97,15 +102,8 @@ def _decode(img: Image.Image, path: str, gif_frame: str) -> np.ndarray:
   return np.asarray(_to_rgb(img), dtype=np.uint8)
 
 
-def decode_rgb(path: str | os.PathLike, gif_frame: str = "first") -> np.ndarray:
-  """Decodes an image file into a uint8 (H, W, 3) RGB array.
-
-  Animated GIF/APNG/WebP: `gif_frame` ("first", "middle" = n_frames // 2,
-  "last") picks the frame. The whole file is decoded, so a truncated image
-  fails here, not later. Bad input raises UserError naming the path.
-  """
-  path = os.fspath(path)
-  _frame_index(1, gif_frame)  # validate the policy before touching the file
+def _open_and(path: str, fn):
+  """fn(opened Pillow image) with every decoding failure as a one-line UserError."""
   if not os.path.exists(path):
     raise UserError(f"{path}: image not found")
   if not os.path.isfile(path):
@@ -114,13 +112,76 @@ def decode_rgb(path: str | os.PathLike, gif_frame: str = "first") -> np.ndarray:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
       with Image.open(path) as img:
-        rgb = _decode(img, path, gif_frame)
+        return fn(img)
   except Image.DecompressionBombError as e:
     raise UserError(f"{path}: image too large; possible decompression bomb"
                     f" ({_one_line(e)})") from None
   except _DECODE_ERRORS as e:
     raise UserError(f"{path}: cannot decode image: {_one_line(e)}") from None
-  return rgb
+
+
+def decode_rgb(path: str | os.PathLike, gif_frame: str = "first") -> np.ndarray:
+  """Decodes an image file into a uint8 (H, W, 3) RGB array.
+
+  Animated GIF/APNG/WebP: `gif_frame` ("first", "middle" = n_frames // 2,
+  "last"; "all" = first here) picks the frame. The whole file is decoded, so a
+  truncated image fails here, not later. Bad input raises UserError naming the path.
+  """
+  path = os.fspath(path)
+  _frame_index(1, gif_frame)  # validate the policy before touching the file
+  return _open_and(path, lambda img: _decode(img, path, gif_frame))
+
+
+def frame_indices(n_frames: int, k: int = 0) -> list[int]:
+  """Every frame (k <= 0 or k >= n_frames), else k evenly spaced ones.
+
+  Evenly spaced = round(linspace(0, n_frames - 1, k)): the first and the
+  last frame are always included (k = 1: the first frame).
+  """
+  if n_frames < 1:
+    raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+  if k <= 0 or k >= n_frames:
+    return list(range(n_frames))
+  if k == 1:
+    return [0]
+  return sorted({int(round(x)) for x in np.linspace(0, n_frames - 1, k)})
+
+
+def _decode_frames(img: Image.Image, path: str, k: int) -> list[np.ndarray]:
+  _check_size(img, path)
+  n = getattr(img, "n_frames", 1)
+  if n == 1:
+    return [_decode(img, path, "first")]
+  out = []
+  for i in frame_indices(n, k):
+    img.seek(i)  # Pillow composes GIF/APNG frames with the earlier ones.
+    frame = ImageOps.exif_transpose(img.convert("RGBA"))
+    out.append(np.asarray(_to_rgb(frame), dtype=np.uint8))
+  return out
+
+
+def decode_frames(path: str | os.PathLike, k: int = 0) -> list[np.ndarray]:
+  """uint8 (H, W, 3) RGB arrays of the frames `frame_indices(n, k)` picks (a still: one)."""
+  path = os.fspath(path)
+  return _open_and(path, lambda img: _decode_frames(img, path, k))
+
+
+def load_frames(path: str | os.PathLike, size: int, k: int = 0) -> np.ndarray:
+  """Model-ready frames: float32 (F, size, size, 3) in [-1, 1]."""
+  return np.stack([preprocess(f, size) for f in decode_frames(path, k)])
+
+
+def combine(p_yes_F: np.ndarray, how: str) -> float:
+  """One p(yes) for an animation from its frames' p(yes): min, mean or max.
+
+  min: `yes` only if every frame looks fine (the cautious judge: one
+  violating frame is enough for `no`); max: `yes` if any frame does; mean: the
+  average frame.
+  """
+  if how not in GIF_COMBINE:
+    raise ValueError(f"combine must be one of {GIF_COMBINE}, got {how!r}")
+  p = np.asarray(p_yes_F, np.float64)
+  return float({"min": np.min, "mean": np.mean, "max": np.max}[how](p))
 
 
 def _one_line(e: BaseException) -> str:

@@ -10,6 +10,8 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
+import numpy as np
+
 
 def _ratio(num: float, den: float) -> float:
   """num / den, or 0.0 when den is 0 (e.g. precision with no positives)."""
@@ -94,3 +96,116 @@ def json_line(confusion: Confusion, name: str, **extra: Any) -> str:
     raise ValueError(f"extra keys clash with the metrics: {clash}")
   record.update(extra)
   return json.dumps(record)
+
+
+# --- Scores: ranking and calibration of p(yes) -------------------------------
+
+def _arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+  y = np.asarray(labels, dtype=bool).reshape(-1)
+  s = np.asarray(scores, dtype=np.float64).reshape(-1)
+  if y.shape != s.shape:
+    raise ValueError(f"{y.size} labels but {s.size} scores")
+  return y, s
+
+
+def roc_auc(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
+  """Area under the ROC curve (Mann-Whitney U, ties count 1/2); None with one class."""
+  y, s = _arrays(labels, scores)
+  n_pos, n_neg = int(y.sum()), int((~y).sum())
+  if not n_pos or not n_neg:
+    return None
+  order = np.argsort(s, kind="mergesort")
+  sorted_s = s[order]
+  ranks = np.empty(len(s), np.float64)
+  # Average 1-based rank within each run of tied scores.
+  _, start, count = np.unique(sorted_s, return_index=True, return_counts=True)
+  avg = start + (count + 1) / 2.0
+  ranks[order] = np.repeat(avg, count)
+  u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+  return float(u / (n_pos * n_neg))
+
+
+def cumulative_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(distinct scores descending (K,), tp (K,), fp (K,)) for `predict yes iff s >= score`."""
+  order = np.argsort(-s, kind="mergesort")
+  s, y = s[order], y[order]
+  last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # Last index of each tie run.
+  tp = np.cumsum(y)[last]
+  fp = (last + 1) - tp
+  return s[last], tp.astype(np.int64), fp.astype(np.int64)
+
+
+def average_precision(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
+  """PR-AUC as sum_k (R_k - R_{k-1}) P_k over distinct thresholds (sklearn's AP)."""
+  y, s = _arrays(labels, scores)
+  n_pos = int(y.sum())
+  if not n_pos:
+    return None
+  _, tp, fp = cumulative_counts(y, s)
+  precision = tp / (tp + fp)
+  recall = tp / n_pos
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def brier(labels: Sequence[bool], p_yes: Sequence[float]) -> float | None:
+  """Mean squared error of p(yes) against the 0/1 label; None when empty."""
+  y, p = _arrays(labels, p_yes)
+  return float(np.mean((p - y) ** 2)) if len(y) else None
+
+
+def expected_calibration_error(labels: Sequence[bool], p_yes: Sequence[float],
+                               n_bins: int = 10) -> float | None:
+  """ECE of p(yes): sum over equal-width bins of (n_b / N) |mean(y) - mean(p)|.
+
+  Bin b holds b/n_bins <= p < (b+1)/n_bins (p = 1 goes in the last bin).
+  """
+  y, p = _arrays(labels, p_yes)
+  if not len(y):
+    return None
+  b = np.clip(np.floor(p * n_bins).astype(np.int64), 0, n_bins - 1)
+  total = 0.0
+  for k in np.unique(b):
+    sel = b == k
+    total += sel.sum() / len(y) * abs(y[sel].mean() - p[sel].mean())
+  return float(total)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreMetrics:
+  """Threshold-free quality of p(yes); None where undefined (e.g. one class)."""
+  roc_auc: float | None
+  pr_auc: float | None
+  brier: float | None
+  ece: float | None
+
+  @classmethod
+  def compute(cls, labels: Sequence[bool], p_yes: Sequence[float]) -> ScoreMetrics:
+    return cls(roc_auc(labels, p_yes), average_precision(labels, p_yes),
+               brier(labels, p_yes), expected_calibration_error(labels, p_yes))
+
+  def to_dict(self) -> dict[str, float | None]:
+    return dataclasses.asdict(self)
+
+
+def _fmt(x: float | None) -> str:
+  return "n/a" if x is None else f"{x:.4f}"
+
+
+def format_scores(scores: ScoreMetrics, threshold: float | None = None,
+                  invalid: tuple[int, int] | None = None) -> str:
+  """Lines printed under the Result block: threshold, AUCs, calibration, invalid rate.
+
+  `invalid` is (invalid answers, examples) in decode mode. AUCs print
+  `n/a` when the set has one class only.
+  """
+  lines = []
+  if threshold is not None:
+    lines.append(f"  threshold: {threshold:.6g}")
+  if invalid is not None:
+    n_bad, n = invalid
+    lines.append(f"  invalid answers: {n_bad}/{n} ({_ratio(n_bad, n):.4f})")
+  lines += [f"  ROC-AUC:   {_fmt(scores.roc_auc)}",
+            f"  PR-AUC:    {_fmt(scores.pr_auc)}",
+            f"  Brier:     {_fmt(scores.brier)}",
+            f"  ECE:       {_fmt(scores.ece)}"]
+  return "\n".join(lines)

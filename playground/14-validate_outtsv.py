@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Aggregate prediction files (13-inference output, .tsv or .jsonl) into Result blocks.
+
+  ./14-validate_outtsv.py out-aa.tsv out-ab.tsv [--threshold T] [--total] [--json]
+
+One block per file, headed `Aggregate: FILE`, with ROC-AUC, PR-AUC, Brier
+and ECE when the file has p_yes. --threshold T re-judges p_yes >= T instead
+of the file's pred column; --total adds one block over all files.
+"""
+from palijudge import cli
+
+
+def main():
+  from palijudge import metrics, predfile
+  p = cli.parser(__doc__)
+  p.add_argument("files", nargs="+", help="prediction files")
+  p.add_argument("--threshold", type=float, help="recompute pred as p_yes >= T")
+  p.add_argument("--total", action="store_true", help="also one block over all files")
+  p.add_argument("--json", action="store_true", help="also one JSON line per block")
+  args = p.parse_args()
+  if args.threshold is not None and not 0 < args.threshold < 1:
+    raise cli.UserError(f"--threshold must be in (0, 1), got {args.threshold}")
+  per_file = {f: predfile.read(f, args.threshold) for f in args.files}
+  if args.total:
+    per_file[f"total ({len(args.files)} files)"] = [r for rows in per_file.values() for r in rows]
+  for name, rows in per_file.items():
+    conf, scores = predfile.aggregate(rows)
+    print(metrics.format_block(conf, name, heading="Aggregate"))
+    if scores is not None:
+      print(metrics.format_scores(scores, args.threshold))
+    if args.json:
+      extra = scores.to_dict() if scores else {}
+      print(metrics.json_line(conf, name, threshold=args.threshold, **extra))
+
+
+if __name__ == "__main__":
+  cli.run_main(main)

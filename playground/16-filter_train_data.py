@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Build the next training set from prediction files, by outcome.
+
+  ./16-filter_train_data.py out-aa.tsv --keep errors --max 64 -o dataset/false64.tsv
+  ./16-filter_train_data.py out-aa.tsv --keep not-tp --balance --max 64 > noTp64.tsv
+
+--keep: fp | fn | errors (= fp+fn) | not-tp | tn+fp. --balance keeps as many
+yes as no labels; --max caps the rows (a seeded random sample, file order
+kept). The output is a dataset (.tsv `id image label prefix`, or .jsonl)
+whose image paths resolve against the same root as the predictions'.
+"""
+from palijudge import cli
+
+
+def main():
+  import sys
+  from palijudge import filters, predfile, tsv
+  p = cli.parser(__doc__)
+  p.add_argument("files", nargs="+", help="prediction files (13-inference output)")
+  p.add_argument("--keep", default="errors", choices=list(filters.KEEPS))
+  p.add_argument("--max", type=int, dest="max_rows", help="at most this many rows")
+  p.add_argument("--balance", action="store_true", help="as many yes as no labels")
+  p.add_argument("--seed", type=int, default=0, help="seed of the --max/--balance sample")
+  p.add_argument("--threshold", type=float, help="re-judge p_yes >= T instead of pred")
+  p.add_argument("-o", "--out", help="dataset to write (.tsv or .jsonl); default: TSV on stdout")
+  args = p.parse_args()
+  if args.threshold is not None and not 0 < args.threshold < 1:
+    raise cli.UserError(f"--threshold must be in (0, 1), got {args.threshold}")
+  fmt = predfile.format_of(args.out)
+  rows = [r for f in args.files for r in predfile.read(f, args.threshold)]
+  res = filters.select(rows, args.keep, args.max_rows, args.balance, args.seed)
+  if not res.rows:
+    raise cli.UserError(f"no rows left: --keep {args.keep} matches none of {len(rows)} rows "
+                        f"({', '.join(f'{k}={v}' for k, v in res.counts.items())})")
+  lines = filters.dataset_lines(res.rows, fmt)
+  if args.out:
+    tsv.atomic_write(args.out, lines)
+  else:
+    sys.stdout.writelines(lines)
+  yes = sum(r.label for r in res.rows)
+  print(f"kept {len(res.rows)} of {len(rows)} rows ({args.keep}: {res.matched} matched; "
+        f"{yes} yes, {len(res.rows) - yes} no)" + (f" -> {args.out}" if args.out else ""),
+        file=sys.stderr)
+
+
+if __name__ == "__main__":
+  cli.run_main(main)

@@ -1,0 +1,157 @@
+"""Prediction files: one row per example with its label, p(yes) and prediction.
+
+Written by `13-inference.py` (and `04-validate.py --scores`), read by
+`14-validate_outtsv.py` (aggregation) and `16-filter_train_data.py`.
+
+TSV: a header line, then `id image label p_yes pred prefix [answer]`, tab
+separated. JSONL: one object per line with the same keys. `id` is the row's
+id column / key in the dataset, else its line number; `image` the path as
+written in the dataset (so a filtered file resolves against the same root);
+`label` and `pred` are yes/no; `p_yes` has 6 decimals; `answer` (decode mode)
+the generated text. Readers need `label` and `pred` (or `p_yes` and a
+threshold); other columns are optional, unknown ones ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from palijudge import tsv
+from palijudge.data import Example, normalize_label
+from palijudge.errors import UserError, where
+from palijudge.metrics import Confusion, ScoreMetrics
+
+COLUMNS = ("id", "image", "label", "p_yes", "pred", "prefix")
+FORMATS = ("tsv", "jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredRow:
+  id: str
+  image: str
+  label: bool
+  p_yes: float | None
+  pred: bool
+  prefix: str = ""
+  answer: str = ""
+  source: str = ""
+  line: int = 0
+
+
+def format_of(path: str | None, default: str = "tsv") -> str:
+  """tsv or jsonl from the file suffix (stdout: `default`)."""
+  if path is None:
+    return default
+  ext = os.path.splitext(path)[1].lower().lstrip(".")
+  if ext not in FORMATS:
+    raise UserError(f"{path}: unknown prediction file format {ext or '(no suffix)'!r}; "
+                    f"expected .tsv or .jsonl")
+  return ext
+
+
+def rows_from(examples: Sequence[Example], p_yes: np.ndarray, pred: np.ndarray,
+              answers: Sequence[str]) -> list[PredRow]:
+  return [PredRow(e.key, e.raw_image, e.label, float(p), bool(y), e.prefix, a, e.source, e.line)
+          for e, p, y, a in zip(examples, p_yes, pred, answers)]
+
+
+def header(fmt: str, with_answer: bool = False) -> list[str]:
+  """The header line(s) of a file (none for JSONL)."""
+  cols = COLUMNS + (("answer",) if with_answer else ())
+  return [tsv.format_line(cols)] if fmt == "tsv" else []
+
+
+def format_row(row: PredRow, fmt: str, with_answer: bool = False) -> str:
+  yn = lambda b: "yes" if b else "no"
+  p = "" if row.p_yes is None else f"{row.p_yes:.6f}"
+  values = [row.id, row.image, yn(row.label), p, yn(row.pred), row.prefix]
+  if fmt == "tsv":
+    return tsv.format_line(values + ([row.answer] if with_answer else []))
+  obj = dict(zip(COLUMNS, values))
+  obj["p_yes"] = None if row.p_yes is None else round(row.p_yes, 6)
+  if with_answer:
+    obj["answer"] = row.answer
+  return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+def write(path: str, rows: Sequence[PredRow], with_answer: bool = False) -> None:
+  """A whole prediction file, atomically (format by suffix)."""
+  fmt = format_of(path)
+  tsv.atomic_write(path, header(fmt, with_answer)
+                   + [format_row(r, fmt, with_answer) for r in rows])
+
+
+def _records(path: str) -> tuple[list[str], list[tuple[int, dict]]]:
+  """(columns, (line, record)) of a TSV (header required) or JSONL prediction file."""
+  if format_of(path) == "tsv":
+    table = tsv.read_table(path, ("label", "pred", "p_yes", "image"))
+    return table.columns, table.rows
+  recs = []
+  for line, text in tsv.read_lines(path):
+    try:
+      obj = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{where(path, line)}: invalid JSON: {e.msg}") from None
+    if not isinstance(obj, dict):
+      raise UserError(f"{where(path, line)}: expected a JSON object")
+    recs.append((line, obj))
+  cols = list(dict.fromkeys(k for _, r in recs for k in r))
+  return cols, recs
+
+
+def _p_yes(value, path: str, line: int) -> float | None:
+  if value is None or value == "":
+    return None
+  try:
+    p = float(value)
+  except (TypeError, ValueError):
+    p = math.nan
+  if not 0.0 <= p <= 1.0:
+    raise UserError(f"{where(path, line)}: p_yes must be a number in [0, 1], got {value!r}")
+  return p
+
+
+def _yes_no(value, path: str, line: int) -> bool:
+  v = str(value).strip().lower() if value is not None else ""
+  if v not in ("yes", "no"):
+    raise UserError(f"{where(path, line)}: pred must be yes or no, got {value!r}")
+  return v == "yes"
+
+
+def read(path: str | os.PathLike, threshold: float | None = None) -> list[PredRow]:
+  """Reads a prediction file; with `threshold`, pred is recomputed as p_yes >= threshold."""
+  path = os.fspath(path)
+  cols, recs = _records(path)
+  need = ("label", "p_yes") if threshold is not None else ("label", "pred")
+  missing = [c for c in need if c not in cols]
+  if missing or not recs:
+    what = f"missing column(s) {', '.join(missing)}" if missing else "no rows"
+    raise UserError(f"{path}: {what} (a prediction file has {', '.join(COLUMNS)})")
+  out = []
+  for line, r in recs:
+    label = normalize_label(str(r.get("label", "")), path, line)
+    p = _p_yes(r.get("p_yes"), path, line)
+    if threshold is not None:
+      if p is None:
+        raise UserError(f"{where(path, line)}: no p_yes to apply --threshold to")
+      pred = p >= threshold
+    else:
+      pred = _yes_no(r.get("pred"), path, line)
+    out.append(PredRow(str(r.get("id", line)), str(r.get("image", "")), label, p, pred,
+                       str(r.get("prefix", "") or ""), str(r.get("answer", "") or ""),
+                       path, line))
+  return out
+
+
+def aggregate(rows: Sequence[PredRow]) -> tuple[Confusion, ScoreMetrics | None]:
+  """Confusion counts, and score metrics when every row has p_yes."""
+  conf = Confusion.from_labels([r.label for r in rows], [r.pred for r in rows])
+  if any(r.p_yes is None for r in rows):
+    return conf, None
+  return conf, ScoreMetrics.compute([r.label for r in rows], [r.p_yes for r in rows])
