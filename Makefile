@@ -21,11 +21,13 @@ FOLDS ?= 5
 TRIALS ?= 1
 SORT ?= score
 CMD ?=
+OUT ?=
+KEEP ?= errors
 
 DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 
 .PHONY: help setup demo test download split train validate params plan bench folds cv tune ask \
-	tell status report docker-build docker-run clean
+	tell status report docker-build docker-run prompts infer aggregate filter clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +61,18 @@ validate: $(STAMP) ## confusion blocks of MODEL (preset or checkpoint) on FILES
 
 params: $(STAMP) ## every parameter of MODEL (a preset) by jax.eval_shape, no allocation
 	$(PY) playground/00-params.py --model $(MODEL) $(ARGS)
+
+prompts: $(STAMP) ## rank prompts on FILES: ARGS='--prompt "..." --prompt "..."' or '--prompts FILE'
+	$(PY) playground/05-rank_prompts.py --model $(MODEL) $(FILES) $(ARGS)
+
+infer: $(STAMP) ## one prediction row per example: MODEL DATA=data.tsv OUT=out.tsv (resumable)
+	$(PY) playground/13-inference.py --model $(MODEL) -d $(DATA) -o $(OUT) $(ARGS)
+
+aggregate: $(STAMP) ## Aggregate blocks of prediction FILES
+	$(PY) playground/14-validate_outtsv.py $(FILES) $(ARGS)
+
+filter: $(STAMP) ## next training set from predictions: FILES KEEP=errors OUT=dataset/next.tsv
+	$(PY) playground/16-filter_train_data.py $(FILES) --keep $(KEEP) -o $(OUT) $(ARGS)
 
 plan: $(STAMP) ## memory plan of a recipe without allocating: MODEL BATCH ACCUM TRAINABLE BUDGET (GiB)
 	$(PY) playground/10-plan.py --model $(MODEL) --batch $(BATCH) --accum $(ACCUM) \

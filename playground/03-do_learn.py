@@ -33,6 +33,7 @@ def main():
   if (args.dataset is None) == (args.cv is None):
     raise cli.UserError("give either -d SET or --cv NAME")
   opts = cli.eval_options(args)
+  honest = cli.report_options(args, strict=False)
   save_to = os.path.join("checkpoints", args.write + ".npz") if args.write else None
   if (args.resume or args.save_every) and not save_to:
     raise cli.UserError("--resume and --save-every need -w NAME (the state lives beside it)")
@@ -53,13 +54,14 @@ def main():
                        "weights": lm.spec.weights, "tokenizer": lm.spec.tokenizer})
   if args.cv:
     setup = runner.LearnSetup(names=("", "", ""), two_stage=args.two_stage, runs=args.runs,
-                              select=args.select)
+                              select=args.select, honest=honest)
     experiment.cv_learn(lm, folds, tcfg, opts, setup, root=args.root, metric=args.cv_metric,
                         record=record)
     return
   setup = runner.LearnSetup(names=names, save_to=save_to, two_stage=args.two_stage,
                             resume=args.resume, runs=args.runs, select=args.select,
-                            full=args.full, record=record)
+                            full=args.full, record=record, honest=honest,
+                            extra_sets=cli.eval_sets(args, taken=names))
   runner.learn(lm, train_set, valid_set, tcfg, opts, setup)
   print(f"record: {record.path}")
 

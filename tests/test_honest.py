@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from palijudge import (cli, data, evaluate, filters, infer, predfile, prompts, reporting,
                        runner, session, synthetic, thresholds)

@@ -11,11 +11,8 @@ import dataclasses
 import datetime
 import os
 import re
-import time
 from typing import Callable, Sequence
 
-import jax
-import numpy as np
 
 from palijudge import checkpoint
 from palijudge import lora
@@ -24,8 +21,8 @@ from palijudge import records
 from palijudge import fit as fit_lib
 from palijudge import train as train_lib
 from palijudge.data import Example
-from palijudge.errors import UserError
-from palijudge.evaluate import EvalResult, evaluate, format_result, json_extra, regressions
+from palijudge.evaluate import (EvalResult, evaluate, format_result, json_extra, regressions,
+                                 shared_threshold)
 from palijudge.metrics import json_line
 from palijudge.pipeline import PixelCache
 from palijudge.reporting import ReportOptions, apply_pick, write_gallery
@@ -116,9 +113,11 @@ class LearnSetup:
   select: str = "f1"
   full: bool = False          # Save every parameter, not only the trained ones.
   record: records.RunRecord | None = None  # experiments/<run>/, if kept.
+  honest: ReportOptions | None = None  # Threshold picking, GIF frames, galleries.
+  extra_sets: dict = dataclasses.field(default_factory=dict)  # --eval-set NAME=FILE.
 
 
-def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, log):
+def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, log, before):
   """One run: 1 or 2 stages, evaluated after each. Returns (lm, after-results)."""
   state_path = setup.save_to[:-len(".npz")] + ".state.npz" if setup.save_to else None
   stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if setup.two_stage else [])
@@ -138,7 +137,8 @@ def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, 
     if i + 1 < len(stages):
       stages[i + 1] = dataclasses.replace(stages[i + 1], seed=stage_seed)
     lm = dataclasses.replace(lm, params=result.params)
-    after = report(lm, sets, opts, ("1st", "2nd")[i] + " trained", log, cache)
+    after = report(lm, sets, opts, ("1st", "2nd")[i] + " trained", log, cache,
+                   honest=setup.honest, baseline=before)
   return lm, after
 
 
@@ -147,15 +147,16 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
           log: Log = print) -> LearnResult:
   """03-do_learn: evaluate before, train (runs x stages), evaluate after, save the best."""
   all_name, train_name, valid_name = setup.names
-  sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid}
+  sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid,
+          **setup.extra_sets}
   cache = PixelCache()
-  before = report(lm, sets, opts, "before training", log, cache)
+  before = report(lm, sets, opts, "before training", log, cache, honest=setup.honest)
   best = None
   for run in range(setup.runs):
     cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 1000 * run)
     if setup.runs > 1:
       log(f"run {run + 1}/{setup.runs} (seed {cfg.seed})")
-    run_lm, after = _train_run(lm, train, cfg, setup, sets, opts, cache, run, log)
+    run_lm, after = _train_run(lm, train, cfg, setup, sets, opts, cache, run, log, before)
     score = selection_score(after[valid_name], setup.select)
     if setup.runs > 1:
       log(f"run {run + 1}: valid {setup.select} = {score:.4f}")
@@ -164,8 +165,8 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   score, run, lm, after, cfg = best
   if setup.runs > 1:
     log(f"best run: {run + 1}/{setup.runs} (seed {cfg.seed}), valid {setup.select} = {score:.4f}")
-  if setup.save_to:
-    _save(lm, cfg, opts, setup)
+  if setup.save_to:  # With the threshold picked on a split, if one was.
+    _save(lm, cfg, dataclasses.replace(opts, threshold=shared_threshold(after)), setup)
     log(f"saved {setup.save_to}")
   if setup.record:
     _write_record(setup.record, before, after, valid_name)

@@ -16,12 +16,10 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from palijudge import checkpoint
 from palijudge import losses
-from palijudge import model as model_lib
 from palijudge.errors import UserError
 
 Params = dict[str, Any]
