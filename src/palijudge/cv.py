@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from palijudge.records import finite
 from palijudge import data
 from palijudge.data import Example
 from palijudge.errors import UserError, where
@@ -144,22 +144,15 @@ def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure")
     raise UserError(f"CV metric must be one of {', '.join(METRICS)}, got {metric!r}")
   if not fold_metrics:
     raise UserError("CV summary of no folds")
-  missing = [i + 1 for i, m in enumerate(fold_metrics) if _num(m.get(metric)) is None]
+  missing = [i + 1 for i, m in enumerate(fold_metrics) if finite(m.get(metric)) is None]
   if missing:
     raise UserError(f"CV metric {metric} missing or not finite in fold(s) {missing}")
   values = [float(m[metric]) for m in fold_metrics]
   score, std = cv_score(values)
   means, stds = {}, {}
   for name in METRICS:
-    vals = [_num(m.get(name)) for m in fold_metrics]
+    vals = [finite(m.get(name)) for m in fold_metrics]
     if all(v is not None for v in vals):
       means[name], stds[name] = cv_score(vals)
   return CVSummary(metric, score, std, values, means, stds)
 
-
-def _num(value: Any) -> float | None:
-  try:
-    v = float(value)
-  except (TypeError, ValueError):
-    return None
-  return v if math.isfinite(v) else None

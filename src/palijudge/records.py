@@ -174,7 +174,7 @@ class RunRecord:
     if not path.exists():
       return []
     with open(path, encoding="utf-8", newline="") as f:
-      return [{k: _float(r.get(k)) for k in LOG_FIELDS} for r in csv.DictReader(f)]
+      return [{k: finite(r.get(k)) for k in LOG_FIELDS} for r in csv.DictReader(f)]
 
   def predictions(self) -> list[dict[str, Any]]:
     path = self.file(PREDICTIONS)
@@ -201,7 +201,7 @@ class RunRecord:
       col = lambda k: [r[k] if r[k] is not None else math.nan for r in log]
       out.append(plots.render_loss(col("step"), col("loss"), col("lr"), col("grad_norm"),
                                    self.file(PLOTS["loss"]), f"training loss: {self.name}"))
-    rows = [r for r in self.predictions() if _float(r.get("p_yes")) is not None]
+    rows = [r for r in self.predictions() if finite(r.get("p_yes")) is not None]
     if rows:
       out += self._prediction_plots(rows, threshold)
     return out
@@ -210,7 +210,7 @@ class RunRecord:
                         ) -> list[Path]:
     labels = [_yes(r.get("label")) for r in rows]
     scores = [float(r["p_yes"]) for r in rows]
-    thr = threshold if threshold is not None else _float(self.config().get("threshold")) or 0.5
+    thr = threshold if threshold is not None else finite(self.config().get("threshold")) or 0.5
     preds = [_yes(r["pred"]) if "pred" in r else s >= thr for r, s in zip(rows, scores)]
     tp = sum(y and p for y, p in zip(labels, preds))
     tn = sum(not y and not p for y, p in zip(labels, preds))
@@ -264,7 +264,8 @@ def _num(value: Any) -> float | str:
   return float(value)
 
 
-def _float(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+  """float(value) if it is a finite number, else None."""
   try:
     v = float(value)
   except (TypeError, ValueError):

@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import html
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from palijudge.records import finite
 from palijudge import plots
 from palijudge.errors import UserError, where
 from palijudge.records import RunRecord, atomic_write
@@ -65,21 +65,14 @@ def settings_of(config: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _num(v: Any) -> float | None:
-  try:
-    f = float(v)
-  except (TypeError, ValueError):
-    return None
-  return f if math.isfinite(f) else None
-
 
 def headline(ev: dict[str, Any], metric: str = "f_measure") -> tuple[str, dict[str, float | None]]:
   """(kind, metrics) of a run from its eval_metrics.json content."""
   cv = ev.get("cv")
   if isinstance(cv, dict) and "score" in cv:
     means = cv.get("means") or {}
-    out = {k: _num(means.get(k)) for k, _ in METRIC_COLUMNS[1:]}
-    return "cv", {**out, "score": _num(cv.get("score")), "std": _num(cv.get("std"))}
+    out = {k: finite(means.get(k)) for k, _ in METRIC_COLUMNS[1:]}
+    return "cv", {**out, "score": finite(cv.get("score")), "std": finite(cv.get("std"))}
   for stage, block in reversed(list(ev.items())):
     if stage == "trial" or not isinstance(block, dict):
       continue
@@ -87,7 +80,7 @@ def headline(ev: dict[str, Any], metric: str = "f_measure") -> tuple[str, dict[s
       subs = [v for k, v in block.items() if isinstance(v, dict) and "valid" in k]
       block = subs[-1] if subs else None
     if block:
-      out = {k: _num(block.get(k)) for k, _ in METRIC_COLUMNS[1:]}
+      out = {k: finite(block.get(k)) for k, _ in METRIC_COLUMNS[1:]}
       return "run", {**out, "score": out.get(metric), "std": None}
   return "run", {"score": None, "std": None}
 
@@ -101,7 +94,7 @@ def row_of(record: RunRecord, root: Path, metric: str = "f_measure") -> Row:
     kind, state = "trial", (trial or {}).get("state", "RUNNING")
     note = (trial or {}).get("reason") or ""
     if metrics["score"] is None and trial:
-      metrics = {**metrics, "score": _num(trial.get("value"))}
+      metrics = {**metrics, "score": finite(trial.get("value"))}
   rel = record.path.relative_to(root).as_posix()
   link = f"{rel}/summary.md" if record.file("summary.md").exists() else f"{rel}/"
   figs = tuple((k, f"{rel}/{p.name}") for k, p in record.plot_files().items())
@@ -135,7 +128,7 @@ def study_rows(study, known: set[str] = frozenset()) -> list[Row]:
       continue
     value = t.value if t.state.name in ("COMPLETE", "PRUNED") else None
     rows.append(Row(name, "trial", "", settings_of(t.user_attrs.get("config") or t.params),
-                    {"score": _num(value), "std": None}, t.state.name, (),
+                    {"score": finite(value), "std": None}, t.state.name, (),
                     t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""))
   return rows
 
