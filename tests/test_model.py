@@ -531,3 +531,22 @@ def test_split_params_matching_nothing_is_a_user_error():
   shapes = model_lib.param_shapes(config_lib.from_dict(TINY))
   with pytest.raises(UserError, match="matches no parameter"):
     train.split_params(shapes, r"^nothing/")
+
+
+@pytest.mark.parametrize("preset, tokens", [("paligemma-3b-pt-448", 1024),
+                                            ("paligemma2-3b-pt-448", 1024),
+                                            ("paligemma2-10b-pt-224", 256),
+                                            ("paligemma2-28b-pt-224", 256)])
+def test_larger_presets_by_shape(preset, tokens):
+  cfg = config_lib.preset(preset)
+  flat = checkpoint.flatten(model_lib.param_shapes(cfg))
+  assert flat["img/pos_embedding"].shape == (1, tokens, 1152)
+  llm = cfg.llm
+  assert flat["llm/layers/attn/q_einsum/w"].shape == (llm.depth, llm.num_heads, llm.width,
+                                                      llm.head_dim)
+  assert flat["llm/layers/attn/kv_einsum/w"].shape[:3] == (llm.depth, 2, llm.num_kv_heads)
+  assert ("llm/layers/post_ffw_norm/scale" in flat) == (cfg.family == "gemma2")
+  total = sum(math.prod(v.shape) for v in flat.values())
+  expected = {"paligemma2-10b-pt-224": 9.66e9, "paligemma2-28b-pt-224": 27.65e9}.get(preset)
+  if expected:  # Published sizes of PaliGemma 2 10B and 28B (within 2%).
+    assert abs(total - expected) / expected < 0.02, total

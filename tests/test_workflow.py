@@ -154,7 +154,8 @@ def test_checkpoint_for_another_model_is_refused(project, tmp_path):
   proc = run("04-validate.py", "--model", other, "--model-config", tiny_json,
              "--tokenizer", project / "cache/tiny_tokenizer.model", "dataset/set1/valid.jsonl",
              cwd=project, check=False)
-  assert_one_line_error(proc, "other.npz", "pos_embedding")
+  assert_one_line_error(proc, "other.npz", "64 image tokens (8x8 patches)",
+                        "256 (16x16)", "another image size")
 
 
 def test_missing_weights_say_how_to_get_them(project, tmp_path):

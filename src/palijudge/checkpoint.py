@@ -68,6 +68,16 @@ def _key_index(npz) -> dict[str, str]:
   return index
 
 
+def _shape_error(path, name: str, got: tuple, want: tuple) -> str:
+  if name == "img/pos_embedding" and len(got) == 3 and len(want) == 3:
+    side = lambda n: int(round(n ** 0.5))
+    return (f"{where(path)}: saved for {got[1]} image tokens ({side(got[1])}x{side(got[1])} "
+            f"patches), the model has {want[1]} ({side(want[1])}x{side(want[1])}): this "
+            f"checkpoint is for another image size")
+  return (f"{where(path)}: {name} has shape {got}, the model expects {want} "
+          f"(wrong --model?)")
+
+
 def _read_member(npz, key: str, path) -> np.ndarray:
   try:
     return npz[key]
@@ -119,8 +129,7 @@ def load_params(path, shapes: Params, dtype_for: Callable[[str], Any],
     for name, sd in want.items():
       a = _read_member(npz, index[name], path)
       if tuple(a.shape) != tuple(sd.shape):
-        raise UserError(f"{where(path)}: {name} has shape {tuple(a.shape)}, the model "
-                        f"expects {tuple(sd.shape)} (wrong --model or image size?)")
+        raise UserError(_shape_error(path, name, tuple(a.shape), tuple(sd.shape)))
       a = _restore_dtype(a)
       out[name] = put(name, a.astype(dtype_for(name) or a.dtype, copy=False))
       del a
