@@ -41,6 +41,8 @@ def project(tmp_path_factory):
   root = tmp_path_factory.mktemp("proj")
   run("01-download_models.py", "--model", "tiny", cwd=root)
   synthetic.make_dataset(root / "dataset", n=24, seed=3)
+  # The split other tests use; test_split_train_validate_end_to_end checks it.
+  run("02-shuffle_data.py", "-v", "6", "-n", "set1", "--seed", "1", "--stratify", cwd=root)
   return root
 
 

@@ -224,6 +224,7 @@ def machine() -> dict:
 def main(workdir: str, steps: int) -> list[dict]:
   # Honest compile times: the persistent compilation cache stays out of it.
   os.environ["PALIJUDGE_COMPILE_CACHE"] = ""
+  os.environ["PALIJUDGE_FEATURE_CACHE"] = ""  # Ours starts cold too: no features on disk.
   print(json.dumps({"measure": "machine", **machine()}), flush=True)
   b = setup(workdir)
   return bench_train_step(b) + bench_predict(b) + bench_iteration(b, steps)

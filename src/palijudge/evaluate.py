@@ -28,11 +28,12 @@ from palijudge import tokenizer as tok_lib
 from palijudge.data import Example
 from palijudge.errors import UserError, where
 from palijudge.metrics import Confusion, ScoreMetrics, format_block, format_scores
+from palijudge.features import FeatureCache
 from palijudge.pipeline import Batches, PixelCache, collate, prompt_for, shape_for
 from palijudge.session import LoadedModel
 
 MODES = ("score", "decode")
-_FEED = ("image", "text", "mask_ar", "mask_input", "prefix_len")
+_FEED = ("image", "zimg", "text", "mask_ar", "mask_input", "prefix_len")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _decode_batch(lm: LoadedModel, batch: dict, max_new: int):
 
 
 def _score_rows(lm: LoadedModel, batch: dict) -> np.ndarray:
-  feed = {k: batch[k] for k in _FEED}
+  feed = {k: batch[k] for k in _FEED if k in batch}
   ids = np.asarray(lm.yes_no_ids, np.int32)
   return predict.p_yes(predict.yes_no_logits(lm.model, lm.params, feed, ids))
 
@@ -136,9 +137,12 @@ def _iter_all_frames(lm: LoadedModel, examples: list[Example], prompt: str, bs: 
 def iter_scores(lm: LoadedModel, examples: Sequence[Example], *, prompt: str,
                 mode: str = "score", batch_size: int = 8, gif_frame: str = "first",
                 frames: int = 0, combine: str = "mean", max_new: int = 4,
-                cache: PixelCache | None = None
+                cache: PixelCache | None = None, features: FeatureCache | None = None
                 ) -> Iterator[tuple[list[Example], np.ndarray, list[str]]]:
-  """(examples, p_yes (n,) f32, answers) per batch, in order: for streaming."""
+  """(examples, p_yes (n,) f32, answers) per batch, in order: for streaming.
+
+  `features` (a frozen encoder's cache) replaces images by cached image tokens.
+  """
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}")
   if gif_frame == "all":
@@ -150,6 +154,8 @@ def iter_scores(lm: LoadedModel, examples: Sequence[Example], *, prompt: str,
                     gif_frame=gif_frame, cache=cache)
   for chunk, batch in batches:
     n = len(chunk)
+    if features is not None:
+      batch = features.attach(chunk, batch)
     if mode == "score":
       yield chunk, _score_rows(lm, batch)[:n].astype(np.float32), [""] * n
     else:
@@ -169,11 +175,11 @@ def judge(p_yes: np.ndarray, answers: list[str], mode: str, threshold: float
 def evaluate(lm: LoadedModel, examples: Sequence[Example], *, prompt: str, mode: str = "score",
              batch_size: int = 8, threshold: float = 0.5, gif_frame: str = "first",
              max_new: int = 4, cache: PixelCache | None = None, frames: int = 0,
-             combine: str = "mean") -> EvalResult:
+             combine: str = "mean", features: FeatureCache | None = None) -> EvalResult:
   probs, answers = [], []
   for _, p, a in iter_scores(lm, examples, prompt=prompt, mode=mode, batch_size=batch_size,
                              gif_frame=gif_frame, frames=frames, combine=combine,
-                             max_new=max_new, cache=cache):
+                             max_new=max_new, cache=cache, features=features):
     probs.append(p)
     answers += a
   p_yes = np.concatenate(probs).astype(np.float32)

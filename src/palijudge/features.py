@@ -25,6 +25,11 @@ from palijudge.model import PaliGemma
 FEATURE_DIR = os.path.join("cache", "features")
 
 
+def default_dir() -> str | None:
+  """`PALIJUDGE_FEATURE_CACHE` names another folder; empty keeps features in memory only."""
+  return os.environ.get("PALIJUDGE_FEATURE_CACHE", FEATURE_DIR) or None
+
+
 def _file_id(path: str) -> str:
   st = os.stat(path)
   return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
@@ -40,12 +45,12 @@ class FeatureCache:
   """zimg per image for one frozen encoder (identified by `weights_id`)."""
 
   def __init__(self, model: PaliGemma, img_params, weights_id: str, gif_frame: str,
-               disk_dir: str | None = FEATURE_DIR):
+               disk_dir: str | None = "default"):
     self.model, self.img_params = model, img_params
     self.gif_frame = gif_frame
     self.memory: dict[str, np.ndarray] = {}
     self.hits = self.misses = 0
-    self.disk_dir = disk_dir
+    self.disk_dir = default_dir() if disk_dir == "default" else disk_dir
     self.model_key = hashlib.sha256(json.dumps(
         [model.cfg.to_dict(), str(model.dtype), weights_id]).encode()).hexdigest()[:16]
 

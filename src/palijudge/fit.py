@@ -106,13 +106,17 @@ class FitOptions:
 
 
 def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfig,
-        opts: FitOptions, log: Log = print, cache: PixelCache | None = None) -> FitResult:
-  """Runs the stage, restarting with the next seed on divergence."""
+        opts: FitOptions, log: Log = print, cache: PixelCache | None = None,
+        features: FeatureCache | None = None) -> FitResult:
+  """Runs the stage, restarting with the next seed on divergence.
+
+  `features`: a frozen-encoder cache shared with evaluation (made here if None).
+  """
   seed, start = tcfg.seed, time.time()
   for attempt in range(tcfg.max_restarts + 1):
     try:
       params, history = _attempt(lm, examples, dataclasses.replace(tcfg, seed=seed), opts,
-                                 log, cache)
+                                 log, cache, features)
       return FitResult(params, history, seed, attempt, time.time() - start)
     except Diverged as d:
       if attempt == tcfg.max_restarts:
@@ -123,13 +127,14 @@ def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfi
   raise AssertionError("unreachable")
 
 
-def _feature_cache(lm: LoadedModel, model, tcfg, opts) -> FeatureCache | None:
-  if not opts.use_feature_cache or train_lib.trains_encoder(tcfg.trainable):
+def feature_cache(lm: LoadedModel, trainable: str, gif_frame: str) -> FeatureCache | None:
+  """A cache of image tokens, or None when training changes the encoder."""
+  if train_lib.trains_encoder(trainable):
     return None
-  return FeatureCache(model, lm.params["img"], os.path.abspath(lm.spec.weights), opts.gif_frame)
+  return FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id, gif_frame)
 
 
-def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache):
+def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
   model = model_lib.build(lm.cfg, lm.model.dtype, tcfg.remat)
   mesh = sharding.make_mesh()
   big_batch = tcfg.batch_size * tcfg.accum
@@ -159,7 +164,10 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache):
   batches = Batches(stream[skip:], lm.tok, lm.cfg.image_size, big_batch, opts.prompt,
                     with_suffix=True, gif_frame=opts.gif_frame, cache=cache,
                     flips=None if flips is None else flips[skip:])
-  features = _feature_cache(lm, model, tcfg, opts)
+  if not opts.use_feature_cache:
+    features = None
+  elif features is None:
+    features = feature_cache(lm, tcfg.trainable, opts.gif_frame)
   return _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log)
 
 

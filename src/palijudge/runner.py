@@ -24,6 +24,7 @@ from palijudge.data import Example
 from palijudge.evaluate import (EvalResult, evaluate, format_result, json_extra, regressions,
                                  shared_threshold)
 from palijudge.metrics import json_line
+from palijudge.features import FeatureCache
 from palijudge.pipeline import PixelCache
 from palijudge.reporting import ReportOptions, apply_pick, write_gallery
 from palijudge.session import LoadedModel
@@ -51,7 +52,8 @@ class EvalOptions:
 def report(lm: LoadedModel, sets: dict[str, Sequence[Example] | list[str]], opts: EvalOptions,
            tag: str, log: Log = print, cache: PixelCache | None = None,
            honest: ReportOptions | None = None,
-           baseline: dict[str, EvalResult] | None = None) -> dict[str, EvalResult]:
+           baseline: dict[str, EvalResult] | None = None,
+           features: FeatureCache | None = None) -> dict[str, EvalResult]:
   """Evaluates each named set and prints its Result block (and JSON line).
 
   A set given as a list of earlier set names is their union, reported from
@@ -68,7 +70,7 @@ def report(lm: LoadedModel, sets: dict[str, Sequence[Example] | list[str]], opts
       out[name] = evaluate(lm, examples, prompt=opts.prompt, mode=opts.mode,
                            batch_size=opts.batch_size, threshold=opts.threshold,
                            gif_frame=opts.gif_frame, cache=cache, frames=ro.frames,
-                           combine=ro.combine)
+                           combine=ro.combine, features=features)
   for name, examples in sets.items():
     if _is_union(examples):
       out[name] = EvalResult.concat([out[part] for part in examples])
@@ -117,7 +119,8 @@ class LearnSetup:
   extra_sets: dict = dataclasses.field(default_factory=dict)  # --eval-set NAME=FILE.
 
 
-def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, log, before):
+def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, log, before,
+               features):
   """One run: 1 or 2 stages, evaluated after each. Returns (lm, after-results)."""
   state_path = setup.save_to[:-len(".npz")] + ".state.npz" if setup.save_to else None
   stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if setup.two_stage else [])
@@ -129,7 +132,7 @@ def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, 
     fit_opts = fit_lib.FitOptions(prompt=opts.prompt, gif_frame=opts.gif_frame,
                                   state_path=state_path, resume=setup.resume,
                                   stage=run * 2 + i)
-    result = fit_lib.fit(lm, train, stage, fit_opts, log=log, cache=cache)
+    result = fit_lib.fit(lm, train, stage, fit_opts, log=log, cache=cache, features=features)
     if setup.record:
       for row in result.history:
         setup.record.log_step(*row)
@@ -138,7 +141,7 @@ def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, 
       stages[i + 1] = dataclasses.replace(stages[i + 1], seed=stage_seed)
     lm = dataclasses.replace(lm, params=result.params)
     after = report(lm, sets, opts, ("1st", "2nd")[i] + " trained", log, cache,
-                   honest=setup.honest, baseline=before)
+                   honest=setup.honest, baseline=before, features=features)
   return lm, after
 
 
@@ -150,13 +153,17 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid,
           **setup.extra_sets}
   cache = PixelCache()
-  before = report(lm, sets, opts, "before training", log, cache, honest=setup.honest)
+  # Image tokens are computed once per image when the encoder stays frozen.
+  features = fit_lib.feature_cache(lm, tcfg.trainable, opts.gif_frame)
+  before = report(lm, sets, opts, "before training", log, cache, honest=setup.honest,
+                  features=features)
   best = None
   for run in range(setup.runs):
     cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 1000 * run)
     if setup.runs > 1:
       log(f"run {run + 1}/{setup.runs} (seed {cfg.seed})")
-    run_lm, after = _train_run(lm, train, cfg, setup, sets, opts, cache, run, log, before)
+    run_lm, after = _train_run(lm, train, cfg, setup, sets, opts, cache, run, log, before,
+                               features)
     score = selection_score(after[valid_name], setup.select)
     if setup.runs > 1:
       log(f"run {run + 1}: valid {setup.select} = {score:.4f}")
