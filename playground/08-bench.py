@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Speed benchmark: one JSON line per measurement, ours against the colab's plain approach.
 
-  ./08-bench.py [--steps 32] [--workdir cache/bench]
+  ./08-bench.py [--steps 256] [--workdir cache/bench]
 """
 from palijudge import cli
 
@@ -9,7 +9,8 @@ from palijudge import cli
 def main():
   from palijudge import bench
   p = cli.parser(__doc__)
-  p.add_argument("--steps", type=int, default=32, help="training steps in the whole iteration")
+  p.add_argument("--steps", type=int, default=256,
+                 help="training steps in the whole iteration (the users run 256)")
   p.add_argument("--workdir", default="cache/bench", help="generated model and data")
   args = p.parse_args()
   bench.main(args.workdir, args.steps)
