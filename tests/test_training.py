@@ -262,3 +262,20 @@ def test_tiny_gemma2_trains(tmp_path, monkeypatch):
   result = fit.fit(lm, examples, tcfg, _opts(tmp_path), log=lambda _: None)
   losses_ = [h[2] for h in result.history]
   assert np.mean(losses_[-3:]) < 0.5 * np.mean(losses_[:3]), losses_
+
+
+def test_feature_cache_keys_follow_content_weights_and_frames(tiny, tmp_path):
+  root, spec, examples = tiny
+  lm = session.load(spec, trainable="attn")
+  ex = examples[0]
+  copy = tmp_path / "renamed.png"
+  copy.write_bytes(pathlib.Path(ex.image).read_bytes())
+  moved = dataclasses.replace(ex, image=str(copy))
+  cache = fit.feature_cache(lm, "attn", "first")
+  assert cache._key(ex) == cache._key(moved)  # Same bytes, same features.
+  assert cache._key(ex) != cache._key(examples[1])
+  assert fit.feature_cache(lm, "attn", "last")._key(ex) != cache._key(ex)
+  assert fit.feature_cache(lm, "all", "first") is None  # Training changes the encoder.
+  other = session.write_random_model("tiny", str(tmp_path / "other"), seed=5)
+  lm2 = session.load(other, trainable="attn")
+  assert fit.feature_cache(lm2, "attn", "first")._key(ex) != cache._key(ex)

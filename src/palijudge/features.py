@@ -4,8 +4,9 @@ When the vision encoder and its projection are frozen, an image's tokens
 `zimg` (P, D) depend only on the image, the model weights and the
 preprocessing. They are kept in memory and on disk under
 `cache/features/`, keyed by all three, and reused across steps, epochs,
-seeds, folds, trials and runs. Training with `--trainable all` changes the
-encoder, so no cache is used then.
+seeds, folds, trials and runs. Images are keyed by their bytes, weights by
+their files' sha256 (`session.ModelSpec.weights_id`). Training with
+`--trainable all` changes the encoder, so no cache is used then.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def default_dir() -> str | None:
   return os.environ.get("PALIJUDGE_FEATURE_CACHE", FEATURE_DIR) or None
 
 
-def _file_id(path: str) -> str:
-  st = os.stat(path)
-  return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+def _content_id(path: str) -> str:
+  """sha1 of the image file's bytes: a copied or renamed dataset still hits."""
+  with open(path, "rb") as f:
+    return hashlib.sha1(f.read()).hexdigest()
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -55,7 +57,7 @@ class FeatureCache:
         [model.cfg.to_dict(), str(model.dtype), weights_id]).encode()).hexdigest()[:16]
 
   def _key(self, ex: Example) -> str:
-    raw = f"{self.model_key}|{_file_id(ex.image)}|{self.gif_frame}"
+    raw = f"{self.model_key}|{_content_id(ex.image)}|{self.gif_frame}"
     return hashlib.sha256(raw.encode()).hexdigest()
 
   def _disk(self, key: str) -> str | None:

@@ -65,10 +65,8 @@ class ModelSpec:
 
   @property
   def weights_id(self) -> str:
-    """Identifies the weights (for caches): files, sizes and times."""
-    files = [f for f in (self.base, self.weights) if f]
-    return "+".join(f"{os.path.abspath(f)}:{os.path.getsize(f)}:{os.path.getmtime(f)}"
-                    for f in files)
+    """Identifies the weights (for caches): the files' sha256, remembered beside them."""
+    return "+".join(checkpoint.file_sha256(f) for f in (self.base, self.weights) if f)
 
 
 def _preset_in_name(path: str) -> str | None:
