@@ -8,7 +8,7 @@ from palijudge import cli
 
 
 def main():
-  from palijudge import demo
+  from palijudge.tools import demo as demo
   p = cli.parser(__doc__)
   p.add_argument("--data", help="data.jsonl (default: generate the synthetic dataset)")
   p.add_argument("--preset", default="tiny", choices=("tiny", "tiny-gemma2"))

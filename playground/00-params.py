@@ -7,7 +7,8 @@ from palijudge import cli
 
 
 def main():
-  from palijudge import config, model
+  from palijudge.model import config as config
+  from palijudge.model import paligemma as model
   p = cli.parser(__doc__)
   p.add_argument("--model", default="paligemma-3b-pt-224", help="preset name")
   p.add_argument("--model-config", help="model config JSON instead of a preset")

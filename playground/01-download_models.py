@@ -8,7 +8,9 @@ from palijudge import cli
 
 
 def main():
-  from palijudge import config, download, session
+  from palijudge.model import config as config
+  from palijudge.tools import download as download
+  from palijudge import loader as session
   p = cli.parser(__doc__)
   p.add_argument("--model", default=session.DEFAULT_MODEL,
                  choices=sorted(config.PRESETS), help="what to fetch (tiny*: generated locally)")

@@ -5,11 +5,12 @@
   ./02-shuffle_data.py --folds 5 -n cv5 [--stratify]   # dataset/cv5/fold-{1..5}/
 """
 from palijudge import cli
+from palijudge.data import splits
 
 
 def main():
   import os
-  from palijudge import data
+  from palijudge.data import examples as data
   p = cli.parser(__doc__)
   p.add_argument("-v", "--valid", type=int, help="number of validation examples")
   p.add_argument("--folds", type=int, help="write K cross-validation folds instead")
@@ -24,19 +25,19 @@ def main():
     raise cli.UserError("give either -v N or --folds K")
   examples = data.read_jsonl(args.data, args.root)
   if args.folds is not None:
-    from palijudge import cv
+    from palijudge.experiments import cv as cv
     out = os.path.join(args.root, args.name)
-    for tr, va in cv.write_folds(examples, args.folds, seed, args.stratify, out):
+    for tr, va in splits.write_folds(examples, args.folds, seed, args.stratify, out):
       print(f"{va.parent}: train {len(data.read_jsonl(tr, args.root))}, "
             f"valid {len(data.read_jsonl(va, args.root))}")
     print(f"(seed {seed})")
     return
-  train, valid = data.split(examples, args.valid, seed, args.stratify, data_path=args.data)
+  train, valid = splits.split(examples, args.valid, seed, args.stratify, data_path=args.data)
   out = os.path.join(args.root, args.name)
   data.write_jsonl(os.path.join(out, "train.jsonl"), train)
   data.write_jsonl(os.path.join(out, "valid.jsonl"), valid)
-  print(f"{out}/train.jsonl: {len(train)} {data.class_counts(train)}")
-  print(f"{out}/valid.jsonl: {len(valid)} {data.class_counts(valid)}  (seed {seed})")
+  print(f"{out}/train.jsonl: {len(train)} {splits.class_counts(train)}")
+  print(f"{out}/valid.jsonl: {len(valid)} {splits.class_counts(valid)}  (seed {seed})")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ base unless --full). -2 adds a second stage at lr/10. Every run is recorded
 under experiments/.
 """
 from palijudge import cli
+from palijudge.data import splits
 
 
 def main():
@@ -17,7 +18,11 @@ def main():
   import os
   import shlex
   import sys
-  from palijudge import cv, data, experiment, records, runner
+  from palijudge.experiments import cv as cv
+  from palijudge.data import examples as data
+  from palijudge.experiments import cv as experiment
+  from palijudge.experiments import records as records
+  from palijudge import learn as runner
   p = cli.parser(__doc__)
   p.add_argument("-d", "--dataset", help="split name under --root (dataset/SET)")
   p.add_argument("--cv", help="cross-validate over dataset/NAME/fold-*/ instead of -d")
@@ -39,7 +44,7 @@ def main():
     raise cli.UserError("--resume and --save-every need -w NAME (the state lives beside it)")
   folder = os.path.join(args.root, args.dataset or args.cv)
   if args.cv:
-    folds = cv.fold_paths(folder)
+    folds = splits.fold_paths(folder)
     train_set = data.read_examples(folds[0][0], args.root)
   else:
     names = (os.path.join(folder, "all"), os.path.join(folder, "train.jsonl"),

@@ -13,7 +13,10 @@ from palijudge import cli
 
 def main():
   import os
-  from palijudge import data, evaluate, predfile, runner
+  from palijudge import evaluate
+  from palijudge.data import examples as data
+  from palijudge import predictions as predfile
+  from palijudge import learn as runner
   p = cli.parser(__doc__)
   p.add_argument("files", nargs="+", help=".jsonl or .tsv files to evaluate")
   p.add_argument("-m", "--checkpoint", help="checkpoint .npz (default: the base --model)")

@@ -12,7 +12,9 @@ from palijudge import cli
 
 
 def main():
-  from palijudge import data, evaluate, prompts
+  from palijudge import evaluate
+  from palijudge.data import examples as data
+  from palijudge import evaluate as prompts
   p = cli.resolving_parser(__doc__)  # --prompt below replaces add_model_args' one prompt.
   p.add_argument("files", nargs="+", help=".jsonl or .tsv dataset files (scored together)")
   p.add_argument("-m", "--checkpoint", help="checkpoint .npz (default: the base --model)")

@@ -25,7 +25,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def _parser():
-  from palijudge import tune
+  from palijudge.experiments import tune as tune
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("--storage", default=None,
                       help=f"study database: a file or a URL (default {tune.DEFAULT_STORAGE})")
@@ -54,14 +54,14 @@ def _parser():
 
 
 def _objective(cv_name: str, model: str | None = None, root: str = "dataset"):
-  from palijudge.experiment import cv_objective
+  from palijudge.experiments.cv import cv_objective
   return lambda config, report: cv_objective(config, cv_name, report, model=model, root=root)
 
 
 def status_text(study, now=None) -> str:
   """One line per trial, the best, and how many finished in the last 7 days."""
   import datetime
-  from palijudge.report import fmt, settings_of
+  from palijudge.experiments.leaderboard import fmt, settings_of
   trials = study.get_trials(deepcopy=False)
   lines = [f"study {study.study_name}: {len(trials)} trial(s)",
            f"{'trial':>5}  {'state':8} {'score':>7}  settings"]
@@ -95,7 +95,7 @@ def _score(text: str) -> float | None:
 
 def main():
   import optuna
-  from palijudge import tune
+  from palijudge.experiments import tune as tune
   from palijudge.errors import UserError
   args = _parser().parse_args()
   if args.command == "space":

@@ -12,7 +12,7 @@ from palijudge import cli
 
 
 def main():
-  from palijudge import report
+  from palijudge.experiments import leaderboard as report
   p = cli.parser(__doc__)
   p.add_argument("--experiments", default="experiments", help="the run records folder")
   p.add_argument("--sort", default="score", choices=report.SORT_KEYS,

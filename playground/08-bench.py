@@ -7,7 +7,7 @@ from palijudge import cli
 
 
 def main():
-  from palijudge import bench
+  from palijudge.tools import bench as bench
   p = cli.parser(__doc__)
   p.add_argument("--steps", type=int, default=256,
                  help="training steps in the whole iteration (the users run 256)")

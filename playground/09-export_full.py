@@ -19,7 +19,7 @@ def main():
   meta = dict(checkpoint.read_meta(args.checkpoint), delta=False, exported_from=args.checkpoint)
   meta.pop("base_sha256", None)
   dtype = None if args.dtype == "keep" else __import__("jax.numpy").numpy.dtype(args.dtype)
-  from palijudge import lora
+  from palijudge.model import lora as lora
   checkpoint.save(args.out, lora.merge(lm.params), lm.cfg, meta, dtype=dtype)
   print(f"wrote {args.out}")
 

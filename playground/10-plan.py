@@ -4,18 +4,21 @@
   ./10-plan.py --model paligemma-3b-pt-224 --batch 4 --accum 1 --trainable attn [--budget 12]
 """
 from palijudge import cli
+from palijudge import params as params_lib
 
 
 def main():
   import dataclasses
   import jax.numpy as jnp
-  from palijudge import config, planner, train
+  from palijudge import train
+  from palijudge.model import config as config
+  from palijudge.tools import planner as planner
   p = cli.parser(__doc__)
   p.add_argument("--model", default="paligemma-3b-pt-224", help="preset name")
   p.add_argument("--model-config", help="model config JSON instead of a preset")
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--accum", type=int, default=1)
-  p.add_argument("--trainable", default="attn", choices=sorted(train.TRAINABLE))
+  p.add_argument("--trainable", default="attn", choices=sorted(params_lib.TRAINABLE))
   p.add_argument("--optimizer", default="sgd", choices=train.OPTIMIZERS)
   p.add_argument("--remat", default="none", choices=train.REMAT_POLICIES)
   p.add_argument("--seqlen", type=int, default=64, help="text tokens (prompt + answer)")

@@ -13,7 +13,10 @@ from palijudge import cli
 
 
 def main():
-  from palijudge import data, evaluate, images, infer, predfile
+  from palijudge import evaluate, infer
+  from palijudge.data import examples as data
+  from palijudge.data import images as images
+  from palijudge import predictions as predfile
   p = cli.parser(__doc__)
   p.add_argument("-d", "--data", required=True, help="dataset (.tsv or .jsonl)")
   p.add_argument("-i", "--images", dest="root", default=None,

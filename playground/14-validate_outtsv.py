@@ -11,7 +11,8 @@ from palijudge import cli
 
 
 def main():
-  from palijudge import metrics, predfile
+  from palijudge import metrics
+  from palijudge import predictions as predfile
   p = cli.parser(__doc__)
   p.add_argument("files", nargs="+", help="prediction files")
   p.add_argument("--threshold", type=float, help="recompute pred as p_yes >= T")

@@ -14,7 +14,9 @@ from palijudge import cli
 
 def main():
   import sys
-  from palijudge import filters, predfile, tsv
+  from palijudge import predictions as filters
+  from palijudge import predictions as predfile
+  from palijudge import files
   p = cli.parser(__doc__)
   p.add_argument("files", nargs="+", help="prediction files (13-inference output)")
   p.add_argument("--keep", default="errors", choices=list(filters.KEEPS))
@@ -34,7 +36,7 @@ def main():
                         f"({', '.join(f'{k}={v}' for k, v in res.counts.items())})")
   lines = filters.dataset_lines(res.rows, fmt)
   if args.out:
-    tsv.atomic_write(args.out, lines)
+    files.write_text(args.out, lines)
   else:
     sys.stdout.writelines(lines)
   yes = sum(r.label for r in res.rows)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from palijudge import checkpoint
-from palijudge import config as config_lib
-from palijudge import model as model_lib
-from palijudge import train
+from palijudge.model import config as config_lib
+from palijudge.model import paligemma as model_lib
 from palijudge.errors import UserError
+from palijudge import params as params_lib
 
 from testing import FIXTURES, f32, load_fixture_model
 
@@ -37,7 +37,7 @@ def _kaggle_arrays():
 
 
 def _assert_same_tree(a, b, dtype=None):
-  fa, fb = checkpoint.flatten(a), checkpoint.flatten(b)
+  fa, fb = params_lib.flatten(a), params_lib.flatten(b)
   assert sorted(fa) == sorted(fb)
   for k in fa:
     if dtype is not None:
@@ -62,7 +62,7 @@ def test_saved_keys_are_big_vision_layout(tmp_path, pg1_tiny):
   checkpoint.save(path, params, cfg)
   with np.load(path, allow_pickle=False) as f:
     keys = set(f.files)
-  want = {"params/" + k for k in checkpoint.flatten(params)}
+  want = {"params/" + k for k in params_lib.flatten(params)}
   assert keys - {checkpoint.CONFIG_KEY, checkpoint.META_KEY} == want
   assert want == set(_kaggle_arrays())  # The same keys as the official layout.
   with zipfile.ZipFile(path) as z:
@@ -95,7 +95,7 @@ def test_official_layout_and_unprefixed_keys_load(tmp_path, pg1_tiny):
   # Per-leaf dtypes: the frozen/trainable mix the trainer uses.
   mixed = checkpoint.load_params(tmp_path / "bare.npz", shapes,
                                  lambda n: np.float32 if n.startswith("llm/") else np.float16)
-  flat = checkpoint.flatten(mixed)
+  flat = params_lib.flatten(mixed)
   assert {v.dtype for k, v in flat.items() if k.startswith("img/")} == {np.dtype(np.float16)}
   assert {v.dtype for k, v in flat.items() if k.startswith("llm/")} == {np.dtype(np.float32)}
 
@@ -270,16 +270,16 @@ def test_from_json_file_errors(tmp_path):
 def test_split_and_merge_params(trainable):
   cfg = config_lib.from_json_file(FIXTURES / "paligemma2-tiny" / "config.json")
   shapes = model_lib.param_shapes(cfg)
-  flat = checkpoint.flatten(shapes)
-  pattern = re.compile(train.TRAINABLE.get(trainable, trainable))
-  tr, fr = train.split_params(shapes, trainable)
-  ftr, ffr = checkpoint.flatten(tr), checkpoint.flatten(fr)
+  flat = params_lib.flatten(shapes)
+  pattern = re.compile(params_lib.TRAINABLE.get(trainable, trainable))
+  tr, fr = params_lib.split(shapes, trainable)
+  ftr, ffr = params_lib.flatten(tr), params_lib.flatten(fr)
   assert ftr and all(pattern.search(k) for k in ftr)
   assert not any(pattern.search(k) for k in ffr)
   assert sorted([*ftr, *ffr]) == sorted(flat) and not set(ftr) & set(ffr)
   assert {k for k in flat if pattern.search(k)} == set(ftr)
-  merged = train.merge_params(tr, fr)
-  assert checkpoint.flatten(merged) == flat
+  merged = params_lib.merge(tr, fr)
+  assert params_lib.flatten(merged) == flat
   assert jax.tree.structure(merged) == jax.tree.structure(shapes)
   expected = {
       "attn": {f"llm/layers/attn/{w}/w" for w in ("q_einsum", "kv_einsum", "attn_vec_einsum")},
@@ -293,4 +293,4 @@ def test_split_and_merge_params(trainable):
 def test_split_params_matching_nothing_is_a_user_error():
   shapes = model_lib.param_shapes(config_lib.from_dict(TINY))
   with pytest.raises(UserError, match="matches no parameter"):
-    train.split_params(shapes, r"^nothing/")
+    params_lib.split(shapes, r"^nothing/")

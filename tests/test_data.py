@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palijudge import data
-from palijudge.data import Example
+from palijudge.data import examples as data
+from palijudge.data.examples import Example
 from palijudge.errors import UserError
+from palijudge.data import splits
 
 
 def _dataset(tmp_path, rows, name="data.jsonl", n_images=3):
@@ -154,35 +155,35 @@ def test_empty_and_missing_file_refused(tmp_path):
 
 def test_split_deterministic_and_sized():
   exs = _fake(20, 20)
-  train, valid = data.split(exs, 10, seed=1)
+  train, valid = splits.split(exs, 10, seed=1)
   assert len(train) == 30 and len(valid) == 10
-  assert data.split(exs, 10, seed=1) == (train, valid)
-  assert data.split(exs, 10, seed=2) != (train, valid)
+  assert splits.split(exs, 10, seed=1) == (train, valid)
+  assert splits.split(exs, 10, seed=2) != (train, valid)
   assert train != exs[:30]  # shuffled
 
 
 def test_split_stratified_ratio():
   exs = _fake(30, 70)
   for seed in range(5):
-    train, valid = data.split(exs, 10, seed=seed, stratify=True)
-    assert data.class_counts(valid) == {"yes": 3, "no": 7}
-    assert data.class_counts(train) == {"yes": 27, "no": 63}
-  _, valid = data.split(_fake(1, 2), 2, seed=0, stratify=True)
-  assert data.class_counts(valid) == {"yes": 1, "no": 1}  # 2/3 -> 1, 4/3 -> 1
+    train, valid = splits.split(exs, 10, seed=seed, stratify=True)
+    assert splits.class_counts(valid) == {"yes": 3, "no": 7}
+    assert splits.class_counts(train) == {"yes": 27, "no": 63}
+  _, valid = splits.split(_fake(1, 2), 2, seed=0, stratify=True)
+  assert splits.class_counts(valid) == {"yes": 1, "no": 1}  # 2/3 -> 1, 4/3 -> 1
 
 
 @pytest.mark.parametrize("n_valid", [40, 50, 0, -1])
 def test_split_bad_n_valid(n_valid):
   with pytest.raises(UserError) as e:
-    data.split(_fake(20, 20), n_valid, seed=0, data_path="dataset/data.jsonl")
+    splits.split(_fake(20, 20), n_valid, seed=0, data_path="dataset/data.jsonl")
   if n_valid >= 40:
     assert str(e.value) == (f"-v {n_valid} is not smaller than the 40 examples"
                             " in dataset/data.jsonl")
 
 
 def test_class_counts():
-  assert data.class_counts(_fake(2, 5)) == {"yes": 2, "no": 5}
-  assert data.class_counts([]) == {"yes": 0, "no": 0}
+  assert splits.class_counts(_fake(2, 5)) == {"yes": 2, "no": 5}
+  assert splits.class_counts([]) == {"yes": 0, "no": 0}
 
 
 @settings(max_examples=60, deadline=None)
@@ -195,13 +196,13 @@ def test_split_property(n_yes, n_no, frac, seed, stratify):
   if n < 2:
     return
   n_valid = 1 + int(frac * (n - 2))
-  train, valid = data.split(exs, n_valid, seed, stratify=stratify)
+  train, valid = splits.split(exs, n_valid, seed, stratify=stratify)
   assert len(valid) == n_valid and len(train) == n - n_valid
   lines = [e.line for e in train + valid]
   assert sorted(lines) == list(range(1, n + 1))  # union = all, disjoint
   if stratify:
     share = n_valid * n_yes / n
-    assert abs(data.class_counts(valid)["yes"] - share) < 1
+    assert abs(splits.class_counts(valid)["yes"] - share) < 1
 
 
 # --- TSV datasets --------------------------------------------------------------

@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from palijudge import synthetic
+from palijudge.data import synthetic as synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PLAY = ROOT / "playground"

@@ -10,11 +10,19 @@ import json
 import numpy as np
 import pytest
 
-from palijudge import (cli, data, evaluate, filters, infer, predfile, prompts, reporting,
-                       runner, session, synthetic, thresholds)
+from palijudge import cli, evaluate, infer, thresholds
+from palijudge.data import examples as data
+from palijudge import predictions as filters
+from palijudge import predictions as predfile
+from palijudge import evaluate as prompts
+from palijudge import evaluate as reporting
+from palijudge import learn as runner
+from palijudge import loader as session
+from palijudge.data import synthetic as synthetic
 from palijudge.errors import UserError
 from palijudge.losses import LossConfig
-from palijudge.tokenizer import Tokenizer
+from palijudge.data.tokenizer import Tokenizer
+from palijudge.data import splits
 
 from testing import FIXTURES, load_fixture_model
 
@@ -230,7 +238,7 @@ def test_eval_sets(ds):
 
 def test_loss_config_from_flags(ds):
   tr = ds[1][:5]  # Weights come from this split's own counts.
-  counts = data.class_counts(tr)
+  counts = splits.class_counts(tr)
   cfg = cli.loss_config(_args(["--loss", "focal", "--focal-gamma", "2", "--class-weight", "auto"]), tr)
   n = len(tr)
   assert cfg == LossConfig(kind="focal", focal_gamma=2.0, class_weight=(

@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
-from palijudge import checkpoint, data, evaluate, session, synthetic
+from palijudge import checkpoint, evaluate
+from palijudge.data import examples as data
+from palijudge import loader as session
+from palijudge.data import synthetic as synthetic
 
 PLAY = pathlib.Path(__file__).resolve().parents[1] / "playground"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from palijudge import images
+from palijudge.data import images as images
 from palijudge.errors import UserError
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "paligemma-tiny",

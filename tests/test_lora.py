@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from palijudge import checkpoint, lora, predict, runner, session, synthetic, train
-from palijudge import data as data_lib
-from palijudge.pipeline import Batches
+from palijudge import checkpoint, train
+from palijudge.model import lora as lora
+from palijudge.model import paligemma as predict
+from palijudge import learn as runner
+from palijudge import loader as session
+from palijudge.data import synthetic as synthetic
+from palijudge.data import examples as data_lib
+from palijudge.data.batch import Batches
+from palijudge import params as params_lib
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +35,12 @@ def _score(lm, params, feed):
 
 def _random_adapters(params, seed):
   """Adapters with non-zero B, so that they change the model."""
-  flat = checkpoint.flatten(lora.add_adapters(params, 4, seed))
+  flat = params_lib.flatten(lora.add_adapters(params, 4, seed))
   rng = np.random.default_rng(seed)
   for k in flat:
     if k.startswith(lora.PREFIX) and k.endswith("/b"):
       flat[k] = rng.normal(0, 0.05, flat[k].shape).astype(np.float32)
-  return checkpoint.unflatten(flat)
+  return params_lib.unflatten(flat)
 
 
 def test_fresh_adapters_leave_the_model_unchanged(setup):
@@ -52,7 +58,7 @@ def test_per_layer_merge_equals_merging_everything(setup):
   assert "lora" not in merged["llm"]["layers"]
   np.testing.assert_allclose(on_the_fly, _score(lm, merged, feed), atol=1e-4)
   assert np.abs(on_the_fly - _score(lm, lm.params, feed)).max() > 1e-3  # They do act.
-  q = checkpoint.flatten(params)["llm/layers/lora/attn/q_einsum/w/a"]
+  q = params_lib.flatten(params)["llm/layers/lora/attn/q_einsum/w/a"]
   assert q.shape == (lm.cfg.llm.depth, lm.cfg.llm.width, 4)
 
 
@@ -70,9 +76,9 @@ def test_lora_trains_and_round_trips_as_an_adapter_only_delta(setup, tmp_path, m
   loaded = session.load(session.resolve("lora.npz"), trainable="lora")
   np.testing.assert_allclose(_score(loaded, loaded.params, feed),
                              _score(res.lm, res.lm.params, feed), atol=1e-5)
-  b = checkpoint.flatten(loaded.params)["llm/layers/lora/mlp/linear/b"]
+  b = params_lib.flatten(loaded.params)["llm/layers/lora/mlp/linear/b"]
   assert np.abs(np.asarray(b)).max() > 0  # The adapters were trained.
-  base_flat = checkpoint.flatten(lm.params)
-  for name, leaf in checkpoint.flatten(loaded.params).items():
+  base_flat = params_lib.flatten(lm.params)
+  for name, leaf in params_lib.flatten(loaded.params).items():
     if not name.startswith(lora.PREFIX):  # The base itself is untouched.
       np.testing.assert_array_equal(np.asarray(leaf), np.asarray(base_flat[name]))

@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from palijudge import losses, pipeline, predict
+from palijudge import losses
+from palijudge.data import batch as pipeline
+from palijudge.model import paligemma as predict
 from palijudge.errors import UserError
 from palijudge.losses import LossConfig
-from palijudge.tokenizer import Tokenizer, tokenize
+from palijudge.data.tokenizer import Tokenizer, tokenize
 
 from testing import FIXTURES, load_fixture_model
 

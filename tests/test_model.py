@@ -12,11 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from palijudge import checkpoint
-from palijudge import config as config_lib
-from palijudge import model as model_lib
-from palijudge import predict
-from palijudge import train
+from palijudge.model import config as config_lib
+from palijudge.model import paligemma as model_lib
+from palijudge.model import paligemma as predict
+from palijudge import params as params_lib
 
 from testing import EOS_ID, FIXTURES, forward_logits, load_fixture_model, load_npz
 
@@ -48,7 +47,7 @@ def _read_shapes(name: str):
 def test_full_size_param_shapes_match_big_vision(preset, listing, total, num_arrays):
   want, totals = _read_shapes(listing)
   shapes = model_lib.param_shapes(config_lib.preset(preset))
-  flat = checkpoint.flatten(shapes)
+  flat = params_lib.flatten(shapes)
   assert all(isinstance(v, jax.ShapeDtypeStruct) for v in flat.values())  # Nothing allocated.
   got = {k: tuple(v.shape) for k, v in flat.items()}
   assert sorted(got) == sorted(want)  # Name for name ...
@@ -58,8 +57,8 @@ def test_full_size_param_shapes_match_big_vision(preset, listing, total, num_arr
   assert count(lambda k: True) == total == totals["total_params"]
   assert count(lambda k: k.startswith("img/")) == totals["img_params"]
   assert count(lambda k: k.startswith("llm/")) == totals["llm_params"]
-  trainable, _ = train.split_params(shapes, "attn")
-  assert sum(math.prod(v.shape) for v in checkpoint.flatten(trainable).values()) == totals[
+  trainable, _ = params_lib.split(shapes, "attn")
+  assert sum(math.prod(v.shape) for v in params_lib.flatten(trainable).values()) == totals[
       "trainable_llm_layers_attn_params"]
 
 
@@ -105,8 +104,8 @@ def _random_params(cfg, seed: int):
   def draw(name, sd):
     std = 1.0 if name.endswith("input_embedding") else 0.2
     return (rng.normal(size=sd.shape) * std).astype(np.float32)
-  flat = checkpoint.flatten(model_lib.param_shapes(cfg))
-  return checkpoint.unflatten({k: draw(k, v) for k, v in flat.items()})
+  flat = params_lib.flatten(model_lib.param_shapes(cfg))
+  return params_lib.unflatten({k: draw(k, v) for k, v in flat.items()})
 
 
 def _check_layout(cfg, flat):
@@ -133,8 +132,8 @@ def test_init_params_matches_param_shapes():
   # configs below check the same tree through eval_shape.
   cfg = _tiny_config(28, 2, 1, "gemma2", seed=0)
   params = model_lib.init_params(cfg, seed=0)
-  flat = checkpoint.flatten(params)
-  want = checkpoint.flatten(model_lib.param_shapes(cfg))
+  flat = params_lib.flatten(params)
+  want = params_lib.flatten(model_lib.param_shapes(cfg))
   assert {k: (v.shape, v.dtype) for k, v in flat.items()} == {
       k: (v.shape, v.dtype) for k, v in want.items()}
   assert all(np.isfinite(np.asarray(v)).all() for v in flat.values())
@@ -150,7 +149,7 @@ def test_random_tiny_configs_build_and_run(image_size, kv, depth, family, extra)
   cfg = _tiny_config(image_size, kv, depth, family, seed=image_size + kv + depth, **extra)
   c = cfg.llm
   params = _random_params(cfg, seed=depth)
-  _check_layout(cfg, checkpoint.flatten(params))
+  _check_layout(cfg, params_lib.flatten(params))
   rng = np.random.default_rng(0)
   text, mask_ar, mask_input = _random_text(rng, c.vocab_size, [(4, 3), (6, 0)], 10)
   image = rng.uniform(-1, 1, (2, image_size, image_size, 3)).astype(np.float32)
@@ -190,8 +189,8 @@ def test_grouped_query_attention_equals_repeated_kv_heads(kv, family):
   cfg_k, cfg_n, params, q, kv_w = _gqa_pair(kv, family)
   g = 4 // kv
   fused = _to_fused(params, q, kv_w, lambda w: np.repeat(w, g, axis=1))
-  shapes = checkpoint.flatten(model_lib.param_shapes(cfg_n))
-  assert {k: v.shape for k, v in checkpoint.flatten(fused).items()} == {
+  shapes = params_lib.flatten(model_lib.param_shapes(cfg_n))
+  assert {k: v.shape for k, v in params_lib.flatten(fused).items()} == {
       k: v.shape for k, v in shapes.items()}
 
   rng = np.random.default_rng(3)
@@ -259,7 +258,7 @@ def test_decode_with_less_padding(pg2_tiny):
                                             ("paligemma2-28b-pt-224", 256)])
 def test_larger_presets_by_shape(preset, tokens):
   cfg = config_lib.preset(preset)
-  flat = checkpoint.flatten(model_lib.param_shapes(cfg))
+  flat = params_lib.flatten(model_lib.param_shapes(cfg))
   assert flat["img/pos_embedding"].shape == (1, tokens, 1152)
   llm = cfg.llm
   assert flat["llm/layers/attn/q_einsum/w"].shape == (llm.depth, llm.num_heads, llm.width,

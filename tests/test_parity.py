@@ -16,13 +16,12 @@ import numpy as np
 import optax
 import pytest
 
-from palijudge import checkpoint
 from palijudge import losses
-from palijudge import model as model_lib
-from palijudge import predict
-from palijudge import sharding
+from palijudge.model import paligemma as model_lib
+from palijudge.model import paligemma as predict
+from palijudge import params as params_lib
 from palijudge import train
-from palijudge.pipeline import loss_index
+from palijudge.data.batch import loss_index
 
 from testing import (EOS_ID, FIXTURES, NO_ID, YES_ID, forward_logits, load_fixture_model,
                      load_npz)
@@ -43,7 +42,7 @@ NUM_IMAGE_TOKENS = 16
 @functools.partial(jax.jit, static_argnums=0)
 def _loss_and_grad(model, trainable, frozen, batch):
   def loss_fn(t):
-    return losses.batch_loss(model, train.merge_params(t, frozen), batch, losses.LossConfig(),
+    return losses.batch_loss(model, params_lib.merge(t, frozen), batch, losses.LossConfig(),
                              (YES_ID, NO_ID))
   return jax.value_and_grad(loss_fn)(trainable)
 
@@ -102,7 +101,7 @@ class Case:
 
   @functools.cached_property
   def split(self):
-    return train.split_params(self.params, "attn")
+    return params_lib.split(self.params, "attn")
 
   @functools.cached_property
   def zimg_batch(self):
@@ -129,9 +128,9 @@ class Case:
     trainable, frozen = self.split
     tx = optax.sgd(SGD_LR)
     state = train.init_state(jax.tree.map(jnp.array, trainable), tx)  # Copy: it is donated.
-    mesh = sharding.make_mesh()
-    replicated = sharding.tree_shardings(mesh, state, fsdp=False)
-    frozen_sh = sharding.tree_shardings(mesh, frozen, fsdp=False)
+    mesh = params_lib.make_mesh()
+    replicated = params_lib.tree_shardings(mesh, state, fsdp=False)
+    frozen_sh = params_lib.tree_shardings(mesh, frozen, fsdp=False)
     step = train.jit_train_step(self.model, tx, losses.LossConfig(), (YES_ID, NO_ID), mesh,
                                 replicated, frozen_sh)
     with jax.default_matmul_precision("float32"):
@@ -318,9 +317,9 @@ def test_update_fn_loss(case):
 
 def test_only_attention_weights_are_trainable(case):
   trainable, frozen = case.split
-  names = sorted(checkpoint.flatten(trainable))
+  names = sorted(params_lib.flatten(trainable))
   assert names == sorted(f"llm/layers/attn/{k}/w" for k in ATTN_WEIGHTS)
-  assert not any(k.startswith("llm/layers/attn/") for k in checkpoint.flatten(frozen))
+  assert not any(k.startswith("llm/layers/attn/") for k in params_lib.flatten(frozen))
 
 
 @pytest.mark.parametrize("name", ATTN_WEIGHTS)
@@ -382,7 +381,7 @@ def test_text_logits_colab_dtypes(case):
   def dtype_for(name):
     return np.float32 if name.startswith("llm/layers/attn/") else np.float16
   cfg, model, params16 = load_fixture_model(case.folder, case.config_name, dtype_for)
-  flat = checkpoint.flatten(params16)
+  flat = params_lib.flatten(params16)
   assert {a.dtype for k, a in flat.items() if not k.startswith("llm/layers/attn/")} == {
       np.dtype(np.float16)}
   tower16 = model_lib.build(cfg, jnp.float16)

@@ -11,9 +11,10 @@ import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from palijudge import plots, records
+from palijudge.experiments import plots as plots
+from palijudge.experiments import records as records
 from palijudge.errors import UserError
-from palijudge.records import RunRecord
+from palijudge.experiments.records import RunRecord
 
 
 def _fill(rec: RunRecord, n: int = 40, seed: int = 0) -> tuple[list[bool], list[float]]:

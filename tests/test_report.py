@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from palijudge import cv, records, report, tune
+from palijudge.experiments import cv as cv
+from palijudge.experiments import records as records
+from palijudge.experiments import leaderboard as report
+from palijudge.experiments import tune as tune
 from palijudge.errors import UserError
-from palijudge.records import RunRecord
+from palijudge.experiments.records import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from palijudge import synthetic
-from palijudge.config import TINY_VOCAB
+from palijudge.data import synthetic as synthetic
+from palijudge.model.config import TINY_VOCAB
 from palijudge.errors import UserError
-from palijudge.tokenizer import Tokenizer
+from palijudge.data.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from palijudge import thresholds
-from palijudge.data import Example
+from palijudge.data.examples import Example
 from palijudge.errors import UserError
 from palijudge.evaluate import EvalResult
 from palijudge.metrics import Confusion
-from palijudge.reporting import ReportOptions, apply_pick
+from palijudge.evaluate import ReportOptions, apply_pick
 from palijudge.thresholds import Target, parse_target, pick
 
 Y = [True, True, True, False, True, False, False, False]

@@ -10,7 +10,7 @@ import pytest
 import sentencepiece as spm
 
 from palijudge.errors import UserError
-from palijudge.tokenizer import (Tokenizer, TokenizedText, bucket_length,
+from palijudge.data.tokenizer import (Tokenizer, TokenizedText, bucket_length,
                                  pad_batch, tokenize)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "paligemma-tiny"

@@ -1,5 +1,5 @@
 """Training features: accumulation, divergence guard and restarts, resume after
-SIGKILL, the frozen-encoder feature cache, data-parallel and FSDP sharding."""
+SIGKILL, the frozen-encoder feature cache, data-parallel and FSDP params_lib."""
 
 from __future__ import annotations
 
@@ -18,17 +18,23 @@ import numpy as np
 import optax
 import pytest
 
-from palijudge import checkpoint, fit, losses, session, sharding, synthetic, train
-from palijudge import data as data_lib
+from palijudge import checkpoint, losses, train
+from palijudge import train as fit
+from palijudge import loader as session
+from palijudge import params as params_lib
+from palijudge.data import synthetic as synthetic
+from palijudge.data import examples as data_lib
 from palijudge.errors import UserError
-from palijudge.pipeline import loss_index
+from palijudge.data.batch import loss_index
+from palijudge.data import splits
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FX = ROOT / "tests/fixtures/paligemma-tiny"
 
 
 def _fixture_step(accum: int, batch_rows=slice(None)):
-  from palijudge import config, model as model_lib
+  from palijudge.model import config as config
+  from palijudge.model import paligemma as model_lib
   cfg = config.from_json_file(FX / "config.json")
   params = checkpoint.load_params(FX / "params.npz", model_lib.param_shapes(cfg),
                                   lambda _: np.float32)
@@ -36,13 +42,13 @@ def _fixture_step(accum: int, batch_rows=slice(None)):
   batch = {k[6:]: ref[k][batch_rows] for k in ref.files if k.startswith("batch/")}
   batch["loss_idx"], batch["loss_w"] = loss_index(batch["mask_loss"])
   batch["label"] = np.array([1, 0, 0, 0], np.int32)[batch_rows]
-  trainable, frozen = train.split_params(params, "attn")
+  trainable, frozen = params_lib.split(params, "attn")
   tx = optax.sgd(0.03)
   state = train.init_state(trainable, tx)
-  mesh = sharding.make_mesh(jax.devices()[:1])
+  mesh = params_lib.make_mesh(jax.devices()[:1])
   step = train.jit_train_step(model_lib.build(cfg), tx, losses.LossConfig(), (14, 13), mesh,
-                              sharding.tree_shardings(mesh, state, False),
-                              sharding.tree_shardings(mesh, frozen, False), accum=accum)
+                              params_lib.tree_shardings(mesh, state, False),
+                              params_lib.tree_shardings(mesh, frozen, False), accum=accum)
   new_state, metrics = step(state, batch, frozen)
   return float(metrics["loss"]), jax.device_get(new_state.params), float(ref["loss"])
 
@@ -118,7 +124,7 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(tiny, tmp_path):
   (tmp_path / "cache").symlink_to(root / "cache")
   synthetic.make_dataset(tmp_path / "dataset", n=12, seed=5)
   data = data_lib.read_jsonl(tmp_path / "dataset/data.jsonl", tmp_path / "dataset")
-  tr, va = data_lib.split(data, 4, 0)
+  tr, va = splits.split(data, 4, 0)
   data_lib.write_jsonl(tmp_path / "dataset/s/train.jsonl", tr)
   data_lib.write_jsonl(tmp_path / "dataset/s/valid.jsonl", va)
   out, err = _learn(tmp_path).communicate()
@@ -149,15 +155,18 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(tiny, tmp_path):
 def _state_like(root):
   spec = session.resolve("tiny", cache_dir=str(root / "cache"))
   lm = session.load(spec, trainable="attn")
-  trainable, _ = train.split_params(lm.params, "attn")
+  trainable, _ = params_lib.split(lm.params, "attn")
   trainable = jax.tree.map(lambda a: np.asarray(a, np.float32), trainable)
   return train.init_state(trainable, train.make_optimizer(train.TrainConfig(steps=12)))
 
 
 SHARDING_SCRIPT = textwrap.dedent("""
   import jax, numpy as np, optax
-  from palijudge import checkpoint, config, losses, sharding, train, model as model_lib
-  from palijudge.pipeline import loss_index
+  from palijudge import checkpoint, losses, train
+  from palijudge.model import config as config
+  from palijudge import params as params_lib
+  from palijudge.model import paligemma as model_lib
+  from palijudge.data.batch import loss_index
   FX = "{fx}"
   cfg = config.from_json_file(FX + "/config.json")
   params = checkpoint.load_params(FX + "/params.npz", model_lib.param_shapes(cfg),
@@ -169,15 +178,15 @@ SHARDING_SCRIPT = textwrap.dedent("""
   assert len(jax.devices()) == 8
   out = []
   for devices, fsdp in ((jax.devices()[:1], False), (jax.devices(), False), (jax.devices(), True)):
-    mesh = sharding.make_mesh(devices)
-    trainable, frozen = train.split_params(params, "llm")
+    mesh = params_lib.make_mesh(devices)
+    trainable, frozen = params_lib.split(params, "llm")
     tx = optax.adam(1e-3)
     state = train.init_state(trainable, tx)
-    ssh = sharding.tree_shardings(mesh, state, fsdp)
-    fsh = sharding.tree_shardings(mesh, frozen, fsdp)
+    ssh = params_lib.tree_shardings(mesh, state, fsdp)
+    fsh = params_lib.tree_shardings(mesh, frozen, fsdp)
     step = train.jit_train_step(model_lib.build(cfg), tx, losses.LossConfig(), (14, 13), mesh,
                                 ssh, fsh)
-    state, frozen = sharding.place(state, ssh), sharding.place(frozen, fsh)
+    state, frozen = params_lib.place(state, ssh), params_lib.place(frozen, fsh)
     losses_ = []
     for _ in range(3):
       state, m = step(state, batch, frozen)
@@ -202,7 +211,7 @@ def test_data_parallel_and_fsdp_match_one_device():
 
 
 def test_runs_keep_the_best_by_the_chosen_metric(tiny, tmp_path, monkeypatch):
-  from palijudge import runner
+  from palijudge import learn as runner
   root, spec, examples = tiny
   monkeypatch.chdir(tmp_path)
   lm = session.load(spec, trainable="attn")
@@ -223,7 +232,7 @@ def test_runs_keep_the_best_by_the_chosen_metric(tiny, tmp_path, monkeypatch):
 
 
 def test_delta_checkpoint_loads_over_its_verified_base(tiny, tmp_path, monkeypatch):
-  from palijudge import runner
+  from palijudge import learn as runner
   root, spec, examples = tiny
   monkeypatch.chdir(tmp_path)
   base = tmp_path / "base.npz"
@@ -240,7 +249,7 @@ def test_delta_checkpoint_loads_over_its_verified_base(tiny, tmp_path, monkeypat
   assert os.path.getsize("delta.npz") < os.path.getsize("full.npz") / 2
   loaded = session.load(session.resolve("delta.npz"), trainable="attn")
   with np.load("full.npz") as full:
-    for name, leaf in checkpoint.flatten(loaded.params).items():
+    for name, leaf in params_lib.flatten(loaded.params).items():
       np.testing.assert_array_equal(np.asarray(leaf), full["params/" + name], err_msg=name)
   with open(base, "r+b") as f:  # Change the base: the delta must refuse it.
     f.seek(-8, os.SEEK_END)

@@ -13,9 +13,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from palijudge import cv, tune
-from palijudge.data import Example
+from palijudge.experiments import cv as cv
+from palijudge.experiments import tune as tune
+from palijudge.data.examples import Example
 from palijudge.errors import UserError
+from palijudge.data import splits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +30,8 @@ def _examples(n_yes: int, n_no: int) -> list[Example]:
 @pytest.mark.parametrize("stratify", [False, True])
 def test_folds_partition_and_balance(tmp_path, stratify):
   ex = _examples(13, 7)
-  pairs = cv.write_folds(ex, 3, seed=5, stratify=stratify, out_dir=tmp_path / "cv3")
-  assert pairs == cv.fold_paths(tmp_path / "cv3")
+  pairs = splits.write_folds(ex, 3, seed=5, stratify=stratify, out_dir=tmp_path / "cv3")
+  assert pairs == splits.fold_paths(tmp_path / "cv3")
   valids = [[json.loads(l)["image"] for l in v.read_text().splitlines()] for _, v in pairs]
   trains = [[json.loads(l)["image"] for l in t.read_text().splitlines()] for t, _ in pairs]
   assert sorted(sum(valids, [])) == sorted(e.raw_image for e in ex)  # each once in a valid
@@ -39,7 +41,7 @@ def test_folds_partition_and_balance(tmp_path, stratify):
   if stratify:
     yes = [sum(int(i.split("/")[1][:-4]) < 13 for i in v) for v in valids]
     assert max(yes) - min(yes) <= 1
-  again = cv.write_folds(ex, 3, seed=5, stratify=stratify, out_dir=tmp_path / "again")
+  again = splits.write_folds(ex, 3, seed=5, stratify=stratify, out_dir=tmp_path / "again")
   assert [v.read_text() for _, v in again] == [v.read_text() for _, v in pairs]
   manifest = json.loads((tmp_path / "cv3" / "folds.json").read_text())
   assert manifest["k"] == 3 and manifest["seed"] == 5 and manifest["stratify"] == stratify
@@ -47,11 +49,11 @@ def test_folds_partition_and_balance(tmp_path, stratify):
 
 def test_folds_refused(tmp_path):
   with pytest.raises(UserError, match="--folds 1 must be at least 2"):
-    cv.write_folds(_examples(3, 3), 1, 0, False, tmp_path)
+    splits.write_folds(_examples(3, 3), 1, 0, False, tmp_path)
   with pytest.raises(UserError, match="--folds 7 is more than the 6 examples"):
-    cv.write_folds(_examples(3, 3), 7, 0, False, tmp_path)
+    splits.write_folds(_examples(3, 3), 7, 0, False, tmp_path)
   with pytest.raises(UserError, match="folds.json: no fold splits here"):
-    cv.fold_paths(tmp_path / "none")
+    splits.fold_paths(tmp_path / "none")
 
 
 def test_cv_score_and_summary():
@@ -90,7 +92,7 @@ def _space(tmp_path, text=SPACE) -> tune.Space:
 
 
 def test_default_space_and_prompt():
-  from palijudge import session
+  from palijudge import loader as session
   space = tune.load_space()
   assert tune.DEFAULTS["prompt"] == session.DEFAULT_PROMPT
   assert space.metric == "f_measure" and space.baseline["loss"] == "combined"
@@ -227,9 +229,9 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
     return script.main()
   main("space")
   assert capsys.readouterr().out == tune.DEFAULT_SPACE_YAML
-  fake = types.ModuleType("palijudge.experiment")  # The real one trains: see test_experiments.
-  fake.cv_objective = lambda cfg, name, report, **kw: (report(0, 0.7), 0.7)[1] if name == "cv5" else 0
-  monkeypatch.setitem(sys.modules, "palijudge.experiment", fake)
+  from palijudge.experiments import cv  # The real objective trains: see test_experiments.
+  monkeypatch.setattr(cv, "cv_objective",
+                      lambda cfg, name, report, **kw: (report(0, 0.7), 0.7)[1] if name == "cv5" else 0)
   main("run", "--trials", "2", "--cv", "cv5")
   out = capsys.readouterr().out
   assert "study palijudge: 2 trial(s)" in out and "best: trial 0 with 0.7000" in out

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from palijudge import synthetic
+from palijudge.data import synthetic as synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PLAY = ROOT / "playground"
@@ -147,7 +147,9 @@ def test_missing_escaping_and_corrupt_images(project):
 
 
 def test_checkpoint_for_another_model_is_refused(project, tmp_path):
-  from palijudge import checkpoint, config, model
+  from palijudge import checkpoint
+  from palijudge.model import config as config
+  from palijudge.model import paligemma as model
   cfg = config.from_dict(dict(config.PRESETS["tiny"], image_size=112))
   other = tmp_path / "other.npz"
   checkpoint.save(other, model.init_params(cfg, 0), None)

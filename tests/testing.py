@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 from palijudge import checkpoint
-from palijudge import config as config_lib
-from palijudge import model as model_lib
+from palijudge.model import config as config_lib
+from palijudge.model import paligemma as model_lib
 
 FIXTURES = Path(__file__).parent / "fixtures"
 YES_ID, NO_ID, EOS_ID = 14, 13, 1

@@ -14,32 +14,22 @@ never holds a second full copy, and each leaf is cast to the dtype its
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any, Callable
 
 import jax
 import ml_dtypes
 import numpy as np
-from flax import traverse_util
 
-from palijudge import config as config_lib
+from palijudge.model import config as config_lib
+from palijudge import files
+from palijudge.params import Params, flatten, unflatten
 from palijudge.errors import UserError, where
 
 CONFIG_KEY = "palijudge/config"
 META_KEY = "palijudge/meta"
-Params = dict[str, Any]
-
-
-def flatten(params: Params) -> dict[str, Any]:
-  return traverse_util.flatten_dict(params, sep="/")
-
-
-def unflatten(flat: dict[str, Any]) -> Params:
-  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def _restore_dtype(a: np.ndarray) -> np.ndarray:
@@ -150,29 +140,14 @@ def write_npz(path, arrays, meta: dict | None = None) -> None:
   `arrays` may be a generator: each array is written, then dropped, so device
   leaves are fetched one at a time. `meta` is stored as JSON under META_KEY.
   """
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=folder)
-  os.close(fd)
-  try:
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+  with files.atomic_open(path, "wb") as out:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
       for key, a in arrays:
         with zf.open(key + ".npy", "w", force_zip64=True) as f:
           np.lib.format.write_array(f, np.asarray(a), allow_pickle=False)
       if meta is not None:
         with zf.open(META_KEY + ".npy", "w") as f:
           np.lib.format.write_array(f, _json_array(meta), allow_pickle=False)
-    with open(tmp, "rb+") as f:
-      os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise a shared team folder.
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def save(path, params: Params, cfg: config_lib.ModelConfig | None, meta: dict | None = None,
@@ -187,41 +162,11 @@ def save(path, params: Params, cfg: config_lib.ModelConfig | None, meta: dict | 
   write_npz(path, arrays(), meta or {})
 
 
-def file_sha256(path) -> str:
-  """sha256 of a (large) file, remembered beside it as `<file>.sha256`.
-
-  The sidecar records size and mtime, so a changed file is hashed again.
-  """
-  path = os.fspath(path)
-  st = os.stat(path)
-  stamp = f"{st.st_size}:{st.st_mtime_ns}"
-  side = path + ".sha256"
-  try:
-    with open(side, encoding="utf-8") as f:
-      digest, seen = f.read().split()
-    if seen == stamp:
-      return digest
-  except (OSError, ValueError):
-    pass
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 24), b""):
-      h.update(block)
-  digest = h.hexdigest()
-  try:
-    with open(side + ".tmp", "w", encoding="utf-8") as f:
-      f.write(f"{digest} {stamp}\n")
-    os.replace(side + ".tmp", side)
-  except OSError:
-    pass  # A read-only cache folder only costs a re-hash next time.
-  return digest
-
-
 def save_delta(path, params: Params, keep, cfg: config_lib.ModelConfig, base: str,
                meta: dict) -> None:
   """Only the leaves `keep(name)` selects, plus what identifies the base checkpoint."""
   flat = {k: v for k, v in flatten(params).items() if keep(k)}
-  delta_meta = dict(meta, delta=True, base=os.path.abspath(base), base_sha256=file_sha256(base))
+  delta_meta = dict(meta, delta=True, base=os.path.abspath(base), base_sha256=files.sha256_remembered(base))
   save(path, unflatten(flat), cfg, delta_meta)
 
 
@@ -234,6 +179,6 @@ def verify_base(delta_path, base_path) -> None:
   if not os.path.exists(base_path):
     raise UserError(f"{where(delta_path)}: its base checkpoint {base_path} is missing "
                     f"(pass --base FILE)")
-  if want and file_sha256(base_path) != want:
+  if want and files.sha256_remembered(base_path) != want:
     raise UserError(f"{where(delta_path)}: base checkpoint {base_path} is not the one it was "
                     f"trained from (sha256 differs)")

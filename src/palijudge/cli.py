@@ -18,6 +18,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_ALLOCATOR", "platform")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from palijudge.errors import UserError  # noqa: E402
+from palijudge import params as params_lib
+from palijudge.data import splits
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,7 +65,7 @@ def run_main(main: Callable[[], int | None]) -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
-  from palijudge import session
+  from palijudge import loader as session
   g = p.add_argument_group("model")
   g.add_argument("--model", default=default_model or session.DEFAULT_MODEL,
                  help="preset name (weights from cache/) or checkpoint .npz")
@@ -80,7 +82,8 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None = None)
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-  from palijudge import evaluate, images
+  from palijudge import evaluate
+  from palijudge.data import images as images
   g = p.add_argument_group("evaluation")
   g.add_argument("--mode", default="score", choices=evaluate.MODES,
                  help="score: p(yes) from one forward pass; decode: greedy answer")
@@ -137,7 +140,7 @@ def eval_options(args, stored_threshold: float | None = None):
 
   The threshold is --threshold, else `stored_threshold` (a checkpoint's), else 0.5.
   """
-  from palijudge.runner import EvalOptions
+  from palijudge.learn import EvalOptions
   for msg in _eval_conflicts(args):
     raise UserError(msg)
   threshold = args.threshold if args.threshold is not None else stored_threshold
@@ -151,7 +154,7 @@ def eval_options(args, stored_threshold: float | None = None):
 
 
 def load_model(args, model: str | None = None, trainable: str = "attn"):
-  from palijudge import session
+  from palijudge import loader as session
   spec = session.resolve(model or args.model, args.model_config, args.tokenizer,
                          base=getattr(args, "base", None))
   return session.load(spec, trainable=trainable, param_dtype=args.param_dtype,
@@ -164,7 +167,8 @@ def report_options(args, strict: bool = True):
   strict=False: a --target no threshold reaches warns and uses the best reachable
   threshold instead of stopping (for reports in the middle of a training run).
   """
-  from palijudge import reporting, thresholds
+  from palijudge import thresholds
+  from palijudge import evaluate as reporting
   frames = getattr(args, "gif_frames", None) or 0
   if frames < 0:
     raise UserError(f"--gif-frames must be >= 0, got {frames}")
@@ -180,7 +184,7 @@ def report_options(args, strict: bool = True):
 
 def eval_sets(args, taken: Sequence[str] = ()) -> dict:
   """{NAME: examples} of every --eval-set NAME=FILE (read with data.read_examples)."""
-  from palijudge import data
+  from palijudge.data import examples as data
   out: dict = {}
   for spec in getattr(args, "eval_set", None) or []:
     name, sep, path = spec.partition("=")
@@ -227,7 +231,7 @@ _LOSS_FLAGS = {"pos_weight": ("bce", "focal", "combined"), "focal_alpha": ("foca
 
 def loss_config(args, train_examples: Sequence):
   """LossConfig from the flags; `auto` class weights come from the training split."""
-  from palijudge import data, losses
+  from palijudge import losses
   kind = args.loss or "ce"
   kw = {}
   for flag, kinds in _LOSS_FLAGS.items():
@@ -242,7 +246,7 @@ def loss_config(args, train_examples: Sequence):
   cw = getattr(args, "class_weight", None)
   if cw is not None:
     if cw.strip().lower() == "auto":
-      counts = data.class_counts(train_examples)
+      counts = splits.class_counts(train_examples)
       kw["class_weight"] = losses.balanced_class_weight(counts["yes"], counts["no"])
     else:
       kw["class_weight"] = _two_floats(cw)
@@ -268,14 +272,15 @@ def resolving_parser(description: str) -> argparse.ArgumentParser:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
   """The recipe (defaults = the colab's), the lottery and memory flags of 03."""
-  from palijudge import runner, train
+  from palijudge import train
+  from palijudge import learn as runner
   d = train.TrainConfig()
   g = p.add_argument_group("training")
   g.add_argument("--lr", type=float, default=d.lr)
   g.add_argument("--batch", type=int, default=d.batch_size)
   g.add_argument("--steps", type=int, default=d.steps)
   g.add_argument("--seed", type=int, default=d.seed)
-  g.add_argument("--trainable", default=d.trainable, choices=sorted(train.TRAINABLE))
+  g.add_argument("--trainable", default=d.trainable, choices=sorted(params_lib.TRAINABLE))
   g.add_argument("--optimizer", default=d.optimizer, choices=train.OPTIMIZERS)
   g.add_argument("--print-every", type=int, default=d.print_every)
   g.add_argument("--accum", type=int, default=d.accum,

@@ -23,14 +23,16 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from palijudge import images, predict
-from palijudge import tokenizer as tok_lib
-from palijudge.data import Example
+from palijudge.data import images as images
+from palijudge.model import paligemma as predict
+from palijudge.data import tokenizer as tok_lib
+from palijudge.data.examples import Example
+from palijudge import files
 from palijudge.errors import UserError, where
 from palijudge.metrics import Confusion, ScoreMetrics, format_block, format_scores
-from palijudge.features import FeatureCache
-from palijudge.pipeline import Batches, PixelCache, collate, prompt_for, shape_for
-from palijudge.session import LoadedModel
+from palijudge.data.features import FeatureCache
+from palijudge.data.batch import Batches, PixelCache, collate, prompt_for, shape_for
+from palijudge.loader import LoadedModel
 
 MODES = ("score", "decode")
 _FEED = ("image", "zimg", "text", "mask_ar", "mask_input", "prefix_len")
@@ -230,7 +232,6 @@ def shared_threshold(results: dict[str, EvalResult]) -> float:
 
 def write_scores(path: str, result: EvalResult) -> None:
   """One JSON line per example: id, image, label, p(yes), prediction (atomic)."""
-  from palijudge import tsv
   lines = []
   for ex, p, pred, ans in zip(result.examples, result.p_yes, result.pred, result.answers):
     row = {"id": ex.key, "image": ex.raw_image, "source": ex.source, "line": ex.line,
@@ -239,4 +240,114 @@ def write_scores(path: str, result: EvalResult) -> None:
     if ans:
       row["answer"] = ans
     lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-  tsv.atomic_write(os.fspath(path), lines)
+  files.write_text(os.fspath(path), lines)
+
+
+# ---- merged from reporting.py ----
+# 
+
+import dataclasses
+from typing import Callable
+
+from palijudge import gallery, thresholds
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportOptions:
+  pick_split: str | None = None       # Set name (or file stem) to pick the threshold on.
+  target: thresholds.Target = thresholds.Target("f1")
+  strict_target: bool = True          # Unreachable target: error (True) or warn + best.
+  frames: int = 0                     # --gif-frame all: frames per animation (0 = every).
+  combine: str = "mean"               # --gif-frame all: min | mean | max.
+  gallery_dir: str | None = None      # Write an error gallery per set here.
+  gallery_limit: int = 200            # Thumbnails per section.
+
+
+def apply_pick(results: dict[str, EvalResult], ro: ReportOptions, mode: str, log: Log
+               ) -> tuple[dict[str, EvalResult], thresholds.ThresholdPick | None]:
+  """Picks the threshold on `ro.pick_split` and judges every result at it."""
+  if ro.pick_split is None:
+    return results, None
+  if mode != "score":
+    raise UserError("--pick-threshold needs --mode score (decode predicts from the answer text)")
+  name = thresholds.resolve_split(ro.pick_split, list(results))
+  res = results[name]
+  choice = thresholds.pick(res.labels, res.p_yes, ro.target, name, strict=ro.strict_target)
+  log(("" if choice.reached else "warning: ") + choice.describe())
+  return {n: r.with_threshold(choice.threshold) for n, r in results.items()}, choice
+
+
+def write_gallery(ro: ReportOptions, name: str, tag: str, res: EvalResult, log: Log) -> None:
+  if ro.gallery_dir:
+    path = gallery.write(ro.gallery_dir, name, tag, res, ro.gallery_limit)
+    log(f"  gallery: {path}")
+
+
+# ---- merged from prompts.py ----
+# 
+
+import dataclasses
+from typing import Callable
+
+from palijudge.data import examples as tsv
+
+METRICS = ("auc", "ap", "f1", "precision", "recall", "accuracy")
+
+
+def read_prompt_file(path: str) -> list[str]:
+  """One prompt a line; blank lines and lines starting with # are skipped."""
+  prompts = [t.strip() for _, t in tsv.read_lines(path) if not t.lstrip().startswith("#")]
+  prompts = [p for p in prompts if p]
+  if not prompts:
+    raise UserError(f"{path}: no prompts (one a line; # starts a comment)")
+  return prompts
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptScore:
+  prompt: str
+  value: float | None      # The chosen metric (None: undefined, e.g. AUC with one class).
+  scores: ScoreMetrics
+  confusion: Confusion
+
+
+def metric_value(metric: str, scores: ScoreMetrics, c: Confusion) -> float | None:
+  return {"auc": scores.roc_auc, "ap": scores.pr_auc, "f1": c.f_measure,
+          "precision": c.precision, "recall": c.recall, "accuracy": c.accuracy}[metric]
+
+
+def rank(examples: Sequence[Example], prompts: Sequence[str], metric: str,
+         evaluate_fn: Callable[[list[Example], str], object]) -> list[PromptScore]:
+  """Scores each prompt with `evaluate_fn(examples, prompt) -> EvalResult`; best first.
+
+  Ties keep the order the prompts were given in; undefined values go last.
+  """
+  if metric not in METRICS:
+    raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+  if len(set(prompts)) != len(prompts):
+    raise UserError("the same prompt is given twice")
+  plain = [dataclasses.replace(e, prefix="") for e in examples]
+  out = []
+  for prompt in prompts:
+    res = evaluate_fn(plain, prompt)
+    scores, conf = res.scores, res.confusion
+    out.append(PromptScore(prompt, metric_value(metric, scores, conf), scores, conf))
+  order = sorted(range(len(out)), key=lambda i: (out[i].value is None, -(out[i].value or 0), i))
+  return [out[i] for i in order]
+
+
+def _f(x: float | None) -> str:
+  return "   n/a" if x is None else f"{x:.4f}"
+
+
+def format_table(ranked: Sequence[PromptScore], metric: str) -> str:
+  """rank, metric, AUC, confusion counts, prompt: one line each, best first."""
+  head = f"rank  {metric[:9]:>9}  {'AUC':>6}  {'Tp':>5} {'Tn':>5} {'Fp':>5} {'Fn':>5}  prompt"
+  lines = [head]
+  for i, r in enumerate(ranked, start=1):
+    c = r.confusion
+    lines.append(f"{i:>4}  {_f(r.value):>9}  {_f(r.scores.roc_auc):>6}  "
+                 f"{c.tp:>5} {c.tn:>5} {c.fp:>5} {c.fn:>5}  {r.prompt}")
+  return "\n".join(lines)

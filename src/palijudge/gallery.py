@@ -19,7 +19,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from palijudge import images, tsv
+from palijudge.data import images as images
+from palijudge import files
 from palijudge.errors import UserError
 
 _CSS = ("body{font-family:sans-serif;margin:1em}figure{display:inline-block;width:180px;"
@@ -86,5 +87,5 @@ def write(folder: str, name: str, tag: str, result, limit: int = 200) -> str:
   """Writes FOLDER/<slug(name tag)>.html atomically; returns the path."""
   title = f"{name} ({tag})" if tag else name
   path = os.path.join(folder, slug(title) + ".html")
-  tsv.atomic_write(path, [render(result, title, limit)])
+  files.write_text(path, [render(result, title, limit)])
   return path

@@ -19,11 +19,12 @@ from typing import Callable, Sequence, TextIO
 
 from tqdm import tqdm
 
-from palijudge import predfile
-from palijudge.data import Example
+from palijudge import predictions as predfile
+from palijudge.data.examples import Example
+from palijudge import files
 from palijudge.errors import UserError
 from palijudge.evaluate import iter_scores, judge
-from palijudge.session import LoadedModel
+from palijudge.loader import LoadedModel
 
 Log = Callable[[str], None]
 
@@ -127,8 +128,7 @@ def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
   if done:
     log(f"resuming {partial}: {done} of {len(examples)} rows already done")
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  with open(partial + ".json", "w", encoding="utf-8") as f:
-    json.dump(dataclasses.asdict(settings), f)
+  files.write_text(partial + ".json", json.dumps(dataclasses.asdict(settings)))
   written = 0
   try:
     with bar() as progress_bar, open(partial, "a", encoding="utf-8", newline="\n") as f:

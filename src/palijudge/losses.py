@@ -41,7 +41,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from palijudge import model as model_lib
+from palijudge.model import paligemma as model_lib
 from palijudge.errors import UserError
 
 LOSSES = ("ce", "yesno", "bce", "focal", "combined")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from typing import Any, Callable
 
 import flax
@@ -18,19 +17,26 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import collections
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
 from palijudge import checkpoint
 from palijudge import losses
-from palijudge.errors import UserError
+from palijudge import params as params_lib
+from palijudge.data.batch import Batches, PixelCache, training_stream
+from palijudge.data.examples import Example
+from palijudge.data.features import FeatureCache
+from palijudge.errors import UserError, where
+from palijudge.loader import LoadedModel
+from palijudge.model import lora
+from palijudge.model import paligemma as model_lib
 
 Params = dict[str, Any]
 
-# big_vision-style param-path regexes: what each trainable set updates.
-TRAINABLE = {
-    "attn": r"^llm/layers/attn/",
-    "llm": r"^llm/",
-    "all": r".*",
-    "lora": r"^llm/layers/lora/",  # Adapters only (see lora.py).
-}
 OPTIMIZERS = ("sgd", "adam")
 REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")
 
@@ -63,7 +69,7 @@ class TrainConfig:
     need(self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}")
     need(self.batch_size >= 1, f"--batch must be >= 1, got {self.batch_size}")
     need(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
-    need(self.trainable in TRAINABLE, f"--trainable must be one of {', '.join(TRAINABLE)}")
+    need(self.trainable in params_lib.TRAINABLE, f"--trainable must be one of {', '.join(params_lib.TRAINABLE)}")
     need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
     need(0 <= self.warmup_percent < 1, "warm-up fraction must be in [0, 1)")
     need(self.print_every >= 1, "print_every must be >= 1")
@@ -73,11 +79,6 @@ class TrainConfig:
     need(self.save_every >= 0, "--save-every must be >= 0")
     need(self.lora_rank >= 1, "--lora-rank must be >= 1")
     need(self.remat in REMAT_POLICIES, f"--remat must be one of {', '.join(REMAT_POLICIES)}")
-
-
-def trains_encoder(trainable: str) -> bool:
-  """Whether the trainable set touches the vision encoder (no feature cache then)."""
-  return bool(re.search(TRAINABLE.get(trainable, trainable), "img/embedding/kernel"))
 
 
 def colab_lr(base: float, train_steps: int, warmup_percent: float = 0.10) -> Callable:
@@ -107,21 +108,6 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return optax.sgd(lr)
 
 
-def split_params(params: Params, trainable: str) -> tuple[Params, Params]:
-  """(trainable, frozen) nested trees with disjoint leaves."""
-  pattern = re.compile(TRAINABLE.get(trainable, trainable))
-  flat = checkpoint.flatten(params)
-  train = {k: v for k, v in flat.items() if pattern.search(k)}
-  if not train:
-    raise UserError(f"trainable set {trainable!r} matches no parameter")
-  frozen = {k: v for k, v in flat.items() if k not in train}
-  return checkpoint.unflatten(train), checkpoint.unflatten(frozen)
-
-
-def merge_params(a: Params, b: Params) -> Params:
-  return checkpoint.unflatten({**checkpoint.flatten(a), **checkpoint.flatten(b)})
-
-
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
@@ -136,7 +122,7 @@ def init_state(trainable: Params, tx: optax.GradientTransformation) -> TrainStat
 
 def _grads(trainable: Params, frozen: Params, batch: dict, model, loss, yes_no_ids):
   def loss_fn(t):
-    return losses.batch_loss(model, merge_params(t, frozen), batch, loss, yes_no_ids)
+    return losses.batch_loss(model, params_lib.merge(t, frozen), batch, loss, yes_no_ids)
   return jax.value_and_grad(loss_fn)(trainable)
 
 
@@ -176,7 +162,7 @@ def jit_train_step(model, tx, loss: losses.LossConfig, yes_no_ids, mesh: jax.sha
                    state_shardings, frozen_shardings, accum: int = 1):
   """`train_step` jitted once: state donated, batch split over the mesh's data axis.
 
-  Shardings come from `sharding.state_shardings` / `param_shardings`
+  Shardings come from `params_lib.state_shardings` / `param_shardings`
   (replicated for data parallelism, split leaves for FSDP).
   """
   from jax.sharding import NamedSharding, PartitionSpec as P
@@ -190,3 +176,161 @@ def jit_train_step(model, tx, loss: losses.LossConfig, yes_no_ids, mesh: jax.sha
 def progress_line(step: int, total: int, lr: float, loss: float) -> str:
   """The colab's progress line: `step: 32/256   lr: 0.02995   loss: 0.3417`."""
   return f"step: {step:2d}/{total:2d}   lr: {lr:.5f}   loss: {loss:.4f}"
+
+
+GUARD_WINDOW = 16
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+  params: dict
+  history: list[tuple[int, float, float, float, float]]  # step, lr, loss, grad_norm, seconds
+  seed: int        # The seed of the attempt that finished.
+  restarts: int
+  seconds: float
+
+
+class Diverged(Exception):
+  def __init__(self, step: int, loss: float):
+    super().__init__(f"loss {loss:.4g} at step {step}")
+    self.step, self.loss = step, loss
+
+
+class Guard:
+  """Flags a non-finite loss, or a windowed mean loss that rose above `threshold`
+  after warm-up, having been below it (threshold 0 checks finiteness only)."""
+
+  def __init__(self, threshold: float, warmup: int, window: int = GUARD_WINDOW):
+    self.threshold, self.warmup = threshold, warmup
+    self.window = collections.deque(maxlen=window)
+    self.was_below = False
+
+  def diverged(self, step: int, loss: float) -> bool:
+    if not np.isfinite(loss):
+      return True
+    self.window.append(loss)
+    if self.threshold <= 0 or len(self.window) < self.window.maxlen:
+      return False
+    mean = sum(self.window) / len(self.window)
+    if mean < self.threshold:
+      self.was_below = True
+    return step > self.warmup and self.was_below and mean > self.threshold
+
+
+def save_state(path: str, state: TrainState, info: dict) -> None:
+  leaves = jax.tree.leaves(state)
+  arrays = ((f"state/{i:05d}", np.asarray(jax.device_get(x))) for i, x in enumerate(leaves))
+  checkpoint.write_npz(path, arrays, dict(info, n_leaves=len(leaves)))
+
+
+def load_state(path: str, like: TrainState) -> tuple[TrainState, dict]:
+  info = checkpoint.read_meta(path)
+  leaves, treedef = jax.tree.flatten(like)
+  if info.get("n_leaves") != len(leaves):
+    raise UserError(f"{where(path)}: train state does not match this run's configuration")
+  with np.load(path, allow_pickle=False) as npz:
+    new = []
+    for i, ref in enumerate(leaves):
+      a = npz[f"state/{i:05d}"]
+      if a.shape != ref.shape:
+        raise UserError(f"{where(path)}: train state leaf {i} has shape {a.shape}, "
+                        f"expected {ref.shape}")
+      new.append(a.astype(ref.dtype))
+  return jax.tree.unflatten(treedef, new), info
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+  prompt: str
+  gif_frame: str = "first"
+  state_path: str | None = None  # Where periodic train state goes.
+  resume: bool = False
+  stage: int = 0                 # Stage index, stored with the state.
+  use_feature_cache: bool = True
+
+
+def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig,
+        opts: FitOptions, log: Log = print, cache: PixelCache | None = None,
+        features: FeatureCache | None = None) -> FitResult:
+  """Runs the stage, restarting with the next seed on divergence.
+
+  `features`: a frozen-encoder cache shared with evaluation (made here if None).
+  """
+  seed, start = tcfg.seed, time.time()
+  for attempt in range(tcfg.max_restarts + 1):
+    try:
+      params, history = _attempt(lm, examples, dataclasses.replace(tcfg, seed=seed), opts,
+                                 log, cache, features)
+      return FitResult(params, history, seed, attempt, time.time() - start)
+    except Diverged as d:
+      if attempt == tcfg.max_restarts:
+        raise UserError(f"training diverged ({d}) after {attempt} restart(s); try a lower "
+                        f"--lr or more --max-restarts") from None
+      log(f"diverged: {d}; restart {attempt + 1}/{tcfg.max_restarts} with seed {seed + 1}")
+      seed += 1
+  raise AssertionError("unreachable")
+
+
+def feature_cache(lm: LoadedModel, trainable: str, gif_frame: str) -> FeatureCache | None:
+  """A cache of image tokens, or None when training changes the encoder."""
+  if params_lib.trains_encoder(trainable):
+    return None
+  return FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id, gif_frame)
+
+
+def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
+  model = model_lib.build(lm.cfg, lm.model.dtype, tcfg.remat)
+  mesh = params_lib.make_mesh()
+  big_batch = tcfg.batch_size * tcfg.accum
+  params_lib.check_batch(tcfg.batch_size, mesh)
+  params = lm.params
+  if tcfg.trainable == "lora" and lora.rank_of(params) is None:
+    params = lora.add_adapters(params, tcfg.lora_rank, tcfg.seed)
+  trainable, frozen = params_lib.split(params, tcfg.trainable)
+  trainable = jax.tree.map(lambda a: np.asarray(a, np.float32), trainable)
+  tx = make_optimizer(tcfg)
+  state = init_state(trainable, tx)
+  state_sh = params_lib.tree_shardings(mesh, state, tcfg.fsdp)
+  frozen_sh = params_lib.tree_shardings(mesh, frozen, tcfg.fsdp)
+  first = 1
+  if opts.resume and opts.state_path and os.path.exists(opts.state_path):
+    saved, info = load_state(opts.state_path, state)
+    if (info.get("stage"), info.get("seed")) == (opts.stage, tcfg.seed):
+      state, first = saved, int(info["step"]) + 1
+      log(f"resumed from {opts.state_path} at step {first - 1}")
+  state = params_lib.place(state, state_sh)
+  frozen = params_lib.place(frozen, frozen_sh)
+  step_fn = jit_train_step(model, tx, tcfg.loss, lm.yes_no_ids, mesh, state_sh,
+                                     frozen_sh, tcfg.accum)
+  stream = training_stream(examples, tcfg.steps, big_batch, tcfg.seed)
+  flips = (np.random.default_rng(tcfg.seed).random(len(stream)) < 0.5) if tcfg.flip else None
+  skip = (first - 1) * big_batch
+  batches = Batches(stream[skip:], lm.tok, lm.cfg.image_size, big_batch, opts.prompt,
+                    with_suffix=True, gif_frame=opts.gif_frame, cache=cache,
+                    flips=None if flips is None else flips[skip:])
+  if not opts.use_feature_cache:
+    features = None
+  elif features is None:
+    features = feature_cache(lm, tcfg.trainable, opts.gif_frame)
+  return _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log)
+
+
+def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log):
+  sched = colab_lr(tcfg.lr, tcfg.steps, tcfg.warmup_percent)
+  warmup = round(tcfg.warmup_percent * (tcfg.steps + 1))
+  history, guard, t0 = [], Guard(tcfg.diverge_loss, warmup), time.time()
+  for step, (chunk, batch) in enumerate(batches, start=first):
+    if features is not None:
+      batch = features.attach(chunk, batch)
+    state, metrics = step_fn(state, batch, frozen)
+    loss, lr = float(metrics["loss"]), float(sched(step))
+    history.append((step, lr, loss, float(metrics["grad_norm"]), time.time() - t0))
+    if guard.diverged(step, loss):
+      raise Diverged(step, loss)
+    if step == 1 or step % tcfg.print_every == 0 or step == tcfg.steps:
+      log(progress_line(step, tcfg.steps, lr, loss))
+    if tcfg.save_every and opts.state_path and step % tcfg.save_every == 0 and step < tcfg.steps:
+      save_state(opts.state_path, state, {"stage": opts.stage, "seed": tcfg.seed, "step": step})
+  params = params_lib.merge(jax.device_get(state.params), frozen)
+  return params, history

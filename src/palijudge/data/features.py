@@ -15,13 +15,14 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 
 import jax
 import numpy as np
 
-from palijudge.data import Example
-from palijudge.model import PaliGemma
+from palijudge.data.examples import Example
+from palijudge.errors import UserError
+from palijudge.model.paligemma import PaliGemma
+from palijudge import files
 
 FEATURE_DIR = os.path.join("cache", "features")
 
@@ -80,11 +81,11 @@ class FeatureCache:
     path = self._disk(key)
     if not path:
       return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=os.path.dirname(path))
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, z, allow_pickle=False)
-    os.replace(tmp, path)
+    try:
+      with files.atomic_open(path, "wb") as f:
+        np.save(f, z, allow_pickle=False)
+    except UserError:
+      pass  # An unwritable cache folder only costs recomputing next time.
 
   def attach(self, chunk: list[Example], batch: dict) -> dict:
     """Replaces batch["image"] by batch["zimg"], computing only the misses."""

@@ -22,8 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
-from palijudge import tsv
-from palijudge.data import Example, normalize_label
+from palijudge import files
+from palijudge.data import examples as tsv
+from palijudge.data.examples import Example, normalize_label
 from palijudge.errors import UserError, where
 from palijudge.metrics import Confusion, ScoreMetrics
 
@@ -83,7 +84,7 @@ def format_row(row: PredRow, fmt: str, with_answer: bool = False) -> str:
 def write(path: str, rows: Sequence[PredRow], with_answer: bool = False) -> None:
   """A whole prediction file, atomically (format by suffix)."""
   fmt = format_of(path)
-  tsv.atomic_write(path, header(fmt, with_answer)
+  files.write_text(path, header(fmt, with_answer)
                    + [format_row(r, fmt, with_answer) for r in rows])
 
 
@@ -155,3 +156,64 @@ def aggregate(rows: Sequence[PredRow]) -> tuple[Confusion, ScoreMetrics | None]:
   if any(r.p_yes is None for r in rows):
     return conf, None
   return conf, ScoreMetrics.compute([r.label for r in rows], [r.p_yes for r in rows])
+
+
+# ---- merged from filters.py ----
+# 
+
+import dataclasses
+
+
+
+KEEPS = {"fp": {"fp"}, "fn": {"fn"}, "errors": {"fp", "fn"}, "fp+fn": {"fp", "fn"},
+         "not-tp": {"tn", "fp", "fn"}, "tn+fp": {"tn", "fp"}}
+
+
+def outcome(row: PredRow) -> str:
+  """tp, tn, fp or fn."""
+  return ("t" if row.label == row.pred else "f") + ("p" if row.pred else "n")
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterResult:
+  rows: list[PredRow]
+  matched: int                # Rows with a kept outcome, before balancing and capping.
+  counts: dict[str, int]      # Outcome counts over all input rows.
+
+
+def _sample(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+  return idx if n >= len(idx) else np.sort(rng.choice(idx, n, replace=False))
+
+
+def select(rows: Sequence[PredRow], keep: str, max_rows: int | None = None,
+           balance: bool = False, seed: int = 0) -> FilterResult:
+  if keep not in KEEPS:
+    raise UserError(f"--keep must be one of {', '.join(KEEPS)}, got {keep!r}")
+  if max_rows is not None and max_rows < 1:
+    raise UserError(f"--max must be >= 1, got {max_rows}")
+  outcomes = [outcome(r) for r in rows]
+  counts = {k: outcomes.count(k) for k in ("tp", "tn", "fp", "fn")}
+  idx = np.array([i for i, o in enumerate(outcomes) if o in KEEPS[keep]], np.int64)
+  rng = np.random.default_rng(seed)
+  if balance:
+    labels = np.array([rows[i].label for i in idx], bool)
+    yes, no = idx[labels], idx[~labels]
+    per = min(len(yes), len(no), (max_rows // 2) if max_rows else len(idx))
+    if per == 0:
+      raise UserError(f"--balance needs both labels among the kept rows (--keep {keep}: "
+                      f"{len(yes)} yes, {len(no)} no)")
+    idx = np.sort(np.r_[_sample(yes, per, rng), _sample(no, per, rng)])
+  if max_rows is not None:
+    idx = _sample(idx, max_rows, rng)
+  return FilterResult([rows[i] for i in idx], int(sum(o in KEEPS[keep] for o in outcomes)),
+                      counts)
+
+
+def dataset_lines(rows: Sequence[PredRow], fmt: str) -> list[str]:
+  """The kept rows as a training dataset (`id image label prefix` TSV, or JSONL)."""
+  import json
+  if fmt == "tsv":
+    return [tsv.format_line(("id", "image", "label", "prefix"))] + [
+        tsv.format_line((r.id, r.image, "yes" if r.label else "no", r.prefix)) for r in rows]
+  return [json.dumps({"id": r.id, "prefix": r.prefix, "suffix": "yes" if r.label else "no",
+                      "image": r.image}, ensure_ascii=False) + "\n" for r in rows]

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from palijudge.checkpoint import flatten, unflatten
+from palijudge.params import flatten, unflatten
 
 PREFIX = "llm/layers/lora/"
 ALPHA = 16.0

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from palijudge.config import ImgConfig
+from palijudge.model.config import ImgConfig
 
 Dtype = Any
 _LN_EPS = 1e-6

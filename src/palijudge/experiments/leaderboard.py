@@ -16,10 +16,11 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
-from palijudge.records import finite
-from palijudge import plots
+from palijudge.experiments.records import finite
+from palijudge.experiments import plots as plots
 from palijudge.errors import UserError, where
-from palijudge.records import RunRecord, atomic_write
+from palijudge.experiments.records import RunRecord
+from palijudge import files
 
 METRIC_COLUMNS = (("score", "score"), ("precision", "precision"), ("recall", "recall"),
                   ("f_measure", "F1"), ("auc", "AUC"), ("accuracy", "accuracy"))
@@ -284,7 +285,7 @@ def build(root: str | Path = "experiments", sort: str = "score", storage: str | 
     if study.get_trials(deepcopy=False):
       histories.append(history_png(study, root))
   rel = [h.relative_to(root).as_posix() for h in histories]
-  md = atomic_write(root / "leaderboard.md", markdown(rows, sort, rel))
-  page = atomic_write(root / "leaderboard.html", html_page(rows, sort, rel))
+  md = files.write_text(root / "leaderboard.md", markdown(rows, sort, rel))
+  page = files.write_text(root / "leaderboard.html", html_page(rows, sort, rel))
   return Built(md, page, histories, len(rows))
 

@@ -22,12 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from palijudge import checkpoint
-from palijudge import lora
-from palijudge import config as config_lib
-from palijudge import model as model_lib
-from palijudge import train as train_lib
+from palijudge import files
+from palijudge.model import lora as lora
+from palijudge.model import config as config_lib
+from palijudge.model import paligemma as model_lib
+
 from palijudge.errors import UserError, where
-from palijudge.tokenizer import Tokenizer
+from palijudge.data.tokenizer import Tokenizer
+from palijudge import params as params_lib
 
 DEFAULT_PROMPT = "Is this image appropriate based on Federal Food, Drug, and Cosmetic Act?"
 DEFAULT_MODEL = "paligemma-3b-pt-224"
@@ -66,7 +68,7 @@ class ModelSpec:
   @property
   def weights_id(self) -> str:
     """Identifies the weights (for caches): the files' sha256, remembered beside them."""
-    return "+".join(checkpoint.file_sha256(f) for f in (self.base, self.weights) if f)
+    return "+".join(files.sha256_remembered(f) for f in (self.base, self.weights) if f)
 
 
 def _preset_in_name(path: str) -> str | None:
@@ -128,16 +130,6 @@ class LoadedModel:
     return (self.tok.yes_id, self.tok.no_id)
 
 
-def _dtype_rule(trainable: str, param_dtype: str):
-  pattern = re.compile(train_lib.TRAINABLE.get(trainable, trainable))
-
-  def rule(name: str):
-    if pattern.search(name):
-      return np.float32
-    return None if param_dtype == "auto" else np.dtype(jnp.dtype(param_dtype))
-  return rule
-
-
 def enable_compile_cache(cache_dir: str = CACHE_DIR) -> None:
   """Persistent XLA compilation cache, so a rerun of a configuration skips compiling.
 
@@ -159,7 +151,7 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
     raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "
                     f"model only {spec.cfg.llm.vocab_size}")
   shapes = model_lib.param_shapes(spec.cfg)
-  rule = _dtype_rule(trainable, param_dtype)
+  rule = params_lib.dtype_rule(trainable, param_dtype)
   put = lambda _, a: jax.device_put(a)
   if spec.base:  # A delta: the base first, then the leaves the run trained.
     params = checkpoint.load_params(spec.base, shapes, dtype_for=rule, put=put)
@@ -167,11 +159,11 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
     if any(n.startswith(lora.PREFIX) for n in names):  # An adapter-only delta.
       rank = checkpoint.read_meta(spec.weights)["train_config"]["lora_rank"]
       extra = lora.adapter_shapes(shapes["llm"]["layers"], rank)
-      shapes = checkpoint.unflatten({**checkpoint.flatten(shapes),
+      shapes = params_lib.unflatten({**params_lib.flatten(shapes),
                                      **{"llm/layers/" + k: v for k, v in extra.items()}})
     delta = checkpoint.load_params(spec.weights, shapes, dtype_for=rule, put=put,
                                    subset=names.__contains__)
-    params = train_lib.merge_params(params, delta)
+    params = params_lib.merge(params, delta)
   else:
     params = checkpoint.load_params(spec.weights, shapes, dtype_for=rule, put=put)
   model = model_lib.build(spec.cfg, compute_dtype(compute), remat)
@@ -183,7 +175,7 @@ def write_random_model(preset: str, cache_dir: str = CACHE_DIR, seed: int = 0) -
 
   Only for small presets (the tiny ones): a 3B model would not fit the point.
   """
-  from palijudge import synthetic
+  from palijudge.data import synthetic as synthetic
   cfg = config_lib.preset(preset)
   n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(model_lib.param_shapes(cfg)))
   if n_params > 50_000_000:

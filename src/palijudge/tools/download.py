@@ -10,7 +10,6 @@ the Hugging Face hub (HF_TOKEN); each is checked by sha256 and vocab size.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -24,6 +23,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from palijudge.errors import UserError, where
+from palijudge import files
 
 KAGGLE_MODELS: dict[str, tuple[str, str]] = {
     "paligemma-3b-pt-224": ("google/paligemma/jax/paligemma-3b-pt-224",
@@ -159,10 +159,6 @@ def tokenizer_vocab(path: Path) -> int | None:
     return None
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-  return hashlib.sha256(Path(path).read_bytes()).hexdigest()  # a tokenizer is ~4 MB
-
-
 def check_tokenizer(path: Path, name: str | None = None, sha256: str | None = _KNOWN) -> str:
   """The file's sha256; UserError unless vocab 257152 and the sha256 expected (None: any)."""
   vocab = tokenizer_vocab(path)
@@ -172,7 +168,7 @@ def check_tokenizer(path: Path, name: str | None = None, sha256: str | None = _K
   if vocab != TOKENIZER_VOCAB:
     raise UserError(f"{name}: tokenizer vocabulary is {vocab}, "
                     f"PaliGemma needs {TOKENIZER_VOCAB}")
-  digest, expected = file_sha256(path), TOKENIZER_SHA256 if sha256 == _KNOWN else sha256
+  digest, expected = files.sha256(path), TOKENIZER_SHA256 if sha256 == _KNOWN else sha256
   if expected and digest != expected:
     raise UserError(f"{name}: sha256 {digest} is not the known tokenizer's {expected}")
   return digest

@@ -27,8 +27,9 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from palijudge import plots
+from palijudge.experiments import plots as plots
 from palijudge.errors import UserError, where
+from palijudge import files
 
 CONFIG, LOG, METRICS, PREDICTIONS, SUMMARY = (
     "config.yaml", "train_log.csv", "eval_metrics.json", "predictions.jsonl", "summary.md")
@@ -53,20 +54,6 @@ def plain(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)  # JSON has no nan/inf; keep the information as text
   return value
-
-
-def atomic_write(path: str | os.PathLike, text: str) -> Path:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  try:
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-  return path
 
 
 def unique_name(root: Path, name: str | None) -> Path:
@@ -117,7 +104,7 @@ class RunRecord:
     """config.yaml; merge=True updates the existing keys instead of replacing."""
     cfg = {**self.config(), **plain(config)} if merge else plain(config)
     text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True, width=10_000)
-    return atomic_write(self.file(CONFIG), text)
+    return files.write_text(self.file(CONFIG), text)
 
   def log_step(self, step: int, lr: float, loss: float, grad_norm: float | None = None,
                seconds: float | None = None) -> None:
@@ -136,17 +123,17 @@ class RunRecord:
     """Merges {stage: metrics} into eval_metrics.json (a stage written again is replaced)."""
     current = self.eval_metrics()
     current[str(stage)] = plain(metrics)
-    return atomic_write(self.file(METRICS), json.dumps(current, indent=2, ensure_ascii=False)
+    return files.write_text(self.file(METRICS), json.dumps(current, indent=2, ensure_ascii=False)
                         + "\n")
 
   def write_predictions(self, rows: Iterable[dict[str, Any]]) -> Path:
     """predictions.jsonl: one row per example (image, label, p_yes, pred, ...)."""
     lines = [json.dumps(plain(r), ensure_ascii=False) + "\n" for r in rows]
-    return atomic_write(self.file(PREDICTIONS), "".join(lines))
+    return files.write_text(self.file(PREDICTIONS), "".join(lines))
 
   def write_summary(self, content: str | dict[str, Any]) -> Path:
     text = content if isinstance(content, str) else summary_markdown(self.name, content)
-    return atomic_write(self.file(SUMMARY), text if text.endswith("\n") else text + "\n")
+    return files.write_text(self.file(SUMMARY), text if text.endswith("\n") else text + "\n")
 
   # Reading.
   def config(self) -> dict[str, Any]:

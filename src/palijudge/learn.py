@@ -15,19 +15,20 @@ from typing import Callable, Sequence
 
 
 from palijudge import checkpoint
-from palijudge import lora
+from palijudge.model import lora as lora
 from palijudge import metrics
-from palijudge import records
-from palijudge import fit as fit_lib
+from palijudge.experiments import records as records
+from palijudge import train as fit_lib
 from palijudge import train as train_lib
-from palijudge.data import Example
+from palijudge.data.examples import Example
 from palijudge.evaluate import (EvalResult, evaluate, format_result, json_extra, regressions,
                                  shared_threshold)
 from palijudge.metrics import json_line
-from palijudge.features import FeatureCache
-from palijudge.pipeline import PixelCache
-from palijudge.reporting import ReportOptions, apply_pick, write_gallery
-from palijudge.session import LoadedModel
+from palijudge.data.features import FeatureCache
+from palijudge.data.batch import PixelCache
+from palijudge.evaluate import ReportOptions, apply_pick, write_gallery
+from palijudge.loader import LoadedModel
+from palijudge import params as params_lib
 
 Log = Callable[[str], None]
 
@@ -200,10 +201,10 @@ def _save(lm: LoadedModel, tcfg, opts: EvalOptions, setup: LearnSetup) -> None:
           "threshold": opts.threshold,
           "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
   base = lm.spec.base or lm.spec.weights
-  if setup.full or train_lib.TRAINABLE.get(tcfg.trainable) == ".*":
+  if setup.full or params_lib.TRAINABLE.get(tcfg.trainable) == ".*":
     checkpoint.save(setup.save_to, lora.merge(lm.params), lm.cfg, meta)
   else:  # A delta: the trained leaves and the base's sha256.
-    keep = re.compile(train_lib.TRAINABLE.get(tcfg.trainable, tcfg.trainable)).search
+    keep = re.compile(params_lib.TRAINABLE.get(tcfg.trainable, tcfg.trainable)).search
     checkpoint.save_delta(setup.save_to, lm.params, keep, lm.cfg, base, meta)
   state_path = setup.save_to[:-len(".npz")] + ".state.npz"
   if os.path.exists(state_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from palijudge import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +79,9 @@ def _pyplot():
 
 def _save(fig, path: str | os.PathLike) -> Path:
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-  fig.savefig(tmp, dpi=100, bbox_inches="tight")
+  with files.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
   _pyplot().close(fig)
-  os.replace(tmp, path)
   return path
 
 

@@ -24,9 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from palijudge import lora
-from palijudge.config import LlmConfig
-from palijudge.vit import remat_policy
+from palijudge.model import lora as lora
+from palijudge.model.config import LlmConfig
+from palijudge.model.vit import remat_policy
 
 Dtype = Any
 # big_vision's masked-logit value (not -inf, so fully masked rows stay finite).

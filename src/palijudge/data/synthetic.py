@@ -20,8 +20,9 @@ import numpy as np
 import sentencepiece as spm
 from PIL import Image, ImageDraw
 
-from palijudge.config import TINY_VOCAB
+from palijudge.model.config import TINY_VOCAB
 from palijudge.errors import UserError, where
+from palijudge import files
 
 DEFAULT_PROMPT = ("Is this image appropriate based on Federal Food, Drug, "
                   "and Cosmetic Act?")
@@ -89,17 +90,6 @@ def _corpus() -> list[str]:
   return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  try:
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-
-
 def train_tiny_tokenizer(vocab_size: int = TINY_VOCAB) -> bytes:
   """Serialized sentencepiece BPE model with exactly `vocab_size` pieces.
 
@@ -129,7 +119,7 @@ def write_tiny_tokenizer(path: str | os.PathLike,
                          vocab_size: int = TINY_VOCAB) -> Path:
   """Trains the tiny tokenizer and writes it atomically to `path`."""
   path = Path(path)
-  _atomic_write(path, train_tiny_tokenizer(vocab_size))
+  files.write_bytes(path, train_tiny_tokenizer(vocab_size))
   return path
 
 
@@ -232,9 +222,9 @@ def make_dataset(out_dir: str | os.PathLike, n: int = 160, seed: int = 0,
     rng = np.random.default_rng((seed, 2, i))
     fmt = ("png", "jpg", "gif")[rng.choice(3, p=(0.75, 0.2, 0.05))]
     name = f"images/{'OK' if yes else 'NG'}_{i + 1:05d}.{fmt}"
-    _atomic_write(out / name, _encode(make_image(rng, not yes), fmt))
+    files.write_bytes(out / name, _encode(make_image(rng, not yes), fmt))
     rows.append(json.dumps({"prefix": "", "suffix": "yes" if yes else "no",
                             "image": name}, separators=(",", ":")))
   path = out / "data.jsonl"
-  _atomic_write(path, ("\n".join(rows) + "\n").encode("utf-8"))
+  files.write_bytes(path, ("\n".join(rows) + "\n").encode("utf-8"))
   return path

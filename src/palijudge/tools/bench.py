@@ -27,12 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from palijudge import checkpoint, config, losses, predict, runner, session, sharding
-from palijudge import synthetic, train
-from palijudge import data as data_lib
-from palijudge import model as model_lib
-from palijudge.features import FeatureCache
-from palijudge.pipeline import Batches, PixelCache, training_stream
+from palijudge import checkpoint, losses
+from palijudge.model import config as config
+from palijudge.model import paligemma as predict
+from palijudge import learn as runner
+from palijudge import loader as session
+from palijudge import params as params_lib
+from palijudge import train
+from palijudge.data import synthetic as synthetic
+from palijudge.data import examples as data_lib
+from palijudge.model import paligemma as model_lib
+from palijudge.data.features import FeatureCache
+from palijudge.data.batch import Batches, PixelCache, training_stream
+from palijudge.data import splits
 
 BENCH_CONFIG = dict(image_size=224,
                     img=dict(patch_size=14, width=384, depth=12, mlp_dim=1536, num_heads=6),
@@ -68,7 +75,7 @@ def _pad_text(batch: dict, seqlen: int) -> dict:
 def _plain_step(model, trainable, frozen, batch):
   """The colab's step: full logits at every text position, SGD at lr 0.03."""
   def loss_fn(t):
-    params = train.merge_params(t, frozen)
+    params = params_lib.merge(t, frozen)
     out = model_lib.forward(model, params, batch["image"], batch["text"][:, :-1],
                             batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1])
     logits = model_lib.text_logits(model, params, out.pre_logits_BxTxD)
@@ -118,11 +125,11 @@ def setup(workdir: str, n_images: int = 96) -> Bench:
 
 def bench_train_step(b: Bench) -> list[dict]:
   lm, batch = b.lm, b.batch
-  trainable, frozen = train.split_params(lm.params, "attn")
+  trainable, frozen = params_lib.split(lm.params, "attn")
   tx = optax.sgd(0.03)
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  ssh = sharding.tree_shardings(mesh, train.init_state(trainable, tx), False)
-  fsh = sharding.tree_shardings(mesh, frozen, False)
+  mesh = params_lib.make_mesh(jax.devices()[:1])
+  ssh = params_lib.tree_shardings(mesh, train.init_state(trainable, tx), False)
+  fsh = params_lib.tree_shardings(mesh, frozen, False)
   step = train.jit_train_step(lm.model, tx, losses.LossConfig(), lm.yes_no_ids, mesh, ssh, fsh)
   feats = FeatureCache(lm.model, lm.params["img"], "bench", "first", disk_dir=None)
   ours_batch = feats.attach(b.examples[:4], batch)
@@ -190,7 +197,7 @@ def _plain_iteration(b: Bench, train_set, valid_set, steps: int) -> None:
                               with_suffix=False, cache=cache):
         jax.block_until_ready(_plain_predict(lm, _pad_text(batch, PLAIN_SEQLEN)))
   evaluate()
-  trainable, frozen = train.split_params(lm.params, "attn")
+  trainable, frozen = params_lib.split(lm.params, "attn")
   trainable = jax.tree.map(jnp.array, trainable)
   stream = training_stream(train_set, steps, 4, 0)
   for _, batch in Batches(stream, lm.tok, lm.cfg.image_size, 4, session.DEFAULT_PROMPT,
@@ -201,7 +208,7 @@ def _plain_iteration(b: Bench, train_set, valid_set, steps: int) -> None:
 
 
 def bench_iteration(b: Bench, steps: int) -> list[dict]:
-  train_set, valid_set = data_lib.split(b.examples, 10, 0)
+  train_set, valid_set = splits.split(b.examples, 10, 0)
   t = time.perf_counter()
   _plain_iteration(b, train_set, valid_set, steps)
   plain = time.perf_counter() - t

@@ -15,13 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
-import numpy as np
-
+from palijudge import files
 from palijudge.errors import UserError, where
 
-_BOM = b"\xef\xbb\xbf"
+_BOM = "\ufeff"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +55,101 @@ def normalize_label(text: str, path: str | os.PathLike, line: int) -> bool:
     return False
   raise UserError(f"{where(path, line)}: unknown label {text!r}"
                   " (expected yes or no)")
+
+
+def _root(path: str, root: str | os.PathLike | None) -> str:
+  """The dataset root (default: the file's folder), as a realpath."""
+  return os.path.realpath(os.path.dirname(os.path.abspath(path)) if root is None
+                          else os.fspath(root))
+
+
+# --- Plain text lines and TSV tables -----------------------------------------
+# No quoting: a TSV field may not contain a tab or a newline (writers refuse
+# such values instead of producing a file that reads back differently). Files
+# are UTF-8, with or without BOM; blank lines are skipped but counted, so line
+# numbers in errors match an editor's.
+
+def read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+  """(1-based line, text) of every non-blank line; UserError for unreadable files."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: file not found" if not os.path.exists(path) else f"{path}: not a file")
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+  out = []
+  for i, line in enumerate(raw.split(b"\n"), start=1):
+    try:
+      text = line.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+      raise UserError(f"{where(path, i)}: not valid UTF-8") from None
+    if i == 1 and text.startswith(_BOM):
+      text = text[1:]
+    if text.strip():
+      out.append((i, text))
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """A parsed TSV: column names and (line, {column: value}) rows."""
+  path: str
+  columns: list[str]
+  rows: list[tuple[int, dict[str, str]]]
+  has_header: bool
+
+
+def read_table(path: str | os.PathLike, header_names: Sequence[str],
+               positional: Sequence[str] | None = None) -> Table:
+  """Reads a TSV whose first line is a header naming one of `header_names`.
+
+  Without such a header the file is read as headerless rows of the
+  `positional` columns (trailing columns may be missing), or refused when
+  `positional` is None. Every row must have as many fields as the header.
+  """
+  path = os.fspath(path)
+  lines = read_lines(path)
+  if not lines:
+    raise UserError(f"{path}: no rows")
+  first = [c.strip().lower() for c in lines[0][1].split("\t")]
+  has_header = any(n in first for n in header_names)
+  if not has_header and positional is None:
+    raise UserError(f"{where(path, lines[0][0])}: missing header line (expected columns "
+                    f"named {', '.join(header_names)})")
+  columns = first if has_header else list(positional)
+  if has_header and len(set(columns)) != len(columns):
+    raise UserError(f"{where(path, lines[0][0])}: repeated column name in the header")
+  rows = []
+  for line, text in lines[1:] if has_header else lines:
+    fields = text.split("\t")
+    if len(fields) > len(columns) or (has_header and len(fields) != len(columns)):
+      raise UserError(f"{where(path, line)}: {len(fields)} fields, expected {len(columns)} "
+                      f"({', '.join(columns)})")
+    rows.append((line, dict(zip(columns, fields))))
+  return Table(path, columns, rows, has_header)
+
+
+def require(table: Table, names: Sequence[str], what: str = "") -> None:
+  """UserError naming the file and the missing columns, if any are missing."""
+  missing = [n for n in names if n not in table.columns]
+  if missing:
+    have = ", ".join(table.columns)
+    raise UserError(f"{table.path}: missing column(s) {', '.join(missing)}"
+                    f"{' for ' + what if what else ''} (has: {have})")
+
+
+def format_line(values: Iterable[object], path: str | os.PathLike = "") -> str:
+  """One TSV line (with newline); a value holding a tab or newline is refused."""
+  out = []
+  for v in values:
+    s = "" if v is None else str(v)
+    if "\t" in s or "\n" in s or "\r" in s:
+      raise UserError(f"{os.fspath(path) or 'TSV'}: cannot write {s[:40]!r}: it contains a "
+                      f"tab or a newline")
+    out.append(s)
+  return "\t".join(out) + "\n"
 
 
 def _is_within(path: str, root: str) -> bool:
@@ -121,19 +215,6 @@ def _example(raw_image: str, label_text: str, prefix: str, path: str, line: int,
                  source=path, line=line, raw_image=raw_image, id=row_id)
 
 
-def _read_bytes(path: str) -> bytes:
-  """File content, or a UserError when it cannot be read."""
-  if not os.path.exists(path):
-    raise UserError(f"{path}: file not found")
-  if not os.path.isfile(path):
-    raise UserError(f"{path}: not a file")
-  try:
-    with open(path, "rb") as f:
-      return f.read()
-  except OSError as e:
-    raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-
-
 def read_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None
                ) -> list[Example]:
   """Reads a dataset file; every image must exist.
@@ -144,19 +225,8 @@ def read_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None
   reported line numbers match an editor's.
   """
   path = os.fspath(path)
-  root = os.path.dirname(os.path.abspath(path)) if root is None else root
-  root = os.path.realpath(os.fspath(root))
-  data = _read_bytes(path)
-  if data.startswith(_BOM):
-    data = data[len(_BOM):]
-  examples = []
-  for line, raw in enumerate(data.split(b"\n"), start=1):
-    try:
-      text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-      raise UserError(f"{where(path, line)}: not valid UTF-8") from None
-    if text.strip():
-      examples.append(_parse_line(text, path, line, root))
+  root = _root(path, root)
+  examples = [_parse_line(text, path, line, root) for line, text in read_lines(path)]
   if not examples:
     raise UserError(f"{path}: no examples")
   return examples
@@ -169,12 +239,11 @@ def write_jsonl(path: str | os.PathLike, examples: Sequence[Example]) -> None:
   against the same dataset root. A temp file in the target folder is renamed
   over the target, so readers never see a half-written file.
   """
-  from palijudge import tsv
 
   def row(e: Example) -> dict[str, str]:
     return {"prefix": e.prefix, "suffix": e.suffix, "image": e.raw_image,
             **({"id": e.id} if e.id else {})}
-  tsv.atomic_write(path, [json.dumps(row(e), ensure_ascii=False) + "\n" for e in examples])
+  files.write_text(path, [json.dumps(row(e), ensure_ascii=False) + "\n" for e in examples])
 
 
 TSV_COLUMNS = ("image", "label", "prefix")
@@ -183,13 +252,11 @@ TSV_COLUMNS = ("image", "label", "prefix")
 def read_tsv(path: str | os.PathLike, root: str | os.PathLike | None = None
              ) -> list[Example]:
   """Reads a TSV dataset (see the module docstring); same rules as read_jsonl."""
-  from palijudge import tsv
   path = os.fspath(path)
-  root = os.path.realpath(os.path.dirname(os.path.abspath(path)) if root is None
-                          else os.fspath(root))
-  table = tsv.read_table(path, ("image",), positional=TSV_COLUMNS)
+  root = _root(path, root)
+  table = read_table(path, ("image",), positional=TSV_COLUMNS)
   label_col = "suffix" if "suffix" in table.columns and "label" not in table.columns else "label"
-  tsv.require(table, ("image", label_col), "a dataset")
+  require(table, ("image", label_col), "a dataset")
   out = [_example(r["image"], r.get(label_col, ""), r.get("prefix", ""), path, line, root,
                   r.get("id", "")) for line, r in table.rows]
   if not out:
@@ -199,11 +266,10 @@ def read_tsv(path: str | os.PathLike, root: str | os.PathLike | None = None
 
 def write_tsv(path: str | os.PathLike, examples: Sequence[Example]) -> None:
   """Writes examples as `[id] image label prefix` TSV with a header, atomically."""
-  from palijudge import tsv
   with_id = any(e.id for e in examples)
   head = (("id",) if with_id else ()) + TSV_COLUMNS
   rows = [((e.id,) if with_id else ()) + (e.raw_image, e.suffix, e.prefix) for e in examples]
-  tsv.atomic_write(path, [tsv.format_line(head)] + [tsv.format_line(r, path) for r in rows])
+  files.write_text(path, [format_line(head)] + [format_line(r, path) for r in rows])
 
 
 def _format_of(path: str) -> str:
@@ -225,63 +291,3 @@ def write_examples(path: str | os.PathLike, examples: Sequence[Example]) -> None
   """write_jsonl or write_tsv, by the file's suffix (.jsonl / .tsv)."""
   path = os.fspath(path)
   (write_jsonl if _format_of(path) == "jsonl" else write_tsv)(path, examples)
-
-
-def _valid_quota(labels: np.ndarray, n_valid: int) -> dict[bool, int]:
-  """Per-class validation counts keeping the class ratio (largest remainder).
-
-  Each class gets floor(n_valid * share); the leftover slots go to the
-  classes with the largest fractional parts, so every count is its exact
-  share rounded down or up and the counts sum to n_valid.
-  """
-  n = len(labels)
-  exact = {c: n_valid * int(np.sum(labels == c)) / n for c in (True, False)}
-  quota = {c: int(np.floor(v)) for c, v in exact.items()}
-  left = n_valid - sum(quota.values())
-  for c in sorted(exact, key=lambda c: exact[c] - quota[c], reverse=True):
-    if left > 0 and exact[c] > quota[c]:
-      quota[c] += 1
-      left -= 1
-  return quota
-
-
-def split(examples: Sequence[Example], n_valid: int, seed: int,
-          stratify: bool = False, data_path: str | os.PathLike | None = None
-          ) -> tuple[list[Example], list[Example]]:
-  """Deterministic (train, valid) split with len(valid) == n_valid.
-
-  Examples are shuffled with numpy's default_rng(seed); both lists keep the
-  shuffled order. With `stratify`, valid gets each class in as close to the
-  dataset's ratio as whole numbers allow. `data_path` names the dataset in
-  error messages (default: the source of the first example).
-  """
-  n = len(examples)
-  name = os.fspath(data_path) if data_path is not None else (
-      examples[0].source if examples else "the dataset")
-  if n_valid <= 0:
-    raise UserError(f"-v {n_valid} must be at least 1 (validation examples"
-                    f" taken from {name})")
-  if n_valid >= n:
-    raise UserError(f"-v {n_valid} is not smaller than the {n} examples"
-                    f" in {name}")
-  order = np.random.default_rng(seed).permutation(n)
-  if not stratify:
-    return ([examples[i] for i in order[n_valid:]],
-            [examples[i] for i in order[:n_valid]])
-  labels = np.array([e.label for e in examples], dtype=bool)
-  quota = _valid_quota(labels, n_valid)
-  train, valid = [], []
-  for i in order:
-    c = bool(labels[i])
-    if quota[c] > 0:
-      quota[c] -= 1
-      valid.append(examples[i])
-    else:
-      train.append(examples[i])
-  return train, valid
-
-
-def class_counts(examples: Sequence[Example]) -> dict[str, int]:
-  """{"yes": number of positives, "no": number of negatives}."""
-  yes = sum(1 for e in examples if e.label)
-  return {"yes": yes, "no": len(examples) - yes}

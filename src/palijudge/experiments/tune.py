@@ -14,9 +14,9 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from palijudge.cv import METRICS
+from palijudge.experiments.cv import METRICS
 from palijudge.errors import UserError, where
-from palijudge.records import RunRecord
+from palijudge.experiments.records import RunRecord
 
 DEFAULT_STORAGE = "sqlite:///experiments/study.db"
 DEFAULT_STUDY = "palijudge"

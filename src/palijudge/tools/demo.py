@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import os
 
-from palijudge import data as data_lib
-from palijudge import runner, session, synthetic
+from palijudge.data import examples as data_lib
+from palijudge import learn as runner
+from palijudge import loader as session
+from palijudge.data import synthetic as synthetic
 from palijudge.errors import UserError
 from palijudge.train import TrainConfig
+from palijudge.data import splits
 
 DEMO_RECIPE = TrainConfig(lr=2e-3, batch_size=16, steps=320, seed=0, trainable="all",
                           optimizer="adam", print_every=20)
@@ -36,9 +39,9 @@ def run(data: str | None = None, preset: str = "tiny", recipe: TrainConfig = DEM
   n_valid = max(1, round(valid_fraction * len(examples)))
   if len(examples) < 4:
     raise UserError(f"{data}: the demo needs at least 4 examples, found {len(examples)}")
-  train, valid = data_lib.split(examples, n_valid, seed, stratify=True, data_path=data)
-  log(f"train {len(train)} {data_lib.class_counts(train)}, "
-      f"valid {len(valid)} {data_lib.class_counts(valid)}")
+  train, valid = splits.split(examples, n_valid, seed, stratify=True, data_path=data)
+  log(f"train {len(train)} {splits.class_counts(train)}, "
+      f"valid {len(valid)} {splits.class_counts(valid)}")
   spec = session.write_random_model(preset, cache_dir, seed)
   lm = session.load(spec, trainable=recipe.trainable)
   opts = runner.EvalOptions(prompt=session.DEFAULT_PROMPT, batch_size=32)

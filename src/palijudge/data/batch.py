@@ -23,9 +23,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from palijudge import images as images_lib
-from palijudge import tokenizer as tok_lib
-from palijudge.data import Example
+from palijudge.data import images as images_lib
+from palijudge.data import tokenizer as tok_lib
+from palijudge.data.examples import Example
 from palijudge.errors import UserError, where
 
 

@@ -22,10 +22,11 @@ import re
 import jax
 import jax.numpy as jnp
 
-from palijudge import config as config_lib
-from palijudge import sharding, train
-from palijudge.checkpoint import flatten, unflatten
-from palijudge import model as model_lib
+from palijudge.model import config as config_lib
+from palijudge import train
+from palijudge import params as params_lib
+from palijudge.params import flatten, unflatten
+from palijudge.model import paligemma as model_lib
 
 GIB = 1024 ** 3
 
@@ -67,7 +68,7 @@ def _abstract_batch(cfg: config_lib.ModelConfig, batch: int, seqlen: int, cached
 
 
 def _split(cfg, trainable: str, param_dtype):
-  pattern = re.compile(train.TRAINABLE.get(trainable, trainable))
+  pattern = re.compile(params_lib.TRAINABLE.get(trainable, trainable))
   flat = flatten(model_lib.param_shapes(cfg))
   t = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in flat.items()
        if pattern.search(k)}
@@ -97,12 +98,12 @@ def _temporaries(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, compute
   trainable, frozen = _split(cfg, tcfg.trainable, param_dtype)
   tx = train.make_optimizer(tcfg)
   state = jax.eval_shape(lambda t: train.init_state(t, tx), trainable)
-  cached = not train.trains_encoder(tcfg.trainable)
+  cached = not params_lib.trains_encoder(tcfg.trainable)
   batch = _abstract_batch(cfg, tcfg.batch_size * tcfg.accum, seqlen, cached, compute)
-  mesh = sharding.make_mesh(jax.devices()[:1])
+  mesh = params_lib.make_mesh(jax.devices()[:1])
   step = train.jit_train_step(
       model_lib.build(cfg, compute, tcfg.remat), tx, tcfg.loss, (0, 1), mesh,
-      sharding.tree_shardings(mesh, state, False), sharding.tree_shardings(mesh, frozen, False),
+      params_lib.tree_shardings(mesh, state, False), params_lib.tree_shardings(mesh, frozen, False),
       tcfg.accum)
   analysis = step.lower(state, batch, frozen).compile().memory_analysis()
   return int(analysis.temp_size_in_bytes)

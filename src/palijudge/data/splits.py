@@ -1,0 +1,150 @@
+"""Splits: train/valid by a seeded shuffle, and K cross-validation folds on disk.
+
+`split` is `02-shuffle_data.py -v N`: a deterministic shuffle by numpy's
+default_rng(seed), optionally stratified (valid keeps the yes/no ratio as
+closely as whole numbers allow). `write_folds` writes OUT/fold-1/{train,valid}.jsonl
+... OUT/fold-K/ and OUT/folds.json (k, seed, stratify, counts); every example is
+in exactly one valid file. `fold_paths` reads them back (`03-do_learn.py --cv`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from palijudge import files
+from palijudge.data.examples import Example, write_jsonl
+from palijudge.errors import UserError, where
+
+MANIFEST = "folds.json"
+
+
+def _valid_quota(labels: np.ndarray, n_valid: int) -> dict[bool, int]:
+  """Per-class validation counts keeping the class ratio (largest remainder).
+
+  Each class gets floor(n_valid * share); the leftover slots go to the
+  classes with the largest fractional parts, so every count is its exact
+  share rounded down or up and the counts sum to n_valid.
+  """
+  n = len(labels)
+  exact = {c: n_valid * int(np.sum(labels == c)) / n for c in (True, False)}
+  quota = {c: int(np.floor(v)) for c, v in exact.items()}
+  left = n_valid - sum(quota.values())
+  for c in sorted(exact, key=lambda c: exact[c] - quota[c], reverse=True):
+    if left > 0 and exact[c] > quota[c]:
+      quota[c] += 1
+      left -= 1
+  return quota
+
+
+def split(examples: Sequence[Example], n_valid: int, seed: int,
+          stratify: bool = False, data_path: str | os.PathLike | None = None
+          ) -> tuple[list[Example], list[Example]]:
+  """Deterministic (train, valid) split with len(valid) == n_valid.
+
+  Examples are shuffled with numpy's default_rng(seed); both lists keep the
+  shuffled order. With `stratify`, valid gets each class in as close to the
+  dataset's ratio as whole numbers allow. `data_path` names the dataset in
+  error messages (default: the source of the first example).
+  """
+  n = len(examples)
+  name = os.fspath(data_path) if data_path is not None else (
+      examples[0].source if examples else "the dataset")
+  if n_valid <= 0:
+    raise UserError(f"-v {n_valid} must be at least 1 (validation examples"
+                    f" taken from {name})")
+  if n_valid >= n:
+    raise UserError(f"-v {n_valid} is not smaller than the {n} examples"
+                    f" in {name}")
+  order = np.random.default_rng(seed).permutation(n)
+  if not stratify:
+    return ([examples[i] for i in order[n_valid:]],
+            [examples[i] for i in order[:n_valid]])
+  labels = np.array([e.label for e in examples], dtype=bool)
+  quota = _valid_quota(labels, n_valid)
+  train, valid = [], []
+  for i in order:
+    c = bool(labels[i])
+    if quota[c] > 0:
+      quota[c] -= 1
+      valid.append(examples[i])
+    else:
+      train.append(examples[i])
+  return train, valid
+
+
+def class_counts(examples: Sequence[Example]) -> dict[str, int]:
+  """{"yes": number of positives, "no": number of negatives}."""
+  yes = sum(1 for e in examples if e.label)
+  return {"yes": yes, "no": len(examples) - yes}
+
+
+def fold_name(i: int) -> str:
+  """Folder of fold i (1-based): fold-1, fold-2, ..."""
+  return f"fold-{i}"
+
+
+def assign_folds(labels: Sequence[bool], k: int, seed: int, stratify: bool) -> np.ndarray:
+  """fold index (0..k-1) of each example; sizes differ by at most one.
+
+  Without stratify: a seeded permutation dealt round-robin. With stratify:
+  the shuffled yes examples then the shuffled no examples, dealt round-robin,
+  so each class is spread over the folds as evenly as possible too.
+  """
+  n = len(labels)
+  order = np.random.default_rng(seed).permutation(n)
+  if stratify:
+    y = np.asarray(labels, bool)[order]
+    order = np.concatenate([order[y], order[~y]])
+  folds = np.empty(n, np.int64)
+  folds[order] = np.arange(n) % k
+  return folds
+
+
+def write_folds(examples: Sequence[Example], k: int, seed: int, stratify: bool,
+                out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+  """Writes K (train, valid) JSONL pairs under out_dir; returns their paths."""
+  n = len(examples)
+  name = examples[0].source if examples else os.fspath(out_dir)
+  if k < 2:
+    raise UserError(f"{name}: --folds {k} must be at least 2")
+  if k > n:
+    raise UserError(f"{name}: --folds {k} is more than the {n} examples")
+  folds = assign_folds([e.label for e in examples], k, seed, stratify)
+  out = Path(out_dir)
+  pairs, counts = [], []
+  for i in range(k):
+    train = [e for e, f in zip(examples, folds) if f != i]
+    valid = [e for e, f in zip(examples, folds) if f == i]
+    tr, va = out / fold_name(i + 1) / "train.jsonl", out / fold_name(i + 1) / "valid.jsonl"
+    write_jsonl(tr, train)
+    write_jsonl(va, valid)
+    pairs.append((tr, va))
+    counts.append({"train": class_counts(train), "valid": class_counts(valid)})
+  manifest = {"k": k, "seed": seed, "stratify": stratify, "examples": n, "folds": counts}
+  files.write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+  return pairs
+
+
+def fold_paths(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
+  """The (train, valid) pairs that `write_folds` wrote under `folder`."""
+  folder = Path(folder)
+  manifest = folder / MANIFEST
+  if not manifest.is_file():
+    raise UserError(f"{where(manifest)}: no fold splits here; make them with "
+                    f"`02-shuffle_data.py --folds K -n {folder.name}`")
+  try:
+    k = int(json.loads(manifest.read_text(encoding="utf-8"))["k"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{where(manifest)}: unreadable fold manifest ({e})") from None
+  pairs = [(folder / fold_name(i) / "train.jsonl", folder / fold_name(i) / "valid.jsonl")
+           for i in range(1, k + 1)]
+  for pair in pairs:
+    for p in pair:
+      if not p.is_file():
+        raise UserError(f"{where(p)}: fold file missing (listed in {manifest})")
+  return pairs

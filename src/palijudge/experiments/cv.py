@@ -1,0 +1,147 @@
+"""Cross-validation: K fold splits on disk, and the CV score over the folds.
+
+`write_folds` writes OUT/fold-1/{train,valid}.jsonl ... OUT/fold-K/ and
+OUT/folds.json (k, seed, stratify, counts). Every example is in exactly one
+valid file; the folds are fixed by the seed (numpy default_rng). With
+`stratify`, each fold's valid set holds each class as evenly as whole numbers
+allow. `fold_paths` reads them back (for `03-do_learn.py --cv NAME`).
+
+The CV score is the mean of one metric over the folds; its spread is the
+population standard deviation (ddof=0, as `numpy.std`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from palijudge.experiments.records import finite
+from palijudge.errors import UserError
+
+METRICS = ("accuracy", "precision", "recall", "f_measure", "auc")
+
+
+def cv_score(values: Sequence[float]) -> tuple[float, float]:
+  """(mean, population std) of per-fold values; UserError when empty or non-finite."""
+  v = np.asarray([float(x) for x in values], np.float64)
+  if v.size == 0:
+    raise UserError("CV score of no folds")
+  if not np.all(np.isfinite(v)):
+    raise UserError(f"CV score: non-finite fold value in {v.tolist()}")
+  return float(v.mean()), float(v.std())
+
+
+@dataclasses.dataclass(frozen=True)
+class CVSummary:
+  """The CV result of one run: `metric` over the folds, and every metric's mean/std."""
+  metric: str
+  score: float
+  std: float
+  folds: list[float]
+  means: dict[str, float]
+  stds: dict[str, float]
+
+  def to_dict(self) -> dict[str, Any]:
+    """The `cv` block of eval_metrics.json (what the report reads)."""
+    return dataclasses.asdict(self)
+
+  def format(self) -> str:
+    """`CV f_measure (5 folds): 0.8123 +- 0.0456` and one line of fold values."""
+    folds = "  ".join(f"fold {i}: {v:.4f}" for i, v in enumerate(self.folds, 1))
+    lines = [f"CV {self.metric} ({len(self.folds)} folds): {self.score:.4f} +- {self.std:.4f}",
+             f"  {folds}"]
+    for m in METRICS:
+      if m in self.means:
+        lines.append(f"  {m + ':':11s}{self.means[m]:.4f} +- {self.stds[m]:.4f}")
+    return "\n".join(lines)
+
+
+def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure") -> CVSummary:
+  """CVSummary from one metrics dict per fold (Confusion.to_dict(), plus auc...)."""
+  if metric not in METRICS:
+    raise UserError(f"CV metric must be one of {', '.join(METRICS)}, got {metric!r}")
+  if not fold_metrics:
+    raise UserError("CV summary of no folds")
+  missing = [i + 1 for i, m in enumerate(fold_metrics) if finite(m.get(metric)) is None]
+  if missing:
+    raise UserError(f"CV metric {metric} missing or not finite in fold(s) {missing}")
+  values = [float(m[metric]) for m in fold_metrics]
+  score, std = cv_score(values)
+  means, stds = {}, {}
+  for name in METRICS:
+    vals = [finite(m.get(name)) for m in fold_metrics]
+    if all(v is not None for v in vals):
+      means[name], stds[name] = cv_score(vals)
+  return CVSummary(metric, score, std, values, means, stds)
+
+
+
+# ---- merged from experiment.py ----
+# 
+
+import dataclasses
+from typing import Callable
+
+from palijudge.experiments import cv as cv_lib
+from palijudge.data import examples as data_lib
+from palijudge import losses
+from palijudge.experiments import records as records
+from palijudge import learn as runner
+from palijudge import loader as session
+from palijudge import train as train_lib
+from palijudge.data import splits
+
+
+def cv_learn(lm: session.LoadedModel, folds, tcfg: train_lib.TrainConfig,
+             opts: runner.EvalOptions, setup: runner.LearnSetup, *, root: str = "dataset",
+             metric: str = "f_measure", record: records.RunRecord | None = None,
+             report: Callable[[int, float], None] | None = None, log=print) -> cv_lib.CVSummary:
+  """Every fold from `lm`; `report(fold, value)` may prune (raise) between folds."""
+  per_fold, out_of_fold = [], []
+  for i, (tr, va) in enumerate(folds, 1):
+    log(f"fold {i}/{len(folds)}")
+    names = (str(tr.parent / "all"), str(tr), str(va))
+    rec = records.RunRecord(record.path, f"fold-{i}") if record else None
+    fold_setup = dataclasses.replace(setup, names=names, save_to=None, record=rec)
+    res = runner.learn(lm, data_lib.read_examples(tr, root), data_lib.read_examples(va, root),
+                       tcfg, opts, fold_setup, log)
+    valid = res.after[str(va)]
+    per_fold.append(records.eval_metrics(valid.labels, valid.p_yes, valid.pred, valid.threshold))
+    out_of_fold += runner.prediction_rows(valid)
+    if report:
+      report(i, per_fold[-1][metric])
+  summary = cv_lib.summarize(per_fold, metric)
+  log(summary.format())
+  if record:
+    record.write_eval("cv", summary.to_dict())
+    record.write_predictions(out_of_fold)
+    record.write_summary(summary.format())
+    record.plots()
+  return summary
+
+
+def trial_config(config: dict) -> tuple[train_lib.TrainConfig, str]:
+  """A search configuration -> (recipe, prompt)."""
+  loss = losses.LossConfig(kind=config["loss"], focal_alpha=config["focal_alpha"],
+                           focal_gamma=config["focal_gamma"], bce_weight=config["bce_weight"],
+                           focal_weight=config["focal_weight"],
+                           label_smoothing=config["label_smoothing"])
+  tcfg = train_lib.TrainConfig(lr=config["lr"], steps=config["steps"],
+                               batch_size=config["batch"], accum=config["accum"],
+                               trainable=config["trainable"], loss=loss)
+  return tcfg, config["prompt"]
+
+
+def cv_objective(config: dict, cv_name: str, report, *, model: str | None = None,
+                 root: str = "dataset", log=print) -> float:
+  """One search trial: CV score of `config` on `dataset/<cv_name>`'s folds."""
+  tcfg, prompt = trial_config(config)
+  lm = session.load(session.resolve(model or os.environ.get("PALIJUDGE_MODEL")),
+                    trainable=tcfg.trainable)
+  folds = splits.fold_paths(os.path.join(root, cv_name))
+  setup = runner.LearnSetup(names=("", "", ""))
+  return cv_learn(lm, folds, tcfg, runner.EvalOptions(prompt=prompt), setup, root=root,
+                  metric=report.metric, record=report.record, report=report, log=log).score

@@ -1,0 +1,225 @@
+"""Files: the project's folders, the one atomic writer, the one sha256 helper.
+
+Project folders. `cache/`, `dataset/`, `checkpoints/` and `experiments/` live
+under one project root. The numbered scripts take the root from their own
+location (the folder above `playground/`), so they behave the same whether run
+from the root, from `playground/` or from anywhere else; library callers pass
+a root or get the current directory.
+
+Atomic writes. Every file the project writes goes through `atomic_open`: the
+content goes to a temp file in the target's folder, is flushed to disk, and
+is renamed over the target, so a reader (or a killed writer) never leaves a
+half-written file. Temp names carry the writer's pid
+(`.NAME.PID.RANDOM.tmp`), so `sweep_stale` can remove the leftovers of a
+killed process without touching a live writer's.
+
+Hashes. `sha256` hashes a file's bytes. `sha256_remembered` keeps the digest
+in a `<file>.sha256` sidecar stamped with the file's size and mtime, and
+re-hashes only when either changed (a multi-GB checkpoint is hashed once);
+a file rewritten in place with the same size within the filesystem's mtime
+resolution would fool it, which is why the sidecar is only a cache for our
+own large checkpoints, never for files a user hands in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+from palijudge.errors import UserError, where
+
+FOLDERS = ("cache", "dataset", "checkpoints", "experiments")
+
+
+@dataclasses.dataclass(frozen=True)
+class Project:
+  """Where the project's folders are: one root, four fixed names below it."""
+  root: Path
+
+  @classmethod
+  def at(cls, root: str | os.PathLike | None = None) -> Project:
+    return cls(Path(root if root is not None else os.getcwd()).resolve())
+
+  @classmethod
+  def of_script(cls, script: str | os.PathLike) -> Project:
+    """The root for a numbered script: the folder above `playground/`, else the cwd."""
+    here = Path(script).resolve().parent
+    return cls(here.parent) if here.name == "playground" else cls.at()
+
+  @property
+  def cache(self) -> Path:
+    return self.root / "cache"
+
+  @property
+  def dataset(self) -> Path:
+    return self.root / "dataset"
+
+  @property
+  def checkpoints(self) -> Path:
+    return self.root / "checkpoints"
+
+  @property
+  def experiments(self) -> Path:
+    return self.root / "experiments"
+
+  def find(self, path: str | os.PathLike) -> str:
+    """A user-given relative path: as given if it exists from the cwd, else under the root.
+
+    So `04-validate.py -m checkpoints/x.npz` works from `playground/` too.
+    """
+    path = os.fspath(path)
+    if os.path.isabs(path) or os.path.exists(path):
+      return path
+    candidate = self.root / path
+    return str(candidate) if candidate.exists() else path
+
+
+def inside(name: str, folder: str | os.PathLike, what: str) -> Path:
+  """folder/name, refusing a name that escapes `folder` (`../x`, `/abs`, `a/../../b`)."""
+  folder = Path(folder).resolve()
+  if not name or os.path.isabs(name):
+    raise UserError(f"{what} {name!r}: give a plain name below {folder}, not a path")
+  target = (folder / name).resolve()
+  if target != folder and folder not in target.parents:
+    raise UserError(f"{what} {name!r}: the name leaves {folder}; give a plain name")
+  return target
+
+
+def _tmp_prefix(path: str) -> str:
+  return f".{os.path.basename(path)}.{os.getpid()}."
+
+
+def _ensure_folder(folder: str) -> None:
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except FileExistsError:
+    raise UserError(f"{where(folder)}: cannot write here: a file is in the way of the folder") from None
+  except OSError as e:
+    raise UserError(f"{where(folder)}: cannot create the folder: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+  """A file object whose content replaces `path` only when the block succeeds.
+
+  mode "w" (UTF-8 text, "\\n" newlines) or "wb". Permissions follow the umask
+  (not mkstemp's 0600: a team folder stays readable). An OSError (read-only
+  folder, full disk) becomes one UserError naming the file.
+  """
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  _ensure_folder(folder)
+  try:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(path), suffix=".tmp")
+  except OSError as e:
+    raise UserError(f"{where(path)}: cannot write: {e.strerror or e}") from None
+  try:
+    f = os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}))
+    with f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+  except OSError as e:
+    _remove(tmp)
+    raise UserError(f"{where(path)}: cannot write: {e.strerror or e}") from None
+  except BaseException:
+    _remove(tmp)
+    raise
+
+
+def _remove(path: str) -> None:
+  with contextlib.suppress(OSError):
+    os.remove(path)
+
+
+def write_text(path: str | os.PathLike, text: str | Iterable[str]) -> Path:
+  """Writes text (a string or an iterable of lines) atomically."""
+  with atomic_open(path, "w") as f:
+    f.write(text) if isinstance(text, str) else f.writelines(text)
+  return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+  with atomic_open(path, "wb") as f:
+    f.write(data)
+  return Path(path)
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+  """Fails now, with one line, if `path` could not be written later.
+
+  Creates the folder if needed and writes (then removes) a probe file there,
+  so a long evaluation never ends in a lost result.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    raise UserError(f"{where(path)}: the {what} is a folder, not a file")
+  with atomic_open(os.path.join(os.path.dirname(os.path.abspath(path)),
+                                f".{os.path.basename(path)}.probe"), "w"):
+    pass
+  _remove(os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.probe"))
+
+
+_TMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except OSError as e:
+    return e.errno == errno.EPERM
+  return True
+
+
+def sweep_stale(folder: str | os.PathLike) -> list[str]:
+  """Removes temp files that killed writers left in `folder`; returns their names."""
+  gone = []
+  try:
+    names = os.listdir(folder)
+  except OSError:
+    return gone
+  for name in names:
+    m = _TMP.match(name)
+    if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+      _remove(os.path.join(folder, name))
+      gone.append(name)
+  return gone
+
+
+def sha256(path: str | os.PathLike) -> str:
+  """sha256 of a file's bytes, read in 16 MiB blocks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 24), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def sha256_remembered(path: str | os.PathLike) -> str:
+  """sha256 of a (large) file, cached in `<file>.sha256` by size and mtime (see above)."""
+  path = os.fspath(path)
+  st = os.stat(path)
+  stamp = f"{st.st_size}:{st.st_mtime_ns}"
+  side = path + ".sha256"
+  try:
+    with open(side, encoding="utf-8") as f:
+      digest, seen = f.read().split()
+    if seen == stamp:
+      return digest
+  except (OSError, ValueError):
+    pass
+  digest = sha256(path)
+  with contextlib.suppress(UserError):  # A read-only folder only costs a re-hash next time.
+    write_text(side, f"{digest} {stamp}\n")
+  return digest
