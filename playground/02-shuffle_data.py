@@ -4,41 +4,48 @@
   ./02-shuffle_data.py -v 10 -n set1 [--stratify] [--seed S]
   ./02-shuffle_data.py --folds 5 -n cv5 [--stratify]   # dataset/cv5/fold-{1..5}/
 """
+import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
-from palijudge.data import splits
 
 
-def main():
-  import os
-  from palijudge.data import examples as data
+def flags():
   p = cli.parser(__doc__)
   p.add_argument("-v", "--valid", type=int, help="number of validation examples")
   p.add_argument("--folds", type=int, help="write K cross-validation folds instead")
   p.add_argument("-n", "--name", required=True, help="split name: writes dataset/NAME/")
-  p.add_argument("--data", default="dataset/data.jsonl", help="all examples (JSONL)")
-  p.add_argument("--root", default="dataset", help="dataset root for relative image paths")
+  p.add_argument("--data", default=None, help="all examples (default: dataset/data.jsonl)")
+  cli.add_root_flag(p)
   p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: random)")
   p.add_argument("--stratify", action="store_true", help="keep the yes/no ratio in valid")
-  args = p.parse_args()
-  seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+  return p
+
+
+def main(args, project):
+  import os
+  from palijudge import files
+  from palijudge.data import examples, splits
   if (args.valid is None) == (args.folds is None):
     raise cli.UserError("give either -v N or --folds K")
-  examples = data.read_jsonl(args.data, args.root)
+  root = cli.data_root(args, project)
+  data = project.find(args.data) if args.data else str(project.dataset / "data.jsonl")
+  out = files.inside(args.name, project.dataset, "-n")
+  seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+  rows = examples.read_examples(data, root)
   if args.folds is not None:
-    from palijudge.experiments import cv as cv
-    out = os.path.join(args.root, args.name)
-    for tr, va in splits.write_folds(examples, args.folds, seed, args.stratify, out):
-      print(f"{va.parent}: train {len(data.read_jsonl(tr, args.root))}, "
-            f"valid {len(data.read_jsonl(va, args.root))}")
+    for tr, va in splits.write_folds(rows, args.folds, seed, args.stratify, out):
+      print(f"{files.shown(va.parent)}: train {len(examples.read_jsonl(tr, root))}, "
+            f"valid {len(examples.read_jsonl(va, root))}")
     print(f"(seed {seed})")
     return
-  train, valid = splits.split(examples, args.valid, seed, args.stratify, data_path=args.data)
-  out = os.path.join(args.root, args.name)
-  data.write_jsonl(os.path.join(out, "train.jsonl"), train)
-  data.write_jsonl(os.path.join(out, "valid.jsonl"), valid)
-  print(f"{out}/train.jsonl: {len(train)} {splits.class_counts(train)}")
-  print(f"{out}/valid.jsonl: {len(valid)} {splits.class_counts(valid)}  (seed {seed})")
+  train, valid = splits.split(rows, args.valid, seed, args.stratify, data_path=data)
+  for name in ("train.jsonl", "valid.jsonl"):
+    files.check_writable(out / name, "split")
+  examples.write_jsonl(out / "train.jsonl", train)
+  examples.write_jsonl(out / "valid.jsonl", valid)
+  print(f"{files.shown(out / 'train.jsonl')}: {len(train)} {splits.class_counts(train)}")
+  print(f"{files.shown(out / 'valid.jsonl')}: {len(valid)} {splits.class_counts(valid)}  "
+        f"(seed {seed})")
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run(main, __file__, flags)

@@ -8,40 +8,41 @@
 The threshold is --threshold, else the one stored in the checkpoint, else 0.5;
 --pick-threshold SET chooses it on SET instead and applies it to every file.
 """
+import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
 
 
-def main():
-  import os
-  from palijudge import evaluate
-  from palijudge.data import examples as data
-  from palijudge import predictions as predfile
-  from palijudge import learn as runner
+def flags():
   p = cli.parser(__doc__)
   p.add_argument("files", nargs="+", help=".jsonl or .tsv files to evaluate")
   p.add_argument("-m", "--checkpoint", help="checkpoint .npz (default: the base --model)")
-  p.add_argument("--scores", help="write per-example label, p(yes), prediction to this "
-                                  ".jsonl or .tsv file")
-  cli.add_model_args(p)
-  cli.add_eval_args(p)
-  args = p.parse_args()
-  opts = cli.eval_options(args, cli.stored_threshold(args.checkpoint or args.model))
-  honest = cli.report_options(args)
+  p.add_argument("--scores", help="write one prediction row per example (label, p(yes), "
+                                  "prediction) to this .jsonl or .tsv file")
+  cli.add_root_flag(p)
+  cli.add_model_flags(p)
+  cli.add_eval_flags(p)
+  return p
+
+
+def main(args, project):
+  import os
+  from palijudge import checkpoint, evaluate, files, predictions
+  from palijudge.data import examples
+  root = cli.data_root(args, project)
+  model = project.find(args.checkpoint) if args.checkpoint else None
+  ecfg = cli.eval_config(args, checkpoint.stored_threshold(model or project.find(args.model)))
   if args.scores:
-    predfile.format_of(args.scores)
-  sets = {f: data.read_examples(f, args.root) for f in args.files}
-  sets.update(cli.eval_sets(args, taken=list(sets)))
-  lm = cli.load_model(args, model=args.checkpoint)
-  results = runner.report(lm, sets, opts, tag="", honest=honest)
+    predictions.format_of(args.scores)
+    files.check_writable(args.scores, "--scores file")
+  sets = {f: examples.read_examples(project.find(f), root) for f in args.files}
+  sets.update(cli.eval_sets(args, root, taken=list(sets)))
+  lm = cli.load_model(args, project, model=model)
+  results = evaluate.report(lm, sets, ecfg)
   if args.scores:
     res = evaluate.EvalResult.concat(list(results.values()))
-    if args.scores.lower().endswith(".jsonl"):
-      evaluate.write_scores(args.scores, res)
-    else:
-      predfile.write(args.scores, predfile.rows_from(res.examples, res.p_yes, res.pred,
-                                                     res.answers), res.mode == "decode")
+    predictions.write(args.scores, predictions.rows_of(res), res.mode == "decode")
     print(f"wrote {os.path.normpath(args.scores)}")
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run(main, __file__, flags)

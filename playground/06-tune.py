@@ -11,10 +11,9 @@
 The study lives in experiments/study.db (--storage: another file or a database URL).
 The first trial is the space's baseline; then TPE after 3 random start-up trials.
 """
-from __future__ import annotations
-
 import argparse
 
+import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
 
 KEYS = ("lr", "loss", "focal_alpha", "focal_gamma", "bce_weight", "focal_weight")
@@ -25,13 +24,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def _parser():
-  from palijudge.experiments import tune as tune
+  from palijudge.experiments import tune
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("--storage", default=None,
-                      help=f"study database: a file or a URL (default {tune.DEFAULT_STORAGE})")
+                      help="study database: a file or a URL (default: EXPERIMENTS/study.db)")
   common.add_argument("--study", default=tune.DEFAULT_STUDY, help="study name")
   common.add_argument("--space", default=None, help="search space YAML (default: built in)")
-  common.add_argument("--experiments", default="experiments", help="where run records go")
+  common.add_argument("--experiments", default=None,
+                      help="where run records go (default: the project's experiments/)")
   common.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
   p = cli.parser(__doc__)
   p.formatter_class = _Formatter
@@ -41,7 +41,7 @@ def _parser():
   run.add_argument("--cv", required=True, help="fold splits dataset/NAME (02 --folds K -n NAME)")
   run.add_argument("--model", default=None,
                    help="base model: preset or checkpoint (default paligemma-3b-pt-224)")
-  run.add_argument("--root", default="dataset", help="dataset root")
+  cli.add_root_flag(run)
   ask = sub.add_parser("ask", parents=[common], help="print the next configuration")
   ask.add_argument("--cv", default=None, help="fold splits the command line should use")
   tell = sub.add_parser("tell", parents=[common], help="record a trial's CV score")
@@ -53,9 +53,10 @@ def _parser():
   return p
 
 
-def _objective(cv_name: str, model: str | None = None, root: str = "dataset"):
-  from palijudge.experiments.cv import cv_objective
-  return lambda config, report: cv_objective(config, cv_name, report, model=model, root=root)
+def _objective(cv_name: str, model: str | None, root: str, cache: str):
+  from palijudge.experiments import cv
+  return lambda config, report: cv.cv_objective(config, cv_name, report, model=model, root=root,
+                                                cache_dir=cache)
 
 
 def status_text(study, now=None) -> str:
@@ -93,27 +94,29 @@ def _score(text: str) -> float | None:
     raise UserError(f"score must be a number or `fail`, got {text!r}") from None
 
 
-def main():
+def main(args, project):
   import optuna
-  from palijudge.experiments import tune as tune
+  from palijudge.experiments import tune
   from palijudge.errors import UserError
-  args = _parser().parse_args()
+  experiments = args.experiments or str(project.experiments)
   if args.command == "space":
     print(tune.DEFAULT_SPACE_YAML, end="")
     return 0
   if args.command == "run" and args.trials < 1:
     raise UserError(f"--trials must be >= 1, got {args.trials}")
-  objective = (_objective(args.cv, args.model, args.root) if args.command == "run" else None)
+  objective = (_objective(args.cv, args.model and project.find(args.model),
+                          cli.data_root(args, project), str(project.cache))
+               if args.command == "run" else None)
   score = _score(args.score) if args.command == "tell" else None
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   space = tune.load_space(args.space)
-  study = tune.open_study(args.storage, args.study, seed=args.seed)
+  study = tune.open_study(args.storage, args.study, seed=args.seed, root=experiments)
   if args.command == "run":
-    tune.run_trials(study, space, objective, args.trials, records_root=args.experiments,
+    tune.run_trials(study, space, objective, args.trials, records_root=experiments,
                     cv=args.cv)
     print(status_text(study))
   elif args.command == "ask":
-    number, config = tune.ask(study, space, records_root=args.experiments, cv=args.cv)
+    number, config = tune.ask(study, space, records_root=experiments, cv=args.cv)
     print(f"trial {number}:\n  {tune.to_command(config, args.cv)}")
     print(f"then: python playground/06-tune.py tell {number} SCORE   (the CV {space.metric})")
   elif args.command == "tell":
@@ -126,4 +129,4 @@ def main():
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run(main, __file__, _parser)

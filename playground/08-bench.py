@@ -3,18 +3,22 @@
 
   ./08-bench.py [--steps 256] [--workdir cache/bench]
 """
+import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
 
 
-def main():
-  from palijudge.tools import bench as bench
+def flags():
   p = cli.parser(__doc__)
   p.add_argument("--steps", type=int, default=256,
                  help="training steps in the whole iteration (the users run 256)")
-  p.add_argument("--workdir", default="cache/bench", help="generated model and data")
-  args = p.parse_args()
-  bench.main(args.workdir, args.steps)
+  p.add_argument("--workdir", default=None, help="generated model and data (default: cache/bench)")
+  return p
+
+
+def main(args, project):
+  from palijudge.tools import bench
+  bench.main(args.workdir or str(project.cache / "bench"), args.steps)
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run(main, __file__, flags)

@@ -3,26 +3,32 @@
 
   ./09-export_full.py -m checkpoints/trained-set1.npz -o checkpoints/trained-set1.full.npz
 """
+import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
 
 
-def main():
-  from palijudge import checkpoint
+def flags():
   p = cli.parser(__doc__)
   p.add_argument("-m", "--checkpoint", required=True, help="checkpoint to export")
   p.add_argument("-o", "--out", required=True, help="the complete .npz to write")
   p.add_argument("--dtype", choices=("keep", "float16", "bfloat16", "float32"), default="keep",
                  help="cast every parameter (keep: trained f32, frozen as stored)")
-  cli.add_model_args(p)
-  args = p.parse_args()
-  lm = cli.load_model(args, model=args.checkpoint)
-  meta = dict(checkpoint.read_meta(args.checkpoint), delta=False, exported_from=args.checkpoint)
+  cli.add_model_flags(p)
+  return p
+
+
+def main(args, project):
+  from palijudge import checkpoint, files
+  from palijudge.model import lora
+  files.check_writable(args.out, "export")
+  model = project.find(args.checkpoint)
+  lm = cli.load_model(args, project, model=model)
+  meta = dict(checkpoint.read_meta(model), delta=False, exported_from=model)
   meta.pop("base_sha256", None)
-  dtype = None if args.dtype == "keep" else __import__("jax.numpy").numpy.dtype(args.dtype)
-  from palijudge.model import lora as lora
-  checkpoint.save(args.out, lora.merge(lm.params), lm.cfg, meta, dtype=dtype)
+  dtype = None if args.dtype == "keep" else args.dtype
+  checkpoint.save(args.out, lora.merge(lm.params, lm.model.lora_alpha), lm.cfg, meta, dtype=dtype)
   print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run(main, __file__, flags)

@@ -3,50 +3,42 @@
 
   ./10-plan.py --model paligemma-3b-pt-224 --batch 4 --accum 1 --trainable attn [--budget 12]
 """
+import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
-from palijudge import params as params_lib
 
 
-def main():
-  import dataclasses
-  import jax.numpy as jnp
-  from palijudge import train
-  from palijudge.model import config as config
-  from palijudge.tools import planner as planner
+def flags():
+  from palijudge import params, train
   p = cli.parser(__doc__)
   p.add_argument("--model", default="paligemma-3b-pt-224", help="preset name")
   p.add_argument("--model-config", help="model config JSON instead of a preset")
-  p.add_argument("--batch", type=int, default=2)
-  p.add_argument("--accum", type=int, default=1)
-  p.add_argument("--trainable", default="attn", choices=sorted(params_lib.TRAINABLE))
-  p.add_argument("--optimizer", default="sgd", choices=train.OPTIMIZERS)
-  p.add_argument("--remat", default="none", choices=train.REMAT_POLICIES)
+  p.add_argument("--batch", type=int, default=2, help="examples per micro-batch")
+  p.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
+  p.add_argument("--trainable", default="attn", choices=sorted(params.TRAINABLE),
+                 help="which parameters train")
+  p.add_argument("--optimizer", default="sgd", choices=train.OPTIMIZERS, help="optimizer")
+  p.add_argument("--remat", default="none", choices=train.REMAT_POLICIES,
+                 help="what the decoder layers keep for the backward pass")
   p.add_argument("--seqlen", type=int, default=64, help="text tokens (prompt + answer)")
-  p.add_argument("--param-dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+  p.add_argument("--param-dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                 help="dtype of the frozen parameters")
   p.add_argument("--budget", type=float, default=12.0, help="GiB per device")
   p.add_argument("--fsdp-table", action="store_true",
                  help="also: devices needed with FSDP for 12, 24 and 80 GiB")
-  args = p.parse_args()
+  return p
+
+
+def main(args, project):
+  from palijudge.model import config
+  from palijudge.tools import planner
   cfg = config.from_json_file(args.model_config) if args.model_config else config.preset(args.model)
-  tcfg = train.TrainConfig(batch_size=args.batch, accum=args.accum, trainable=args.trainable,
-                           optimizer=args.optimizer, remat=args.remat)
-  dt = jnp.dtype(args.param_dtype)
-  budget = int(args.budget * planner.GIB)
-  plan = planner.plan(cfg, tcfg, args.seqlen, dt)
-  print(f"{args.model_config or args.model}: batch {args.batch} x accum {args.accum}, "
-        f"trainable {args.trainable}, {args.optimizer}, remat {args.remat}, "
-        f"frozen params {args.param_dtype}, activations bfloat16")
-  for line in planner.format_plan(plan, budget):
+  for line in planner.report(cfg, args.model_config or args.model, batch=args.batch,
+                             accum=args.accum, trainable=args.trainable,
+                             optimizer=args.optimizer, remat=args.remat, seqlen=args.seqlen,
+                             param_dtype=args.param_dtype, budget_gib=args.budget,
+                             fsdp_table=args.fsdp_table):
     print(line)
-  best = planner.largest_batch(cfg, dataclasses.replace(tcfg, batch_size=1), budget,
-                               args.seqlen, dt)
-  print(f"  largest batch that fits {args.budget:g} GiB: {best or 'none'}")
-  if args.fsdp_table:
-    for gib in (12, 24, 80):
-      n = planner.devices_needed(plan, gib * planner.GIB)
-      print(f"  FSDP on {gib:>2} GiB GPUs: {n if n else 'does not fit at this batch'}"
-            f"{' GPU(s)' if n else ''}")
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run(main, __file__, flags)

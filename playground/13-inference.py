@@ -9,42 +9,42 @@ with a header or JSONL (by -o's suffix, or --format). With -o, rows go to
 OUT.partial as they come and OUT appears only when complete; after an
 interruption, the same command continues where it stopped.
 """
+import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
 
 
-def main():
-  from palijudge import evaluate, infer
-  from palijudge.data import examples as data
-  from palijudge.data import images as images
-  from palijudge import predictions as predfile
+def flags():
+  from palijudge import predictions
   p = cli.parser(__doc__)
   p.add_argument("-d", "--data", required=True, help="dataset (.tsv or .jsonl)")
   p.add_argument("-i", "--images", dest="root", default=None,
                  help="image folder relative paths resolve against (default: the data's folder)")
   p.add_argument("-l", "-m", "--checkpoint", help="checkpoint .npz (default: the base --model)")
   p.add_argument("-o", "--out", help="prediction file (.tsv/.jsonl); default: stdout")
-  p.add_argument("--format", choices=predfile.FORMATS, help="output format (default: by -o)")
-  p.add_argument("-b", "--batch", dest="eval_batch", type=int, default=8)
-  p.add_argument("--mode", default="score", choices=evaluate.MODES)
-  p.add_argument("--threshold", type=float, help="default: the checkpoint's, else 0.5")
-  p.add_argument("--gif-frame", default="first", choices=images.GIF_POLICIES)
-  p.add_argument("--gif-frames", type=int, metavar="K")
-  p.add_argument("--gif-combine", choices=images.GIF_COMBINE)
+  p.add_argument("--format", choices=predictions.FORMATS, help="output format (default: by -o)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
   p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-  cli.add_model_args(p)
-  p.set_defaults(json=False)
-  args = p.parse_args()
-  opts = cli.eval_options(args, cli.stored_threshold(args.checkpoint or args.model))
-  honest = cli.report_options(args)
-  fmt = args.format or predfile.format_of(args.out)
-  examples = data.read_examples(args.data, args.root)
-  lm = cli.load_model(args, model=args.checkpoint)
+  cli.add_model_flags(p)
+  cli.add_eval_flags(p, skip=("pick_threshold", "target", "gallery", "gallery_max", "json",
+                              "eval_set"))
+  return p
+
+
+def main(args, project):
+  from palijudge import checkpoint, files, infer, predictions
+  from palijudge.data import examples
+  model = project.find(args.checkpoint) if args.checkpoint else None
+  ecfg = cli.eval_config(args, checkpoint.stored_threshold(model or project.find(args.model)))
+  fmt = args.format or predictions.format_of(args.out)
+  if args.out:
+    files.check_writable(args.out, "prediction file")
+  rows = examples.read_examples(project.find(args.data), args.root)
+  lm = cli.load_model(args, project, model=model)
   settings = infer.InferSettings(
-      model=lm.spec.weights, data=args.data, n_examples=len(examples), prompt=opts.prompt,
-      mode=opts.mode, threshold=opts.threshold, gif_frame=opts.gif_frame,
-      frames=honest.frames, combine=honest.combine, batch_size=opts.batch_size)
-  res = infer.run(lm, examples, args.out, settings, fmt=fmt, overwrite=args.overwrite,
+      model=lm.spec.weights, data=args.data, n_examples=len(rows), prompt=ecfg.prompt,
+      mode=ecfg.mode, threshold=ecfg.decision, gif_frame=ecfg.gif_frame, frames=ecfg.frames,
+      combine=ecfg.combine, batch_size=ecfg.eval_batch)
+  res = infer.run(lm, rows, args.out, settings, ecfg, fmt=fmt, overwrite=args.overwrite,
                   progress=not args.no_progress)
   if res.path:
     print(f"wrote {res.path}: {res.written + res.resumed} rows"
@@ -52,4 +52,4 @@ def main():
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run(main, __file__, flags)

@@ -7,25 +7,28 @@ One block per file, headed `Aggregate: FILE`, with ROC-AUC, PR-AUC, Brier
 and ECE when the file has p_yes. --threshold T re-judges p_yes >= T instead
 of the file's pred column; --total adds one block over all files.
 """
+import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
 
 
-def main():
-  from palijudge import metrics
-  from palijudge import predictions as predfile
+def flags():
   p = cli.parser(__doc__)
   p.add_argument("files", nargs="+", help="prediction files")
   p.add_argument("--threshold", type=float, help="recompute pred as p_yes >= T")
   p.add_argument("--total", action="store_true", help="also one block over all files")
   p.add_argument("--json", action="store_true", help="also one JSON line per block")
-  args = p.parse_args()
+  return p
+
+
+def main(args, project):
+  from palijudge import metrics, predictions
   if args.threshold is not None and not 0 < args.threshold < 1:
     raise cli.UserError(f"--threshold must be in (0, 1), got {args.threshold}")
-  per_file = {f: predfile.read(f, args.threshold) for f in args.files}
+  per_file = {f: predictions.read(project.find(f), args.threshold) for f in args.files}
   if args.total:
     per_file[f"total ({len(args.files)} files)"] = [r for rows in per_file.values() for r in rows]
   for name, rows in per_file.items():
-    conf, scores = predfile.aggregate(rows)
+    conf, scores = predictions.aggregate(rows)
     print(metrics.format_block(conf, name, heading="Aggregate"))
     if scores is not None:
       print(metrics.format_scores(scores, args.threshold))
@@ -35,4 +38,4 @@ def main():
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run(main, __file__, flags)

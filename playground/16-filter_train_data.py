@@ -9,32 +9,38 @@ yes as no labels; --max caps the rows (a seeded random sample, file order
 kept). The output is a dataset (.tsv `id image label prefix`, or .jsonl)
 whose image paths resolve against the same root as the predictions'.
 """
+import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
 
 
-def main():
-  import sys
-  from palijudge import predictions as filters
-  from palijudge import predictions as predfile
-  from palijudge import files
+def flags():
+  from palijudge import predictions
   p = cli.parser(__doc__)
   p.add_argument("files", nargs="+", help="prediction files (13-inference output)")
-  p.add_argument("--keep", default="errors", choices=list(filters.KEEPS))
+  p.add_argument("--keep", default="errors", choices=list(predictions.KEEPS),
+                 help="which outcomes stay")
   p.add_argument("--max", type=int, dest="max_rows", help="at most this many rows")
   p.add_argument("--balance", action="store_true", help="as many yes as no labels")
   p.add_argument("--seed", type=int, default=0, help="seed of the --max/--balance sample")
   p.add_argument("--threshold", type=float, help="re-judge p_yes >= T instead of pred")
   p.add_argument("-o", "--out", help="dataset to write (.tsv or .jsonl); default: TSV on stdout")
-  args = p.parse_args()
+  return p
+
+
+def main(args, project):
+  import sys
+  from palijudge import files, predictions
   if args.threshold is not None and not 0 < args.threshold < 1:
     raise cli.UserError(f"--threshold must be in (0, 1), got {args.threshold}")
-  fmt = predfile.format_of(args.out)
-  rows = [r for f in args.files for r in predfile.read(f, args.threshold)]
-  res = filters.select(rows, args.keep, args.max_rows, args.balance, args.seed)
+  fmt = predictions.format_of(args.out)
+  if args.out:
+    files.check_writable(args.out, "output")
+  rows = [r for f in args.files for r in predictions.read(project.find(f), args.threshold)]
+  res = predictions.select(rows, args.keep, args.max_rows, args.balance, args.seed)
   if not res.rows:
     raise cli.UserError(f"no rows left: --keep {args.keep} matches none of {len(rows)} rows "
                         f"({', '.join(f'{k}={v}' for k, v in res.counts.items())})")
-  lines = filters.dataset_lines(res.rows, fmt)
+  lines = predictions.dataset_lines(res.rows, fmt)
   if args.out:
     files.write_text(args.out, lines)
   else:
@@ -46,4 +52,4 @@ def main():
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+  cli.run(main, __file__, flags)

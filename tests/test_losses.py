@@ -160,7 +160,7 @@ def tiny():
   batch = pipeline.collate(texts, labels, pixels, batch_size=4)
   prompt = pipeline.collate([tokenize(tok, "is it ok")] * 3, labels, pixels, batch_size=4)
   ids = (tok.yes_id, tok.no_id)
-  yn = predict.yes_no_logits(model, params, prompt, jnp.asarray(ids))[:3]
+  yn = predict.yes_no_logits(model, params, prompt.inputs(), prompt.prefix_len, jnp.asarray(ids))[:3]
   return model, params, batch, ids, np.asarray(yn, np.float64), np.array(labels)
 
 

@@ -21,7 +21,7 @@ from palijudge.model import paligemma as model_lib
 from palijudge.model import paligemma as predict
 from palijudge import params as params_lib
 from palijudge import train
-from palijudge.data.batch import loss_index
+from palijudge.data.batch import Batch, loss_index
 
 from testing import (EOS_ID, FIXTURES, NO_ID, YES_ID, forward_logits, load_fixture_model,
                      load_npz)
@@ -95,9 +95,8 @@ class Case:
 
   @functools.cached_property
   def train_batch(self):
-    b = dict(self.batch)
-    b["loss_idx"], b["loss_w"] = loss_index(b["mask_loss"])
-    return b
+    loss_idx, loss_w = loss_index(self.batch["mask_loss"])
+    return Batch(**self.batch, loss_idx=loss_idx, loss_w=loss_w)
 
   @functools.cached_property
   def split(self):
@@ -111,9 +110,7 @@ class Case:
     the gradients go through batch_loss's cached-embeddings (`zimg`) path,
     while the SGD step below runs the full model on the images.
     """
-    b = {k: v for k, v in self.train_batch.items() if k != "image"}
-    b["zimg"] = self.ref["img_zimg"]
-    return b
+    return self.train_batch.replace(image=None, zimg=self.ref["img_zimg"])
 
   @functools.cached_property
   def loss_and_grads(self):
@@ -142,19 +139,19 @@ class Case:
     return jax.tree.map(np.asarray, metrics), new_params, float(after), int(new_state.step)
 
   def yes_no(self, which: str):
-    b = self.pred_batch if which == "prompt_only" else {
-        "image": self.batch["image"], "text": self.batch["text"],
-        "mask_ar": self.batch["mask_ar"], "mask_input": self.batch["mask_input"],
-        "prefix_len": self.prefix_len}
+    b = self.pred_batch if which == "prompt_only" else self.batch
+    x = model_lib.Inputs(b["text"], b["mask_ar"], b["mask_input"], self.batch["image"])
     with jax.default_matmul_precision("float32"):
-      return np.asarray(predict.yes_no_logits(self.model, self.params, b,
+      return np.asarray(predict.yes_no_logits(self.model, self.params, x, self.prefix_len,
                                               jnp.array([YES_ID, NO_ID])))
 
   @functools.lru_cache(maxsize=None)
   def decode(self, cache: str):
     dtype = {"f32": jnp.float32, "bf16": jnp.bfloat16}[cache]
     with jax.default_matmul_precision("float32"):
-      return predict.decode(self.model, self.params, self.pred_batch, 4, EOS_ID, dtype)
+      p = self.pred_batch
+      x = model_lib.Inputs(p["text"], p["mask_ar"], p["mask_input"], p["image"])
+      return predict.decode(self.model, self.params, x, 4, EOS_ID, dtype)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=CASE_IDS)
@@ -301,10 +298,10 @@ def test_per_example_loss(case):
   assert per_ex.mean() == pytest.approx(float(case.ref["loss"]), abs=LOSS_ATOL)
   # The gathered form batch_loss uses (logits only at the answer positions).
   b = case.train_batch
-  pre = np.take_along_axis(case.fwd[1], b["loss_idx"][..., None], axis=1)
+  pre = np.take_along_axis(case.fwd[1], b.loss_idx[..., None], axis=1)
   logits = model_lib.text_logits(case.model, case.params, pre)
-  gathered = losses.ce_per_example(logits, np.take_along_axis(t, b["loss_idx"] + 1, axis=1),
-                                   b["loss_w"])
+  gathered = losses.ce_per_example(logits, np.take_along_axis(t, b.loss_idx + 1, axis=1),
+                                   b.loss_w)
   _close(gathered, case.ref["per_example_loss"], LOSS_ATOL)
 
 

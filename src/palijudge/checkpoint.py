@@ -182,3 +182,12 @@ def verify_base(delta_path, base_path) -> None:
   if want and files.sha256_remembered(base_path) != want:
     raise UserError(f"{where(delta_path)}: base checkpoint {base_path} is not the one it was "
                     f"trained from (sha256 differs)")
+
+
+def stored_threshold(path) -> float | None:
+  """The decision threshold saved with a checkpoint (meta "threshold"), if any."""
+  if not path or not os.fspath(path).endswith(".npz") or not os.path.isfile(path):
+    return None
+  value = read_meta(path).get("threshold")
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+  return float(value) if ok else None

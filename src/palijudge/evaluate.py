@@ -17,25 +17,112 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
-import json
-import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from palijudge.data import images as images
-from palijudge.model import paligemma as predict
+from palijudge import gallery, thresholds
+from palijudge.data import images
 from palijudge.data import tokenizer as tok_lib
-from palijudge.data.examples import Example
-from palijudge import files
-from palijudge.errors import UserError, where
-from palijudge.metrics import Confusion, ScoreMetrics, format_block, format_scores
+from palijudge.data.batch import Batch, Batches, PixelCache, collate, prompt_for, shape_for
+from palijudge.data.examples import DEFAULT_PROMPT, Example, parse_yes_no, read_lines
 from palijudge.data.features import FeatureCache
-from palijudge.data.batch import Batches, PixelCache, collate, prompt_for, shape_for
+from palijudge.errors import UserError, where
 from palijudge.loader import LoadedModel
+from palijudge.metrics import Confusion, ScoreMetrics, format_block, format_scores, json_line
+from palijudge.model import paligemma as predict
+from palijudge.options import option
 
+Log = Callable[[str], None]
 MODES = ("score", "decode")
-_FEED = ("image", "zimg", "text", "mask_ar", "mask_input", "prefix_len")
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """How to judge: the prompt, scoring or decoding, the threshold and its picking.
+
+  `threshold` None means: the one stored with the checkpoint, else 0.5
+  (`resolved`). `pick_threshold` chooses it on one evaluated set instead and
+  applies it to every set.
+  """
+  prompt: str = option(DEFAULT_PROMPT, "prompt used where a row's prefix is empty")
+  mode: str = option("score", "score: p(yes) from one forward pass; decode: greedy answer",
+                     choices=MODES)
+  eval_batch: int = option(8, "evaluation batch size", short="-b")
+  threshold: float | None = option(None, "predict yes when p(yes) >= this (default: the "
+                                   "checkpoint's stored threshold, else 0.5)")
+  pick_threshold: str | None = option(None, "choose the threshold on this evaluated set (a "
+                                      "file, its stem such as valid, or an --eval-set name) "
+                                      "and apply it to every set", metavar="SET")
+  target: str | None = option(None, "what --pick-threshold aims for: f1, precision=P or "
+                              "recall=R (default f1)")
+  gif_frame: str = option("first", "which frame of an animated image to judge; all: score "
+                          "every frame and combine p(yes) by --gif-combine",
+                          choices=images.GIF_POLICIES)
+  gif_frames: int | None = option(None, "with --gif-frame all: K evenly spaced frames "
+                                  "(default: every frame)", metavar="K")
+  gif_combine: str | None = option(None, "with --gif-frame all: how the frames' p(yes) "
+                                   "combine (default mean)", choices=images.GIF_COMBINE)
+  gallery: str | None = option(None, "write an HTML error gallery (FP and FN thumbnails) "
+                               "per set to this folder", metavar="DIR")
+  gallery_max: int = option(200, "thumbnails per gallery section")
+  json: bool = option(False, "also print one JSON line per evaluated set")
+  max_new: int = 4  # Decode mode: new tokens (yes/no and eos fit in 4).
+
+  def __post_init__(self):
+    for msg in self._problems():
+      raise UserError(msg)
+
+  def _problems(self) -> list[str]:
+    out = []
+    if self.threshold is not None and not 0 < self.threshold < 1:
+      out.append(f"--threshold must be in (0, 1), got {self.threshold}")
+    if self.threshold is not None and self.pick_threshold:
+      out.append("--threshold and --pick-threshold contradict each other: give one")
+    if self.mode == "decode":
+      for flag in ("threshold", "pick_threshold"):
+        if getattr(self, flag) is not None:
+          out.append(f"--{flag.replace('_', '-')} needs --mode score (decode predicts from "
+                     f"the answer text)")
+      if self.gif_frame == "all":
+        out.append("--gif-frame all combines p(yes) over frames and needs --mode score")
+    if self.target is not None and not self.pick_threshold:
+      out.append("--target needs --pick-threshold SET")
+    if (self.gif_frames is not None or self.gif_combine is not None) and self.gif_frame != "all":
+      out.append("--gif-frames/--gif-combine need --gif-frame all")
+    if self.eval_batch < 1:
+      out.append("--eval-batch must be >= 1")
+    if self.gallery_max < 1:
+      out.append("--gallery-max must be >= 1")
+    if (self.gif_frames or 0) < 0:
+      out.append(f"--gif-frames must be >= 0, got {self.gif_frames}")
+    if self.target is not None:
+      thresholds.parse_target(self.target)  # Refuses a malformed target now.
+    return out
+
+  @property
+  def frames(self) -> int:
+    return self.gif_frames or 0
+
+  @property
+  def combine(self) -> str:
+    return self.gif_combine or "mean"
+
+  def resolved(self, stored: float | None = None) -> EvalConfig:
+    """The config with its threshold decided: --threshold, else `stored`, else 0.5.
+
+    With --pick-threshold (picked per report) or --mode decode (no threshold
+    applies) it stays None; `decision` is then 0.5.
+    """
+    if self.threshold is not None or self.pick_threshold is not None or self.mode != "score":
+      return self
+    return dataclasses.replace(self, threshold=DEFAULT_THRESHOLD if stored is None
+                               else float(stored))
+
+  @property
+  def decision(self) -> float:
+    return DEFAULT_THRESHOLD if self.threshold is None else self.threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +153,12 @@ class EvalResult:
       return dataclasses.replace(self, threshold=threshold)
     return dataclasses.replace(self, pred=self.p_yes >= threshold, threshold=threshold)
 
+  def metrics(self) -> dict:
+    """Counts, accuracy/precision/recall/F-measure, AUC, AP, Brier, ECE and the threshold."""
+    c, s = self.confusion, self.scores
+    return {**c.to_dict(), "n": c.total, "auc": s.roc_auc, "average_precision": s.pr_auc,
+            "brier": s.brier, "ece": s.ece, "threshold": self.threshold}
+
   @classmethod
   def concat(cls, results: Sequence[EvalResult]) -> EvalResult:
     """One result over several evaluated sets (same threshold)."""
@@ -76,13 +169,8 @@ class EvalResult:
                sum(r.invalid for r in results), results[0].threshold, results[0].mode)
 
 
-def _answer(text: str) -> bool | None:
-  a = text.strip().lower()
-  return True if a == "yes" else False if a == "no" else None
-
-
-def _decode_batch(lm: LoadedModel, batch: dict, max_new: int):
-  out = predict.decode(lm.model, lm.params, batch, max_new, lm.tok.eos_id)
+def _decode_batch(lm: LoadedModel, batch: Batch, max_new: int):
+  out = predict.decode(lm.model, lm.params, batch.inputs(), max_new, lm.tok.eos_id)
   answers = []
   for row in out.tokens_BxN:
     ids = [int(t) for t in row]
@@ -93,10 +181,10 @@ def _decode_batch(lm: LoadedModel, batch: dict, max_new: int):
   return predict.p_yes(yn), answers
 
 
-def _score_rows(lm: LoadedModel, batch: dict) -> np.ndarray:
-  feed = {k: batch[k] for k in _FEED if k in batch}
+def _score_rows(lm: LoadedModel, batch: Batch) -> np.ndarray:
   ids = np.asarray(lm.yes_no_ids, np.int32)
-  return predict.p_yes(predict.yes_no_logits(lm.model, lm.params, feed, ids))
+  return predict.p_yes(predict.yes_no_logits(lm.model, lm.params, batch.inputs(),
+                                             batch.prefix_len, ids))
 
 
 def _frames_of(ex: Example, size: int, k: int, cache: PixelCache | None) -> np.ndarray:
@@ -136,32 +224,28 @@ def _iter_all_frames(lm: LoadedModel, examples: list[Example], prompt: str, bs: 
       yield chunk, p.astype(np.float32), [""] * len(chunk)
 
 
-def iter_scores(lm: LoadedModel, examples: Sequence[Example], *, prompt: str,
-                mode: str = "score", batch_size: int = 8, gif_frame: str = "first",
-                frames: int = 0, combine: str = "mean", max_new: int = 4,
+def iter_scores(lm: LoadedModel, examples: Sequence[Example], ecfg: EvalConfig,
                 cache: PixelCache | None = None, features: FeatureCache | None = None
                 ) -> Iterator[tuple[list[Example], np.ndarray, list[str]]]:
   """(examples, p_yes (n,) f32, answers) per batch, in order: for streaming.
 
   `features` (a frozen encoder's cache) replaces images by cached image tokens.
   """
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}")
-  if gif_frame == "all":
-    if mode != "score":
-      raise UserError("--gif-frame all combines p(yes) over frames and needs --mode score")
-    yield from _iter_all_frames(lm, list(examples), prompt, batch_size, frames, combine, cache)
+  bs = ecfg.eval_batch
+  if ecfg.gif_frame == "all":
+    yield from _iter_all_frames(lm, list(examples), ecfg.prompt, bs, ecfg.frames, ecfg.combine,
+                                cache)
     return
-  batches = Batches(examples, lm.tok, lm.cfg.image_size, batch_size, prompt, with_suffix=False,
-                    gif_frame=gif_frame, cache=cache)
+  batches = Batches(examples, lm.tok, lm.cfg.image_size, bs, ecfg.prompt, with_suffix=False,
+                    gif_frame=ecfg.gif_frame, cache=cache)
   for chunk, batch in batches:
     n = len(chunk)
     if features is not None:
       batch = features.attach(chunk, batch)
-    if mode == "score":
+    if ecfg.mode == "score":
       yield chunk, _score_rows(lm, batch)[:n].astype(np.float32), [""] * n
     else:
-      p, a = _decode_batch(lm, batch, max_new)
+      p, a = _decode_batch(lm, batch, ecfg.max_new)
       yield chunk, p[:n].astype(np.float32), a[:n]
 
 
@@ -170,23 +254,21 @@ def judge(p_yes: np.ndarray, answers: list[str], mode: str, threshold: float
   """(pred (N,) bool, invalid count): p >= threshold, or the decoded answers."""
   if mode == "score":
     return np.asarray(p_yes) >= threshold, 0
-  parsed = [_answer(a) for a in answers]
+  parsed = [parse_yes_no(a) for a in answers]
   return np.array([bool(x) for x in parsed], bool), sum(x is None for x in parsed)
 
 
-def evaluate(lm: LoadedModel, examples: Sequence[Example], *, prompt: str, mode: str = "score",
-             batch_size: int = 8, threshold: float = 0.5, gif_frame: str = "first",
-             max_new: int = 4, cache: PixelCache | None = None, frames: int = 0,
-             combine: str = "mean", features: FeatureCache | None = None) -> EvalResult:
+def evaluate(lm: LoadedModel, examples: Sequence[Example], ecfg: EvalConfig,
+             cache: PixelCache | None = None, features: FeatureCache | None = None
+             ) -> EvalResult:
+  """Every example's p(yes) (and answer, in decode mode), judged at `ecfg.decision`."""
   probs, answers = [], []
-  for _, p, a in iter_scores(lm, examples, prompt=prompt, mode=mode, batch_size=batch_size,
-                             gif_frame=gif_frame, frames=frames, combine=combine,
-                             max_new=max_new, cache=cache, features=features):
+  for _, p, a in iter_scores(lm, examples, ecfg, cache, features):
     probs.append(p)
     answers += a
   p_yes = np.concatenate(probs).astype(np.float32)
-  pred, invalid = judge(p_yes, answers, mode, threshold)
-  return EvalResult(list(examples), p_yes, pred, answers, invalid, threshold, mode)
+  pred, invalid = judge(p_yes, answers, ecfg.mode, ecfg.decision)
+  return EvalResult(list(examples), p_yes, pred, answers, invalid, ecfg.decision, ecfg.mode)
 
 
 def format_result(res: EvalResult, name: str, heading: str = "Result") -> str:
@@ -230,75 +312,65 @@ def shared_threshold(results: dict[str, EvalResult]) -> float:
   return float(next(iter(results.values())).threshold)
 
 
-def write_scores(path: str, result: EvalResult) -> None:
-  """One JSON line per example: id, image, label, p(yes), prediction (atomic)."""
-  lines = []
-  for ex, p, pred, ans in zip(result.examples, result.p_yes, result.pred, result.answers):
-    row = {"id": ex.key, "image": ex.raw_image, "source": ex.source, "line": ex.line,
-           "label": "yes" if ex.label else "no", "p_yes": round(float(p), 6),
-           "pred": "yes" if pred else "no"}
-    if ans:
-      row["answer"] = ans
-    lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-  files.write_text(os.fspath(path), lines)
-
-
-# ---- merged from reporting.py ----
-# 
-
-import dataclasses
-from typing import Callable
-
-from palijudge import gallery, thresholds
-
-Log = Callable[[str], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class ReportOptions:
-  pick_split: str | None = None       # Set name (or file stem) to pick the threshold on.
-  target: thresholds.Target = thresholds.Target("f1")
-  strict_target: bool = True          # Unreachable target: error (True) or warn + best.
-  frames: int = 0                     # --gif-frame all: frames per animation (0 = every).
-  combine: str = "mean"               # --gif-frame all: min | mean | max.
-  gallery_dir: str | None = None      # Write an error gallery per set here.
-  gallery_limit: int = 200            # Thumbnails per section.
-
-
-def apply_pick(results: dict[str, EvalResult], ro: ReportOptions, mode: str, log: Log
-               ) -> tuple[dict[str, EvalResult], thresholds.ThresholdPick | None]:
-  """Picks the threshold on `ro.pick_split` and judges every result at it."""
-  if ro.pick_split is None:
-    return results, None
-  if mode != "score":
-    raise UserError("--pick-threshold needs --mode score (decode predicts from the answer text)")
-  name = thresholds.resolve_split(ro.pick_split, list(results))
+def _pick(results: dict[str, EvalResult], ecfg: EvalConfig, strict: bool, log: Log
+          ) -> dict[str, EvalResult]:
+  """Picks the threshold on `ecfg.pick_threshold` and judges every result at it."""
+  if ecfg.pick_threshold is None:
+    return results
+  name = thresholds.resolve_split(ecfg.pick_threshold, list(results))
   res = results[name]
-  choice = thresholds.pick(res.labels, res.p_yes, ro.target, name, strict=ro.strict_target)
+  target = thresholds.parse_target(ecfg.target or "f1")
+  choice = thresholds.pick(res.labels, res.p_yes, target, name, strict=strict)
   log(("" if choice.reached else "warning: ") + choice.describe())
-  return {n: r.with_threshold(choice.threshold) for n, r in results.items()}, choice
+  return {n: r.with_threshold(choice.threshold) for n, r in results.items()}
 
 
-def write_gallery(ro: ReportOptions, name: str, tag: str, res: EvalResult, log: Log) -> None:
-  if ro.gallery_dir:
-    path = gallery.write(ro.gallery_dir, name, tag, res, ro.gallery_limit)
-    log(f"  gallery: {path}")
+def report(lm: LoadedModel, sets: dict[str, Sequence[Example] | list[str]], ecfg: EvalConfig,
+           tag: str = "", log: Log = print, cache: PixelCache | None = None,
+           features: FeatureCache | None = None,
+           baseline: dict[str, EvalResult] | None = None, strict: bool = True
+           ) -> dict[str, EvalResult]:
+  """Evaluates each named set and prints its Result block (and JSON line).
+
+  A set given as a list of earlier set names is their union, reported from
+  their results without evaluating anything twice. With --pick-threshold the
+  threshold is chosen on one set and applied unchanged to all (every result
+  then carries it; strict=False warns instead of stopping when the target is
+  out of reach, for reports in the middle of a run). `baseline` (the results
+  before training) adds a warning line for every set that got worse.
+  """
+  out: dict[str, EvalResult] = {}
+  for name, examples in sets.items():
+    if not _is_union(examples):
+      out[name] = evaluate(lm, examples, ecfg, cache, features)
+  for name, examples in sets.items():
+    if _is_union(examples):
+      out[name] = EvalResult.concat([out[part] for part in examples])
+  out = _pick(out, ecfg, strict, log)
+  for name in sets:
+    res = out[name]
+    log(format_result(res, f"{name} ({tag})" if tag else name))
+    if ecfg.json:
+      log(json_line(res.confusion, name, stage=tag, **json_extra(res)))
+    if ecfg.gallery:
+      log(f"  gallery: {gallery.write(ecfg.gallery, name, tag, res, ecfg.gallery_max)}")
+  for line in regressions(baseline or {}, {n: out[n] for n in sets}):
+    log(line)
+  return {n: out[n] for n in sets}
 
 
-# ---- merged from prompts.py ----
-# 
+def _is_union(value) -> bool:
+  return bool(value) and all(isinstance(v, str) for v in value)
 
-import dataclasses
-from typing import Callable
 
-from palijudge.data import examples as tsv
+# --- Ranking prompts (05-rank_prompts.py) ---------------------------------------
 
-METRICS = ("auc", "ap", "f1", "precision", "recall", "accuracy")
+PROMPT_METRICS = ("auc", "ap", "f1", "precision", "recall", "accuracy")
 
 
 def read_prompt_file(path: str) -> list[str]:
   """One prompt a line; blank lines and lines starting with # are skipped."""
-  prompts = [t.strip() for _, t in tsv.read_lines(path) if not t.lstrip().startswith("#")]
+  prompts = [t.strip() for _, t in read_lines(path) if not t.lstrip().startswith("#")]
   prompts = [p for p in prompts if p]
   if not prompts:
     raise UserError(f"{path}: no prompts (one a line; # starts a comment)")
@@ -324,8 +396,8 @@ def rank(examples: Sequence[Example], prompts: Sequence[str], metric: str,
 
   Ties keep the order the prompts were given in; undefined values go last.
   """
-  if metric not in METRICS:
-    raise UserError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+  if metric not in PROMPT_METRICS:
+    raise UserError(f"--metric must be one of {', '.join(PROMPT_METRICS)}, got {metric!r}")
   if len(set(prompts)) != len(prompts):
     raise UserError("the same prompt is given twice")
   plain = [dataclasses.replace(e, prefix="") for e in examples]

@@ -81,6 +81,12 @@ class Project:
     return str(candidate) if candidate.exists() else path
 
 
+def shown(path: str | os.PathLike) -> str:
+  """How a path is printed: relative to the cwd when it lies below it, else absolute."""
+  rel = os.path.relpath(os.path.abspath(path))
+  return os.path.abspath(path) if rel.startswith("..") else rel
+
+
 def inside(name: str, folder: str | os.PathLike, what: str) -> Path:
   """folder/name, refusing a name that escapes `folder` (`../x`, `/abs`, `a/../../b`)."""
   folder = Path(folder).resolve()

@@ -19,11 +19,11 @@ from typing import Callable, Sequence, TextIO
 
 from tqdm import tqdm
 
-from palijudge import predictions as predfile
+from palijudge import predictions
 from palijudge.data.examples import Example
 from palijudge import files
 from palijudge.errors import UserError
-from palijudge.evaluate import iter_scores, judge
+from palijudge.evaluate import EvalConfig, iter_scores, judge
 from palijudge.loader import LoadedModel
 
 Log = Callable[[str], None]
@@ -56,7 +56,7 @@ def _partial_ids(text: str, fmt: str, path: str) -> list[str]:
   if fmt == "tsv":
     if not lines:
       return []
-    if lines[0].split("\t")[:len(predfile.COLUMNS)] != list(predfile.COLUMNS):
+    if lines[0].split("\t")[:len(predictions.COLUMNS)] != list(predictions.COLUMNS):
       raise UserError(f"{path}: not a prediction file written by 13-inference; delete it")
     return [line.split("\t", 1)[0] for line in lines[1:]]
   try:
@@ -94,15 +94,13 @@ def resume_point(partial: str, fmt: str, examples: Sequence[Example],
 
 
 def _stream(lm: LoadedModel, todo: Sequence[Example], out: TextIO, fmt: str,
-            s: InferSettings, progress: tqdm) -> int:
+            s: InferSettings, ecfg: EvalConfig, progress: tqdm) -> int:
   written = 0
   with_answer = s.mode == "decode"
-  for chunk, p, answers in iter_scores(lm, todo, prompt=s.prompt, mode=s.mode,
-                                       batch_size=s.batch_size, gif_frame=s.gif_frame,
-                                       frames=s.frames, combine=s.combine):
+  for chunk, p, answers in iter_scores(lm, todo, ecfg):
     pred, _ = judge(p, answers, s.mode, s.threshold)
-    rows = predfile.rows_from(chunk, p, pred, answers)
-    out.writelines(predfile.format_row(r, fmt, with_answer) for r in rows)
+    rows = predictions.rows_from(chunk, p, pred, answers)
+    out.writelines(predictions.format_row(r, fmt, with_answer) for r in rows)
     out.flush()
     written += len(rows)
     progress.update(len(rows))
@@ -110,17 +108,17 @@ def _stream(lm: LoadedModel, todo: Sequence[Example], out: TextIO, fmt: str,
 
 
 def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
-        settings: InferSettings, fmt: str | None = None, overwrite: bool = False,
+        settings: InferSettings, ecfg: EvalConfig, fmt: str | None = None, overwrite: bool = False,
         progress: bool = True, log: Log = lambda m: print(m, file=sys.stderr)) -> InferResult:
   """Predicts every example into `out_path` (or stdout); see the module docstring."""
-  fmt = fmt or predfile.format_of(out_path)
-  head = predfile.header(fmt, settings.mode == "decode")
+  fmt = fmt or predictions.format_of(out_path)
+  head = predictions.header(fmt, settings.mode == "decode")
   bar = lambda: tqdm(total=len(examples), disable=not progress, file=sys.stderr, unit="ex",
                      dynamic_ncols=True)
   if out_path is None:
     sys.stdout.writelines(head)
     with bar() as progress_bar:
-      return InferResult(_stream(lm, examples, sys.stdout, fmt, settings, progress_bar), 0, None)
+      return InferResult(_stream(lm, examples, sys.stdout, fmt, settings, ecfg, progress_bar), 0, None)
   if os.path.exists(out_path) and not overwrite:
     raise UserError(f"{out_path}: already exists; delete it or pass --overwrite")
   partial = out_path + ".partial"
@@ -135,7 +133,7 @@ def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
       progress_bar.update(done)
       if f.tell() == 0:
         f.writelines(head)
-      written = _stream(lm, examples[done:], f, fmt, settings, progress_bar)
+      written = _stream(lm, examples[done:], f, fmt, settings, ecfg, progress_bar)
   except KeyboardInterrupt:
     log(f"interrupted; run the same command again to resume from {partial}")
     raise

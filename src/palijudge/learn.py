@@ -1,8 +1,12 @@
-"""The users' iteration as library calls: evaluate, train, evaluate, save.
+"""The users' iteration (`03-do_learn.py`) as one library call: evaluate, train, evaluate, save.
 
-`fit` runs one training stage; `learn` is `03-do_learn.py`: evaluation of
-all/train/valid before training, one or two stages (the second at lr/10),
-evaluation after each, and the checkpoint saved atomically with its config.
+`learn` evaluates all/train/valid (and any extra sets) before training, runs
+`runs` independent trainings of one or two stages (the second at lr/10),
+evaluates after each stage, keeps the run whose validation metric is best,
+and saves its checkpoint atomically with the recipe, prompt and decision
+threshold. It sits above `train` and `evaluate` and below the experiments:
+run records are written through the small `Recorder` interface, which
+`experiments.records.RunRecord` implements, so nothing here imports them.
 """
 
 from __future__ import annotations
@@ -10,88 +14,56 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import re
-from typing import Callable, Sequence
-
+from typing import Callable, Protocol, Sequence
 
 from palijudge import checkpoint
-from palijudge.model import lora as lora
+from palijudge import files
 from palijudge import metrics
-from palijudge.experiments import records as records
-from palijudge import train as fit_lib
-from palijudge import train as train_lib
-from palijudge.data.examples import Example
-from palijudge.evaluate import (EvalResult, evaluate, format_result, json_extra, regressions,
-                                 shared_threshold)
-from palijudge.metrics import json_line
-from palijudge.data.features import FeatureCache
-from palijudge.data.batch import PixelCache
-from palijudge.evaluate import ReportOptions, apply_pick, write_gallery
-from palijudge.loader import LoadedModel
 from palijudge import params as params_lib
+from palijudge import predictions
+from palijudge import train as train_lib
+from palijudge.data.batch import PixelCache
+from palijudge.data.examples import Example
+from palijudge.evaluate import EvalConfig, EvalResult, report, shared_threshold
+from palijudge.loader import LoadedModel
+from palijudge.model import lora
+from palijudge.options import option
 
 Log = Callable[[str], None]
+SELECT = ("precision", "f1", "accuracy", "recall", "auc")
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnConfig:
+  """What `03-do_learn.py` runs around the recipe: stages, the lottery, what is saved."""
+  two_stage: bool = option(False, "second stage at lr/10 (the users' -2)", short="-2")
+  runs: int = option(1, "independent runs (seeds S, S+1000, ...); the best by --select is saved")
+  select: str = option("f1", "validation metric that picks the best run", choices=SELECT)
+  full: bool = option(False, "save every parameter (big_vision-loadable), not a delta over "
+                      "the base")
+  resume: bool = option(False, "continue from checkpoints/NAME.state.npz if a killed run "
+                        "left one")
+
+  def __post_init__(self):
+    if self.runs < 1:
+      raise train_lib.UserError("--runs must be >= 1")
+
+
+class Recorder(Protocol):
+  """Where a run's log, metrics and predictions go (experiments.records.RunRecord)."""
+
+  def log_step(self, step: int, lr: float, loss: float, grad_norm: float | None = None,
+               seconds: float | None = None) -> None: ...
+  def write_eval(self, stage: str, metrics: dict) -> object: ...
+  def write_predictions(self, rows) -> object: ...
+  def plots(self) -> object: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class LearnResult:
   lm: LoadedModel
   before: dict[str, EvalResult]
-  after: dict[str, EvalResult]  # After the last stage.
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalOptions:
-  prompt: str
-  mode: str = "score"
-  batch_size: int = 8
-  threshold: float = 0.5
-  gif_frame: str = "first"
-  as_json: bool = False
-
-
-def report(lm: LoadedModel, sets: dict[str, Sequence[Example] | list[str]], opts: EvalOptions,
-           tag: str, log: Log = print, cache: PixelCache | None = None,
-           honest: ReportOptions | None = None,
-           baseline: dict[str, EvalResult] | None = None,
-           features: FeatureCache | None = None) -> dict[str, EvalResult]:
-  """Evaluates each named set and prints its Result block (and JSON line).
-
-  A set given as a list of earlier set names is their union, reported from
-  their results without evaluating anything twice. `honest` adds a threshold
-  picked on one set and applied unchanged to all (every result then carries
-  it: `evaluate.shared_threshold`), all-frame GIF scoring and error
-  galleries; `baseline` (the results before training) adds a warning line for
-  every set that got worse.
-  """
-  ro = honest or ReportOptions()
-  out: dict[str, EvalResult] = {}
-  for name, examples in sets.items():
-    if not _is_union(examples):
-      out[name] = evaluate(lm, examples, prompt=opts.prompt, mode=opts.mode,
-                           batch_size=opts.batch_size, threshold=opts.threshold,
-                           gif_frame=opts.gif_frame, cache=cache, frames=ro.frames,
-                           combine=ro.combine, features=features)
-  for name, examples in sets.items():
-    if _is_union(examples):
-      out[name] = EvalResult.concat([out[part] for part in examples])
-  out, _ = apply_pick(out, ro, opts.mode, log)
-  for name in sets:
-    res = out[name]
-    log(format_result(res, f"{name} ({tag})" if tag else name))
-    if opts.as_json:
-      log(json_line(res.confusion, name, stage=tag, **json_extra(res)))
-    write_gallery(ro, name, tag, res, log)
-  for line in regressions(baseline or {}, {n: out[n] for n in sets}):
-    log(line)
-  return {n: out[n] for n in sets}
-
-
-def _is_union(value) -> bool:
-  return bool(value) and all(isinstance(v, str) for v in value)
-
-
-SELECT = ("precision", "f1", "accuracy", "recall", "auc")
+  after: dict[str, EvalResult]  # After the last stage of the best run.
 
 
 def selection_score(result: EvalResult, metric: str) -> float:
@@ -106,106 +78,106 @@ def selection_score(result: EvalResult, metric: str) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class LearnSetup:
-  """What 03-do_learn runs, beyond the recipe itself."""
-  names: tuple[str, str, str]  # all, train, valid (as printed).
-  save_to: str | None = None
-  two_stage: bool = False
-  resume: bool = False
-  runs: int = 1               # Independent seeds; the best by `select` is kept.
-  select: str = "f1"
-  full: bool = False          # Save every parameter, not only the trained ones.
-  record: records.RunRecord | None = None  # experiments/<run>/, if kept.
-  honest: ReportOptions | None = None  # Threshold picking, GIF frames, galleries.
-  extra_sets: dict = dataclasses.field(default_factory=dict)  # --eval-set NAME=FILE.
+class _Run:
+  """Everything one run needs besides the recipe (internal)."""
+  sets: dict
+  ecfg: EvalConfig
+  lcfg: LearnConfig
+  save_to: str | None
+  record: Recorder | None
+  cache: PixelCache
+  features: object
+  before: dict
 
 
-def _train_run(lm, train, tcfg, setup: LearnSetup, sets, opts, cache, run: int, log, before,
-               features):
+def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainConfig, run: int,
+               r: _Run, log: Log) -> tuple[LoadedModel, dict[str, EvalResult]]:
   """One run: 1 or 2 stages, evaluated after each. Returns (lm, after-results)."""
-  state_path = setup.save_to[:-len(".npz")] + ".state.npz" if setup.save_to else None
-  stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if setup.two_stage else [])
+  state_path = r.save_to[:-len(".npz")] + ".state.npz" if r.save_to else None
+  stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if r.lcfg.two_stage else [])
   after = {}
   for i, stage in enumerate(stages):
     log(f"training stage {i + 1}: lr {stage.lr:g}, batch {stage.batch_size}"
         f"{f' x {stage.accum}' if stage.accum > 1 else ''}, {stage.steps} steps, "
         f"trainable {stage.trainable}, {stage.optimizer}, seed {stage.seed}")
-    fit_opts = fit_lib.FitOptions(prompt=opts.prompt, gif_frame=opts.gif_frame,
-                                  state_path=state_path, resume=setup.resume,
-                                  stage=run * 2 + i)
-    result = fit_lib.fit(lm, train, stage, fit_opts, log=log, cache=cache, features=features)
-    if setup.record:
+    fit_opts = train_lib.FitOptions(prompt=r.ecfg.prompt, gif_frame=r.ecfg.gif_frame,
+                                    state_path=state_path, resume=r.lcfg.resume,
+                                    stage=run * 2 + i)
+    result = train_lib.fit(lm, train, stage, fit_opts, log=log, cache=r.cache,
+                           features=r.features)
+    if r.record:
       for row in result.history:
-        setup.record.log_step(*row)
-    stage_seed = result.seed
-    if i + 1 < len(stages):
-      stages[i + 1] = dataclasses.replace(stages[i + 1], seed=stage_seed)
-    lm = dataclasses.replace(lm, params=result.params)
-    after = report(lm, sets, opts, ("1st", "2nd")[i] + " trained", log, cache,
-                   honest=setup.honest, baseline=before, features=features)
+        r.record.log_step(*row)
+    if i + 1 < len(stages):  # Stage 2 continues the seed that stage 1 ended with.
+      stages[i + 1] = dataclasses.replace(stages[i + 1], seed=result.seed)
+    lm = dataclasses.replace(lm, params=result.params,
+                             model=lm.model.clone(lora_alpha=stage.lora_alpha))
+    after = report(lm, r.sets, r.ecfg, ("1st", "2nd")[i] + " trained", log, r.cache,
+                   r.features, baseline=r.before, strict=False)
   return lm, after
 
 
 def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
-          tcfg: train_lib.TrainConfig, opts: EvalOptions, setup: LearnSetup,
+          tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: LearnConfig = LearnConfig(), *,
+          names: tuple[str, str, str], save_to: str | None = None,
+          record: Recorder | None = None, extra_sets: dict | None = None,
           log: Log = print) -> LearnResult:
-  """03-do_learn: evaluate before, train (runs x stages), evaluate after, save the best."""
-  all_name, train_name, valid_name = setup.names
+  """03-do_learn: evaluate before, train (runs x stages), evaluate after, save the best.
+
+  `names` are how all/train/valid are printed; `save_to` the checkpoint path.
+  """
+  all_name, train_name, valid_name = names
   sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid,
-          **setup.extra_sets}
+          **(extra_sets or {})}
+  if save_to:
+    files.check_writable(save_to, "checkpoint")
   cache = PixelCache()
   # Image tokens are computed once per image when the encoder stays frozen.
-  features = fit_lib.feature_cache(lm, tcfg.trainable, opts.gif_frame)
-  before = report(lm, sets, opts, "before training", log, cache, honest=setup.honest,
-                  features=features)
+  features = train_lib.feature_cache(lm, tcfg.trainable, ecfg.gif_frame)
+  before = report(lm, sets, ecfg, "before training", log, cache, features, strict=False)
+  r = _Run(sets, ecfg, lcfg, save_to, record, cache, features, before)
   best = None
-  for run in range(setup.runs):
+  for run in range(lcfg.runs):
     cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 1000 * run)
-    if setup.runs > 1:
-      log(f"run {run + 1}/{setup.runs} (seed {cfg.seed})")
-    run_lm, after = _train_run(lm, train, cfg, setup, sets, opts, cache, run, log, before,
-                               features)
-    score = selection_score(after[valid_name], setup.select)
-    if setup.runs > 1:
-      log(f"run {run + 1}: valid {setup.select} = {score:.4f}")
+    if lcfg.runs > 1:
+      log(f"run {run + 1}/{lcfg.runs} (seed {cfg.seed})")
+    run_lm, after = _train_run(lm, train, cfg, run, r, log)
+    score = selection_score(after[valid_name], lcfg.select)
+    if lcfg.runs > 1:
+      log(f"run {run + 1}: valid {lcfg.select} = {score:.4f}")
     if best is None or score > best[0]:
       best = (score, run, run_lm, after, cfg)
   score, run, lm, after, cfg = best
-  if setup.runs > 1:
-    log(f"best run: {run + 1}/{setup.runs} (seed {cfg.seed}), valid {setup.select} = {score:.4f}")
-  if setup.save_to:  # With the threshold picked on a split, if one was.
-    _save(lm, cfg, dataclasses.replace(opts, threshold=shared_threshold(after)), setup)
-    log(f"saved {setup.save_to}")
-  if setup.record:
-    _write_record(setup.record, before, after, valid_name)
+  if lcfg.runs > 1:
+    log(f"best run: {run + 1}/{lcfg.runs} (seed {cfg.seed}), valid {lcfg.select} = {score:.4f}")
+  if save_to:  # With the threshold picked on a split, if one was.
+    save(lm, cfg, ecfg, lcfg, save_to, shared_threshold(after))
+    log(f"saved {files.shown(save_to)}")
+  if record:
+    _write_record(record, before, after, valid_name)
   return LearnResult(lm, before, after)
 
 
-def prediction_rows(result: EvalResult) -> list[dict]:
-  return [{"image": e.raw_image, "label": "yes" if e.label else "no", "p_yes": float(p),
-           "pred": "yes" if q else "no"} for e, p, q in zip(result.examples, result.p_yes,
-                                                            result.pred)]
-
-
-def _write_record(record: records.RunRecord, before, after, valid_name: str) -> None:
+def _write_record(record: Recorder, before, after, valid_name: str) -> None:
   for tag, results in (("before training", before), ("after training", after)):
-    record.write_eval(tag, {os.path.basename(n): records.eval_metrics(
-        r.labels, r.p_yes, r.pred, r.threshold) for n, r in results.items()})
-  record.write_predictions(prediction_rows(after[valid_name]))
+    record.write_eval(tag, {os.path.basename(n): r.metrics() for n, r in results.items()})
+  record.write_predictions(predictions.records_of(after[valid_name]))
   record.plots()
 
 
-def _save(lm: LoadedModel, tcfg, opts: EvalOptions, setup: LearnSetup) -> None:
-  meta = {"tokenizer": lm.spec.tokenizer, "base": lm.spec.weights, "prompt": opts.prompt,
-          "train_config": dataclasses.asdict(tcfg), "two_stage": setup.two_stage,
-          "threshold": opts.threshold,
+def save(lm: LoadedModel, tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: LearnConfig,
+         path: str, threshold: float) -> None:
+  """The trained model: a delta over its base (or every parameter), with its recipe."""
+  meta = {"tokenizer": lm.spec.tokenizer, "base": lm.spec.weights, "prompt": ecfg.prompt,
+          "train_config": dataclasses.asdict(tcfg), "two_stage": lcfg.two_stage,
+          "threshold": threshold,
           "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
   base = lm.spec.base or lm.spec.weights
-  if setup.full or params_lib.TRAINABLE.get(tcfg.trainable) == ".*":
-    checkpoint.save(setup.save_to, lora.merge(lm.params), lm.cfg, meta)
+  if lcfg.full or params_lib.saves_everything(tcfg.trainable):
+    checkpoint.save(path, lora.merge(lm.params, lm.model.lora_alpha), lm.cfg, meta)
   else:  # A delta: the trained leaves and the base's sha256.
-    keep = re.compile(params_lib.TRAINABLE.get(tcfg.trainable, tcfg.trainable)).search
-    checkpoint.save_delta(setup.save_to, lm.params, keep, lm.cfg, base, meta)
-  state_path = setup.save_to[:-len(".npz")] + ".state.npz"
+    keep = params_lib.trainable_pattern(tcfg.trainable).search
+    checkpoint.save_delta(path, lm.params, keep, lm.cfg, base, meta)
+  state_path = path[:-len(".npz")] + ".state.npz"
   if os.path.exists(state_path):
     os.remove(state_path)  # The run finished: its periodic state is obsolete.

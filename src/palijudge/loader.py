@@ -30,10 +30,11 @@ from palijudge.model import paligemma as model_lib
 from palijudge.errors import UserError, where
 from palijudge.data.tokenizer import Tokenizer
 from palijudge import params as params_lib
+from palijudge.options import option
 
-DEFAULT_PROMPT = "Is this image appropriate based on Federal Food, Drug, and Cosmetic Act?"
 DEFAULT_MODEL = "paligemma-3b-pt-224"
-CACHE_DIR = "cache"
+CACHE_DIR = "cache"  # Relative to the project root (see files.Project).
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Where `01-download_models.py` puts each preset's files.
 _KAGGLE_FILES = {
     "paligemma-3b-pt-224": "paligemma-3b-pt-224.f16.npz",
@@ -44,7 +45,19 @@ _KAGGLE_FILES = {
     "paligemma2-28b-pt-224": "paligemma2-28b-pt-224.b16.npz",
 }
 REAL_TOKENIZER = "paligemma_tokenizer.model"
-PARAM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadConfig:
+  """Which model to load, and in which dtypes (the `--model` flags)."""
+  model: str = option(DEFAULT_MODEL, "preset name (weights from cache/) or checkpoint .npz")
+  model_config: str | None = option(None, "model config JSON (for checkpoints without one)")
+  tokenizer: str | None = option(None, "sentencepiece model (default: next to the weights)")
+  base: str | None = option(None, "base checkpoint of a delta checkpoint (default: as recorded)")
+  param_dtype: str = option("auto", "dtype of frozen params (auto: as stored in the checkpoint)",
+                            choices=params_lib.PARAM_DTYPES)
+  compute_dtype: str = option("auto", "activation dtype (auto: bfloat16 on GPU, float32 on CPU)",
+                              choices=COMPUTE_DTYPES)
 
 
 def weights_file(preset: str, cache_dir: str = CACHE_DIR) -> str:
@@ -64,6 +77,7 @@ class ModelSpec:
   tokenizer: str
   name: str
   base: str | None = None  # For a delta checkpoint: the full checkpoint under it.
+  cache_dir: str | None = None  # The project's cache/ (feature cache), if any.
 
   @property
   def weights_id(self) -> str:
@@ -90,7 +104,7 @@ def resolve(model: str | None = None, model_config: str | None = None,
     if not os.path.exists(weights):
       raise UserError(f"{where(weights)}: weights for {model} not found; run "
                       f"`python playground/01-download_models.py --model {model}` first")
-    return ModelSpec(cfg, weights, tok, model)
+    return ModelSpec(cfg, weights, tok, model, cache_dir=cache_dir)
   cfg = checkpoint.read_config(model)
   preset = _preset_in_name(model)
   if model_config:
@@ -105,7 +119,8 @@ def resolve(model: str | None = None, model_config: str | None = None,
   if meta.get("delta"):
     base = base or meta.get("base")
     checkpoint.verify_base(model, base)
-  return ModelSpec(cfg, model, tok, os.path.basename(model), base if meta.get("delta") else None)
+  return ModelSpec(cfg, model, tok, os.path.basename(model), base if meta.get("delta") else None,
+                   cache_dir)
 
 
 def compute_dtype(name: str = "auto"):
@@ -130,22 +145,18 @@ class LoadedModel:
     return (self.tok.yes_id, self.tok.no_id)
 
 
-def enable_compile_cache(cache_dir: str = CACHE_DIR) -> None:
-  """Persistent XLA compilation cache, so a rerun of a configuration skips compiling.
+def enable_compile_cache(cache_dir: str | os.PathLike) -> None:
+  """Persistent XLA compilation cache under `cache_dir`, so a rerun skips compiling.
 
-  `PALIJUDGE_COMPILE_CACHE` names another folder; set it empty to disable.
+  Called once by the scripts' entry point (`cli.run`), never on import or load.
   """
-  folder = os.environ.get("PALIJUDGE_COMPILE_CACHE", os.path.join(cache_dir, "jax-compile"))
-  if folder:
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(cache_dir,
+                                                                             "jax-compile")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
          compute: str = "auto", remat: str = "none") -> LoadedModel:
-  if param_dtype not in PARAM_DTYPES:
-    raise UserError(f"--param-dtype must be one of {', '.join(PARAM_DTYPES)}")
-  enable_compile_cache()
   tok = Tokenizer.load(spec.tokenizer)
   if tok.vocab_size > spec.cfg.llm.vocab_size:
     raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "
@@ -166,8 +177,24 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
     params = params_lib.merge(params, delta)
   else:
     params = checkpoint.load_params(spec.weights, shapes, dtype_for=rule, put=put)
-  model = model_lib.build(spec.cfg, compute_dtype(compute), remat)
+  alpha = _lora_alpha(spec.weights) if lora.rank_of(params) is not None else lora.DEFAULT_ALPHA
+  model = model_lib.build(spec.cfg, compute_dtype(compute), remat, alpha)
   return LoadedModel(spec, model, params, tok)
+
+
+def _lora_alpha(path: str) -> float:
+  """The adapter scale a LoRA checkpoint was trained with (16 for files older than the flag)."""
+  recipe = checkpoint.read_meta(path).get("train_config")
+  alpha = recipe.get("lora_alpha") if isinstance(recipe, dict) else None
+  return float(alpha) if isinstance(alpha, (int, float)) and alpha > 0 else lora.DEFAULT_ALPHA
+
+
+def load_model(lcfg: LoadConfig, cache_dir: str = CACHE_DIR, trainable: str = "attn",
+               model: str | None = None) -> LoadedModel:
+  """resolve + load from the --model flags (`model` overrides --model, e.g. -m CKPT)."""
+  spec = resolve(model or lcfg.model, lcfg.model_config, lcfg.tokenizer, cache_dir, lcfg.base)
+  return load(spec, trainable=trainable, param_dtype=lcfg.param_dtype,
+              compute=lcfg.compute_dtype)
 
 
 def write_random_model(preset: str, cache_dir: str = CACHE_DIR, seed: int = 0) -> ModelSpec:

@@ -3,7 +3,7 @@
 `ce` is the colab's loss: cross-entropy over the full vocabulary at every
 suffix token (the answer and its eos), averaged per example, then over the
 batch. Vocabulary logits are computed only at those positions (gathered
-through `batch["loss_idx"]`), never at every text position.
+through `batch.loss_idx`), never at every text position.
 
 The yes/no objectives look at one position, the last prompt token, whose
 logits predict the answer. With m = logit(yes) - logit(no), p = sigmoid(m) =
@@ -42,36 +42,62 @@ import jax
 import jax.numpy as jnp
 
 from palijudge.model import paligemma as model_lib
+from palijudge.data.batch import Batch
 from palijudge.errors import UserError
+from palijudge.options import option
 
 LOSSES = ("ce", "yesno", "bce", "focal", "combined")
 _FOCAL = ("focal", "combined")
 _POS_WEIGHTED = ("bce", "focal", "combined")
 
 
+def _class_weight_flag(text: str) -> str | tuple[float, float]:
+  """`--class-weight`: auto, or two numbers W_YES,W_NO."""
+  if text.strip().lower() == "auto":
+    return "auto"
+  try:
+    values = tuple(float(x) for x in text.split(","))
+  except ValueError:
+    values = ()
+  if len(values) != 2:
+    raise UserError(f"--class-weight must be auto or W_YES,W_NO (two numbers), got {text!r}")
+  return values
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """The training objective and its parameters (hashable: static under jit).
 
-  class_weight: (W_YES, W_NO) already resolved to numbers (never "auto").
+  class_weight: (W_YES, W_NO), or "auto" until `resolved` replaces it by the
+  inverse class frequencies of the training split.
   """
-  kind: str = "ce"
-  pos_weight: float = 1.0
-  focal_alpha: float = 1.0
-  focal_gamma: float = 3.0
-  bce_weight: float = 0.5
-  focal_weight: float = 0.5
-  label_smoothing: float = 0.0
-  class_weight: tuple[float, float] | None = None
+  kind: str = option("ce", "objective (ce: the colab's)", flag="--loss", choices=LOSSES,
+                     sparse=True)
+  pos_weight: float = option(1.0, "bce/focal/combined: weight of the yes terms", sparse=True)
+  focal_alpha: float = option(1.0, "focal/combined: scale of the focal term, both classes "
+                              "alike (1: none)", sparse=True)
+  focal_gamma: float = option(3.0, "focal/combined: focusing exponent", sparse=True)
+  bce_weight: float = option(0.5, "combined: weight of bce", sparse=True)
+  focal_weight: float = option(0.5, "combined: weight of focal", sparse=True)
+  label_smoothing: float = option(0.0, "target smoothing eps", sparse=True)
+  class_weight: tuple[float, float] | str | None = option(
+      None, "per-class loss weights; auto = inverse class frequency of the training split",
+      parse=_class_weight_flag, metavar="auto|W_YES,W_NO", sparse=True)
 
   def __post_init__(self):
     if self.kind not in LOSSES:
       raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {self.kind!r}")
-    if self.class_weight is not None:
+    if self.class_weight is not None and self.class_weight != "auto":
       cw = tuple(float(w) for w in self.class_weight)
       object.__setattr__(self, "class_weight", cw)
     for msg in _problems(self):
       raise UserError(msg)
+
+  def resolved(self, n_yes: int, n_no: int) -> LossConfig:
+    """The config with `auto` class weights computed from the training split's counts."""
+    if self.class_weight != "auto":
+      return self
+    return dataclasses.replace(self, class_weight=balanced_class_weight(n_yes, n_no))
 
 
 def _problems(c: LossConfig) -> list[str]:
@@ -100,7 +126,7 @@ def _problems(c: LossConfig) -> list[str]:
   if not 0 <= c.label_smoothing < 1:
     out.append(f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
   cw = c.class_weight
-  if cw is not None and (len(cw) != 2 or not all(math.isfinite(w) and w > 0 for w in cw)):
+  if cw is not None and cw != "auto" and (len(cw) != 2 or not all(math.isfinite(w) and w > 0 for w in cw)):
     out.append(f"--class-weight needs two positive numbers W_YES,W_NO, got {cw}")
   return out
 
@@ -190,25 +216,23 @@ def answer_pre_logits(pre_BxTxD, prefix_len_B):
   return jnp.take_along_axis(pre_BxTxD, idx, axis=1)[:, 0]
 
 
-def batch_loss(model, params, batch: dict, cfg: LossConfig | str, yes_no_ids):
-  """Scalar f32 loss for one batch (see `pipeline.collate` for its keys)."""
+def batch_loss(model, params, batch: Batch, cfg: LossConfig | str, yes_no_ids):
+  """Scalar f32 loss for one teacher-forced batch (answer included in `text`)."""
   cfg = LossConfig(kind=cfg) if isinstance(cfg, str) else cfg
-  text = batch["text"]
+  text = batch.text
   # The decoder's output is needed only where the loss reads it.
-  idx = batch["loss_idx"] if cfg.kind == "ce" else (batch["prefix_len"] - 1)[:, None]
-  pre = model_lib.forward_at(model, params, batch.get("image"), text[:, :-1],
-                             batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1], idx,
-                             batch.get("zimg"))
+  idx = batch.loss_idx if cfg.kind == "ce" else (batch.prefix_len - 1)[:, None]
+  pre = model_lib.forward_at(model, params, batch.inputs().drop_last(), idx)
   if cfg.kind == "ce":
     logits = model_lib.text_logits(model, params, pre)
     targets = jnp.take_along_axis(text, idx + 1, axis=1)
-    per_ex = ce_per_example(logits, targets, batch["loss_w"], cfg.label_smoothing)
+    per_ex = ce_per_example(logits, targets, batch.loss_w, cfg.label_smoothing)
   else:
     yn = model_lib.text_logits(model, params, pre[:, 0], jnp.asarray(yes_no_ids))
-    per_ex = yes_no_per_example(yn, batch["label"], cfg)
+    per_ex = yes_no_per_example(yn, batch.label, cfg)
   if cfg.class_weight is not None:
-    per_ex = apply_class_weight(per_ex, batch["label"], cfg.class_weight)
-  if "example_w" in batch:  # Zero-weight rows pad a short last batch.
-    w = batch["example_w"].astype(jnp.float32)
+    per_ex = apply_class_weight(per_ex, batch.label, cfg.class_weight)
+  if batch.example_w is not None:  # Zero-weight rows pad a short last batch.
+    w = batch.example_w.astype(jnp.float32)
     return (per_ex * w).sum() / jnp.maximum(w.sum(), 1.0)
   return per_ex.mean()

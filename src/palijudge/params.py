@@ -36,7 +36,6 @@ TRAINABLE = {
     "all": r".*",
     "lora": r"^llm/layers/lora/",  # Adapters only (see model/lora.py).
 }
-LORA_PREFIX = "llm/layers/lora/"
 PARAM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

@@ -1,7 +1,8 @@
 """Prediction files: one row per example with its label, p(yes) and prediction.
 
-Written by `13-inference.py` (and `04-validate.py --scores`), read by
-`14-validate_outtsv.py` (aggregation) and `16-filter_train_data.py`.
+The one per-example schema: written by `13-inference.py`, `04-validate.py
+--scores` and run records (predictions.jsonl), read by `14-validate_outtsv.py`
+(aggregation) and `16-filter_train_data.py` (outcome filters, below).
 
 TSV: a header line, then `id image label p_yes pred prefix [answer]`, tab
 separated. JSONL: one object per line with the same keys. `id` is the row's
@@ -54,6 +55,16 @@ def format_of(path: str | None, default: str = "tsv") -> str:
     raise UserError(f"{path}: unknown prediction file format {ext or '(no suffix)'!r}; "
                     f"expected .tsv or .jsonl")
   return ext
+
+
+def rows_of(result) -> list[PredRow]:
+  """The rows of an `evaluate.EvalResult`."""
+  return rows_from(result.examples, result.p_yes, result.pred, result.answers)
+
+
+def records_of(result) -> list[dict]:
+  """The rows of an EvalResult as JSON objects (a run record's predictions.jsonl)."""
+  return [json.loads(format_row(r, "jsonl", result.mode == "decode")) for r in rows_of(result)]
 
 
 def rows_from(examples: Sequence[Example], p_yes: np.ndarray, pred: np.ndarray,
@@ -118,13 +129,6 @@ def _p_yes(value, path: str, line: int) -> float | None:
   return p
 
 
-def _yes_no(value, path: str, line: int) -> bool:
-  v = str(value).strip().lower() if value is not None else ""
-  if v not in ("yes", "no"):
-    raise UserError(f"{where(path, line)}: pred must be yes or no, got {value!r}")
-  return v == "yes"
-
-
 def read(path: str | os.PathLike, threshold: float | None = None) -> list[PredRow]:
   """Reads a prediction file; with `threshold`, pred is recomputed as p_yes >= threshold."""
   path = os.fspath(path)
@@ -143,7 +147,7 @@ def read(path: str | os.PathLike, threshold: float | None = None) -> list[PredRo
         raise UserError(f"{where(path, line)}: no p_yes to apply --threshold to")
       pred = p >= threshold
     else:
-      pred = _yes_no(r.get("pred"), path, line)
+      pred = normalize_label(str(r.get("pred", "")), path, line, "pred")
     out.append(PredRow(str(r.get("id", line)), str(r.get("image", "")), label, p, pred,
                        str(r.get("prefix", "") or ""), str(r.get("answer", "") or ""),
                        path, line))
@@ -158,12 +162,15 @@ def aggregate(rows: Sequence[PredRow]) -> tuple[Confusion, ScoreMetrics | None]:
   return conf, ScoreMetrics.compute([r.label for r in rows], [r.p_yes for r in rows])
 
 
-# ---- merged from filters.py ----
-# 
-
-import dataclasses
-
-
+# --- Outcome filters: the next training set from a prediction file --------------
+# Each row has an outcome: TP (yes judged yes), TN, FP (no judged yes) or FN
+# (yes judged no). `--keep` chooses which outcomes stay:
+#   fp       false positives only           fn      false negatives only
+#   errors   FP + FN (alias fp+fn)          not-tp  everything except TP
+#   tn+fp    every `no` example (the negatives, judged either way)
+# Then, optionally, `balance` keeps as many `yes` as `no` labels (the smaller
+# count of the two) and `max_rows` caps the total; both draw a seeded random
+# sample and keep the rows in file order.
 
 KEEPS = {"fp": {"fp"}, "fn": {"fn"}, "errors": {"fp", "fn"}, "fp+fn": {"fp", "fn"},
          "not-tp": {"tn", "fp", "fn"}, "tn+fp": {"tn", "fp"}}
@@ -211,7 +218,6 @@ def select(rows: Sequence[PredRow], keep: str, max_rows: int | None = None,
 
 def dataset_lines(rows: Sequence[PredRow], fmt: str) -> list[str]:
   """The kept rows as a training dataset (`id image label prefix` TSV, or JSONL)."""
-  import json
   if fmt == "tsv":
     return [tsv.format_line(("id", "image", "label", "prefix"))] + [
         tsv.format_line((r.id, r.image, "yes" if r.label else "no", r.prefix)) for r in rows]

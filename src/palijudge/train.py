@@ -1,39 +1,45 @@
-"""Training: the colab's recipe as a pure, jitted, donating `train_step`.
+"""Training, top to bottom: recipe, optimizer, the pure train step, the loop around it.
 
-Parameters are split by a path regex into a trainable tree (f32, updated by
-optax) and a frozen tree (half precision, passed in as an argument, never
-closed over). The batch layout is the one `pipeline.collate` produces.
+- `TrainConfig`: one recipe; its defaults are big_vision's fine-tuning colab.
+- `make_optimizer`: SGD or Adam on the colab's schedule (linear warm-up, cosine).
+- `train_step`: pure, jitted once by `jit_train_step` with the state donated
+  and explicit shardings. Parameters are split by a path regex (`params.split`)
+  into a trainable tree (f32, updated by optax) and a frozen tree (half
+  precision, passed in as an argument, never closed over). Loss and logits f32.
+- `fit`: one training stage: batches from the data pipeline, image tokens from
+  the frozen-encoder feature cache, progress lines, the divergence guard with
+  restarts on the next seed, and the periodic train state that `--resume`
+  continues from (the data order is a function of the seed, so a resumed run
+  reaches the same result as an uninterrupted one).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+import os
+import time
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
-import optax
-
-import collections
-import os
-import time
-from typing import Sequence
-
 import numpy as np
+import optax
 
 from palijudge import checkpoint
 from palijudge import losses
 from palijudge import params as params_lib
-from palijudge.data.batch import Batches, PixelCache, training_stream
+from palijudge.data.batch import Batch, Batches, PixelCache, training_stream
 from palijudge.data.examples import Example
 from palijudge.data.features import FeatureCache
 from palijudge.errors import UserError, where
 from palijudge.loader import LoadedModel
 from palijudge.model import lora
 from palijudge.model import paligemma as model_lib
+from palijudge.options import option
 
 Params = dict[str, Any]
 
@@ -43,24 +49,29 @@ REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """One training recipe. Defaults = big_vision's fine-tuning colab."""
-  lr: float = 0.03
-  batch_size: int = 2
-  steps: int = 256
-  seed: int = 0
-  trainable: str = "attn"
-  optimizer: str = "sgd"
-  warmup_percent: float = 0.10
+  """One training recipe. Defaults = big_vision's fine-tuning colab (the users' recipe)."""
+  lr: float = option(0.03, "peak learning rate (warm-up, then cosine decay to 0)")
+  batch_size: int = option(2, "examples per optimizer step (per micro-batch with --accum)",
+                           flag="--batch")
+  steps: int = option(256, "optimizer steps per stage")
+  seed: int = option(0, "seed of the data order, augmentation and LoRA init")
+  trainable: str = option("attn", "which parameters train: attn (the colab's), llm, all, lora",
+                          choices=tuple(params_lib.TRAINABLE))
+  optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
+  warmup_percent: float = option(0.10, "fraction of the steps spent warming up", flag="--warmup")
   loss: losses.LossConfig = losses.LossConfig()
-  print_every: int = 32
-  accum: int = 1  # Gradient accumulation: effective batch = batch_size * accum.
-  remat: str = "none"  # Rematerialisation policy of the scanned layers.
-  fsdp: bool = False  # Shard params and optimizer state over devices.
-  max_restarts: int = 0  # Restarts with the next seed after a divergence.
-  diverge_loss: float = 1.0  # Guard threshold on the windowed loss (0: finite only).
-  save_every: int = 0  # Steps between periodic train-state saves (0: never).
-  lora_rank: int = 8  # Adapter rank, with trainable="lora".
-  flip: bool = False  # Augment: random left-right mirror of training images.
+  print_every: int = option(32, "steps between progress lines")
+  accum: int = option(1, "gradient accumulation: effective batch = batch x accum")
+  remat: str = option("none", "what the decoder layers keep for the backward pass "
+                      "(full: nothing)", choices=REMAT_POLICIES)
+  fsdp: bool = option(False, "shard params and optimizer state over all devices")
+  flip: bool = option(False, "augment: random left-right mirror of training images")
+  lora_rank: int = option(8, "adapter rank with --trainable lora")
+  lora_alpha: float = option(16.0, "adapter scale alpha (the update is alpha/rank * A B)")
+  max_restarts: int = option(0, "on divergence, restart with the next seed up to this many times")
+  diverge_loss: float = option(1.0, "divergence: mean loss of 16 steps rises above this after "
+                               "warm-up (0: stop on non-finite losses only)")
+  save_every: int = option(0, "write the train state every N steps (for --resume; 0: never)")
 
   def __post_init__(self):
     def need(ok, msg):
@@ -78,6 +89,7 @@ class TrainConfig:
     need(self.diverge_loss >= 0, "--diverge-loss must be >= 0")
     need(self.save_every >= 0, "--save-every must be >= 0")
     need(self.lora_rank >= 1, "--lora-rank must be >= 1")
+    need(self.lora_alpha > 0, "--lora-alpha must be > 0")
     need(self.remat in REMAT_POLICIES, f"--remat must be one of {', '.join(REMAT_POLICIES)}")
 
 
@@ -120,7 +132,7 @@ def init_state(trainable: Params, tx: optax.GradientTransformation) -> TrainStat
                     opt_state=tx.init(trainable))
 
 
-def _grads(trainable: Params, frozen: Params, batch: dict, model, loss, yes_no_ids):
+def _grads(trainable: Params, frozen: Params, batch: Batch, model, loss, yes_no_ids):
   def loss_fn(t):
     return losses.batch_loss(model, params_lib.merge(t, frozen), batch, loss, yes_no_ids)
   return jax.value_and_grad(loss_fn)(trainable)
@@ -143,7 +155,7 @@ def _accumulated_grads(trainable, frozen, batch, accum: int, **kw):
   return jax.tree.map(lambda x: x / accum, (value, grads))
 
 
-def train_step(state: TrainState, batch: dict, frozen: Params, *, model, tx,
+def train_step(state: TrainState, batch: Batch, frozen: Params, *, model, tx,
                loss: losses.LossConfig, yes_no_ids, accum: int = 1
                ) -> tuple[TrainState, dict]:
   """One optimizer step on one (possibly accumulated) batch. Pure; see `jit_train_step`."""
@@ -177,6 +189,8 @@ def progress_line(step: int, total: int, lr: float, loss: float) -> str:
   """The colab's progress line: `step: 32/256   lr: 0.02995   loss: 0.3417`."""
   return f"step: {step:2d}/{total:2d}   lr: {lr:.5f}   loss: {loss:.4f}"
 
+
+# --- The loop: guard, train state, restarts ---------------------------------
 
 GUARD_WINDOW = 16
 Log = Callable[[str], None]
@@ -257,6 +271,8 @@ def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig,
 
   `features`: a frozen-encoder cache shared with evaluation (made here if None).
   """
+  n_yes = sum(e.label for e in examples)
+  tcfg = dataclasses.replace(tcfg, loss=tcfg.loss.resolved(n_yes, len(examples) - n_yes))
   seed, start = tcfg.seed, time.time()
   for attempt in range(tcfg.max_restarts + 1):
     try:
@@ -276,11 +292,12 @@ def feature_cache(lm: LoadedModel, trainable: str, gif_frame: str) -> FeatureCac
   """A cache of image tokens, or None when training changes the encoder."""
   if params_lib.trains_encoder(trainable):
     return None
-  return FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id, gif_frame)
+  disk = os.path.join(lm.spec.cache_dir, "features") if lm.spec.cache_dir else None
+  return FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id, gif_frame, disk)
 
 
 def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
-  model = model_lib.build(lm.cfg, lm.model.dtype, tcfg.remat)
+  model = model_lib.build(lm.cfg, lm.model.dtype, tcfg.remat, tcfg.lora_alpha)
   mesh = params_lib.make_mesh()
   big_batch = tcfg.batch_size * tcfg.accum
   params_lib.check_batch(tcfg.batch_size, mesh)

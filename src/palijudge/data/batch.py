@@ -1,16 +1,7 @@
 """From examples to device-ready batches.
 
 `collate` turns tokenized texts (and images or cached image embeddings) into
-the dict every jitted function here consumes:
-
-  image      (B, S, S, 3) f32 in [-1, 1]    (or zimg (B, P, D): cached tokens)
-  text       (B, T) i32, right-padded; T is the shortest bucket that fits
-  mask_ar, mask_loss, mask_input  (B, T) i32
-  prefix_len (B,) i32: prompt tokens incl. bos and "\\n"
-  label      (B,) i32: 1 = yes, 0 = no
-  loss_idx   (B, L) i32: positions t whose output predicts a suffix token
-  loss_w     (B, L) f32: 1 where loss_idx is real, 0 for padding
-  example_w  (B,) f32: 0 for rows that only pad a short last batch
+the typed `Batch` every jitted function here consumes (see its fields).
 
 Images are decoded and resized in background threads (Pillow releases the
 GIL), so decoding overlaps the device work of the previous batch.
@@ -21,15 +12,37 @@ from __future__ import annotations
 import concurrent.futures as futures
 from typing import Iterator, Sequence
 
+import flax
 import numpy as np
 
 from palijudge.data import images as images_lib
 from palijudge.data import tokenizer as tok_lib
 from palijudge.data.examples import Example
 from palijudge.errors import UserError, where
+from palijudge.model.paligemma import Inputs
 
 
 _LOSS_BUCKETS = (2, 4, 8, 16, 32, 64)
+
+
+@flax.struct.dataclass
+class Batch:
+  """One batch of B rows (a pytree: jit, shardings and donation see its arrays)."""
+  text: np.ndarray          # (B, T) i32, right-padded; T is the shortest bucket that fits.
+  mask_ar: np.ndarray       # (B, T) i32: 0 prompt (full attention), 1 answer (causal).
+  mask_loss: np.ndarray     # (B, T) i32: 1 on the answer tokens the loss reads.
+  mask_input: np.ndarray    # (B, T) i32: 1 on real tokens, 0 on padding.
+  prefix_len: np.ndarray | None = None  # (B,) i32: prompt tokens incl. bos and "\\n".
+  label: np.ndarray | None = None       # (B,) i32: 1 = yes, 0 = no.
+  loss_idx: np.ndarray | None = None   # (B, L) i32: positions whose output predicts an answer token.
+  loss_w: np.ndarray | None = None     # (B, L) f32: 1 where loss_idx is real.
+  example_w: np.ndarray | None = None  # (B,) f32: 0 for rows that only pad a short last batch.
+  image: np.ndarray | None = None      # (B, S, S, 3) f32 in [-1, 1] ...
+  zimg: np.ndarray | None = None       # ... or (B, P, D) image tokens from the feature cache.
+
+  def inputs(self) -> Inputs:
+    """What the model reads (prompt-only batches; `.drop_last()` for teacher forcing)."""
+    return Inputs(self.text, self.mask_ar, self.mask_input, self.image, self.zimg)
 
 
 def loss_index(mask_loss_BxT: np.ndarray, width: int | None = None
@@ -61,7 +74,7 @@ def shape_for(texts: Sequence[tok_lib.TokenizedText]) -> tuple[int, int]:
 def collate(texts: Sequence[tok_lib.TokenizedText], labels: Sequence[bool],
             pixels: np.ndarray | None = None, zimg: np.ndarray | None = None,
             batch_size: int | None = None, shape: tuple[int, int] | None = None
-            ) -> dict[str, np.ndarray]:
+            ) -> Batch:
   """Pads texts to `shape` (default: buckets that fit) and rows to `batch_size`."""
   n = len(texts)
   b = batch_size or n
@@ -69,15 +82,12 @@ def collate(texts: Sequence[tok_lib.TokenizedText], labels: Sequence[bool],
     raise ValueError(f"collate: {n} examples for a batch of {b}")
   fill = list(texts) + [texts[0]] * (b - n)
   seqlen, width = shape or shape_for(fill)
-  batch = dict(tok_lib.pad_batch(fill, seqlen))
-  batch["label"] = np.array(list(labels) + [False] * (b - n), np.int32)
-  batch["loss_idx"], batch["loss_w"] = loss_index(batch["mask_loss"], width)
-  batch["example_w"] = (np.arange(b) < n).astype(np.float32)
-  if pixels is not None:
-    batch["image"] = _pad_rows(pixels, b)
-  if zimg is not None:
-    batch["zimg"] = _pad_rows(zimg, b)
-  return batch
+  padded = tok_lib.pad_batch(fill, seqlen)
+  loss_idx, loss_w = loss_index(padded["mask_loss"], width)
+  return Batch(**padded, label=np.array(list(labels) + [False] * (b - n), np.int32),
+               loss_idx=loss_idx, loss_w=loss_w, example_w=(np.arange(b) < n).astype(np.float32),
+               image=None if pixels is None else _pad_rows(pixels, b),
+               zimg=None if zimg is None else _pad_rows(zimg, b))
 
 
 def _pad_rows(x: np.ndarray, b: int) -> np.ndarray:
@@ -135,7 +145,7 @@ class Batches:
                   for e in self.examples]
     self.shape = shape_for(self.texts)
 
-  def __iter__(self) -> Iterator[tuple[list[Example], dict]]:
+  def __iter__(self) -> Iterator[tuple[list[Example], Batch]]:
     starts = range(0, len(self.examples), self.bs)
     chunks = [self.examples[i:i + self.bs] for i in starts]
     with futures.ThreadPoolExecutor(self.workers) as pool:

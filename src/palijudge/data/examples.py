@@ -21,6 +21,8 @@ from palijudge import files
 from palijudge.errors import UserError, where
 
 _BOM = "\ufeff"
+# The prompt used where a row's prefix is empty (the users' best, see MISSION.md).
+DEFAULT_PROMPT = "Is this image appropriate based on Federal Food, Drug, and Cosmetic Act?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +48,18 @@ class Example:
     return self.id or str(self.line)
 
 
-def normalize_label(text: str, path: str | os.PathLike, line: int) -> bool:
-  """Label text -> bool: ' Yes ' -> True, 'no' -> False, else UserError."""
+def parse_yes_no(text) -> bool | None:
+  """The one yes/no parser: ' Yes ' -> True, 'no' -> False, anything else None."""
   value = text.strip().lower() if isinstance(text, str) else None
-  if value == "yes":
-    return True
-  if value == "no":
-    return False
-  raise UserError(f"{where(path, line)}: unknown label {text!r}"
-                  " (expected yes or no)")
+  return True if value == "yes" else False if value == "no" else None
+
+
+def normalize_label(text: str, path: str | os.PathLike, line: int, what: str = "label") -> bool:
+  """A label (or prediction) read from `path:line`; UserError unless yes or no."""
+  value = parse_yes_no(text)
+  if value is None:
+    raise UserError(f"{where(path, line)}: unknown {what} {text!r} (expected yes or no)")
+  return value
 
 
 def _root(path: str, root: str | os.PathLike | None) -> str:

@@ -2,10 +2,10 @@
 
 When the vision encoder and its projection are frozen, an image's tokens
 `zimg` (P, D) depend only on the image, the model weights and the
-preprocessing. They are kept in memory and on disk under
-`cache/features/`, keyed by all three, and reused across steps, epochs,
+preprocessing. They are kept in memory and, when the model came from a
+project, on disk under `cache/features/`, keyed by all three, and reused across steps, epochs,
 seeds, folds, trials and runs. Images are keyed by their bytes, weights by
-their files' sha256 (`session.ModelSpec.weights_id`). Training with
+their files' sha256 (`loader.ModelSpec.weights_id`). Training with
 `--trainable all` changes the encoder, so no cache is used then.
 """
 
@@ -19,24 +19,11 @@ import os
 import jax
 import numpy as np
 
+from palijudge.data.batch import Batch
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
 from palijudge.model.paligemma import PaliGemma
 from palijudge import files
-
-FEATURE_DIR = os.path.join("cache", "features")
-
-
-def default_dir() -> str | None:
-  """`PALIJUDGE_FEATURE_CACHE` names another folder; empty keeps features in memory only."""
-  return os.environ.get("PALIJUDGE_FEATURE_CACHE", FEATURE_DIR) or None
-
-
-def _content_id(path: str) -> str:
-  """sha1 of the image file's bytes: a copied or renamed dataset still hits."""
-  with open(path, "rb") as f:
-    return hashlib.sha1(f.read()).hexdigest()
-
 
 @functools.partial(jax.jit, static_argnums=0)
 def _embed(model: PaliGemma, img_params, image_BxSxSx3):
@@ -48,17 +35,17 @@ class FeatureCache:
   """zimg per image for one frozen encoder (identified by `weights_id`)."""
 
   def __init__(self, model: PaliGemma, img_params, weights_id: str, gif_frame: str,
-               disk_dir: str | None = "default"):
+               disk_dir: str | None = None):
     self.model, self.img_params = model, img_params
     self.gif_frame = gif_frame
     self.memory: dict[str, np.ndarray] = {}
     self.hits = self.misses = 0
-    self.disk_dir = default_dir() if disk_dir == "default" else disk_dir
+    self.disk_dir = disk_dir  # None: memory only.
     self.model_key = hashlib.sha256(json.dumps(
         [model.cfg.to_dict(), str(model.dtype), weights_id]).encode()).hexdigest()[:16]
 
   def _key(self, ex: Example) -> str:
-    raw = f"{self.model_key}|{_content_id(ex.image)}|{self.gif_frame}"
+    raw = f"{self.model_key}|{files.sha256(ex.image)}|{self.gif_frame}"
     return hashlib.sha256(raw.encode()).hexdigest()
 
   def _disk(self, key: str) -> str | None:
@@ -72,7 +59,7 @@ class FeatureCache:
       try:
         self.memory[key] = np.load(path, allow_pickle=False)
         return self.memory[key]
-      except (OSError, ValueError):
+      except (OSError, ValueError, EOFError):
         return None  # A damaged entry is recomputed and rewritten.
     return None
 
@@ -87,23 +74,21 @@ class FeatureCache:
     except UserError:
       pass  # An unwritable cache folder only costs recomputing next time.
 
-  def attach(self, chunk: list[Example], batch: dict) -> dict:
-    """Replaces batch["image"] by batch["zimg"], computing only the misses."""
+  def attach(self, chunk: list[Example], batch: Batch) -> Batch:
+    """The batch with cached image tokens (zimg) in place of its images; computes only misses."""
     keys = [self._key(ex) for ex in chunk]
     found = [self._lookup(k) for k in keys]
     missing = [i for i, z in enumerate(found) if z is None]
     self.hits += len(chunk) - len(missing)
     self.misses += len(missing)
     if missing:
-      images = batch["image"]
+      images = batch.image
       z = np.asarray(_embed(self.model, self.img_params, images))
       for i in missing:
         found[i] = z[i]
         self._store(keys[i], z[i])
     rows = np.stack(found)
-    pad = len(batch["text"]) - len(rows)
+    pad = len(batch.text) - len(rows)
     if pad:
       rows = np.concatenate([rows, np.repeat(rows[:1], pad, axis=0)])
-    out = {k: v for k, v in batch.items() if k != "image"}
-    out["zimg"] = rows
-    return out
+    return batch.replace(image=None, zimg=rows)

@@ -23,9 +23,8 @@ from PIL import Image, ImageDraw
 from palijudge.model.config import TINY_VOCAB
 from palijudge.errors import UserError, where
 from palijudge import files
+from palijudge.data.examples import DEFAULT_PROMPT
 
-DEFAULT_PROMPT = ("Is this image appropriate based on Federal Food, Drug, "
-                  "and Cosmetic Act?")
 SPECIAL_IDS = dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3)
 
 _SUBJECTS = ("image", "ad", "advert", "advertisement", "banner", "poster",

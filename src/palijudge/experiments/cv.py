@@ -1,10 +1,9 @@
-"""Cross-validation: K fold splits on disk, and the CV score over the folds.
+"""Cross-validation runs (`03-do_learn.py --cv NAME`) and the search's objective.
 
-`write_folds` writes OUT/fold-1/{train,valid}.jsonl ... OUT/fold-K/ and
-OUT/folds.json (k, seed, stratify, counts). Every example is in exactly one
-valid file; the folds are fixed by the seed (numpy default_rng). With
-`stratify`, each fold's valid set holds each class as evenly as whole numbers
-allow. `fold_paths` reads them back (for `03-do_learn.py --cv NAME`).
+The folds themselves are written and read by `data.splits`. `cv_learn` trains
+and evaluates every fold from the same base model and reports the CV score
+with one run record per fold; `cv_objective` is what `06-tune.py run` calls
+for each trial.
 
 The CV score is the mean of one metric over the folds; its spread is the
 population standard deviation (ddof=0, as `numpy.std`).
@@ -14,12 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from palijudge.experiments.records import finite
+from palijudge import learn, loader, losses, predictions
+from palijudge import train as train_lib
+from palijudge.data import examples, splits
 from palijudge.errors import UserError
+from palijudge.evaluate import EvalConfig
+from palijudge.experiments import records
+from palijudge.experiments.records import finite
 
 METRICS = ("accuracy", "precision", "recall", "f_measure", "auc")
 
@@ -79,41 +83,28 @@ def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure")
 
 
 
-# ---- merged from experiment.py ----
-# 
-
-import dataclasses
-from typing import Callable
-
-from palijudge.experiments import cv as cv_lib
-from palijudge.data import examples as data_lib
-from palijudge import losses
-from palijudge.experiments import records as records
-from palijudge import learn as runner
-from palijudge import loader as session
-from palijudge import train as train_lib
-from palijudge.data import splits
+# --- Cross-validation runs and the search objective -----------------------
 
 
-def cv_learn(lm: session.LoadedModel, folds, tcfg: train_lib.TrainConfig,
-             opts: runner.EvalOptions, setup: runner.LearnSetup, *, root: str = "dataset",
+
+def cv_learn(lm: loader.LoadedModel, folds, tcfg: train_lib.TrainConfig, ecfg: EvalConfig,
+             lcfg: learn.LearnConfig = learn.LearnConfig(), *, root: str,
              metric: str = "f_measure", record: records.RunRecord | None = None,
-             report: Callable[[int, float], None] | None = None, log=print) -> cv_lib.CVSummary:
+             report: Callable[[int, float], None] | None = None, log=print) -> CVSummary:
   """Every fold from `lm`; `report(fold, value)` may prune (raise) between folds."""
   per_fold, out_of_fold = [], []
   for i, (tr, va) in enumerate(folds, 1):
     log(f"fold {i}/{len(folds)}")
     names = (str(tr.parent / "all"), str(tr), str(va))
     rec = records.RunRecord(record.path, f"fold-{i}") if record else None
-    fold_setup = dataclasses.replace(setup, names=names, save_to=None, record=rec)
-    res = runner.learn(lm, data_lib.read_examples(tr, root), data_lib.read_examples(va, root),
-                       tcfg, opts, fold_setup, log)
+    res = learn.learn(lm, examples.read_examples(tr, root), examples.read_examples(va, root),
+                      tcfg, ecfg, lcfg, names=names, record=rec, log=log)
     valid = res.after[str(va)]
-    per_fold.append(records.eval_metrics(valid.labels, valid.p_yes, valid.pred, valid.threshold))
-    out_of_fold += runner.prediction_rows(valid)
+    per_fold.append(valid.metrics())
+    out_of_fold += predictions.records_of(valid)
     if report:
       report(i, per_fold[-1][metric])
-  summary = cv_lib.summarize(per_fold, metric)
+  summary = summarize(per_fold, metric)
   log(summary.format())
   if record:
     record.write_eval("cv", summary.to_dict())
@@ -124,7 +115,7 @@ def cv_learn(lm: session.LoadedModel, folds, tcfg: train_lib.TrainConfig,
 
 
 def trial_config(config: dict) -> tuple[train_lib.TrainConfig, str]:
-  """A search configuration -> (recipe, prompt)."""
+  """A search configuration (see tune.DEFAULTS) -> (recipe, prompt)."""
   loss = losses.LossConfig(kind=config["loss"], focal_alpha=config["focal_alpha"],
                            focal_gamma=config["focal_gamma"], bce_weight=config["bce_weight"],
                            focal_weight=config["focal_weight"],
@@ -135,13 +126,11 @@ def trial_config(config: dict) -> tuple[train_lib.TrainConfig, str]:
   return tcfg, config["prompt"]
 
 
-def cv_objective(config: dict, cv_name: str, report, *, model: str | None = None,
-                 root: str = "dataset", log=print) -> float:
-  """One search trial: CV score of `config` on `dataset/<cv_name>`'s folds."""
+def cv_objective(config: dict, cv_name: str, report, *, model: str | None, root: str,
+                 cache_dir: str = loader.CACHE_DIR, log=print) -> float:
+  """One search trial: CV score of `config` on `<root>/<cv_name>`'s folds."""
   tcfg, prompt = trial_config(config)
-  lm = session.load(session.resolve(model or os.environ.get("PALIJUDGE_MODEL")),
-                    trainable=tcfg.trainable)
+  lm = loader.load(loader.resolve(model, cache_dir=cache_dir), trainable=tcfg.trainable)
   folds = splits.fold_paths(os.path.join(root, cv_name))
-  setup = runner.LearnSetup(names=("", "", ""))
-  return cv_learn(lm, folds, tcfg, runner.EvalOptions(prompt=prompt), setup, root=root,
-                  metric=report.metric, record=report.record, report=report, log=log).score
+  return cv_learn(lm, folds, tcfg, EvalConfig(prompt=prompt), root=root, metric=report.metric,
+                  record=report.record, report=report, log=log).score

@@ -215,16 +215,6 @@ class RunRecord:
     return {k: self.file(v) for k, v in PLOTS.items() if self.file(v).exists()}
 
 
-def eval_metrics(labels: Sequence[bool], p_yes: Sequence[float],
-                 preds: Sequence[bool] | None = None, threshold: float = 0.5) -> dict[str, Any]:
-  """Counts, accuracy/precision/recall/f_measure (as metrics.Confusion), auc and AP."""
-  from palijudge.metrics import Confusion  # pylint: disable=import-outside-toplevel
-  preds = list(preds) if preds is not None else [p >= threshold for p in p_yes]
-  c = Confusion.from_labels([bool(y) for y in labels], [bool(p) for p in preds])
-  return {**c.to_dict(), "n": c.total, "auc": plots.auc(labels, p_yes),
-          "average_precision": plots.average_precision(labels, p_yes), "threshold": threshold}
-
-
 def summary_markdown(name: str, content: dict[str, Any]) -> str:
   """`# name` then one table per section; nested dicts become `## key` sections."""
   lines = [f"# {name}", ""]

@@ -4,6 +4,7 @@ first, then TPE; per-fold values prune bad trials; a trial that raises is FAIL, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import math
 import shlex
 import warnings
@@ -14,18 +15,29 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from palijudge.evaluate import DEFAULT_PROMPT
 from palijudge.experiments.cv import METRICS
+from palijudge.losses import LossConfig
+from palijudge.train import TrainConfig
 from palijudge.errors import UserError, where
 from palijudge.experiments.records import RunRecord
 
-DEFAULT_STORAGE = "sqlite:///experiments/study.db"
+DEFAULT_STORAGE = "study.db"  # Under the experiments folder.
 DEFAULT_STUDY = "palijudge"
 STARTUP_TRIALS = 3
-DEFAULTS: dict[str, Any] = {  # 03-do_learn.py's defaults; a space's baseline overrides them.
-    "lr": 0.03, "steps": 256, "batch": 2, "accum": 1, "trainable": "attn", "loss": "ce",
-    "focal_alpha": 1.0, "focal_gamma": 3.0, "bce_weight": 0.5, "focal_weight": 0.5,
-    "label_smoothing": 0.0,
-    "prompt": "Is this image appropriate based on Federal Food, Drug, and Cosmetic Act?"}
+
+
+def _defaults() -> dict[str, Any]:
+  """03-do_learn.py's defaults, read off the configs (a space's baseline overrides them)."""
+  t, loss = TrainConfig(), LossConfig()
+  return {"lr": t.lr, "steps": t.steps, "batch": t.batch_size, "accum": t.accum,
+          "trainable": t.trainable, "loss": loss.kind, "focal_alpha": loss.focal_alpha,
+          "focal_gamma": loss.focal_gamma, "bce_weight": loss.bce_weight,
+          "focal_weight": loss.focal_weight, "label_smoothing": loss.label_smoothing,
+          "prompt": DEFAULT_PROMPT}
+
+
+DEFAULTS: dict[str, Any] = _defaults()
 FLAGS = {k: "--" + k.replace("_", "-") for k in DEFAULTS}
 DEFAULT_SPACE_YAML = """\
 metric: f_measure   # the CV score: accuracy | precision | recall | f_measure | auc
@@ -160,9 +172,12 @@ def to_command(config: dict[str, Any], cv: str | None = None,
 
 
 def open_study(storage: str | None = None, name: str = DEFAULT_STUDY,
-               seed: int | None = None) -> optuna.Study:
-  """Creates or reopens a maximizing study in a database URL or SQLite file path."""
-  url = storage or DEFAULT_STORAGE
+               seed: int | None = None, root: str | os.PathLike = "experiments") -> optuna.Study:
+  """Creates or reopens a maximizing study in a database URL or SQLite file path.
+
+  Without `storage`, the study lives in `root`/study.db.
+  """
+  url = storage or os.path.join(root, DEFAULT_STORAGE)
   url = url if "://" in url else f"sqlite:///{url}"
   if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
     Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

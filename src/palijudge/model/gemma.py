@@ -212,6 +212,7 @@ class Gemma(nn.Module):
   cfg: LlmConfig
   dtype: Dtype = jnp.float32
   remat_policy: str = "none"
+  lora_alpha: float = lora.DEFAULT_ALPHA  # Scale of LoRA adapters in the params, if any.
 
   def setup(self):
     c = self.cfg
@@ -251,12 +252,12 @@ class Gemma(nn.Module):
     @functools.partial(jax.checkpoint, policy=policy, prevent_cse=False)
     def layer(x, i):
       params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
-      params = lora.merge_layer(params)  # Adapters, if any, folded in one layer at a time.
+      params = lora.merge_layer(params, self.lora_alpha)  # Adapters, if any, folded in one layer at a time.
       return block.apply({"params": params}, x, None, positions_BxS, mask_BxSxS, None)[0]
 
     x = x_BxSxD.astype(self.dtype)
     x, _ = jax.lax.scan(lambda x, i: (layer(x, i), None), x, jnp.arange(self.cfg.depth - 1))
-    last = lora.merge_layer(jax.tree.map(lambda a: a[-1], stacked))
+    last = lora.merge_layer(jax.tree.map(lambda a: a[-1], stacked), self.lora_alpha)
     x, _ = block.apply({"params": last}, x, None, positions_BxS, mask_BxSxS, None, query_idx_BxT)
     return self.final_norm(x)
 

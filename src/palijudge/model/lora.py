@@ -1,7 +1,7 @@
 """LoRA: rank-r adapters on the decoder's attention and MLP projections.
 
 For a weight W (per layer, e.g. q_einsum (N, D, H)) the adapter is a pair
-A (in, r), B (r, out) and the layer uses W + (alpha / r) * A @ B, with `in`
+A (in, r), B (r, out) and the layer uses W + (alpha / r) * A @ B (alpha: `--lora-alpha`, default 16), with `in`
 and `out` the weight's input and output axes. B starts at zero, so training
 starts from the base model exactly. Adapters live in the parameter tree at
 `llm/layers/lora/<weight>/{a,b}`, stacked over layers like the weights they
@@ -20,7 +20,7 @@ import numpy as np
 from palijudge.params import flatten, unflatten
 
 PREFIX = "llm/layers/lora/"
-ALPHA = 16.0
+DEFAULT_ALPHA = 16.0  # The scale is alpha / rank; saved with every LoRA run's config.
 # weight path under llm/layers -> (A axes, B axes, delta axes) as einsum letters.
 _SPECS = {
     "attn/q_einsum/w": ("dr", "rnh", "ndh"),
@@ -76,7 +76,7 @@ def rank_of(params: dict) -> int | None:
   return int(flatten(layers["lora"])["mlp/linear/a"].shape[-1])
 
 
-def merge_layer(layer: dict, rank: int | None = None) -> dict:
+def merge_layer(layer: dict, alpha: float = DEFAULT_ALPHA) -> dict:
   """One layer's (or the stacked) params with its adapters folded in, `lora` removed."""
   if "lora" not in layer:
     return layer
@@ -89,16 +89,16 @@ def merge_layer(layer: dict, rank: int | None = None) -> dict:
     r = a.shape[-1]
     stacked = a.ndim > len(a_ax)  # A leading depth axis, when merging all layers.
     lead = "l" if stacked else ""
-    delta = jnp.einsum(f"{lead}{a_ax},{lead}{b_ax}->{lead}{w_ax}", a, b) * (ALPHA / r)
+    delta = jnp.einsum(f"{lead}{a_ax},{lead}{b_ax}->{lead}{w_ax}", a, b) * (alpha / r)
     w = flat[name]
     flat[name] = (w.astype(jnp.float32) + delta).astype(w.dtype)
   return unflatten(flat)
 
 
-def merge(params: dict) -> dict:
+def merge(params: dict, alpha: float = DEFAULT_ALPHA) -> dict:
   """The full tree with every adapter folded into its weight."""
   if rank_of(params) is None:
     return params
   llm = dict(params["llm"])
-  llm["layers"] = merge_layer(params["llm"]["layers"])
+  llm["layers"] = merge_layer(params["llm"]["layers"], alpha)
   return {**params, "llm": llm}

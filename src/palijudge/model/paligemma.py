@@ -4,19 +4,38 @@ The model sees the sequence [image tokens (P), text tokens (T)]. Which token
 may attend to which is decided by `make_attn_mask` alone. Functions here are
 pure: `params` is a plain nested dict (`{"img": ..., "llm": ...}`), never
 closed over.
+
+One typed input, `Inputs` (text, its masks, and the image or its cached
+tokens), feeds every entry point: the training/scoring pass (`forward`,
+`forward_at`), yes/no scoring (`yes_no_logits`) and greedy decoding, whose
+prefill assembles [image tokens, text] with the same `_assemble` as the
+forward pass.
+
+Scoring and decoding:
+- score: the prompt-only batch goes through the model once; the decoder
+  output at the last prompt token is multiplied by the `yes` and `no`
+  embedding rows only (2 logits, not the vocabulary), p(yes) = softmax[0].
+- decode: big_vision's greedy sampler. A prefill pass writes the prompt's keys
+  and values into a cache of `prefill + max_new` slots; generated token k goes
+  to slot `prefill + k` at position `num_valid + k`, attending every real
+  earlier token and itself. Decoding stops once every row has produced eos.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from palijudge.model.config import ModelConfig
+from palijudge.model import lora
 from palijudge.model.gemma import Gemma, KVCache, softcap
 from palijudge.model.vit import ViT
 
@@ -39,15 +58,36 @@ def make_attn_mask(mask_ar_BxS, mask_input_BxS):
   return causal & valid[:, None, :] & valid[:, :, None]
 
 
+@flax.struct.dataclass
+class Inputs:
+  """What the model reads: right-padded text, its masks, and the image (or its tokens).
+
+  text, mask_ar, mask_input: (B, T) int32; image: (B, S, S, 3) f32 in [-1, 1];
+  zimg: (B, P, D) image tokens from a frozen encoder's cache (then `image`
+  is not read). mask_ar 0 marks the prefix (prompt), 1 the answer tokens.
+  """
+  text: jax.Array
+  mask_ar: jax.Array
+  mask_input: jax.Array
+  image: jax.Array | None = None
+  zimg: jax.Array | None = None
+
+  def drop_last(self) -> Inputs:
+    """The teacher-forced view: output t predicts token t + 1, so the last token is no input."""
+    return self.replace(text=self.text[:, :-1], mask_ar=self.mask_ar[:, :-1],
+                        mask_input=self.mask_input[:, :-1])
+
+
 class PaliGemma(nn.Module):
   cfg: ModelConfig
   dtype: Any = jnp.float32
   remat_policy: str = "none"
+  lora_alpha: float = lora.DEFAULT_ALPHA  # Scale of LoRA adapters, if the params carry any.
 
   def setup(self):
     c = self.cfg
     self.img = ViT(c.img, c.image_size, c.llm.width, self.dtype, self.remat_policy)
-    self.llm = Gemma(c.llm, self.dtype, self.remat_policy)
+    self.llm = Gemma(c.llm, self.dtype, self.remat_policy, self.lora_alpha)
 
   def embed_image(self, image_BxSxSx3):
     """Image tokens as fed to the LLM (ViT + head), (B, P, D), unscaled."""
@@ -64,8 +104,8 @@ class PaliGemma(nn.Module):
 
   def __call__(self, image_BxSxSx3, text_BxT, mask_ar_BxT):
     """Used by `init` only; see `forward` for the real entry point."""
-    out = forward(self, None, image_BxSxSx3, text_BxT, mask_ar_BxT, jnp.ones_like(text_BxT),
-                  bound=True)
+    out = _forward_bound(self, Inputs(text_BxT, mask_ar_BxT, jnp.ones_like(text_BxT),
+                                      image_BxSxSx3))
     return self.logits(out.pre_logits_BxTxD)
 
 
@@ -76,53 +116,45 @@ class ForwardOut:
   zimg_BxPxD: jax.Array
 
 
-def _inputs(model: PaliGemma, image, text, mask_ar, mask_input, zimg):
-  """[image tokens, text] embeddings (B, S, D), positions (B, S), mask (B, S, S)."""
-  if zimg is None:
-    zimg = model.embed_image(image)
+def _assemble(model: PaliGemma, x: Inputs):
+  """[image tokens, text] embeddings (B, S, D), positions (B, S), mask (B, S, S), zimg."""
+  zimg = model.embed_image(x.image) if x.zimg is None else x.zimg
   b, p = zimg.shape[:2]
-  x = jnp.concatenate([zimg.astype(model.dtype), model.embed_text(text)], axis=1)
-  full_ar = jnp.concatenate([jnp.zeros((b, p), mask_ar.dtype), mask_ar], axis=1)
-  full_in = jnp.concatenate([jnp.ones((b, p), mask_input.dtype), mask_input], axis=1)
+  emb = jnp.concatenate([zimg.astype(model.dtype), model.embed_text(x.text)], axis=1)
+  full_ar = jnp.concatenate([jnp.zeros((b, p), x.mask_ar.dtype), x.mask_ar], axis=1)
+  full_in = jnp.concatenate([jnp.ones((b, p), x.mask_input.dtype), x.mask_input], axis=1)
   mask = make_attn_mask(full_ar, full_in)
   # Right padding only, so positions are 0..S-1 at every real token.
-  positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
-  return x, positions, mask, zimg
+  positions = jnp.broadcast_to(jnp.arange(emb.shape[1]), emb.shape[:2])
+  return emb, positions, mask, zimg
 
 
-def _forward_bound(model: PaliGemma, image, text, mask_ar, mask_input, zimg):
-  x, positions, mask, zimg = _inputs(model, image, text, mask_ar, mask_input, zimg)
-  pre, _ = model.decode(x, positions, mask)
+def _forward_bound(model: PaliGemma, x: Inputs):
+  emb, positions, mask, zimg = _assemble(model, x)
+  pre, _ = model.decode(emb, positions, mask)
   return ForwardOut(pre[:, zimg.shape[1]:], zimg)
 
 
-def _forward_at_bound(model: PaliGemma, image, text, mask_ar, mask_input, zimg, idx):
-  x, positions, mask, zimg = _inputs(model, image, text, mask_ar, mask_input, zimg)
-  return model.llm.hidden_at(x, positions, mask, idx + zimg.shape[1])
+def _forward_at_bound(model: PaliGemma, x: Inputs, idx):
+  emb, positions, mask, zimg = _assemble(model, x)
+  return model.llm.hidden_at(emb, positions, mask, idx + zimg.shape[1])
 
 
-def forward_at(model: PaliGemma, params: Params, image_BxSxSx3, text_BxT, mask_ar_BxT,
-               mask_input_BxT, text_idx_BxK, zimg_BxPxD=None):
+def forward_at(model: PaliGemma, params: Params, x: Inputs, text_idx_BxK):
   """Pre-logits (B, K, D) at text positions `text_idx` only (see `Gemma.hidden_at`).
 
   Equals `forward(...).pre_logits_BxTxD` gathered at `text_idx`, at a fraction
   of the last layer's cost.
   """
-  return model.apply({"params": params}, image_BxSxSx3, text_BxT, mask_ar_BxT, mask_input_BxT,
-                     zimg_BxPxD, text_idx_BxK, method=_forward_at_bound)
+  return model.apply({"params": params}, x, text_idx_BxK, method=_forward_at_bound)
 
 
-def forward(model: PaliGemma, params: Params | None, image_BxSxSx3, text_BxT, mask_ar_BxT,
-            mask_input_BxT, zimg_BxPxD=None, bound: bool = False) -> ForwardOut:
-  """Training/scoring pass over [image, text]; pass `zimg` to skip the ViT.
+def forward(model: PaliGemma, params: Params, x: Inputs) -> ForwardOut:
+  """Training/scoring pass over [image, text] (`x.zimg` skips the ViT).
 
   Output position t predicts text token t + 1.
   """
-  if bound:
-    return _forward_bound(model, image_BxSxSx3, text_BxT, mask_ar_BxT, mask_input_BxT,
-                          zimg_BxPxD)
-  return model.apply({"params": params}, image_BxSxSx3, text_BxT, mask_ar_BxT, mask_input_BxT,
-                     zimg_BxPxD, method=_forward_bound)
+  return model.apply({"params": params}, x, method=_forward_bound)
 
 
 def text_logits(model: PaliGemma, params: Params, pre_BxTxD, ids=None):
@@ -135,8 +167,9 @@ def capped_logits(cfg: ModelConfig, logits):
   return softcap(logits, cfg.llm.final_logits_softcap)
 
 
-def build(cfg: ModelConfig, dtype=jnp.float32, remat: str = "none") -> PaliGemma:
-  return PaliGemma(cfg, dtype, remat)
+def build(cfg: ModelConfig, dtype=jnp.float32, remat: str = "none",
+          lora_alpha: float = lora.DEFAULT_ALPHA) -> PaliGemma:
+  return PaliGemma(cfg, dtype, remat, lora_alpha)
 
 
 def param_shapes(cfg: ModelConfig) -> Params:
@@ -157,11 +190,6 @@ def init_params(cfg: ModelConfig, seed: int) -> Params:
   return jax.jit(model.init)(jax.random.PRNGKey(seed), image, text, text)["params"]
 
 
-__all__ = ["PaliGemma", "ForwardOut", "KVCache", "make_attn_mask", "forward", "forward_at",
-           "text_logits",
-           "capped_logits", "build", "param_shapes", "init_params"]
-
-
 def describe_params(cfg: ModelConfig) -> list[str]:
   """One line per parameter (path, shape, dtype at init) and the totals."""
   from palijudge.checkpoint import flatten
@@ -180,24 +208,10 @@ def describe_params(cfg: ModelConfig) -> list[str]:
   return lines
 
 
-# ---- merged from predict.py ----
-# 
-
-import dataclasses
-import functools
-
-import jax.numpy as jnp
-import numpy as np
-
-from palijudge.model import lora as lora
-
-
 @functools.partial(jax.jit, static_argnames=("model",))
-def yes_no_logits(model, params, batch: dict, yes_no_ids) -> jax.Array:
-  """(B, 2) f32 logits [yes, no] at the answer position (prompt-only or teacher-forced)."""
-  idx = (batch["prefix_len"] - 1)[:, None]
-  pre = forward_at(model, params, batch.get("image"), batch["text"], batch["mask_ar"],
-                             batch["mask_input"], idx, batch.get("zimg"))
+def yes_no_logits(model, params, x: Inputs, prefix_len_B, yes_no_ids) -> jax.Array:
+  """(B, 2) f32 logits [yes, no] where the answer is predicted: the last prompt token."""
+  pre = forward_at(model, params, x, (prefix_len_B - 1)[:, None])
   return text_logits(model, params, pre[:, 0], yes_no_ids)
 
 
@@ -212,30 +226,26 @@ class DecodeOut:
   first_logits_BxV: np.ndarray  # Logits for the first generated token.
 
 
-def _prefill(model, batch, cache_len: int, cache_dtype):
-  image_tokens = model.embed_image(batch["image"]) if batch.get("zimg") is None else batch["zimg"]
-  b, p = image_tokens.shape[:2]
-  x = jnp.concatenate([image_tokens.astype(model.dtype), model.embed_text(batch["text"])], 1)
-  full_ar = jnp.concatenate([jnp.zeros((b, p), jnp.int32), batch["mask_ar"]], axis=1)
-  valid = jnp.concatenate([jnp.ones((b, p), jnp.int32), batch["mask_input"]], axis=1)
-  s = x.shape[1]
-  mask = make_attn_mask(full_ar, valid)
+def _prefill(model, x: Inputs, cache_len: int, cache_dtype):
+  emb, positions, mask, zimg = _assemble(model, x)
+  b, s = emb.shape[:2]
+  valid = jnp.concatenate([jnp.ones((b, zimg.shape[1]), jnp.int32),
+                           x.mask_input.astype(jnp.int32)], axis=1)
   mask = jnp.pad(mask, ((0, 0), (0, 0), (0, cache_len - s)))
   c = model.cfg.llm
   shape = (c.depth, b, cache_len, c.num_kv_heads, c.head_dim)
   cache = KVCache(jnp.zeros(shape, cache_dtype), jnp.zeros(shape, cache_dtype))
-  positions = jnp.broadcast_to(jnp.arange(s), (b, s))
-  pre, cache = model.decode(x, positions, mask, cache, 0)
+  pre, cache = model.decode(emb, positions, mask, cache, 0)
   last = valid.sum(1) - 1
   pre_last = jnp.take_along_axis(pre, last[:, None, None], axis=1)[:, 0]
   valid_cache = jnp.pad(valid, ((0, 0), (0, cache_len - s))).astype(bool)
   return model.logits(pre_last), cache, last + 1, valid_cache, s
 
 
-def _greedy(model, batch, max_new: int, eos_id: int, cache_dtype):
+def _greedy(model, x: Inputs, max_new: int, eos_id: int, cache_dtype):
   """Bound-module body of `greedy_decode` (called through `model.apply`)."""
-  s0 = batch["text"].shape[1] + model.cfg.num_patches
-  logits, cache, n_valid, valid, s = _prefill(model, batch, s0 + max_new, cache_dtype)
+  s0 = x.text.shape[1] + model.cfg.num_patches
+  logits, cache, n_valid, valid, s = _prefill(model, x, s0 + max_new, cache_dtype)
   b = logits.shape[0]
 
   def pick(logits_BxV):
@@ -256,9 +266,9 @@ def _greedy(model, batch, max_new: int, eos_id: int, cache_dtype):
     k, tokens, logps, cache, valid, done, tok = state
     slot = s + k - 1
     valid = valid.at[:, slot].set(True)
-    x = model.embed_text(tok[:, None])
+    emb = model.embed_text(tok[:, None])
     pos = (n_valid + k - 1)[:, None]
-    pre, cache = model.decode(x, pos, valid[:, None, :], cache, slot)
+    pre, cache = model.decode(emb, pos, valid[:, None, :], cache, slot)
     # big_vision soft-caps the decode steps' logits (not the prefill's).
     new_tok, new_lp = pick(capped_logits(model.cfg, model.logits(pre[:, 0])))
     tokens = tokens.at[:, k].set(new_tok)
@@ -271,13 +281,12 @@ def _greedy(model, batch, max_new: int, eos_id: int, cache_dtype):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new", "eos_id", "cache_dtype"))
-def greedy_decode(model, params, batch: dict, max_new: int, eos_id: int,
+def greedy_decode(model, params, x: Inputs, max_new: int, eos_id: int,
                   cache_dtype=jnp.float32):
-  return model.apply({"params": params}, batch, max_new, eos_id, cache_dtype, method=_greedy)
+  return model.apply({"params": params}, x, max_new, eos_id, cache_dtype, method=_greedy)
 
 
-def decode(model, params, batch: dict, max_new: int, eos_id: int, cache_dtype=jnp.float32):
-  batch = {k: batch[k] for k in ("image", "zimg", "text", "mask_ar", "mask_input") if k in batch}
-  params = lora.merge(params)  # The cached decoder path takes plain weights.
-  tokens, logps, first = greedy_decode(model, params, batch, max_new, eos_id, cache_dtype)
+def decode(model, params, x: Inputs, max_new: int, eos_id: int, cache_dtype=jnp.float32):
+  params = lora.merge(params, model.lora_alpha)  # The cached decoder path takes plain weights.
+  tokens, logps, first = greedy_decode(model, params, x, max_new, eos_id, cache_dtype)
   return DecodeOut(np.asarray(tokens), np.asarray(logps), np.asarray(first))

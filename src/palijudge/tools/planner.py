@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ from palijudge import train
 from palijudge import params as params_lib
 from palijudge.params import flatten, unflatten
 from palijudge.model import paligemma as model_lib
+from palijudge.data.batch import Batch
 
 GIB = 1024 ** 3
 
@@ -52,32 +52,26 @@ class Plan:
 
 
 def _abstract_batch(cfg: config_lib.ModelConfig, batch: int, seqlen: int, cached: bool,
-                    compute) -> dict:
+                    compute) -> Batch:
   i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
-  out = {"text": i32(batch, seqlen), "mask_ar": i32(batch, seqlen),
-         "mask_loss": i32(batch, seqlen), "mask_input": i32(batch, seqlen),
-         "prefix_len": i32(batch), "label": i32(batch), "loss_idx": i32(batch, 2),
-         "loss_w": jax.ShapeDtypeStruct((batch, 2), jnp.float32),
-         "example_w": jax.ShapeDtypeStruct((batch,), jnp.float32)}
-  if cached:
-    out["zimg"] = jax.ShapeDtypeStruct((batch, cfg.num_patches, cfg.llm.width), compute)
-  else:
-    s = cfg.image_size
-    out["image"] = jax.ShapeDtypeStruct((batch, s, s, 3), jnp.float32)
-  return out
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  s = cfg.image_size
+  return Batch(text=i32(batch, seqlen), mask_ar=i32(batch, seqlen),
+               mask_loss=i32(batch, seqlen), mask_input=i32(batch, seqlen),
+               prefix_len=i32(batch), label=i32(batch), loss_idx=i32(batch, 2),
+               loss_w=f32(batch, 2), example_w=f32(batch),
+               zimg=jax.ShapeDtypeStruct((batch, cfg.num_patches, cfg.llm.width), compute)
+               if cached else None,
+               image=None if cached else f32(batch, s, s, 3))
 
 
 def _split(cfg, trainable: str, param_dtype):
-  pattern = re.compile(params_lib.TRAINABLE.get(trainable, trainable))
+  pattern = params_lib.trainable_pattern(trainable)
   flat = flatten(model_lib.param_shapes(cfg))
   t = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in flat.items()
        if pattern.search(k)}
   f = {k: jax.ShapeDtypeStruct(v.shape, param_dtype) for k, v in flat.items() if k not in t}
   return unflatten(t), unflatten(f)
-
-
-def _nbytes(tree) -> int:
-  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
 def activation_bytes(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, compute) -> int:
@@ -112,9 +106,9 @@ def _temporaries(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, compute
 def plan(cfg: config_lib.ModelConfig, tcfg: train.TrainConfig, seqlen: int = 64,
          param_dtype=jnp.bfloat16, compute=jnp.bfloat16) -> Plan:
   trainable, frozen = _split(cfg, tcfg.trainable, param_dtype)
-  t = _nbytes(trainable)
+  t = params_lib.nbytes(trainable)
   moments = 2 if tcfg.optimizer == "adam" else 0
-  return Plan(frozen=_nbytes(frozen), trainable=t, gradients=t, optimizer=moments * t,
+  return Plan(frozen=params_lib.nbytes(frozen), trainable=t, gradients=t, optimizer=moments * t,
               activations=activation_bytes(cfg, tcfg, seqlen, param_dtype, compute))
 
 
@@ -152,3 +146,25 @@ def format_plan(p: Plan, budget: int) -> list[str]:
   return lines
 
 
+
+
+def report(cfg: config_lib.ModelConfig, name: str, *, batch: int, accum: int, trainable: str,
+           optimizer: str, remat: str, seqlen: int, param_dtype: str, budget_gib: float,
+           fsdp_table: bool) -> list[str]:
+  """The lines `make plan` prints: the plan, the largest batch, FSDP device counts."""
+  tcfg = train.TrainConfig(batch_size=batch, accum=accum, trainable=trainable,
+                           optimizer=optimizer, remat=remat)
+  dt = jnp.dtype(param_dtype)
+  budget = int(budget_gib * GIB)
+  p = plan(cfg, tcfg, seqlen, dt)
+  lines = [f"{name}: batch {batch} x accum {accum}, trainable {trainable}, {optimizer}, "
+           f"remat {remat}, frozen params {param_dtype}, activations bfloat16"]
+  lines += format_plan(p, budget)
+  best = largest_batch(cfg, dataclasses.replace(tcfg, batch_size=1), budget, seqlen, dt)
+  lines.append(f"  largest batch that fits {budget_gib:g} GiB: {best or 'none'}")
+  if fsdp_table:
+    for gib in (12, 24, 80):
+      n = devices_needed(p, gib * GIB)
+      lines.append(f"  FSDP on {gib:>2} GiB GPUs: {n if n else 'does not fit at this batch'}"
+                   f"{' GPU(s)' if n else ''}")
+  return lines

@@ -1,38 +1,32 @@
-"""The numbered scripts end to end, as a user runs them, and their bad input."""
+"""The numbered scripts end to end, as a user runs them, and their bad input.
+
+Workflow scripts (01-04, 00-params) run in a subprocess exactly as a user
+runs them; the evaluation scripts (04, 05, 13, 14, 16) run in this process
+(runpy) to stay fast, as `python SCRIPT` runs them.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
+import runpy
 import subprocess
 import sys
 
 import pytest
 
-from palijudge.data import synthetic as synthetic
+from palijudge import checkpoint, evaluate, loader
+from palijudge.data import examples as data
+from palijudge.data import synthetic
+from palijudge.files import Project
+from testing import PLAY, ROOT, assert_one_line_error, make_tiny_project, run_script
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-PLAY = ROOT / "playground"
+pytestmark = pytest.mark.script
 
 
 def run(script: str, *args, cwd, check=True) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, str(PLAY / script), *map(str, args)], cwd=cwd,
-                        capture_output=True, text=True, env=env, timeout=600)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-  return proc
-
-
-def assert_one_line_error(proc, *needles):
-  assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-  err = proc.stderr.strip()
-  assert "Traceback" not in proc.stderr, proc.stderr
-  assert len(err.splitlines()) == 1, err
-  for needle in needles:
-    assert needle in err, (needle, err)
+  return run_script(script, *args, project=Project.at(cwd), cwd=cwd, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +78,7 @@ def test_split_train_validate_end_to_end(project):
 
 
 def test_split_shell_wrapper_passes_flags(project):
-  proc = subprocess.run(["bash", str(PLAY / "02-shuffle_data.sh"), "-v", "4", "-n", "sh",
+  proc = subprocess.run(["bash", str(PLAY / "02-shuffle_data.sh"), "--project", str(project), "-v", "4", "-n", "sh",
                          "--seed", "2"], cwd=project, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
   assert len((project / "dataset/sh/valid.jsonl").read_text().splitlines()) == 4
@@ -185,3 +179,117 @@ def test_params_script_matches_official_list():
   ref = [l.split("\t")[:2] for l in ref_lines if l and not l.startswith("#")]
   assert ours == ref
   assert "# total_params\t2923335408" in proc.stdout
+
+
+# --- The evaluation scripts, in process ---------------------------------------
+
+@pytest.fixture(scope="module")
+def eval_project(tmp_path_factory):
+  root = tmp_path_factory.mktemp("proj")
+  loader.write_random_model("tiny", str(root / "cache"), seed=0)
+  path = synthetic.make_dataset(root / "dataset", n=16, seed=4, yes_fraction=0.75)
+  data.write_examples(root / "dataset" / "data.tsv", data.read_examples(path))
+  return root
+
+
+@pytest.fixture
+def script(eval_project, monkeypatch, capsys):
+  monkeypatch.chdir(eval_project)
+  monkeypatch.syspath_prepend(str(PLAY))
+
+  def run(name, *args):
+    monkeypatch.setattr(sys, "argv", [name, "--project", str(eval_project), *map(str, args)])
+    code = 0
+    try:
+      runpy.run_path(str(PLAY / name), run_name="__main__")
+    except SystemExit as e:
+      code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+  return run
+
+
+def one_line_error(result, *needles):
+  code, _, err = result
+  lines = [l for l in err.strip().splitlines() if "%|" not in l]  # tqdm lines aside.
+  assert code == 2 and len(lines) == 1 and "Traceback" not in err, result
+  for n in needles:
+    assert n in lines[0], (n, lines[0])
+
+
+def test_infer_aggregate_filter_validate(script, eval_project):
+  code, out, err = script("13-inference.py", "--model", "tiny", "-d", "dataset/data.tsv",
+                          "-b", "4", "-o", "out/full.tsv")
+  assert code == 0 and "wrote out/full.tsv: 16 rows" in out, err
+  rows = (eval_project / "out/full.tsv").read_text().splitlines()
+  assert rows[0] == "id\timage\tlabel\tp_yes\tpred\tprefix" and len(rows) == 17
+  code, out, _ = script("14-validate_outtsv.py", "out/full.tsv", "--threshold", "0.2", "--json")
+  assert code == 0 and out.startswith("Aggregate: out/full.tsv\n  Tp=") and "  ROC-AUC:" in out
+  assert json.loads(out.splitlines()[-1])["threshold"] == 0.2
+  code, _, err = script("16-filter_train_data.py", "out/full.tsv", "--keep", "not-tp",
+                        "--threshold", "0.2", "-o", "dataset/next.tsv")
+  assert code == 0 and "kept " in err
+  code, out, _ = script("04-validate.py", "--model", "tiny", "dataset/next.tsv", "--root",
+                        "dataset", "--eval-set", "all=dataset/data.jsonl", "--pick-threshold",
+                        "all", "--target", "recall=0.9", "--gallery", "gal", "--scores", "s.tsv")
+  assert code == 0 and "picked on all for --target recall=0.9" in out
+  assert "Result: dataset/next.tsv\n" in out and "Result: all\n" in out
+  assert len(list((eval_project / "gal").glob("*.html"))) == 2
+  assert (eval_project / "s.tsv").read_text().startswith("id\timage\tlabel\tp_yes\tpred")
+
+
+def test_validate_uses_the_checkpoint_threshold(script, eval_project):
+  spec = loader.resolve("tiny", cache_dir=str(eval_project / "cache"))
+  lm = loader.load(spec)
+  checkpoint.save(eval_project / "ck.npz", lm.params, lm.cfg,
+                  {"tokenizer": spec.tokenizer, "threshold": 0.25})
+  code, out, err = script("04-validate.py", "-m", "ck.npz", "dataset/data.jsonl")
+  assert code == 0 and "  threshold: 0.25\n" in out, err
+  code, out, _ = script("04-validate.py", "-m", "ck.npz", "dataset/data.jsonl",
+                        "--threshold", "0.5")
+  assert "  threshold: 0.5\n" in out
+
+
+def test_rank_prompts(script, eval_project):
+  (eval_project / "prompts.txt").write_text("# candidates\nIs this ad lawful?\n")
+  code, out, err = script("05-rank_prompts.py", "--model", "tiny", "dataset/data.jsonl",
+                          "--prompt", "Is this image appropriate based on FTC Act?",
+                          "--prompts", "prompts.txt", "--metric", "f1")
+  assert code == 0, err
+  lines = out.splitlines()
+  assert lines[0].startswith("16 examples, 2 prompts") and lines[1].startswith("rank")
+  assert {l.split("  ")[-1] for l in lines[2:]} == {
+      "Is this ad lawful?", "Is this image appropriate based on FTC Act?"}
+
+
+def _misranked_pair(project) -> str:
+  """dataset/pair.jsonl: a `no` scored above a `yes`, so no threshold gives precision 0.9."""
+  lm = loader.load(loader.resolve("tiny", cache_dir=str(project / "cache")))
+  exs = data.read_examples(project / "dataset/data.jsonl")
+  p = evaluate.evaluate(lm, exs, evaluate.EvalConfig().resolved()).p_yes
+  no = max((i for i, e in enumerate(exs) if not e.label), key=lambda i: p[i])
+  yes = min((i for i, e in enumerate(exs) if e.label), key=lambda i: p[i])
+  assert p[no] > p[yes]
+  data.write_examples(project / "dataset/pair.jsonl", [exs[no], exs[yes]])
+  return "dataset/pair.jsonl"
+
+
+def test_bad_input_is_one_line(script, eval_project):
+  (eval_project / "empty.txt").write_text("# nothing\n\n")
+  one_line_error(script("05-rank_prompts.py", "--model", "tiny", "dataset/data.jsonl",
+                        "--prompts", "empty.txt"), "empty.txt: no prompts")
+  (eval_project / "nopred.tsv").write_text("image\tlabel\nimages/x.png\tyes\n")
+  one_line_error(script("14-validate_outtsv.py", "nopred.tsv"),
+                 "nopred.tsv: missing column(s) pred")
+  one_line_error(script("04-validate.py", "--model", "tiny", "dataset/data.jsonl",
+                        "--threshold", "0.3", "--pick-threshold", "data"), "contradict")
+  one_line_error(script("04-validate.py", "--model", "tiny", "dataset/data.jsonl",
+                        "--threshold", "1.5"), "--threshold must be in (0, 1)")
+  one_line_error(script("04-validate.py", "--model", "tiny", _misranked_pair(eval_project),
+                        "--pick-threshold", "pair", "--target", "precision=0.9"),
+                 "cannot be reached on dataset/pair.jsonl", "the best precision is 0.5000")
+  one_line_error(script("16-filter_train_data.py", "nopred.tsv", "--keep", "fp"),
+                 "missing column(s) pred")
+  one_line_error(script("13-inference.py", "--model", "tiny", "-d", "dataset/data.csv"),
+                 "expected .jsonl or .tsv")
+  assert not (eval_project / "out/x.tsv").exists()

@@ -1,0 +1,104 @@
+"""learn.py: the users' iteration (runs, stages, selection, what is saved)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from palijudge import checkpoint, evaluate, learn, loader, train
+from palijudge import params as params_lib
+from palijudge.errors import UserError
+from palijudge.model import lora
+
+NAMES = ("all", "train", "valid")
+
+
+def _quiet(*_):
+  return None
+
+
+def test_runs_keep_the_best_by_the_chosen_metric(tiny_lm, tiny_examples, tmp_path):
+  _, tr, va = tiny_examples
+  tcfg = train.TrainConfig(steps=2, batch_size=2, lr=0.3)
+  logs = []
+  result = learn.learn(tiny_lm, tr, va, tcfg, evaluate.EvalConfig().resolved(),
+                       learn.LearnConfig(runs=3, select="auc"), names=NAMES,
+                       save_to=str(tmp_path / "best.npz"), log=logs.append)
+  scores = [float(l.split("= ")[1]) for l in logs if l.startswith("run ") and "valid auc" in l]
+  assert len(scores) == 3
+  best = int(np.argmax(scores))  # First of equals wins, as in the loop.
+  assert f"best run: {best + 1}/3 (seed {1000 * best})" in "\n".join(logs)
+  meta = checkpoint.read_meta(tmp_path / "best.npz")
+  assert meta["train_config"]["seed"] == 1000 * best
+  assert learn.selection_score(result.after["valid"], "auc") == pytest.approx(scores[best],
+                                                                              abs=1e-4)
+
+
+def test_two_stages_run_the_second_at_a_tenth_of_the_rate(tiny_lm, tiny_examples):
+  _, tr, va = tiny_examples
+  logs = []
+  learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=2, batch_size=2, lr=0.02),
+              evaluate.EvalConfig().resolved(), learn.LearnConfig(two_stage=True), names=NAMES,
+              log=logs.append)
+  stages = [l for l in logs if l.startswith("training stage")]
+  assert [s.split(",")[0] for s in stages] == ["training stage 1: lr 0.02",
+                                               "training stage 2: lr 0.002"]
+  assert sum(l.startswith("Result: valid (2nd trained)") for l in logs) == 1
+
+
+def test_delta_checkpoint_loads_over_its_verified_base(tiny_lm, tiny_examples, tmp_path):
+  _, tr, va = tiny_examples
+  base = tmp_path / "base.npz"
+  shutil.copyfile(tiny_lm.spec.weights, base)
+  lm = loader.load(loader.ModelSpec(tiny_lm.cfg, str(base), tiny_lm.spec.tokenizer, "base"),
+                   trainable="attn")
+  tcfg = train.TrainConfig(steps=2, batch_size=2)
+  for name, full in (("delta.npz", False), ("full.npz", True)):
+    learn.learn(lm, tr, va, tcfg, evaluate.EvalConfig().resolved(), learn.LearnConfig(full=full),
+                names=NAMES, save_to=str(tmp_path / name), log=_quiet)
+  delta, full_path = tmp_path / "delta.npz", tmp_path / "full.npz"
+  names = checkpoint.param_names(delta)
+  assert names and all(n.startswith("llm/layers/attn/") for n in names)
+  assert os.path.getsize(delta) < os.path.getsize(full_path) / 2
+  loaded = loader.load(loader.resolve(str(delta)), trainable="attn")
+  with np.load(full_path) as full:
+    for name, leaf in params_lib.flatten(loaded.params).items():
+      np.testing.assert_array_equal(np.asarray(leaf), full["params/" + name], err_msg=name)
+  with open(base, "r+b") as f:  # Change the base: the delta must refuse it.
+    f.seek(-8, os.SEEK_END)
+    f.write(b"\0" * 8)
+  with pytest.raises(UserError, match="sha256"):
+    loader.resolve(str(delta))
+  base.unlink()
+  with pytest.raises(UserError, match="missing"):
+    loader.resolve(str(delta))
+
+
+def test_lora_trains_and_round_trips_as_an_adapter_only_delta(tiny_lm, tiny_examples, tmp_path):
+  _, tr, va = tiny_examples
+  lm = loader.load(tiny_lm.spec, trainable="lora")
+  tcfg = train.TrainConfig(trainable="lora", optimizer="adam", lr=0.01, steps=4, batch_size=2,
+                           lora_rank=4)
+  ecfg = evaluate.EvalConfig().resolved()
+  res = learn.learn(lm, tr, va, tcfg, ecfg, names=NAMES, save_to=str(tmp_path / "lora.npz"),
+                    log=_quiet)
+  names = checkpoint.param_names(tmp_path / "lora.npz")
+  assert names and all(n.startswith(lora.PREFIX) for n in names)
+  loaded = loader.load(loader.resolve(str(tmp_path / "lora.npz")), trainable="lora")
+  np.testing.assert_allclose(evaluate.evaluate(loaded, va, ecfg).p_yes,
+                             res.after["valid"].p_yes, atol=1e-5)
+  b = params_lib.flatten(loaded.params)["llm/layers/lora/mlp/linear/b"]
+  assert np.abs(np.asarray(b)).max() > 0  # The adapters were trained.
+
+
+def test_an_unwritable_checkpoint_fails_before_any_work(tiny_lm, tiny_examples, tmp_path):
+  _, tr, va = tiny_examples
+  (tmp_path / "file").write_text("x")
+  logs = []
+  with pytest.raises(UserError, match="file"):
+    learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=2), evaluate.EvalConfig().resolved(),
+                names=NAMES, save_to=str(tmp_path / "file" / "x.npz"), log=logs.append)
+  assert not logs  # Nothing evaluated, nothing trained.

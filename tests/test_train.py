@@ -1,0 +1,229 @@
+"""train.py: the step (accumulation, shardings), the loop (guard, restarts, resume), stages."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from palijudge import checkpoint, loader, losses, train
+from palijudge import params as params_lib
+from palijudge.data import examples as data_lib
+from palijudge.data import splits, synthetic
+from palijudge.data.batch import Batch, loss_index
+from palijudge.data.examples import DEFAULT_PROMPT
+from palijudge.errors import UserError
+from testing import FIXTURES, PLAY
+
+FX = FIXTURES / "paligemma-tiny"
+
+
+def _fixture_step(accum: int, batch_rows=slice(None)):
+  from palijudge.model import config
+  from palijudge.model import paligemma as model_lib
+  cfg = config.from_json_file(FX / "config.json")
+  params = checkpoint.load_params(FX / "params.npz", model_lib.param_shapes(cfg),
+                                  lambda _: np.float32)
+  ref = np.load(FX / "reference.npz")
+  batch = {k[6:]: ref[k][batch_rows] for k in ref.files if k.startswith("batch/")}
+  batch["loss_idx"], batch["loss_w"] = loss_index(batch["mask_loss"])
+  batch["label"] = np.array([1, 0, 0, 0], np.int32)[batch_rows]
+  batch = Batch(**batch)
+  trainable, frozen = params_lib.split(params, "attn")
+  tx = optax.sgd(0.03)
+  state = train.init_state(trainable, tx)
+  mesh = params_lib.make_mesh(jax.devices()[:1])
+  step = train.jit_train_step(model_lib.build(cfg), tx, losses.LossConfig(), (14, 13), mesh,
+                              params_lib.tree_shardings(mesh, state, False),
+                              params_lib.tree_shardings(mesh, frozen, False), accum=accum)
+  new_state, metrics = step(state, batch, frozen)
+  return float(metrics["loss"]), jax.device_get(new_state.params), float(ref["loss"])
+
+
+def test_accumulation_matches_the_large_batch():
+  loss1, params1, ref_loss = _fixture_step(accum=1)
+  loss2, params2, _ = _fixture_step(accum=2)
+  loss4, params4, _ = _fixture_step(accum=4)
+  assert loss1 == pytest.approx(ref_loss, abs=1e-5)
+  assert loss2 == pytest.approx(loss1, abs=1e-5) and loss4 == pytest.approx(loss1, abs=1e-5)
+  for other in (params2, params4):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params1, other)
+
+
+def test_guard_rules():
+  g = train.Guard(threshold=1.0, warmup=2, window=4)
+  assert not any(g.diverged(s, 0.5) for s in range(1, 10))
+  assert not g.diverged(10, 1.2)  # One spike: the window mean stays below 1.
+  assert [g.diverged(s, 2.0) for s in range(11, 14)][-1]
+  never_below = train.Guard(threshold=1.0, warmup=0, window=2)
+  assert not any(never_below.diverged(s, 3.0) for s in range(1, 10))
+  assert train.Guard(0.0, 0).diverged(1, float("nan"))
+
+
+
+
+def _opts(**kw):
+  return train.FitOptions(prompt=DEFAULT_PROMPT, **kw)
+
+
+def test_divergence_restarts_with_next_seed_then_gives_up(tiny_lm, tiny_examples):
+  bad = train.TrainConfig(lr=1e30, steps=3, batch_size=2, max_restarts=1, seed=7)
+  logs = []
+  with pytest.raises(UserError, match="diverged"):
+    train.fit(tiny_lm, tiny_examples[1], bad, _opts(), log=logs.append)
+  assert any("restart 1/1 with seed 8" in line for line in logs), logs
+
+
+def test_feature_cache_gives_the_same_training(tmp_project, tiny_examples):
+  lm = loader.load(loader.resolve("tiny", cache_dir=str(tmp_project.cache)), trainable="attn")
+  tcfg = train.TrainConfig(steps=3, batch_size=2, seed=1)
+  with_cache = train.fit(lm, tiny_examples[1], tcfg, _opts(), log=lambda _: None)
+  without = train.fit(lm, tiny_examples[1], tcfg, _opts(use_feature_cache=False),
+                      log=lambda _: None)
+  np.testing.assert_allclose([h[2] for h in with_cache.history],
+                             [h[2] for h in without.history], rtol=1e-5)
+  assert list((tmp_project.cache / "features").rglob("*.npy"))  # Kept on disk for later runs.
+
+
+RESUME_ARGS = ["-d", "s", "-w", "r", "--model", "tiny", "--steps", "12", "--batch", "2",
+               "--trainable", "attn", "--save-every", "1", "--print-every", "1"]
+
+
+def _learn(cwd, *extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.Popen([sys.executable, str(PLAY / "03-do_learn.py"), "--project", str(cwd),
+                           *RESUME_ARGS, *extra], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.script
+def test_resume_after_sigkill_reaches_the_uninterrupted_result(tiny_project, tmp_path):
+  root = tiny_project.root
+  shutil.copytree(root / "cache", tmp_path / "cache", ignore=shutil.ignore_patterns("features"))
+  synthetic.make_dataset(tmp_path / "dataset", n=12, seed=5)
+  data = data_lib.read_jsonl(tmp_path / "dataset/data.jsonl", tmp_path / "dataset")
+  tr, va = splits.split(data, 4, 0)
+  data_lib.write_jsonl(tmp_path / "dataset/s/train.jsonl", tr)
+  data_lib.write_jsonl(tmp_path / "dataset/s/valid.jsonl", va)
+  out, err = _learn(tmp_path).communicate()
+  assert "saved checkpoints/r.npz" in out, err
+  with np.load(tmp_path / "checkpoints/r.npz") as f:
+    reference = {k: f[k] for k in f.files if k.startswith("params/")}
+  state = tmp_path / "checkpoints/r.state.npz"
+  assert not state.exists()  # Removed once the run finished.
+  (tmp_path / "checkpoints/r.npz").unlink()
+  rng = random.Random(0)
+  for _ in range(3):  # Kill at random moments, saves included; resume each time.
+    proc = _learn(tmp_path, "--resume")
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    if state.exists():
+      train.load_state(str(state), _state_like(root))  # The last good state always loads.
+  out, err = _learn(tmp_path, "--resume").communicate()
+  assert "saved checkpoints/r.npz" in out, err
+  with np.load(tmp_path / "checkpoints/r.npz") as resumed:
+    for key, value in reference.items():
+      np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+def _state_like(root):
+  spec = loader.resolve("tiny", cache_dir=str(root / "cache"))
+  lm = loader.load(spec, trainable="attn")
+  trainable, _ = params_lib.split(lm.params, "attn")
+  trainable = jax.tree.map(lambda a: np.asarray(a, np.float32), trainable)
+  return train.init_state(trainable, train.make_optimizer(train.TrainConfig(steps=12)))
+
+
+SHARDING_SCRIPT = textwrap.dedent("""
+  import jax, numpy as np, optax
+  from palijudge import checkpoint, losses, train
+  from palijudge.model import config as config
+  from palijudge import params as params_lib
+  from palijudge.model import paligemma as model_lib
+  from palijudge.data.batch import Batch, loss_index
+  FX = "{fx}"
+  cfg = config.from_json_file(FX + "/config.json")
+  params = checkpoint.load_params(FX + "/params.npz", model_lib.param_shapes(cfg),
+                                  lambda _: np.float32)
+  ref = np.load(FX + "/reference.npz")
+  batch = {{k[6:]: np.concatenate([ref[k]] * 2) for k in ref.files if k.startswith("batch/")}}
+  batch["loss_idx"], batch["loss_w"] = loss_index(batch["mask_loss"])
+  batch["label"] = np.array([1, 0, 0, 0] * 2, np.int32)
+  batch = Batch(**batch)
+  assert len(jax.devices()) == 8
+  out = []
+  for devices, fsdp in ((jax.devices()[:1], False), (jax.devices(), False), (jax.devices(), True)):
+    mesh = params_lib.make_mesh(devices)
+    trainable, frozen = params_lib.split(params, "llm")
+    tx = optax.adam(1e-3)
+    state = train.init_state(trainable, tx)
+    ssh = params_lib.tree_shardings(mesh, state, fsdp)
+    fsh = params_lib.tree_shardings(mesh, frozen, fsdp)
+    step = train.jit_train_step(model_lib.build(cfg), tx, losses.LossConfig(), (14, 13), mesh,
+                                ssh, fsh)
+    state, frozen = params_lib.place(state, ssh), params_lib.place(frozen, fsh)
+    losses_ = []
+    for _ in range(3):
+      state, m = step(state, batch, frozen)
+      losses_.append(float(m["loss"]))
+    if fsdp:
+      w = state.params["llm"]["embedder"]["input_embedding"]
+      assert len(w.sharding.device_set) == 8 and w.addressable_shards[0].data.shape[0] == 64
+    out.append(losses_)
+  print(out)
+  np.testing.assert_allclose(out[1], out[0], atol=1e-4)
+  np.testing.assert_allclose(out[2], out[0], atol=1e-4)
+  print("SHARDING OK")
+""")
+
+
+def test_data_parallel_and_fsdp_match_one_device():
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT.format(fx=FX)], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert "SHARDING OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+
+
+def test_tiny_gemma2_trains(tmp_path):
+  """The Gemma 2 decoder goes through the same training path and learns."""
+  spec = loader.write_random_model("tiny-gemma2", str(tmp_path / "cache"), seed=0)
+  lm = loader.load(spec, trainable="all")
+  examples = data_lib.read_jsonl(synthetic.make_dataset(tmp_path / "data", n=8, seed=1))
+  tcfg = train.TrainConfig(trainable="all", optimizer="adam", lr=2e-3, steps=12, batch_size=4)
+  result = train.fit(lm, examples, tcfg, _opts(), log=lambda _: None)
+  losses_ = [h[2] for h in result.history]
+  assert np.mean(losses_[-3:]) < 0.5 * np.mean(losses_[:3]), losses_
+
+
+def test_lora_alpha_is_saved_and_used_on_load(tiny_lm, tiny_examples, tmp_path):
+  """An adapter-only checkpoint records its alpha; loading it rebuilds the same model."""
+  from palijudge import evaluate, learn
+  lm = loader.load(tiny_lm.spec, trainable="lora")
+  tcfg = train.TrainConfig(trainable="lora", steps=3, batch_size=2, lr=0.1, lora_alpha=32.0,
+                           optimizer="adam")
+  ecfg = evaluate.EvalConfig().resolved()
+  res = learn.learn(lm, tiny_examples[1], tiny_examples[2], tcfg, ecfg,
+                    names=("a", "t", "v"), save_to=str(tmp_path / "l.npz"), log=lambda _: None)
+  assert checkpoint.read_meta(tmp_path / "l.npz")["train_config"]["lora_alpha"] == 32.0
+  loaded = loader.load(loader.resolve(str(tmp_path / "l.npz")), trainable="lora")
+  assert loaded.model.lora_alpha == 32.0
+  again = evaluate.evaluate(loaded, tiny_examples[2], ecfg)
+  np.testing.assert_allclose(again.p_yes, res.after["v"].p_yes, atol=1e-5)
