@@ -26,8 +26,9 @@ KEEP ?= errors
 
 DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 
-.PHONY: help setup demo test download split train validate params plan bench folds cv tune ask \
-	tell status report docker-build docker-run prompts infer aggregate filter clean
+.PHONY: help setup demo test test-fast download split train validate params plan bench bench-gpu \
+	random-checkpoint folds cv tune ask tell status report docker-build docker-run prompts infer \
+	aggregate filter clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +47,9 @@ demo: $(STAMP) ## the main job on the embedded default: tiny model, generated da
 
 test: $(STAMP) ## run the whole test suite
 	$(PY) -m pytest -n auto $(ARGS)
+
+test-fast: $(STAMP) ## the tests without the whole-script runs (-m "not script")
+	$(PY) -m pytest -n auto -m "not script" $(ARGS)
 
 download: $(STAMP) ## fetch MODEL's checkpoint and the tokenizer into cache/ (Kaggle credentials)
 	$(PY) playground/01-download_models.py --model $(MODEL) $(ARGS)
@@ -80,6 +84,12 @@ plan: $(STAMP) ## memory plan of a recipe without allocating: MODEL BATCH ACCUM 
 
 bench: $(STAMP) ## speed benchmark, ours vs the colab's plain approach (JSON lines; see BENCHMARKS.md)
 	$(PY) playground/08-bench.py $(ARGS)
+
+bench-gpu: $(STAMP) ## full-size models on the GPU: step, MFU, 12 GiB fit, scoring (small config on CPU)
+	$(PY) playground/08-bench.py --gpu $(ARGS)
+
+random-checkpoint: $(STAMP) ## a random full-size MODEL checkpoint in the Kaggle layout (cache/random/)
+	$(PY) playground/11-write_random_checkpoint.py --model $(MODEL) $(ARGS)
 
 folds: $(STAMP) ## FOLDS cross-validation folds of dataset/data.jsonl into dataset/SET/fold-*/
 	$(PY) playground/02-shuffle_data.py --folds $(FOLDS) -n $(SET) --stratify $(ARGS)

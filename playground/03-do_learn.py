@@ -21,6 +21,9 @@ def flags():
   p.add_argument("--cv-metric", default="f_measure", choices=cv.METRICS,
                  help="metric of the CV score")
   p.add_argument("-w", "--write", help="save checkpoints/NAME.npz after training")
+  p.add_argument("--phases", action="store_true",
+                 help="time each phase (load, compilation, evaluations, training, save) and "
+                      "print a table and one JSON line at the end")
   p.add_argument("--experiments", default=None,
                  help="where run records go (default: the project's experiments/)")
   cli.add_root_flag(p)
@@ -31,6 +34,7 @@ def flags():
 
 
 def main(args, project):
+  import contextlib
   import dataclasses
   import shlex
   import sys
@@ -55,7 +59,9 @@ def main(args, project):
     train_set = examples.read_examples(names[1], root)
     valid_set = examples.read_examples(names[2], root)
   tcfg = cli.train_config(args)
-  lm = cli.load_model(args, project, trainable=tcfg.trainable)
+  phases = learn.Phases() if args.phases else None
+  with phases("checkpoint_load") if phases else contextlib.nullcontext():
+    lm = cli.load_model(args, project, trainable=tcfg.trainable)
   record = records.RunRecord(args.experiments or project.experiments,
                              args.write or args.cv or args.dataset)
   record.write_config({"command": shlex.join([sys.executable, *sys.argv]), "args": vars(args),
@@ -65,8 +71,11 @@ def main(args, project):
     cv.cv_learn(lm, folds, tcfg, ecfg, lcfg, root=root, metric=args.cv_metric, record=record)
     return
   learn.learn(lm, train_set, valid_set, tcfg, ecfg, lcfg, names=names, save_to=save_to,
-              record=record, extra_sets=cli.eval_sets(args, root, taken=names))
+              record=record, extra_sets=cli.eval_sets(args, root, taken=names), phases=phases)
   print(f"record: {files.shown(record.path)}")
+  if phases:
+    print(phases.table())
+    print(phases.json_line(model=lm.spec.name, steps=tcfg.steps, batch=tcfg.batch_size))
 
 
 if __name__ == "__main__":

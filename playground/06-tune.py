@@ -19,10 +19,6 @@ from palijudge import cli
 KEYS = ("lr", "loss", "focal_alpha", "focal_gamma", "bce_weight", "focal_weight")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-  """Keeps the usage examples' lines; shows defaults."""
-
-
 def _parser():
   from palijudge.experiments import tune
   common = argparse.ArgumentParser(add_help=False)
@@ -34,22 +30,22 @@ def _parser():
                       help="where run records go (default: the project's experiments/)")
   common.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
   p = cli.parser(__doc__)
-  p.formatter_class = _Formatter
+  fmt = p.formatter_class
   sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  run = sub.add_parser("run", parents=[common], help="train and score N trials now")
+  run = sub.add_parser("run", parents=[common], formatter_class=fmt, help="train and score N trials now")
   run.add_argument("--trials", type=int, required=True, help="how many trials to run now")
   run.add_argument("--cv", required=True, help="fold splits dataset/NAME (02 --folds K -n NAME)")
   run.add_argument("--model", default=None,
                    help="base model: preset or checkpoint (default paligemma-3b-pt-224)")
   cli.add_root_flag(run)
-  ask = sub.add_parser("ask", parents=[common], help="print the next configuration")
+  ask = sub.add_parser("ask", parents=[common], formatter_class=fmt, help="print the next configuration")
   ask.add_argument("--cv", default=None, help="fold splits the command line should use")
-  tell = sub.add_parser("tell", parents=[common], help="record a trial's CV score")
+  tell = sub.add_parser("tell", parents=[common], formatter_class=fmt, help="record a trial's CV score")
   tell.add_argument("trial", type=int, help="trial number (from ask)")
   tell.add_argument("score", help="the CV score, or `fail`")
   tell.add_argument("--reason", default="", help="why it failed (with `fail`)")
-  sub.add_parser("status", parents=[common], help="list the trials")
-  sub.add_parser("space", parents=[common], help="print the default search space YAML")
+  sub.add_parser("status", parents=[common], formatter_class=fmt, help="list the trials")
+  sub.add_parser("space", parents=[common], formatter_class=fmt, help="print the default search space YAML")
   return p
 
 

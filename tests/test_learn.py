@@ -102,3 +102,17 @@ def test_an_unwritable_checkpoint_fails_before_any_work(tiny_lm, tiny_examples, 
     learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=2), evaluate.EvalConfig().resolved(),
                 names=NAMES, save_to=str(tmp_path / "file" / "x.npz"), log=logs.append)
   assert not logs  # Nothing evaluated, nothing trained.
+
+
+def test_phases_time_every_part_of_the_iteration(tiny_lm, tiny_examples):
+  _, tr, va = tiny_examples
+  phases = learn.Phases(peak=lambda: None)
+  learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=3, batch_size=2),
+              evaluate.EvalConfig().resolved(), learn.LearnConfig(two_stage=True), names=NAMES,
+              phases=phases, log=_quiet)
+  names = [p.name for p in phases.records]
+  assert names == ["before_evaluation", "compilation", "training", "after_evaluation",
+                   "compilation", "training", "after_evaluation"]
+  assert all(p.seconds >= 0 and p.ok for p in phases.records)
+  assert phases.records[1].seconds > 0  # The first stage compiles its step.
+  assert "| training |" in phases.table()

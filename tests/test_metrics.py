@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
+from palijudge import metrics
 from palijudge.metrics import Confusion, format_block, json_line
 
 
@@ -75,7 +77,7 @@ def test_matches_sklearn(pairs):
   c = Confusion.from_labels([bool(y) for y in labels],
                             [bool(p) for p in preds])
   assert c.total == len(pairs)
-  kw = dict(labels=[0, 1], pos_label=1, zero_division=0)
+  kw = {"labels": [0, 1], "pos_label": 1, "zero_division": 0}
   assert math.isclose(c.accuracy, skm.accuracy_score(labels, preds))
   assert math.isclose(c.precision, skm.precision_score(labels, preds, **kw))
   assert math.isclose(c.recall, skm.recall_score(labels, preds, **kw))
@@ -84,10 +86,6 @@ def test_matches_sklearn(pairs):
 
 
 # --- Scores: AUC, AP, Brier, ECE ---------------------------------------------
-
-import numpy as np  # noqa: E402
-
-from palijudge import metrics  # noqa: E402
 
 
 @settings(max_examples=150, deadline=None)
@@ -104,6 +102,19 @@ def test_auc_ap_brier_match_sklearn(pairs):
   assert metrics.average_precision(y, s) == pytest.approx(
       skm.average_precision_score(y, s), abs=1e-12)
   assert metrics.brier(y, s) == pytest.approx(skm.brier_score_loss(y, s), abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0])),
+                min_size=2, max_size=30))
+def test_auc_and_ap_match_sklearn(pairs):
+  y = [p[0] for p in pairs]
+  s = [p[1] for p in pairs]
+  if len(set(y)) < 2:
+    assert metrics.roc_auc(y, s) is None
+    return
+  assert metrics.roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s))
+  assert metrics.average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s))
 
 
 def test_ece_hand_value():

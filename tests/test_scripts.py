@@ -14,9 +14,11 @@ import runpy
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from palijudge import checkpoint, evaluate, loader
+from palijudge.params import flatten
 from palijudge.data import examples as data
 from palijudge.data import synthetic
 from palijudge.files import Project
@@ -293,3 +295,26 @@ def test_bad_input_is_one_line(script, eval_project):
   one_line_error(script("13-inference.py", "--model", "tiny", "-d", "dataset/data.csv"),
                  "expected .jsonl or .tsv")
   assert not (eval_project / "out/x.tsv").exists()
+
+
+def test_learn_phases_and_export(project, tmp_path):
+  """03 --phases times the iteration by phase; 09 writes a complete big_vision file."""
+  proc = run("03-do_learn.py", "-d", "set1", "-w", "ph", "--model", "tiny", "--steps", "2",
+             "--phases", cwd=project)
+  timing = json.loads(proc.stdout.splitlines()[-1])
+  assert [p["name"] for p in timing["phases"]] == [
+      "checkpoint_load", "before_evaluation", "compilation", "training", "after_evaluation",
+      "save"]
+  assert "compiling the train step" in proc.stdout and "| total |" in proc.stdout
+  delta = project / "checkpoints" / "ph.npz"
+  out = tmp_path / "full.npz"
+  run("09-export_full.py", "-m", delta, "-o", out, cwd=project)
+  full = checkpoint.param_names(out)
+  assert len(full) > len(checkpoint.param_names(delta)) and not checkpoint.is_delta(out)
+  base = loader.load(loader.resolve(str(delta)))
+  with np.load(out) as f:
+    for name, leaf in flatten(base.params).items():
+      np.testing.assert_array_equal(np.asarray(leaf), f["params/" + name], err_msg=name)
+  bad = run("09-export_full.py", "-m", delta, "-o", project / "dataset/data.jsonl/x.npz",
+            cwd=project, check=False)
+  assert_one_line_error(bad, "data.jsonl")

@@ -1,4 +1,6 @@
-"""Threshold selection on one split, applied unchanged to the others."""
+"""Threshold selection on one split: targets, exact counts, unreachable targets, set names.
+
+Applying the pick to every evaluated set is evaluate.report's (tests/test_evaluate.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from palijudge import thresholds
-from palijudge.data.examples import Example
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalResult
 from palijudge.metrics import Confusion
-from palijudge.evaluate import ReportOptions, apply_pick
 from palijudge.thresholds import Target, parse_target, pick
 
 Y = [True, True, True, False, True, False, False, False]
@@ -88,25 +87,3 @@ def test_resolve_split():
   with pytest.raises(UserError, match="not one of the evaluated sets"):
     thresholds.resolve_split("test", names)
 
-
-def _result(y, p, name):
-  exs = [Example(f"/x/{i}.png", bool(v), "", "yes" if v else "no", name, i + 1, f"{i}.png")
-         for i, v in enumerate(y)]
-  p = np.asarray(p, np.float32)
-  return EvalResult(exs, p, p >= 0.5, [""] * len(y), 0, 0.5)
-
-
-def test_pick_on_valid_applies_unchanged_to_other_splits():
-  results = {"d/train.jsonl": _result([True, False, True, False], [0.72, 0.74, 0.9, 0.2], "t"),
-             "d/valid.jsonl": _result(Y, P, "v")}
-  ro = ReportOptions(pick_split="valid", target=Target("precision", 1.0))
-  logged = []
-  out, choice = apply_pick(results, ro, "score", logged.append)
-  assert choice.threshold == pytest.approx(0.75) and "picked on d/valid.jsonl" in logged[0]
-  for name, res in out.items():
-    assert res.threshold == choice.threshold
-    np.testing.assert_array_equal(res.pred, results[name].p_yes >= choice.threshold)
-    np.testing.assert_array_equal(res.p_yes, results[name].p_yes)
-  assert out["d/train.jsonl"].confusion == Confusion(tp=1, tn=2, fp=0, fn=1)  # 0.74 < 0.75
-  with pytest.raises(UserError, match="--mode score"):
-    apply_pick(results, ro, "decode", logged.append)

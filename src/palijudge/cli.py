@@ -34,7 +34,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
   def _get_help_string(self, action):
     text = action.help or ""
-    if "default" in text or action.default in (None, False, argparse.SUPPRESS) \
+    if "(default" in text or action.default in (None, False, argparse.SUPPRESS) \
         or not action.option_strings:
       return text
     return f"{text} (default: {action.default})"
@@ -139,7 +139,8 @@ def eval_config(args: argparse.Namespace, stored: float | None = None):
 
 def train_config(args: argparse.Namespace):
   from palijudge import losses, train
-  return options.build(train.TrainConfig, args, loss=options.build(losses.LossConfig, args))
+  loss = losses.from_flags(options.given(losses.LossConfig, args))
+  return options.build(train.TrainConfig, args, loss=loss)
 
 
 def load_model(args: argparse.Namespace, project: Project, model: str | None = None,

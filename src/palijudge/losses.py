@@ -47,8 +47,10 @@ from palijudge.errors import UserError
 from palijudge.options import option
 
 LOSSES = ("ce", "yesno", "bce", "focal", "combined")
-_FOCAL = ("focal", "combined")
-_POS_WEIGHTED = ("bce", "focal", "combined")
+# Which loss kinds each parameter applies to: giving one to another kind is refused.
+APPLIES = {"pos_weight": ("bce", "focal", "combined"), "focal_alpha": ("focal", "combined"),
+           "focal_gamma": ("focal", "combined"), "bce_weight": ("combined",),
+           "focal_weight": ("combined",)}
 
 
 def _class_weight_flag(text: str) -> str | tuple[float, float]:
@@ -100,6 +102,19 @@ class LossConfig:
     return dataclasses.replace(self, class_weight=balanced_class_weight(n_yes, n_no))
 
 
+def _misplaced(name: str, kind: str) -> str:
+  return f"--{name.replace('_', '-')} applies to --loss {'/'.join(APPLIES[name])}, not {kind}"
+
+
+def from_flags(given: dict) -> LossConfig:
+  """The config from the loss flags a user gave (even at their default values)."""
+  kind = given.get("kind", "ce")
+  for name in given:
+    if name in APPLIES and kind not in APPLIES[name]:
+      raise UserError(_misplaced(name, kind))
+  return LossConfig(**given)
+
+
 def _problems(c: LossConfig) -> list[str]:
   """Every invalid value or senseless combination, as user-facing messages."""
   out = []
@@ -109,17 +124,14 @@ def _problems(c: LossConfig) -> list[str]:
     out.append("loss parameters must be finite numbers")
   if not c.pos_weight > 0:
     out.append(f"--pos-weight must be > 0, got {c.pos_weight}")
-  if c.pos_weight != 1.0 and c.kind not in _POS_WEIGHTED:
-    out.append(f"--pos-weight applies to --loss {'/'.join(_POS_WEIGHTED)}, not {c.kind}")
+  default = LossConfig.__dataclass_fields__
+  out += [_misplaced(name, c.kind) for name in APPLIES
+          if getattr(c, name) != default[name].default and c.kind not in APPLIES[name]]
   if c.pos_weight != 1.0 and c.class_weight is not None:
     out.append("--pos-weight and --class-weight both weight the classes: use one")
-  if c.kind not in _FOCAL and (c.focal_alpha, c.focal_gamma) != (1.0, 3.0):
-    out.append(f"--focal-alpha/--focal-gamma apply to --loss focal/combined, not {c.kind}")
   if not c.focal_alpha > 0 or not c.focal_gamma >= 0:
     out.append(f"need --focal-alpha > 0 and --focal-gamma >= 0, got "
                f"{c.focal_alpha}, {c.focal_gamma}")
-  if c.kind != "combined" and (c.bce_weight, c.focal_weight) != (0.5, 0.5):
-    out.append(f"--bce-weight/--focal-weight apply to --loss combined, not {c.kind}")
   if min(c.bce_weight, c.focal_weight) < 0 or c.bce_weight + c.focal_weight <= 0:
     out.append(f"--bce-weight and --focal-weight must be >= 0 and not both 0, got "
                f"{c.bce_weight}, {c.focal_weight}")

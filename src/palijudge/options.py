@@ -60,14 +60,14 @@ def add(parser: argparse.ArgumentParser, cls, title: str | None = None,
     if m["sparse"]:
       help_text += f" (default: {default})"
       default = None
-    elif default is None:
+    elif default is None and "(default" not in help_text:
       help_text += " (default: none)"
     group.add_argument(*names, dest=f.name, type=m["parse"] or convert, default=default,
                        choices=m["choices"], metavar=m["metavar"], help=help_text)
 
 
-def build(cls, args: argparse.Namespace, **fixed: Any):
-  """`cls` from the parsed flags (sparse ones only when given), plus `fixed` fields."""
+def given(cls, args: argparse.Namespace) -> dict[str, Any]:
+  """The values of `cls`'s flags in `args`, sparse ones only when the user gave them."""
   kw = {}
   for f in flags(cls):
     if not hasattr(args, f.name):
@@ -76,5 +76,9 @@ def build(cls, args: argparse.Namespace, **fixed: Any):
     if f.metadata["option"]["sparse"] and value is None:
       continue
     kw[f.name] = value
-  kw.update(fixed)
-  return cls(**kw)
+  return kw
+
+
+def build(cls, args: argparse.Namespace, **fixed: Any):
+  """`cls` from the parsed flags (sparse ones only when given), plus `fixed` fields."""
+  return cls(**{**given(cls, args), **fixed})

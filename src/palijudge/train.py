@@ -39,12 +39,13 @@ from palijudge.errors import UserError, where
 from palijudge.loader import LoadedModel
 from palijudge.model import lora
 from palijudge.model import paligemma as model_lib
+from palijudge.model import vit
 from palijudge.options import option
 
 Params = dict[str, Any]
 
 OPTIMIZERS = ("sgd", "adam")
-REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")
+REMAT_POLICIES = tuple(vit.REMAT_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +70,8 @@ class TrainConfig:
   lora_rank: int = option(8, "adapter rank with --trainable lora")
   lora_alpha: float = option(16.0, "adapter scale alpha (the update is alpha/rank * A B)")
   max_restarts: int = option(0, "on divergence, restart with the next seed up to this many times")
-  diverge_loss: float = option(1.0, "divergence: mean loss of 16 steps rises above this after "
-                               "warm-up (0: stop on non-finite losses only)")
+  diverge_loss: float = option(1.0, "divergence: the median loss of 32 steps stays above this "
+                               "for 32 steps, having been below (0: non-finite losses only)")
   save_every: int = option(0, "write the train state every N steps (for --resume; 0: never)")
 
   def __post_init__(self):
@@ -112,12 +113,18 @@ def colab_lr(base: float, train_steps: int, warmup_percent: float = 0.10) -> Cal
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  sched = colab_lr(cfg.lr, cfg.steps, cfg.warmup_percent)
+  """SGD or Adam on the colab's schedule, its peak lr a value in the optimizer state.
+
+  The schedule's shape (warm-up, cosine over `steps`) is compiled in; the peak
+  lr is injected as state, so a second stage at lr/10 (or another --lr) reuses
+  the compiled step and the persistent compilation cache instead of compiling
+  again. Update = -peak * shape(step) * direction, as the colab's.
+  """
+  shape = colab_lr(1.0, cfg.steps, cfg.warmup_percent)
   # optax counts updates from 0; the colab's first step is s = 1.
-  lr = lambda count: sched(count + 1)
-  if cfg.optimizer == "adam":
-    return optax.adam(lr)
-  return optax.sgd(lr)
+  unit = lambda count: shape(count + 1)
+  base = optax.adam(unit) if cfg.optimizer == "adam" else optax.sgd(unit)
+  return optax.chain(base, optax.inject_hyperparams(optax.scale)(step_size=cfg.lr))
 
 
 @flax.struct.dataclass
@@ -192,7 +199,8 @@ def progress_line(step: int, total: int, lr: float, loss: float) -> str:
 
 # --- The loop: guard, train state, restarts ---------------------------------
 
-GUARD_WINDOW = 16
+GUARD_WINDOW = 32    # Steps in the guard's median.
+GUARD_PATIENCE = 32  # Steps it must stay above the threshold.
 Log = Callable[[str], None]
 
 
@@ -203,33 +211,55 @@ class FitResult:
   seed: int        # The seed of the attempt that finished.
   restarts: int
   seconds: float
+  compile_seconds: float = 0.0  # Of the train step, inside `seconds`.
+  diverged: str = ""            # Why the last attempt stopped early ("" if it did not).
+  kept_step: int = 0            # With `diverged`: the step whose state `params` holds.
 
 
 class Diverged(Exception):
-  def __init__(self, step: int, loss: float):
-    super().__init__(f"loss {loss:.4g} at step {step}")
-    self.step, self.loss = step, loss
+  """Raised by the loop; carries the best state seen so far (host arrays) and the history."""
+
+  def __init__(self, step: int, why: str, history: list, best_params, best_step: int):
+    super().__init__(why)
+    self.step, self.why, self.history = step, why, history
+    self.best_params, self.best_step = best_params, best_step
 
 
 class Guard:
-  """Flags a non-finite loss, or a windowed mean loss that rose above `threshold`
-  after warm-up, having been below it (threshold 0 checks finiteness only)."""
+  """The users' rule made exact: the loss went above ~1 and stayed there.
 
-  def __init__(self, threshold: float, warmup: int, window: int = GUARD_WINDOW):
-    self.threshold, self.warmup = threshold, warmup
+  Judged on the median loss of the last `window` steps, which one noisy batch
+  of 2 barely moves: a run has diverged when that median has stayed above
+  `threshold` for `patience` consecutive steps, after having been below it
+  (a run that has not learned yet is not a diverged one), or at once when a
+  loss is not finite. threshold 0 checks finiteness only. The defaults come
+  from recorded runs (BENCHMARKS.md, "Divergence guard").
+  """
+
+  def __init__(self, threshold: float, window: int = GUARD_WINDOW,
+               patience: int = GUARD_PATIENCE):
+    self.threshold, self.patience = threshold, patience
     self.window = collections.deque(maxlen=window)
     self.was_below = False
+    self.above = 0          # Consecutive steps with the median above the threshold.
+    self.median = math.nan  # Of the last full window.
 
-  def diverged(self, step: int, loss: float) -> bool:
-    if not np.isfinite(loss):
-      return True
+  def check(self, step: int, loss: float) -> str | None:
+    """None while the run is healthy, else why it diverged (one line)."""
+    if not math.isfinite(loss):
+      return f"loss {loss} at step {step}"
     self.window.append(loss)
     if self.threshold <= 0 or len(self.window) < self.window.maxlen:
-      return False
-    mean = sum(self.window) / len(self.window)
-    if mean < self.threshold:
-      self.was_below = True
-    return step > self.warmup and self.was_below and mean > self.threshold
+      return None
+    self.median = float(np.median(self.window))
+    if self.median <= self.threshold:
+      self.was_below, self.above = True, 0
+      return None
+    self.above += 1 if self.was_below else 0
+    if self.above >= self.patience:
+      return (f"the median loss of the last {self.window.maxlen} steps stayed above "
+              f"{self.threshold:g} for {self.above} steps ({self.median:.4g} at step {step})")
+    return None
 
 
 def save_state(path: str, state: TrainState, info: dict) -> None:
@@ -276,16 +306,29 @@ def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig,
   seed, start = tcfg.seed, time.time()
   for attempt in range(tcfg.max_restarts + 1):
     try:
-      params, history = _attempt(lm, examples, dataclasses.replace(tcfg, seed=seed), opts,
-                                 log, cache, features)
-      return FitResult(params, history, seed, attempt, time.time() - start)
+      params, history, compile_s = _attempt(lm, examples, dataclasses.replace(tcfg, seed=seed),
+                                            opts, log, cache, features)
+      return FitResult(params, history, seed, attempt, time.time() - start, compile_s)
     except Diverged as d:
       if attempt == tcfg.max_restarts:
-        raise UserError(f"training diverged ({d}) after {attempt} restart(s); try a lower "
-                        f"--lr or more --max-restarts") from None
+        return _kept(lm, d, tcfg, seed, attempt, time.time() - start, log)
       log(f"diverged: {d}; restart {attempt + 1}/{tcfg.max_restarts} with seed {seed + 1}")
       seed += 1
   raise AssertionError("unreachable")
+
+
+def _kept(lm: LoadedModel, d: Diverged, tcfg: TrainConfig, seed: int, restarts: int,
+          seconds: float, log: Log) -> FitResult:
+  """What a diverged last attempt leaves: its best state so far, or the model it started from."""
+  if d.best_params is None:
+    params, what = lm.params, "the model as it was before training"
+  else:
+    params = params_lib.merge(lm.params, d.best_params)
+    what = f"the state of step {d.best_step}, where the median loss was lowest"
+  log(f"warning: training diverged: {d.why} after {restarts} restart(s); keeping {what} "
+      f"(a lower --lr or --max-restarts N may help)")
+  return FitResult(params, d.history, seed, restarts, seconds, diverged=d.why,
+                   kept_step=d.best_step)
 
 
 def feature_cache(lm: LoadedModel, trainable: str, gif_frame: str) -> FeatureCache | None:
@@ -335,19 +378,28 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
 
 def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log):
   sched = colab_lr(tcfg.lr, tcfg.steps, tcfg.warmup_percent)
-  warmup = round(tcfg.warmup_percent * (tcfg.steps + 1))
-  history, guard, t0 = [], Guard(tcfg.diverge_loss, warmup), time.time()
+  history, guard, t0 = [], Guard(tcfg.diverge_loss), time.time()
+  best = (math.inf, 0, None)  # (median loss, step, host copy of the trainable params)
+  compiled, compile_s = None, 0.0
   for step, (chunk, batch) in enumerate(batches, start=first):
     if features is not None:
       batch = features.attach(chunk, batch)
-    state, metrics = step_fn(state, batch, frozen)
+    if compiled is None:  # Ahead of time, so the wait is announced and measured.
+      log("compiling the train step ...")
+      c0 = time.time()
+      compiled = step_fn.lower(state, batch, frozen).compile()
+      compile_s = time.time() - c0
+    state, metrics = compiled(state, batch, frozen)
     loss, lr = float(metrics["loss"]), float(sched(step))
     history.append((step, lr, loss, float(metrics["grad_norm"]), time.time() - t0))
-    if guard.diverged(step, loss):
-      raise Diverged(step, loss)
+    why = guard.check(step, loss)
+    if why:
+      raise Diverged(step, why, history, best[2], best[1])
+    if step % GUARD_WINDOW == 0 and guard.median < best[0]:
+      best = (guard.median, step, jax.device_get(state.params))
     if step == 1 or step % tcfg.print_every == 0 or step == tcfg.steps:
       log(progress_line(step, tcfg.steps, lr, loss))
     if tcfg.save_every and opts.state_path and step % tcfg.save_every == 0 and step < tcfg.steps:
       save_state(opts.state_path, state, {"stage": opts.stage, "seed": tcfg.seed, "step": step})
   params = params_lib.merge(jax.device_get(state.params), frozen)
-  return params, history
+  return params, history, compile_s

@@ -1,8 +1,8 @@
 """Curves (pure numpy) and PNG plots (matplotlib, Agg backend, imported lazily).
 
-Positive = yes. `roc_curve`/`pr_curve`/`auc`/`average_precision` follow
-scikit-learn's definitions (ties share one threshold; AP is the step-wise
-sum of (R_n - R_{n-1}) P_n). Every `render_*` writes one PNG atomically and
+Positive = yes. `roc_curve`/`pr_curve` follow scikit-learn's definitions
+(ties share one threshold); the areas under them are `metrics.roc_auc` and
+`metrics.average_precision`. Every `render_*` writes one PNG atomically and
 returns its path.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from palijudge import files
+
+from palijudge import files, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,14 +26,10 @@ class Curve:
 
 
 def _counts(labels: Sequence[bool], scores: Sequence[float]):
-  y = np.asarray(labels, bool)
-  s = np.asarray(scores, np.float64)
-  order = np.argsort(-s, kind="mergesort")
-  y, s = y[order], s[order]
-  last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]  # Last index of each distinct score.
-  tps = np.cumsum(y)[last]
-  fps = (last + 1) - tps
-  return tps.astype(np.float64), fps.astype(np.float64), s[last]
+  """(tp, fp, threshold) per distinct score, descending (see metrics.cumulative_counts)."""
+  thr, tp, fp = metrics.cumulative_counts(np.asarray(labels, bool),
+                                          np.asarray(scores, np.float64))
+  return tp.astype(np.float64), fp.astype(np.float64), thr
 
 
 def roc_curve(labels: Sequence[bool], scores: Sequence[float]) -> Curve | None:
@@ -53,21 +50,6 @@ def pr_curve(labels: Sequence[bool], scores: Sequence[float]) -> Curve | None:
   precision = tps / (tps + fps)
   recall = tps / tps[-1]
   return Curve(np.r_[0.0, recall], np.r_[1.0, precision], np.r_[np.inf, thr])
-
-
-def auc(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
-  """Area under the ROC curve (trapezoids); None unless both classes are present."""
-  c = roc_curve(labels, scores)
-  if c is None:
-    return None
-  return float(np.sum(np.diff(c.x) * (c.y[1:] + c.y[:-1]) / 2))
-
-
-def average_precision(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
-  c = pr_curve(labels, scores)
-  if c is None:
-    return None
-  return float(np.sum(np.diff(c.x) * c.y[1:]))
 
 
 def _pyplot():
@@ -116,7 +98,7 @@ def render_roc(labels: Sequence[bool], scores: Sequence[float], path: str | os.P
     return None
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(4.5, 4.5))
-  ax.plot(c.x, c.y, lw=1.5, label=f"AUC = {auc(labels, scores):.4f}")
+  ax.plot(c.x, c.y, lw=1.5, label=f"AUC = {metrics.roc_auc(labels, scores):.4f}")
   ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
   ax.set(xlabel="false positive rate", ylabel="true positive rate (recall)",
          title="ROC (yes = positive)", xlim=(0, 1), ylim=(0, 1.02))
@@ -132,7 +114,7 @@ def render_pr(labels: Sequence[bool], scores: Sequence[float], path: str | os.Pa
     return None
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(4.5, 4.5))
-  ap = average_precision(labels, scores)
+  ap = metrics.average_precision(labels, scores)
   ax.step(c.x, c.y, where="post", lw=1.5, label=f"AP = {ap:.4f}")
   base = float(np.mean(np.asarray(labels, bool)))
   ax.axhline(base, ls="--", color="gray", lw=0.8, label=f"share of yes = {base:.2f}")

@@ -30,6 +30,7 @@ import yaml
 from palijudge.experiments import plots as plots
 from palijudge.errors import UserError, where
 from palijudge import files
+from palijudge.data.examples import parse_yes_no
 
 CONFIG, LOG, METRICS, PREDICTIONS, SUMMARY = (
     "config.yaml", "train_log.csv", "eval_metrics.json", "predictions.jsonl", "summary.md")
@@ -76,9 +77,8 @@ def unique_name(root: Path, name: str | None) -> Path:
 
 
 def _yes(value: Any) -> bool:
-  if isinstance(value, str):
-    return value.strip().lower() in ("yes", "true", "1")
-  return bool(value)
+  """A label or prediction as stored: "yes"/"no" (the prediction schema) or a bool."""
+  return bool(parse_yes_no(value)) if isinstance(value, str) else bool(value)
 
 
 class RunRecord:

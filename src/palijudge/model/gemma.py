@@ -33,17 +33,6 @@ Dtype = Any
 _NEG_INF = -2.3819763e38
 
 
-# Rematerialisation of the training path's layers. Matmul outputs are the
-# activations worth keeping; "none" keeps them all (only the cheap slicing and
-# elementwise work is redone), "full" keeps nothing and recomputes each layer.
-_SCAN_POLICIES = {
-    "none": jax.checkpoint_policies.dots_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "full": jax.checkpoint_policies.nothing_saveable,
-}
-
-
 class KVCache(NamedTuple):
   """Per-layer keys/values, stacked over depth: (L, B, S, K, H) each."""
   k: jax.Array
@@ -247,7 +236,7 @@ class Gemma(nn.Module):
     """
     stacked = self.variables["params"]["layers"]
     block = Block(self.cfg, self.dtype, parent=None)  # Detached, applied by hand.
-    policy = _SCAN_POLICIES[self.remat_policy]
+    policy = remat_policy(self.remat_policy)
 
     @functools.partial(jax.checkpoint, policy=policy, prevent_cse=False)
     def layer(x, i):

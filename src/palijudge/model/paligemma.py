@@ -38,6 +38,7 @@ from palijudge.model.config import ModelConfig
 from palijudge.model import lora
 from palijudge.model.gemma import Gemma, KVCache, softcap
 from palijudge.model.vit import ViT
+from palijudge.params import flatten
 
 Params = dict[str, Any]
 
@@ -192,7 +193,6 @@ def init_params(cfg: ModelConfig, seed: int) -> Params:
 
 def describe_params(cfg: ModelConfig) -> list[str]:
   """One line per parameter (path, shape, dtype at init) and the totals."""
-  from palijudge.checkpoint import flatten
   flat = flatten(param_shapes(cfg))
   lines, totals = [], {"img": 0, "llm": 0}
   for name in sorted(flat):

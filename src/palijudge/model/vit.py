@@ -165,13 +165,21 @@ class ViT(nn.Module):
     return _Dense((self.out_dim,), dtype=self.dtype, name="head")(x)
 
 
+# What a rematerialised layer keeps for its backward pass (`--remat`), one table
+# for both towers. The ViT's layers are rematerialised only when a policy other
+# than "none" is named; the decoder's layers always run under jax.checkpoint (so
+# that each layer's weights are sliced inside it), where "none" keeps every
+# matmul output: what a plain backward pass keeps anyway.
+REMAT_POLICIES = {
+    "none": jax.checkpoint_policies.dots_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
 def remat_policy(name: str):
-  """Maps a policy name to a `jax.checkpoint_policies` entry."""
-  policies = {
-      "full": None,  # Save nothing: recompute the whole block.
-      "dots": jax.checkpoint_policies.checkpoint_dots,
-      "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-  }
-  if name not in policies:
-    raise ValueError(f"unknown remat policy {name!r}; choose none or {', '.join(policies)}")
-  return policies[name]
+  """The `jax.checkpoint_policies` entry of a policy name."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {name!r}; choose {', '.join(REMAT_POLICIES)}")
+  return REMAT_POLICIES[name]

@@ -42,6 +42,7 @@ from palijudge.model import paligemma as model_lib
 from palijudge.data.features import FeatureCache
 from palijudge.data.batch import Batch, Batches, PixelCache, training_stream
 from palijudge.data import splits
+from palijudge.errors import UserError
 
 BENCH_CONFIG = dict(image_size=224,
                     img=dict(patch_size=14, width=384, depth=12, mlp_dim=1536, num_heads=6),
@@ -108,8 +109,8 @@ class Bench:
   batch: Batch  # One collated training batch (bucketed), with pixels.
 
 
-def setup(workdir: str, n_images: int = 96) -> Bench:
-  cfg = config.from_dict(BENCH_CONFIG, "bench config")
+def setup(workdir: str, n_images: int = 96, model_config: dict = BENCH_CONFIG) -> Bench:
+  cfg = config.from_dict(model_config, "bench config")
   tok_path = os.path.join(workdir, "tok.model")
   synthetic.write_tiny_tokenizer(tok_path)
   weights = os.path.join(workdir, "bench.npz")
@@ -224,11 +225,60 @@ def machine() -> dict:
           "device": getattr(dev, "device_kind", str(dev)), "jax": jax.__version__}
 
 
-def main(workdir: str, steps: int) -> list[dict]:
+def main(workdir: str, steps: int, n_images: int = 96,
+         model_config: dict = BENCH_CONFIG) -> list[dict]:
   # Honest compile times: the persistent compilation cache stays out of it.
   # Both paths start cold: no persistent compilation cache; the bench model's
   # spec has no cache folder, so image features stay in memory.
   jax.config.update("jax_enable_compilation_cache", False)
   print(json.dumps({"measure": "machine", **machine()}), flush=True)
-  b = setup(workdir)
+  b = setup(workdir, n_images, model_config)
   return bench_train_step(b) + bench_predict(b) + bench_iteration(b, steps)
+
+
+# --- Loss curves of the default recipe: the divergence guard's evidence -------
+
+CURVE_LRS = (0.03, 0.1, 0.3, 1.0)
+
+
+def record_curves(workdir: str, seeds: int = 10, lrs=CURVE_LRS, steps: int = 256,
+                  models=("tiny", "small"), log=print) -> list[dict]:
+  """Per-step losses of the users' recipe (attention only, SGD, batch 2) with no guard.
+
+  One curve per (model, lr, seed) on 96 generated images split 86/10. Only a
+  non-finite loss ends a run early (its curve then ends in nan).
+  """
+  out = []
+  for name in models:
+    if name == "small":
+      b = setup(os.path.join(workdir, "small"))
+      lm, examples = b.lm, b.examples
+    else:
+      lm = session.load(session.write_random_model(name, os.path.join(workdir, name)),
+                        trainable="attn")
+      examples = data_lib.read_jsonl(synthetic.make_dataset(os.path.join(workdir, "data"),
+                                                            n=96, seed=0))
+    train_set, _ = splits.split(examples, 10, 0)
+    features = train.feature_cache(lm, "attn", "first")
+    for lr in lrs:
+      for seed in range(seeds):
+        losses_ = _curve(lm, train_set, lr, seed, steps, features)
+        out.append({"model": name, "lr": lr, "seed": seed, "loss": losses_})
+        log(json.dumps({"model": name, "lr": lr, "seed": seed, "steps": len(losses_),
+                        "last": losses_[-1]}))
+  return out
+
+
+def _curve(lm, examples, lr: float, seed: int, steps: int, features) -> list[float]:
+  tcfg = train.TrainConfig(lr=lr, seed=seed, steps=steps, diverge_loss=0.0, print_every=1)
+  seen: list[float] = []
+
+  def keep(line: str) -> None:
+    if line.startswith("step:"):
+      seen.append(float(line.rsplit("loss:", 1)[1]))
+  try:
+    train.fit(lm, examples, tcfg, train.FitOptions(prompt=DEFAULT_PROMPT), log=keep,
+              features=features)
+  except UserError:  # A non-finite loss: the run is over.
+    seen.append(float("nan"))
+  return seen

@@ -1,32 +1,18 @@
-"""Run records (experiments/<run>/ files, plots) and the ROC/PR curve math."""
+"""palijudge.experiments.records: run folders (unique names) and their files
+(config.yaml, train_log.csv, eval_metrics.json, predictions.jsonl, summary.md)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
 import yaml
-from hypothesis import given, settings, strategies as st
 
-from palijudge.experiments import plots as plots
-from palijudge.experiments import records as records
 from palijudge.errors import UserError
+from palijudge.experiments import records
 from palijudge.experiments.records import RunRecord
-
-
-def _fill(rec: RunRecord, n: int = 40, seed: int = 0) -> tuple[list[bool], list[float]]:
-  rng = np.random.default_rng(seed)
-  for s in range(1, 11):
-    rec.log_step(s, 0.03 * s / 10, 2.0 / s, 1.5, s * 0.25)
-  labels = (rng.random(n) < 0.6).tolist()
-  p_yes = np.clip(0.3 * np.array(labels) + 0.7 * rng.random(n), 0, 1).round(4).tolist()
-  rec.write_predictions([{"image": f"img/{i}.png", "label": "yes" if y else "no", "p_yes": p,
-                          "pred": "yes" if p >= 0.5 else "no"}
-                         for i, (y, p) in enumerate(zip(labels, p_yes))])
-  return labels, p_yes
 
 
 def test_unique_folders(tmp_path):
@@ -76,47 +62,3 @@ def test_bad_files_are_user_errors(tmp_path):
     rec.predictions()
   with pytest.raises(UserError, match="no such run folder"):
     RunRecord.load(tmp_path / "missing")
-
-
-def test_plots_from_logged_data(tmp_path):
-  rec = RunRecord(tmp_path, "plots")
-  assert rec.plots() == []  # nothing logged yet
-  _fill(rec)
-  made = rec.plots()
-  assert sorted(p.name for p in made) == sorted(records.PLOTS.values())
-  for p in made:
-    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
-  assert set(rec.plot_files()) == set(records.PLOTS)
-
-
-def test_one_class_predictions_skip_curves(tmp_path):
-  rec = RunRecord(tmp_path, "one")
-  rec.write_predictions([{"label": "yes", "p_yes": 0.9}, {"label": "yes", "p_yes": 0.2}])
-  names = {p.name for p in rec.plots()}
-  assert names == {"pr.png", "confusion.png", "p_yes_hist.png"}  # ROC needs both classes
-
-
-def test_eval_metrics_dict():
-  m = records.eval_metrics([True, True, False, False], [0.9, 0.4, 0.6, 0.1])
-  assert (m["tp"], m["tn"], m["fp"], m["fn"]) == (1, 1, 1, 1)
-  assert m["auc"] == 0.75 and m["n"] == 4 and m["accuracy"] == 0.5
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0])),
-                min_size=2, max_size=30))
-def test_auc_and_ap_match_sklearn(pairs):
-  metrics = pytest.importorskip("sklearn.metrics")
-  y = [p[0] for p in pairs]
-  s = [p[1] for p in pairs]
-  if len(set(y)) < 2:
-    assert plots.auc(y, s) is None
-    return
-  assert plots.auc(y, s) == pytest.approx(metrics.roc_auc_score(y, s))
-  assert plots.average_precision(y, s) == pytest.approx(metrics.average_precision_score(y, s))
-
-
-def test_history_plot(tmp_path):
-  out = plots.render_history([0, 1, 2, 3], [0.5, None, 0.7, 0.2],
-                             ["COMPLETE", "FAIL", "COMPLETE", "PRUNED"], tmp_path / "h.png")
-  assert out.is_file() and os.path.getsize(out) > 2000

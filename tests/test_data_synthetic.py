@@ -1,4 +1,4 @@
-"""The generated tiny tokenizer and the synthetic ad dataset."""
+"""palijudge.data.synthetic: the generated tiny tokenizer and the synthetic ad dataset."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from palijudge.data import synthetic as synthetic
-from palijudge.model.config import TINY_VOCAB
-from palijudge.errors import UserError
+from palijudge.data import synthetic
 from palijudge.data.tokenizer import Tokenizer
+from palijudge.errors import UserError
+from palijudge.model.config import TINY_VOCAB
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for palijudge.data: reading, writing and splitting datasets."""
+"""palijudge.data.examples: reading and writing JSONL/TSV datasets, labels, yes/no parsing."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ import json
 import os
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from palijudge.data import examples as data
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
-from palijudge.data import splits
 
 
 def _dataset(tmp_path, rows, name="data.jsonl", n_images=3):
@@ -71,6 +68,14 @@ def test_blank_lines_keep_line_numbers(tmp_path):
                                        ("NO\n", False), ("no", False)])
 def test_normalize_label(text, want):
   assert data.normalize_label(text, "d.jsonl", 3) is want
+
+
+@pytest.mark.parametrize("text,want", [("yes", True), (" Yes ", True), ("YES\r\n", True),
+                                       ("no", False), ("\tNo", False),
+                                       ("yes.", None), ("y", None), ("", None), ("no no", None),
+                                       (None, None), (1, None), (True, None)])
+def test_parse_yes_no(text, want):
+  assert data.parse_yes_no(text) is want
 
 
 @pytest.mark.parametrize("text", ["OK", "maybe", "", "yes."])
@@ -153,58 +158,6 @@ def test_empty_and_missing_file_refused(tmp_path):
     data.read_jsonl(tmp_path / "missing.jsonl", tmp_path)
 
 
-def test_split_deterministic_and_sized():
-  exs = _fake(20, 20)
-  train, valid = splits.split(exs, 10, seed=1)
-  assert len(train) == 30 and len(valid) == 10
-  assert splits.split(exs, 10, seed=1) == (train, valid)
-  assert splits.split(exs, 10, seed=2) != (train, valid)
-  assert train != exs[:30]  # shuffled
-
-
-def test_split_stratified_ratio():
-  exs = _fake(30, 70)
-  for seed in range(5):
-    train, valid = splits.split(exs, 10, seed=seed, stratify=True)
-    assert splits.class_counts(valid) == {"yes": 3, "no": 7}
-    assert splits.class_counts(train) == {"yes": 27, "no": 63}
-  _, valid = splits.split(_fake(1, 2), 2, seed=0, stratify=True)
-  assert splits.class_counts(valid) == {"yes": 1, "no": 1}  # 2/3 -> 1, 4/3 -> 1
-
-
-@pytest.mark.parametrize("n_valid", [40, 50, 0, -1])
-def test_split_bad_n_valid(n_valid):
-  with pytest.raises(UserError) as e:
-    splits.split(_fake(20, 20), n_valid, seed=0, data_path="dataset/data.jsonl")
-  if n_valid >= 40:
-    assert str(e.value) == (f"-v {n_valid} is not smaller than the 40 examples"
-                            " in dataset/data.jsonl")
-
-
-def test_class_counts():
-  assert splits.class_counts(_fake(2, 5)) == {"yes": 2, "no": 5}
-  assert splits.class_counts([]) == {"yes": 0, "no": 0}
-
-
-@settings(max_examples=60, deadline=None)
-@given(n_yes=st.integers(0, 30), n_no=st.integers(0, 30),
-       frac=st.floats(0, 1), seed=st.integers(0, 2**32 - 1),
-       stratify=st.booleans())
-def test_split_property(n_yes, n_no, frac, seed, stratify):
-  exs = _fake(n_yes, n_no)
-  n = len(exs)
-  if n < 2:
-    return
-  n_valid = 1 + int(frac * (n - 2))
-  train, valid = splits.split(exs, n_valid, seed, stratify=stratify)
-  assert len(valid) == n_valid and len(train) == n - n_valid
-  lines = [e.line for e in train + valid]
-  assert sorted(lines) == list(range(1, n + 1))  # union = all, disjoint
-  if stratify:
-    share = n_valid * n_yes / n
-    assert abs(splits.class_counts(valid)["yes"] - share) < 1
-
-
 # --- TSV datasets --------------------------------------------------------------
 
 def _tsv(tmp_path, text: str, name="data.tsv"):
@@ -234,7 +187,8 @@ def test_tsv_with_header_round_trip(tmp_path):
 
 def test_tsv_headerless_and_suffix_column(tmp_path):
   exs = data.read_tsv(_tsv(tmp_path, "img/0.png\tyes\nimg/1.png\tno\tcustom prompt\n"))
-  assert [(e.label, e.prefix, e.key) for e in exs] == [(True, "", "1"), (False, "custom prompt", "2")]
+  assert [(e.label, e.prefix, e.key) for e in exs] == [(True, "", "1"),
+                                                       (False, "custom prompt", "2")]
   exs = data.read_tsv(_tsv(tmp_path, "suffix\timage\nno\timg/2.png\n", "s.tsv"))
   assert exs[0].label is False and exs[0].raw_image == "img/2.png"
 

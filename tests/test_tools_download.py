@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from palijudge.tools import download as download
+from palijudge.tools import download
 from palijudge.errors import UserError
 
 FIXTURE_TOK = Path(__file__).parent / "fixtures" / "paligemma-tiny" / "tokenizer.model"

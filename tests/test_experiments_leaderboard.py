@@ -1,22 +1,20 @@
-"""The leaderboard: rows from run records and a study, markdown, HTML, history plot."""
+"""palijudge.experiments.leaderboard: rows from run records and a study, markdown, HTML,
+history plot, and 07-report.py."""
 
 from __future__ import annotations
 
 import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from testing import PLAY
 
-from palijudge.experiments import cv as cv
-from palijudge.experiments import records as records
-from palijudge.experiments import leaderboard as report
-from palijudge.experiments import tune as tune
 from palijudge.errors import UserError
+from palijudge.experiments import cv, records, tune
+from palijudge.experiments import leaderboard as report
 from palijudge.experiments.records import RunRecord
-
-ROOT = Path(__file__).resolve().parents[1]
+from palijudge.files import Project
 
 
 def _metrics(f1: float, auc: float) -> dict:
@@ -91,7 +89,7 @@ def test_sort_keys(experiments):
   rows = report.collect(experiments, render_plots=False)
   by_lr = [r.settings["lr"] for r in report.sort_rows(rows, "lr")]
   assert by_lr == sorted(by_lr) and len(by_lr) == 4
-  assert [r.name for r in report.sort_rows(rows, "name")][0] == "cv--b-run-b"
+  assert next(r.name for r in report.sort_rows(rows, "name")) == "cv--b-run-b"
   md = report.markdown(rows, "auc")
   assert md.index("plain-run") < md.index("cv--b-run-b")  # AUC 0.9 = 0.9, stable order
   assert report.best_of(rows, "auc").name in ("plain-run", "cv--b-run-b")
@@ -106,12 +104,13 @@ def test_missing_folder(tmp_path):
 
 
 def test_report_script(experiments, monkeypatch, capsys):
-  spec = importlib.util.spec_from_file_location("report07", ROOT / "playground" / "07-report.py")
+  monkeypatch.syspath_prepend(str(PLAY))  # Where the script's `import _env` is found.
+  spec = importlib.util.spec_from_file_location("report07", PLAY / "07-report.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  monkeypatch.setattr(sys, "argv", ["07-report.py", "--experiments", str(experiments),
-                                    "--sort", "recall", "--no-plots"])
-  mod.main()
+  args = mod.flags().parse_args(["--experiments", str(experiments), "--sort", "recall",
+                                 "--no-plots"])
+  mod.main(args, Project.at(experiments.parent))
   out = capsys.readouterr().out
   assert "5 row(s)" in out and "study_history_s1.png" in out
   assert not (experiments / "plain-run" / records.PLOTS["loss"]).exists()

@@ -1,5 +1,5 @@
-"""Model structure, generality and I/O: full-size shapes (eval_shape only), random
-tiny configs, grouped-query attention, padding invariance, and the larger presets by shape."""
+"""palijudge.model.paligemma: full-size shapes (eval_shape only), random tiny configs,
+grouped-query attention, padding invariance, decoding, and the larger presets by shape."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from palijudge import params as params_lib
 from palijudge.model import config as config_lib
 from palijudge.model import paligemma as model_lib
-from palijudge.model import paligemma as predict
-from palijudge import params as params_lib
 
 from testing import EOS_ID, FIXTURES, forward_logits, load_fixture_model, load_npz
 
@@ -238,14 +237,13 @@ def test_padding_invariance(pg2_tiny):
 def test_decode_with_less_padding(pg2_tiny):
   # The fixture's prompts are padded to 32; padded only to the longest prompt
   # (17), greedy decoding must give big_vision's tokens all the same.
-  cfg, model, params = pg2_tiny
+  _, model, params = pg2_tiny
   ref = load_npz(FIXTURES / "paligemma2-tiny" / "reference_softcap30.npz")
   n = int(ref["prefix_len"].max())
   assert n < 32 and not ref["pred_batch/mask_input"][:, n:].any()
-  batch = {"image": ref["batch/image"], "text": ref["pred_batch/text"][:, :n],
-           "mask_ar": ref["pred_batch/mask_ar"][:, :n],
-           "mask_input": ref["pred_batch/mask_input"][:, :n]}
-  out = predict.decode(model, params, batch, 4, EOS_ID, jnp.float32)
+  x = model_lib.Inputs(ref["pred_batch/text"][:, :n], ref["pred_batch/mask_ar"][:, :n],
+                       ref["pred_batch/mask_input"][:, :n], ref["batch/image"])
+  out = model_lib.decode(model, params, x, 4, EOS_ID, jnp.float32)
   np.testing.assert_array_equal(out.tokens_BxN, ref["decode_tokens_f32cache"])
   np.testing.assert_allclose(out.logp_BxN, ref["decode_logp_f32cache"], atol=1e-4, rtol=0)
   np.testing.assert_allclose(out.first_logits_BxV, ref["prefill_logits_f32cache"], atol=1e-4,

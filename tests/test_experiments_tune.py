@@ -1,72 +1,27 @@
-"""Cross-validation folds and scores; the search: space, trials, pruning, failures,
-resuming, ask/tell, and 06-tune.py (objectives are fakes: no training here)."""
+"""palijudge.experiments.tune: the search space, trials (pruning, failures, resuming),
+ask/tell and 06-tune.py with fake objectives; then a real study and rerunning a record
+on the tiny model (script tests)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import os
+import shlex
+import subprocess
 import sys
 import types
-from pathlib import Path
 
 import optuna
 import pytest
+import yaml
+from testing import PLAY, run_script
 
-from palijudge.experiments import cv as cv
-from palijudge.experiments import tune as tune
-from palijudge.data.examples import Example
+from palijudge.data import examples, splits
 from palijudge.errors import UserError
-from palijudge.data import splits
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _examples(n_yes: int, n_no: int) -> list[Example]:
-  return [Example(f"/d/{i}.png", i < n_yes, "", "yes" if i < n_yes else "no", "data.jsonl",
-                  i + 1, f"img/{i}.png") for i in range(n_yes + n_no)]
-
-
-@pytest.mark.parametrize("stratify", [False, True])
-def test_folds_partition_and_balance(tmp_path, stratify):
-  ex = _examples(13, 7)
-  pairs = splits.write_folds(ex, 3, seed=5, stratify=stratify, out_dir=tmp_path / "cv3")
-  assert pairs == splits.fold_paths(tmp_path / "cv3")
-  valids = [[json.loads(l)["image"] for l in v.read_text().splitlines()] for _, v in pairs]
-  trains = [[json.loads(l)["image"] for l in t.read_text().splitlines()] for t, _ in pairs]
-  assert sorted(sum(valids, [])) == sorted(e.raw_image for e in ex)  # each once in a valid
-  for t, v in zip(trains, valids):
-    assert not set(t) & set(v) and len(t) + len(v) == 20
-  assert sorted(len(v) for v in valids) == [6, 7, 7]
-  if stratify:
-    yes = [sum(int(i.split("/")[1][:-4]) < 13 for i in v) for v in valids]
-    assert max(yes) - min(yes) <= 1
-  again = splits.write_folds(ex, 3, seed=5, stratify=stratify, out_dir=tmp_path / "again")
-  assert [v.read_text() for _, v in again] == [v.read_text() for _, v in pairs]
-  manifest = json.loads((tmp_path / "cv3" / "folds.json").read_text())
-  assert manifest["k"] == 3 and manifest["seed"] == 5 and manifest["stratify"] == stratify
-
-
-def test_folds_refused(tmp_path):
-  with pytest.raises(UserError, match="--folds 1 must be at least 2"):
-    splits.write_folds(_examples(3, 3), 1, 0, False, tmp_path)
-  with pytest.raises(UserError, match="--folds 7 is more than the 6 examples"):
-    splits.write_folds(_examples(3, 3), 7, 0, False, tmp_path)
-  with pytest.raises(UserError, match="folds.json: no fold splits here"):
-    splits.fold_paths(tmp_path / "none")
-
-
-def test_cv_score_and_summary():
-  assert cv.cv_score([0.5, 0.7, 0.9]) == (pytest.approx(0.7), pytest.approx(math.sqrt(0.08 / 3)))
-  with pytest.raises(UserError):
-    cv.cv_score([0.5, float("nan")])
-  folds = [{"f_measure": 0.8, "auc": 0.9, "precision": 1.0}, {"f_measure": 0.6, "auc": 0.7}]
-  s = cv.summarize(folds, "f_measure")
-  assert (s.score, s.std, s.folds) == (pytest.approx(0.7), pytest.approx(0.1), [0.8, 0.6])
-  assert set(s.means) == {"f_measure", "auc"} and "CV f_measure (2 folds): 0.7000" in s.format()
-  with pytest.raises(UserError, match="missing or not finite in fold"):
-    cv.summarize([{"auc": 0.5}], "f_measure")
-
+from palijudge.experiments import cv, tune
+from palijudge.files import Project
 
 SPACE = """
 metric: auc
@@ -92,9 +47,8 @@ def _space(tmp_path, text=SPACE) -> tune.Space:
 
 
 def test_default_space_and_prompt():
-  from palijudge import loader as session
   space = tune.load_space()
-  assert tune.DEFAULTS["prompt"] == session.DEFAULT_PROMPT
+  assert tune.DEFAULTS["prompt"] == examples.DEFAULT_PROMPT
   assert space.metric == "f_measure" and space.baseline["loss"] == "combined"
   assert {p.name for p in space.params} >= {"focal_alpha", "focal_gamma", "bce_weight",
                                              "focal_weight"}
@@ -214,8 +168,9 @@ def test_ask_tell(tmp_path):
   assert out.state == "FAIL" and study.trials[n].user_attrs["fail_reason"] == "OOM at batch 4"
 
 
-def _script(name: str) -> types.ModuleType:
-  spec = importlib.util.spec_from_file_location(name.replace("-", "_"), ROOT / "playground" / name)
+def _script(name: str, monkeypatch) -> types.ModuleType:
+  monkeypatch.syspath_prepend(str(PLAY))  # Where the script's `import _env` is found.
+  spec = importlib.util.spec_from_file_location(name.replace("-", "_"), PLAY / name)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
@@ -223,15 +178,18 @@ def _script(name: str) -> types.ModuleType:
 
 def test_tune_script(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
-  script = _script("06-tune.py")
+  script = _script("06-tune.py", monkeypatch)
+  project = Project.at(tmp_path)
   def main(*argv):
-    monkeypatch.setattr(sys, "argv", ["06-tune.py", *argv])
-    return script.main()
+    return script.main(script._parser().parse_args(list(argv)), project)
   main("space")
   assert capsys.readouterr().out == tune.DEFAULT_SPACE_YAML
-  from palijudge.experiments import cv  # The real objective trains: see test_experiments.
-  monkeypatch.setattr(cv, "cv_objective",
-                      lambda cfg, name, report, **kw: (report(0, 0.7), 0.7)[1] if name == "cv5" else 0)
+  def objective(cfg, name, report, **kw):  # The real one trains: see the script tests.
+    if name != "cv5":
+      return 0
+    report(0, 0.7)
+    return 0.7
+  monkeypatch.setattr(cv, "cv_objective", objective)
   main("run", "--trials", "2", "--cv", "cv5")
   out = capsys.readouterr().out
   assert "study palijudge: 2 trial(s)" in out and "best: trial 0 with 0.7000" in out
@@ -242,3 +200,64 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
   assert "2  FAIL" in capsys.readouterr().out.replace("    ", " ")
   assert (tmp_path / "experiments" / "study.db").is_file()
   assert (tmp_path / "experiments" / "palijudge-trial-002" / "config.yaml").is_file()
+
+
+# --- On the tiny model, as a user runs the scripts ---------------------------------
+
+REAL_SPACE = """
+metric: accuracy
+baseline: {loss: ce, lr: 0.03}
+enqueue: [{lr: 1.0e+30}, {lr: 0.01}]
+pruning: false
+params:
+  lr: {choices: [0.03, 0.01, 1.0e+30]}
+  steps: 2
+  batch: 2
+  accum: 1
+  trainable: attn
+  loss: ce
+"""
+
+
+@pytest.mark.script
+def test_a_real_study_resumes_records_failures_and_reports(tmp_project):
+  proj = tmp_project.root
+  rows = examples.read_jsonl(tmp_project.dataset / "data.jsonl")
+  rows = [e for e in rows if e.label][:6] + [e for e in rows if not e.label][:6]  # Quicker.
+  splits.write_folds(rows, 2, seed=0, stratify=True, out_dir=tmp_project.dataset / "cv2")
+  (proj / "space.yaml").write_text(REAL_SPACE)
+  db = "sqlite:///experiments/study.db"
+  args = ["--space", "space.yaml", "--storage", db, "--study", "s"]
+  run = lambda *a: run_script("06-tune.py", *a, project=tmp_project)
+  out = run("run", "--trials", "3", "--cv", "cv2", "--model", "tiny", *args)
+  assert (proj / "experiments" / "study.db").is_file()
+  status = run("status", *args).stdout
+  assert status.count("COMPLETE") == 2 and "FAIL" in status, out.stdout + status
+  run("run", "--trials", "1", "--cv", "cv2", "--model", "tiny", *args)
+  status = run("status", *args).stdout
+  assert "4 trial(s)" in status and status.count("COMPLETE") >= 2
+  asked = run("ask", "--cv", "cv2", *args).stdout
+  assert "03-do_learn.py" in asked
+  number = int(next(l for l in asked.splitlines() if "trial" in l.lower()).split()[1].strip(":#"))
+  run("tell", number, "0.5", *args)
+  assert "5 trial(s)" in run("status", *args).stdout
+  run_script("07-report.py", "--storage", db, "--no-plots", project=tmp_project)
+  board = (proj / "experiments" / "leaderboard.md").read_text()
+  assert board.count("\n|") >= 3
+  assert (proj / "experiments" / "leaderboard.html").is_file()
+
+
+@pytest.mark.script
+def test_rerunning_a_record_reproduces_its_metrics(tmp_project):
+  proj = tmp_project.root
+  run_script("03-do_learn.py", "-d", "set1", "--model", "tiny", "--steps", "3", "--experiments",
+             "exp-a", project=tmp_project)
+  first = proj / "exp-a" / "set1"
+  command = shlex.split(yaml.safe_load((first / "config.yaml").read_text())["command"])
+  assert command[0] == sys.executable and "exp-a" in command
+  command = [a if a != "exp-a" else "exp-b" for a in command]
+  subprocess.run(command, cwd=proj, check=True, capture_output=True,
+                 env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  a = json.loads((first / "eval_metrics.json").read_text())
+  b = json.loads((proj / "exp-b" / "set1" / "eval_metrics.json").read_text())
+  assert a == b

@@ -1,18 +1,17 @@
-"""Tests for palijudge.images: decoding odd files and preprocessing parity."""
+"""palijudge.data.images: decoding odd files and preprocessing parity."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from palijudge.data import images as images
+from palijudge.data import images
 from palijudge.errors import UserError
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "paligemma-tiny",
-                       "reference.npz")
+from testing import FIXTURES
+
+FIXTURE = FIXTURES / "paligemma-tiny" / "reference.npz"
 SIZE = 16
 
 

@@ -1,4 +1,4 @@
-"""Tokenizer and prefix-LM layout, checked against the paligemma-tiny fixture."""
+"""palijudge.data.tokenizer: tokens and prefix-LM layout, against the paligemma-tiny fixture."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import pytest
 import sentencepiece as spm
 
 from palijudge.errors import UserError
-from palijudge.data.tokenizer import (Tokenizer, TokenizedText, bucket_length,
-                                 pad_batch, tokenize)
+from palijudge.data.tokenizer import (TokenizedText, Tokenizer, bucket_length, pad_batch,
+                                      tokenize)
 
-FIXTURE = Path(__file__).parent / "fixtures" / "paligemma-tiny"
+from testing import FIXTURES
+
+FIXTURE = FIXTURES / "paligemma-tiny"
 PROMPT = ("Is this image appropriate based on Federal Food, Drug, "
           "and Cosmetic Act?")
 EXAMPLES = [(PROMPT, "yes"), (PROMPT, "no"), ("Is this a safe product?", "no"),

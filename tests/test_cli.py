@@ -1,0 +1,165 @@
+"""palijudge.cli's flag helpers: --eval-set, the loss flags (options.build of LossConfig),
+and every script's --help (each default shown once, equal to its config field's)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import re
+import runpy
+import sys
+
+import pytest
+from testing import PLAY
+
+from palijudge import cli, evaluate, losses, options, train
+from palijudge.data import splits
+from palijudge.errors import UserError
+from palijudge.losses import LossConfig
+
+SCRIPTS = sorted(p.name for p in PLAY.glob("[0-9][0-9]-*.py"))
+
+
+def _args(argv):
+  p = cli.parser("test")
+  cli.add_model_flags(p, "tiny")
+  cli.add_root_flag(p)
+  cli.add_eval_flags(p)
+  cli.add_train_flags(p)
+  return p.parse_args(list(argv))
+
+
+def test_eval_sets(tiny_project):
+  root = str(tiny_project.dataset)
+  args = _args(["--eval-set", f"safe={tiny_project.dataset / 'data.jsonl'}"])
+  sets = cli.eval_sets(args, root)
+  assert list(sets) == ["safe"] and len(sets["safe"]) == 24
+  with pytest.raises(UserError, match="already used"):
+    cli.eval_sets(args, root, taken=["safe"])
+  with pytest.raises(UserError, match="NAME=FILE"):
+    cli.eval_sets(_args(["--eval-set", "safe.jsonl"]), root)
+
+
+def _loss(argv) -> LossConfig:
+  return losses.from_flags(options.given(LossConfig, _args(argv)))
+
+
+def test_loss_config_from_flags(tiny_examples):
+  tr = tiny_examples[1][:7]  # Weights come from this split's own counts.
+  counts = splits.class_counts(tr)
+  assert counts["yes"] and counts["no"]
+  cfg = _loss(["--loss", "focal", "--focal-gamma", "2", "--class-weight", "auto"])
+  assert cfg == LossConfig(kind="focal", focal_gamma=2.0, class_weight="auto")
+  n = len(tr)
+  assert cfg.resolved(counts["yes"], counts["no"]) == LossConfig(
+      kind="focal", focal_gamma=2.0, class_weight=(n / (2 * counts["yes"]),
+                                                   n / (2 * counts["no"])))
+  args = _args(["--loss", "focal", "--focal-gamma", "2"])
+  assert cli.train_config(args).loss == LossConfig(kind="focal", focal_gamma=2.0)
+  assert _loss(["--class-weight", "2,0.5"]).class_weight == (2.0, 0.5)
+  assert _loss([]) == LossConfig()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--loss", "bce", "--focal-gamma", "3"], "--focal-gamma applies to --loss focal/combined, not bce"),
+    (["--pos-weight", "2"], "--pos-weight applies to"),
+    (["--loss", "focal", "--bce-weight", "1"], "--bce-weight applies to --loss combined, not focal"),
+    (["--class-weight", "2"], "auto or W_YES,W_NO"),
+    (["--loss", "bce", "--pos-weight", "2", "--class-weight", "auto"], "use one"),
+])
+def test_flags_of_another_loss_are_refused(argv, match):
+  with pytest.raises(UserError, match=match):
+    _loss(argv)
+
+
+# --- Every script's --help -------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Help:
+  parser: argparse.ArgumentParser
+  text: str
+
+  def entry(self, action: argparse.Action) -> str:
+    """The action's lines of the printed help, whitespace collapsed."""
+    head = "  " + self.parser._get_formatter()._format_action_invocation(action)
+    lines = self.text.splitlines()
+    start = next(i for i, l in enumerate(lines) if l == head or l.startswith(head + " "))
+    out = [lines[start]]
+    for line in lines[start + 1:]:
+      if not line.startswith("   "):
+        break
+      out.append(line)
+    return " ".join(" ".join(out).split())
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, Help]:
+  """{script: its parser and `--help` text}, each script run in this process."""
+  out, parse = {}, argparse.ArgumentParser.parse_args
+  with pytest.MonkeyPatch.context() as mp:
+    mp.syspath_prepend(str(PLAY))
+    mp.setenv("COLUMNS", "100")
+    for name in SCRIPTS:
+      parsers = []
+      mp.setattr(argparse.ArgumentParser, "parse_args",
+                 lambda self, *a, seen=parsers, **k: (seen.append(self), parse(self, *a, **k))[1])
+      mp.setattr(sys, "argv", [name, "--help"])
+      text = io.StringIO()
+      with contextlib.redirect_stdout(text), pytest.raises(SystemExit) as done:
+        runpy.run_path(str(PLAY / name), run_name="__main__")
+      assert done.value.code in (0, None), name
+      out[name] = Help(parsers[0], text.getvalue())
+  return out
+
+
+DEFAULT = re.compile(r"(?:\(|;\s*)default\b")
+
+
+def _shows_a_default(value) -> bool:
+  return value not in (None, False, argparse.SUPPRESS, [])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_shows_each_default_once(helps, script):
+  h = helps[script]
+  assert h.text.startswith("usage: ")
+  wrong = []
+  for action in h.parser._actions:
+    if not action.option_strings or action.help == argparse.SUPPRESS:
+      continue
+    entry = h.entry(action)
+    n = len(DEFAULT.findall(entry))
+    shown = " ".join(str(action.default).split()) in entry
+    if n > 1 or (_shows_a_default(action.default) and (n != 1 or not shown)):
+      wrong.append(entry)
+  assert not wrong, "\n".join(wrong)
+
+
+SHARED = {"--lr": (train.TrainConfig, "lr"), "--batch": (train.TrainConfig, "batch_size"),
+          "--threshold": (evaluate.EvalConfig, "threshold"),
+          "--eval-batch": (evaluate.EvalConfig, "eval_batch"),
+          "--gallery-max": (evaluate.EvalConfig, "gallery_max")}
+
+
+def _field_default(cls, name):
+  return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def test_shared_flag_defaults_are_the_config_defaults(helps):
+  seen = set()
+  for script, h in helps.items():
+    for action in h.parser._actions:
+      for flag in set(action.option_strings) & set(SHARED):
+        cls, field = SHARED[flag]
+        want = _field_default(cls, field)
+        assert action.default == want, (script, flag, action.default, want)
+        if want is not None:
+          assert f"(default: {want})" in h.entry(action), (script, flag)
+        seen.add(flag)
+  assert seen == set(SHARED)  # Every flag is checked on some script.
+  assert (train.TrainConfig.lr, train.TrainConfig.batch_size) == (0.03, 2)  # The colab's.
+  learn = helps["03-do_learn.py"].parser.parse_args([])
+  assert cli.train_config(learn) == train.TrainConfig()
+  assert cli.eval_config(learn) == evaluate.EvalConfig().resolved()

@@ -1,0 +1,104 @@
+"""palijudge.data.splits: train/valid splits, class counts and cross-validation folds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from palijudge.data import splits
+from palijudge.data.examples import Example
+from palijudge.errors import UserError
+
+
+def _fake(n_yes: int, n_no: int) -> list[Example]:
+  return [Example(image=f"/x/{i}.png", label=i < n_yes, prefix="p",
+                  suffix="yes" if i < n_yes else "no", source="data.jsonl",
+                  line=i + 1, raw_image=f"img/{i}.png")
+          for i in range(n_yes + n_no)]
+
+
+def test_split_deterministic_and_sized():
+  exs = _fake(20, 20)
+  train, valid = splits.split(exs, 10, seed=1)
+  assert len(train) == 30 and len(valid) == 10
+  assert splits.split(exs, 10, seed=1) == (train, valid)
+  assert splits.split(exs, 10, seed=2) != (train, valid)
+  assert train != exs[:30]  # shuffled
+
+
+def test_split_stratified_ratio():
+  exs = _fake(30, 70)
+  for seed in range(5):
+    train, valid = splits.split(exs, 10, seed=seed, stratify=True)
+    assert splits.class_counts(valid) == {"yes": 3, "no": 7}
+    assert splits.class_counts(train) == {"yes": 27, "no": 63}
+  _, valid = splits.split(_fake(1, 2), 2, seed=0, stratify=True)
+  assert splits.class_counts(valid) == {"yes": 1, "no": 1}  # 2/3 -> 1, 4/3 -> 1
+
+
+@pytest.mark.parametrize("n_valid", [40, 50, 0, -1])
+def test_split_bad_n_valid(n_valid):
+  with pytest.raises(UserError) as e:
+    splits.split(_fake(20, 20), n_valid, seed=0, data_path="dataset/data.jsonl")
+  if n_valid >= 40:
+    assert str(e.value) == (f"-v {n_valid} is not smaller than the 40 examples"
+                            " in dataset/data.jsonl")
+
+
+def test_class_counts():
+  assert splits.class_counts(_fake(2, 5)) == {"yes": 2, "no": 5}
+  assert splits.class_counts([]) == {"yes": 0, "no": 0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_yes=st.integers(0, 30), n_no=st.integers(0, 30),
+       frac=st.floats(0, 1), seed=st.integers(0, 2**32 - 1),
+       stratify=st.booleans())
+def test_split_property(n_yes, n_no, frac, seed, stratify):
+  exs = _fake(n_yes, n_no)
+  n = len(exs)
+  if n < 2:
+    return
+  n_valid = 1 + int(frac * (n - 2))
+  train, valid = splits.split(exs, n_valid, seed, stratify=stratify)
+  assert len(valid) == n_valid and len(train) == n - n_valid
+  lines = [e.line for e in train + valid]
+  assert sorted(lines) == list(range(1, n + 1))  # union = all, disjoint
+  if stratify:
+    share = n_valid * n_yes / n
+    assert abs(splits.class_counts(valid)["yes"] - share) < 1
+
+
+# Cross-validation folds ------------------------------------------------------
+
+@pytest.mark.parametrize("stratify", [False, True])
+def test_folds_partition_and_balance(tmp_path, stratify):
+  ex = _fake(13, 7)
+  pairs = splits.write_folds(ex, 3, seed=5, stratify=stratify, out_dir=tmp_path / "cv3")
+  assert pairs == splits.fold_paths(tmp_path / "cv3")
+  valids = [[json.loads(l)["image"] for l in v.read_text().splitlines()] for _, v in pairs]
+  trains = [[json.loads(l)["image"] for l in t.read_text().splitlines()] for t, _ in pairs]
+  # Each example once in a valid split.
+  assert sorted(i for v in valids for i in v) == sorted(e.raw_image for e in ex)
+  for t, v in zip(trains, valids):
+    assert not set(t) & set(v) and len(t) + len(v) == 20
+  assert sorted(len(v) for v in valids) == [6, 7, 7]
+  if stratify:
+    yes = [sum(int(i.split("/")[1][:-4]) < 13 for i in v) for v in valids]
+    assert max(yes) - min(yes) <= 1
+  again = splits.write_folds(ex, 3, seed=5, stratify=stratify, out_dir=tmp_path / "again")
+  assert [v.read_text() for _, v in again] == [v.read_text() for _, v in pairs]
+  manifest = json.loads((tmp_path / "cv3" / "folds.json").read_text())
+  assert manifest["k"] == 3 and manifest["seed"] == 5 and manifest["stratify"] == stratify
+
+
+def test_folds_refused(tmp_path):
+  with pytest.raises(UserError, match="--folds 1 must be at least 2"):
+    splits.write_folds(_fake(3, 3), 1, 0, False, tmp_path)
+  with pytest.raises(UserError, match="--folds 7 is more than the 6 examples"):
+    splits.write_folds(_fake(3, 3), 7, 0, False, tmp_path)
+  with pytest.raises(UserError, match="folds.json: no fold splits here"):
+    splits.fold_paths(tmp_path / "none")

@@ -1,0 +1,191 @@
+"""palijudge.evaluate on the tiny model: EvalConfig validation and threshold sources,
+reports (threshold picked on one set and applied to all, galleries, regressions),
+decode mode, GIF frames, prompt ranking."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from palijudge import cli, evaluate, thresholds
+from palijudge.data import examples as data
+from palijudge.data import synthetic
+from palijudge.data.examples import Example
+from palijudge.errors import UserError
+from palijudge.evaluate import EvalConfig, EvalResult
+from palijudge.metrics import Confusion
+
+PROMPT = "is it ok"
+
+
+def _ecfg(**kw) -> EvalConfig:
+  return EvalConfig(prompt=PROMPT, eval_batch=4, **kw)
+
+
+# --- EvalConfig: flags, validation, threshold sources ----------------------------
+
+def _args(argv):
+  p = cli.parser("test")
+  cli.add_model_flags(p, "tiny")
+  cli.add_eval_flags(p)
+  return p.parse_args(list(argv))
+
+
+CONFLICTS = [
+    (["--threshold", "0.3", "--pick-threshold", "valid"],
+     {"threshold": 0.3, "pick_threshold": "valid"}, "contradict"),
+    (["--mode", "decode", "--threshold", "0.3"], {"mode": "decode", "threshold": 0.3},
+     "--threshold needs --mode score"),
+    (["--mode", "decode", "--pick-threshold", "valid"],
+     {"mode": "decode", "pick_threshold": "valid"},
+     "--pick-threshold needs --mode score"),
+    (["--mode", "decode", "--gif-frame", "all"], {"mode": "decode", "gif_frame": "all"},
+     "--gif-frame all"),
+    (["--target", "f1"], {"target": "f1"}, "--target needs --pick-threshold"),
+    (["--gif-combine", "min"], {"gif_combine": "min"}, "need --gif-frame all"),
+    (["--threshold", "1.0"], {"threshold": 1.0}, r"--threshold must be in \(0, 1\)"),
+    (["--threshold", "0"], {"threshold": 0.0}, r"--threshold must be in \(0, 1\)"),
+]
+
+
+@pytest.mark.parametrize("argv,kw,match", CONFLICTS)
+def test_eval_flag_conflicts_are_refused_by_the_config(argv, kw, match):
+  with pytest.raises(UserError, match=match):
+    EvalConfig(**kw)
+  with pytest.raises(UserError, match=match):  # The same refusal from the command line.
+    cli.eval_config(_args(argv))
+
+
+def test_eval_config_threshold_sources_and_picking_flags():
+  assert cli.eval_config(_args([])).threshold == 0.5
+  assert cli.eval_config(_args([]), stored=0.8).threshold == 0.8
+  assert cli.eval_config(_args(["--threshold", "0.3"]), stored=0.8).threshold == 0.3
+  assert EvalConfig().resolved(0.8).threshold == 0.8 and EvalConfig().decision == 0.5
+  ecfg = cli.eval_config(_args(["--pick-threshold", "valid", "--target", "recall=0.9",
+                                "--gif-frame", "all", "--gif-frames", "4",
+                                "--gif-combine", "min"]), stored=0.8)
+  assert (ecfg.pick_threshold, str(thresholds.parse_target(ecfg.target)), ecfg.frames,
+          ecfg.combine) == ("valid", "recall=0.9", 4, "min")
+  assert ecfg.decision == 0.5  # Picked per report; a stored threshold does not count.
+  assert cli.eval_config(_args(["--mode", "decode"]), stored=0.8).decision == 0.5
+  with pytest.raises(UserError, match="--target"):
+    cli.eval_config(_args(["--pick-threshold", "valid", "--target", "precision=2"]))
+
+
+# --- Reports ---------------------------------------------------------------------
+
+def test_report_picks_on_valid_and_applies_everywhere(tiny_lm, tiny_examples, tmp_path):
+  exs = tiny_examples[0]
+  sets = {"d/all": ["d/train.jsonl", "d/valid.jsonl"], "d/train.jsonl": exs[:6],
+          "d/valid.jsonl": exs[6:], "safe": exs[:3]}
+  ecfg = _ecfg(json=True, pick_threshold="valid", target="f1", gallery=str(tmp_path / "gal"))
+  lines = []
+  out = evaluate.report(tiny_lm, sets, ecfg, "before training", lines.append)
+  t = evaluate.shared_threshold(out)
+  assert lines[0].startswith(f"threshold {t:.6g} picked on d/valid.jsonl")
+  assert all(r.threshold == t for r in out.values())
+  for r in out.values():
+    np.testing.assert_array_equal(r.pred, r.p_yes >= t)
+  text = "\n".join(lines)
+  assert "Result: safe (before training)\n  Tp=" in text and "  ROC-AUC:   " in text
+  recs = [json.loads(l) for l in lines if l.startswith("{")]
+  assert {r["file"] for r in recs} == set(sets) and all(r["threshold"] == t for r in recs)
+  assert len(list((tmp_path / "gal").glob("*.html"))) == 4
+  worse = {n: dataclasses.replace(r, pred=~r.labels) for n, r in out.items()}
+  assert any(w.startswith("warning: safe got worse after training: accuracy")
+             for w in evaluate.regressions(out, worse))
+
+
+def _result(y, p, name):
+  exs = [Example(f"/x/{i}.png", bool(v), "", "yes" if v else "no", name, i + 1, f"{i}.png")
+         for i, v in enumerate(y)]
+  p = np.asarray(p, np.float32)
+  return EvalResult(exs, p, p >= 0.5, [""] * len(y), 0, 0.5)
+
+
+Y = [True, True, True, False, True, False, False, False]
+P = [0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.1]
+
+
+def test_pick_on_valid_applies_unchanged_to_other_splits(monkeypatch):
+  results = {"d/train.jsonl": _result([True, False, True, False], [0.72, 0.74, 0.9, 0.2], "t"),
+             "d/valid.jsonl": _result(Y, P, "v")}
+  # report() judges precomputed results: evaluate() hands back the set's own result.
+  by_examples = {id(r.examples): r for r in results.values()}
+  monkeypatch.setattr(evaluate, "evaluate", lambda lm, exs, ecfg, *a: by_examples[id(exs)])
+  ecfg = EvalConfig(pick_threshold="valid", target="precision=1")
+  logged = []
+  out = evaluate.report(None, {n: r.examples for n, r in results.items()}, ecfg,
+                        log=logged.append)
+  choice = evaluate.shared_threshold(out)
+  assert choice == pytest.approx(0.75) and "picked on d/valid.jsonl" in logged[0]
+  for name, res in out.items():
+    assert res.threshold == choice
+    np.testing.assert_array_equal(res.pred, results[name].p_yes >= choice)
+    np.testing.assert_array_equal(res.p_yes, results[name].p_yes)
+  assert out["d/train.jsonl"].confusion == Confusion(tp=1, tn=2, fp=0, fn=1)  # 0.74 < 0.75
+  with pytest.raises(UserError, match="--mode score"):
+    EvalConfig(pick_threshold="valid", target="precision=1", mode="decode")
+
+
+def test_eval_result_metrics_dict():
+  """The per-set metrics a run record's eval_metrics.json holds (was records.eval_metrics)."""
+  m = _result([True, True, False, False], [0.9, 0.4, 0.6, 0.1], "v").metrics()
+  assert (m["tp"], m["tn"], m["fp"], m["fn"]) == (1, 1, 1, 1)
+  assert m["auc"] == 0.75 and m["n"] == 4 and m["accuracy"] == 0.5 and m["threshold"] == 0.5
+
+
+def test_decode_mode_reports_invalid_rate(tiny_lm, tiny_examples):
+  exs = tiny_examples[0]
+  lines = []
+  evaluate.report(tiny_lm, {"v": exs[:4]}, _ecfg(mode="decode"), "", lines.append)
+  assert "  invalid answers: " in lines[0] and "/4 (" in lines[0]
+
+
+def test_gif_all_frames_combine(tiny_lm, tmp_path):
+  rng = np.random.default_rng(0)
+  frames = [synthetic.make_image(rng, violation=v).resize((90, 70)) for v in (False, True, False)]
+  frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+  (tmp_path / "d.jsonl").write_text('{"image": "anim.gif", "suffix": "no"}\n'
+                                    '{"image": "anim.gif", "suffix": "yes"}\n')
+  exs = data.read_examples(tmp_path / "d.jsonl")
+  single = [evaluate.evaluate(tiny_lm, exs, EvalConfig(prompt=PROMPT, gif_frame=f)).p_yes[0]
+            for f in ("first", "middle", "last")]
+  assert max(single) - min(single) > 1e-5  # The frames disagree.
+  for how, fn in (("min", min), ("mean", np.mean), ("max", max)):
+    res = evaluate.evaluate(tiny_lm, exs, EvalConfig(prompt=PROMPT, gif_frame="all",
+                                                     gif_combine=how, eval_batch=2))
+    np.testing.assert_allclose(res.p_yes, [fn(single)] * 2, rtol=1e-4, atol=1e-6)
+  two = evaluate.evaluate(tiny_lm, exs, EvalConfig(prompt=PROMPT, gif_frame="all", gif_frames=2,
+                                                   gif_combine="max"))
+  np.testing.assert_allclose(two.p_yes[0], max(single[0], single[2]), rtol=1e-4, atol=1e-6)
+  with pytest.raises(UserError, match="needs --mode score"):
+    EvalConfig(prompt=PROMPT, gif_frame="all", mode="decode")
+
+
+# --- Ranking prompts ---------------------------------------------------------------
+
+def test_prompt_file_and_ranking(tmp_path, tiny_examples, tiny_lm):
+  f = tmp_path / "p.txt"
+  f.write_text("# candidates\n\n  Is this ad ok?  \nIs it lawful?\n")
+  assert evaluate.read_prompt_file(str(f)) == ["Is this ad ok?", "Is it lawful?"]
+  f.write_text("# only a comment\n\n")
+  with pytest.raises(UserError, match="no prompts"):
+    evaluate.read_prompt_file(str(f))
+  exs = tiny_examples[0]
+  seen = []
+
+  def fake(examples, prompt):
+    seen.append({e.prefix for e in examples})
+    return evaluate.evaluate(tiny_lm, examples, EvalConfig(prompt=prompt, eval_batch=4))
+  ranked = evaluate.rank(exs, ["is it ok", "is this an ad"], "auc", fake)
+  assert seen == [{""}, {""}]
+  assert ranked[0].value >= ranked[1].value
+  table = evaluate.format_table(ranked, "auc").splitlines()
+  assert table[0].startswith("rank") and table[1].startswith("   1")
+  assert "auc" in evaluate.PROMPT_METRICS
+  with pytest.raises(UserError, match="--metric must be one of"):
+    evaluate.rank(exs, ["is it ok"], "speed", fake)

@@ -1,0 +1,79 @@
+"""palijudge.predictions: the one prediction-row schema (TSV/JSONL), its readers' errors,
+the outcome filters, and every writer (04 --scores, 13, run records) sharing it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from testing import run_script
+
+from palijudge import predictions
+from palijudge.errors import UserError
+
+
+def test_prediction_file_round_trip_and_missing_columns(tmp_path):
+  rows = [predictions.PredRow("a", "img/0.png", True, 0.25, False, "p"),
+          predictions.PredRow("b", "img/1.png", False, 0.75, True)]
+  for ext in ("tsv", "jsonl"):
+    path = tmp_path / f"p.{ext}"
+    predictions.write(str(path), rows)
+    back = predictions.read(path)
+    assert [(r.id, r.image, r.label, r.p_yes, r.pred, r.prefix) for r in back] == [
+        (r.id, r.image, r.label, r.p_yes, r.pred, r.prefix) for r in rows]
+    assert [r.pred for r in predictions.read(path, threshold=0.2)] == [True, True]
+  bad = tmp_path / "bad.tsv"
+  bad.write_text("image\tlabel\np.png\tyes\n")
+  with pytest.raises(UserError, match=r"bad\.tsv: missing column\(s\) pred"):
+    predictions.read(bad)
+  bad.write_text("label\tpred\tp_yes\nyes\tyes\t1.5\n")
+  with pytest.raises(UserError, match=r"bad\.tsv:2: p_yes must be a number in \[0, 1\]"):
+    predictions.read(bad)
+
+
+def _row(i, label, pred):
+  return predictions.PredRow(str(i), f"img/{i}.png", label, 0.5, pred)
+
+
+def test_outcome_filters():
+  rows = ([_row(i, True, True) for i in range(4)] + [_row(i, False, False) for i in range(4, 7)]
+          + [_row(i, False, True) for i in range(7, 9)] + [_row(i, True, False) for i in (9,)])
+  ids = lambda keep, **kw: [r.id for r in predictions.select(rows, keep, **kw).rows]
+  assert ids("fp") == ["7", "8"] and ids("fn") == ["9"]
+  assert ids("errors") == ids("fp+fn") == ["7", "8", "9"]
+  assert ids("not-tp") == [str(i) for i in range(4, 10)]
+  assert ids("tn+fp") == [str(i) for i in range(4, 9)]
+  assert set(predictions.KEEPS) == {"fp", "fn", "errors", "fp+fn", "not-tp", "tn+fp"}
+  capped = ids("not-tp", max_rows=3, seed=1)
+  assert len(capped) == 3 and capped == sorted(capped, key=int)
+  bal = predictions.select(rows, "not-tp", balance=True).rows
+  assert sum(r.label for r in bal) == 1 and len(bal) == 2
+  assert len(predictions.select(rows, "tn+fp", max_rows=2).rows) == 2
+  with pytest.raises(UserError, match="--balance needs both labels"):
+    predictions.select(rows, "fp", balance=True)
+  lines = predictions.dataset_lines(predictions.select(rows, "fn").rows, "tsv")
+  assert lines == ["id\timage\tlabel\tprefix\n", "9\timg/9.png\tyes\t\n"]
+
+
+@pytest.mark.script
+def test_scores_inference_rows_and_run_records_share_one_schema(tmp_project, tiny_examples):
+  """04 --scores, 13's rows and a run record's predictions.jsonl: one schema, one reader."""
+  valid = "dataset/set1/valid.jsonl"
+  run_script("04-validate.py", "--model", "tiny", valid, "--scores", "scores.jsonl",
+             project=tmp_project)
+  run_script("13-inference.py", "--model", "tiny", "-d", valid, "-i", "dataset",
+             "-o", "rows.jsonl", "--no-progress", project=tmp_project)
+  run_script("03-do_learn.py", "-d", "set1", "--model", "tiny", "--steps", "1",
+             "--experiments", "exp", project=tmp_project)
+  root = tmp_project.root
+  record = root / "exp" / "set1" / "predictions.jsonl"
+  jsonl = [root / "scores.jsonl", root / "rows.jsonl", record]
+  keys = [{k for line in p.read_text().splitlines() for k in json.loads(line)} for p in jsonl]
+  assert keys[0] == keys[1] == keys[2] == set(predictions.COLUMNS)
+  read = {p.name: predictions.read(p) for p in jsonl}
+  want = [(e.key, e.raw_image, e.label) for e in tiny_examples[2]]
+  for name, rows in read.items():
+    assert [(r.id, r.image, r.label) for r in rows] == want, name
+    assert all(0 <= r.p_yes <= 1 and r.pred == (r.p_yes >= 0.5) for r in rows), name
+  p = lambda name: [r.p_yes for r in read[name]]
+  assert p("scores.jsonl") == p("rows.jsonl")  # The same model and prompt.

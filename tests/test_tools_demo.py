@@ -1,0 +1,40 @@
+"""tools/demo.py: `make demo` learns the generated data, and its gate says so."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from palijudge.data.examples import Example
+from palijudge.evaluate import EvalResult
+from palijudge.files import Project
+from palijudge.tools import demo
+
+
+def _result(correct: int, n: int = 10) -> EvalResult:
+  labels = np.array([i % 2 == 0 for i in range(n)])
+  pred = labels.copy()
+  pred[correct:] = ~pred[correct:]
+  exs = [Example(f"/x/{i}.png", bool(y), "", "yes" if y else "no", "d.jsonl", i + 1, f"{i}.png")
+         for i, y in enumerate(labels)]
+  return EvalResult(exs, pred.astype(np.float32), pred, [""] * n, 0, 0.5)
+
+
+@pytest.mark.parametrize("correct, ok", [(10, True), (9, True), (8, False)])
+def test_gate(correct, ok):
+  passed, line = demo.gate(_result(correct))
+  assert passed == ok
+  assert line == (f"demo: valid accuracy {correct / 10:.3f} "
+                  f"({'ok' if ok else 'below 0.9'})")
+
+
+def test_the_demo_recipe_learns_the_generated_rule(tmp_path):
+  """A shortened demo (fewer images and steps) still learns the stamp cue."""
+  recipe = dataclasses.replace(demo.DEMO_RECIPE, steps=120, print_every=1000)
+  logs = []
+  valid = demo.run(Project.at(tmp_path), recipe=recipe, seed=0, save=True,
+                   log=logs.append)
+  assert (tmp_path / "checkpoints" / "demo.npz").is_file()
+  assert valid.confusion.accuracy >= 0.9, "\n".join(logs)
