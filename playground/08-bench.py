@@ -3,6 +3,7 @@
 
   ./08-bench.py [--steps 256] [--workdir cache/bench]     # ours vs the colab's plain path
   ./08-bench.py --gpu [--set default|recipes] [--budget-s 600]   # full-size models on a GPU
+  ./08-bench.py --curves [--seeds 10]   # the divergence guard against recorded loss curves
 
 --gpu builds full-size models with random weights on the device and measures
 step time, MFU, peak memory, the emulated 12 GiB card and scoring throughput
@@ -17,6 +18,12 @@ def flags():
   p.add_argument("--steps", type=int, default=256,
                  help="training steps in the whole iteration (the users run 256)")
   p.add_argument("--workdir", default=None, help="generated model and data (default: cache/bench)")
+  g = p.add_argument_group("--curves: the divergence guard's evidence")
+  g.add_argument("--curves", action="store_true",
+                 help="record the default recipe's loss curves (tiny and small models, batch 2, "
+                      "lr 0.03/0.1/0.3/1.0) and count the guard's stops, false stops and misses")
+  g.add_argument("--seeds", type=int, default=10, help="seeds per learning rate")
+  g.add_argument("--save", help="also write the curves to this JSON file")
   g = p.add_argument_group("--gpu: full-size models")
   g.add_argument("--gpu", action="store_true", help="the full-size GPU benchmark instead")
   g.add_argument("--set", default="default", choices=("default", "recipes"),
@@ -43,7 +50,17 @@ def main(args, project):
                   args.device_memory_gib, args.peak_tflops)
     return
   from palijudge.tools import bench
-  bench.main(args.workdir or str(project.cache / "bench"), args.steps)
+  workdir = args.workdir or str(project.cache / "bench")
+  if args.curves:
+    import json
+    curves = bench.record_curves(workdir, seeds=args.seeds, steps=args.steps)
+    if args.save:
+      from palijudge import files
+      files.write_text(args.save, json.dumps(curves))
+    for row in bench.guard_table(curves):
+      print(json.dumps(row))
+    return
+  bench.main(workdir, args.steps)
 
 
 if __name__ == "__main__":

@@ -27,16 +27,21 @@ def test_state_bytes_follow_the_parameter_tree():
   assert adam.optimizer == 2 * adam.trainable
 
 
-def test_more_batch_needs_more_memory_and_the_largest_batch_fits():
+def test_more_batch_needs_more_memory_and_the_report_finds_the_largest_that_fits():
   small = planner.plan(TINY, train.TrainConfig(batch_size=1), 64, jnp.bfloat16)
   big = planner.plan(TINY, train.TrainConfig(batch_size=8), 64, jnp.bfloat16)
   assert big.activations > small.activations and big.state == small.state
-  budget = int(small.total + 3 * (big.total - small.total) / 7)  # About batch 4.
-  best = planner.largest_batch(TINY, train.TrainConfig(batch_size=1), budget, 64, jnp.bfloat16)
-  assert best is not None and 1 <= best < 8
+  budget_gib = (small.total + 3 * (big.total - small.total) / 7) / planner.GIB  # About batch 4.
+  lines = planner.report(TINY, "tiny", batch=2, accum=1, trainable="attn", optimizer="sgd",
+                         remat="none", seqlen=64, param_dtype="bfloat16", budget_gib=budget_gib,
+                         fsdp_table=True)
+  assert lines[0].startswith("tiny: batch 2 x accum 1, trainable attn, sgd")
+  assert sum("FSDP on" in l for l in lines) == 3
+  best = int(next(l for l in lines if "largest batch that fits" in l).rsplit(": ", 1)[1])
+  assert 1 <= best < 8
   fits = planner.plan(TINY, train.TrainConfig(batch_size=best), 64, jnp.bfloat16)
   over = planner.plan(TINY, train.TrainConfig(batch_size=best + 1), 64, jnp.bfloat16)
-  assert fits.total <= budget < over.total
+  assert fits.total <= int(budget_gib * planner.GIB) < over.total
 
 
 def test_fsdp_splits_the_state_over_devices():
@@ -45,16 +50,6 @@ def test_fsdp_splits_the_state_over_devices():
   n = planner.devices_needed(p, p.activations + p.state // 3 + 1)
   assert n == 3
   assert planner.devices_needed(p, p.activations) is None  # Activations alone fill it.
-
-
-def test_report_lines():
-  lines = planner.report(TINY, "tiny", batch=2, accum=1, trainable="attn", optimizer="sgd",
-                         remat="none", seqlen=64, param_dtype="bfloat16", budget_gib=0.5,
-                         fsdp_table=True)
-  text = "\n".join(lines)
-  assert lines[0].startswith("tiny: batch 2 x accum 1, trainable attn, sgd")
-  assert "fits" in text and "largest batch that fits 0.5 GiB:" in text
-  assert sum("FSDP on" in l for l in lines) == 3
 
 
 @pytest.mark.parametrize("name", ["paligemma-3b-pt-224"])

@@ -69,6 +69,7 @@ class LearnResult:
   lm: LoadedModel
   before: dict[str, EvalResult]
   after: dict[str, EvalResult]  # After the last stage of the best run.
+  diverged: str = ""            # Why the kept run's training stopped early, if it did.
 
 
 def selection_score(result: EvalResult, metric: str) -> float:
@@ -170,7 +171,7 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
     log(f"saved {files.shown(save_to)}")
   if record:
     _write_record(record, before, after, valid_name)
-  return LearnResult(lm, before, after)
+  return LearnResult(lm, before, after, diverged)
 
 
 def _write_record(record: Recorder, before, after, valid_name: str) -> None:

@@ -99,6 +99,8 @@ def cv_learn(lm: loader.LoadedModel, folds, tcfg: train_lib.TrainConfig, ecfg: E
     rec = records.RunRecord(record.path, f"fold-{i}") if record else None
     res = learn.learn(lm, examples.read_examples(tr, root), examples.read_examples(va, root),
                       tcfg, ecfg, lcfg, names=names, record=rec, log=log)
+    if res.diverged:  # A CV score over a diverged fold would mean nothing.
+      raise UserError(f"fold {i}: training diverged ({res.diverged})")
     valid = res.after[str(va)]
     per_fold.append(valid.metrics())
     out_of_fold += predictions.records_of(valid)

@@ -16,6 +16,7 @@ divided by n; each device keeps one micro-batch of activations.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -88,6 +89,7 @@ def activation_bytes(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, com
   return int(scale * _temporaries(cfg, tcfg, seqlen, param_dtype, compute))
 
 
+@functools.lru_cache(maxsize=None)  # A compile per call: the batch search repeats batches.
 def _temporaries(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, compute) -> int:
   trainable, frozen = _split(cfg, tcfg.trainable, param_dtype)
   tx = train.make_optimizer(tcfg)

@@ -1,0 +1,32 @@
+"""tools/bench.py: the harness runs end to end on a tiny model and reports every row."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from palijudge.model import config
+from palijudge.tools import bench
+
+
+@pytest.mark.script
+def test_bench_reports_every_row_on_a_tiny_model(tmp_path, capsys):
+  rows = bench.main(str(tmp_path), steps=2, n_images=12, model_config=config.PRESETS["tiny"])
+  printed = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+  measures = [r["measure"] for r in printed]
+  assert measures == ["machine", "load_and_compile", "train_step", "train_step_cached",
+                      "yes_no_classification", "do_learn_iteration", "start_cold_warm"]
+  for r in rows[:-1]:
+    assert r["ours"] > 0 and r["plain"] > 0 and r["speedup"] > 0
+  start = rows[-1]
+  assert len(start["compile_cold_s"]) == 2 and len(start["compile_warm_s"]) == 2
+  # The second stage (lr/10) reuses the first stage's compiled step.
+  assert start["compile_cold_s"][1] < start["compile_cold_s"][0]
+
+
+def test_recorded_curves_have_every_step(tmp_path):
+  curves = bench.record_curves(str(tmp_path), seeds=1, lrs=(0.03,), steps=5, models=("tiny",),
+                               log=lambda _: None)
+  assert [(c["model"], c["lr"], c["seed"], len(c["loss"])) for c in curves] == [
+      ("tiny", 0.03, 0, 5)]
