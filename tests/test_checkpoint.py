@@ -168,3 +168,23 @@ def test_unreadable_checkpoints(tmp_path, pg1_tiny):
       fn(junk)
     with pytest.raises(UserError, match="not found"):
       fn(tmp_path / "absent.npz")
+
+
+def test_hostile_checkpoint_files_are_one_line_errors(tmp_path):
+  """Every part of a checkpoint is untrusted: empty, not a zip, a .npy, bad side entries."""
+  from palijudge.errors import UserError
+  cases = {"empty.npz": b"", "text.npz": b"not a zip at all"}
+  for name, data in cases.items():
+    (tmp_path / name).write_bytes(data)
+  np.save(tmp_path / "array.npy", np.zeros(3))
+  (tmp_path / "array.npy").rename(tmp_path / "single.npz")
+  bad = {"meta.npz": {checkpoint.META_KEY: np.frombuffer(b"{not json", np.uint8)},
+         "list.npz": {checkpoint.META_KEY: np.frombuffer(b"[1, 2]", np.uint8)},
+         "float.npz": {checkpoint.META_KEY: np.zeros(3, np.float32)},
+         "config.npz": {checkpoint.CONFIG_KEY: np.frombuffer(b"\xff\xfe", np.uint8)}}
+  for name, arrays in bad.items():
+    np.savez(tmp_path / name, **arrays)
+  for name in [*cases, "single.npz", *bad]:
+    with pytest.raises(UserError, match=name):
+      checkpoint.read_meta(tmp_path / name)
+      checkpoint.read_config(tmp_path / name)

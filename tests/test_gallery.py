@@ -33,7 +33,7 @@ def test_gallery_of_a_set_with_errors(tiny_examples, tmp_path):
   no = [e for e in exs if not e.label][:3]
   # no: 0.9 (FP), 0.7 (FP), 0.1 (TN); yes: 0.2 (FN), 0.4 (FN), 0.8 (TP).
   res = _result(no + yes, [0.9, 0.7, 0.1, 0.2, 0.4, 0.8])
-  path = gallery.write(str(tmp_path / "gal"), "dataset/set1/valid.jsonl", "1st trained", res)
+  path = gallery.write(str(tmp_path / "gal"), "dataset/set1/valid.jsonl", "1st trained", res, 200)
   assert path == str(tmp_path / "gal" / "dataset_set1_valid.jsonl_1st_trained.html")
   page = Path(path).read_text(encoding="utf-8")
   assert page.startswith("<!doctype html>") and "Tp=1 Tn=1 Fp=2 Fn=2, threshold 0.5" in page

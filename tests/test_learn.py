@@ -116,3 +116,20 @@ def test_phases_time_every_part_of_the_iteration(tiny_lm, tiny_examples):
   assert all(p.seconds >= 0 and p.ok for p in phases.records)
   assert phases.records[1].seconds > 0  # The first stage compiles its step.
   assert "| training |" in phases.table()
+
+
+def test_a_killed_save_leaves_nothing_behind_after_the_next_run(tiny_lm, tiny_examples, tmp_path):
+  import subprocess
+  import sys
+  _, tr, va = tiny_examples
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  stale = tmp_path / f".x.npz.{dead}.abc123.tmp"
+  stale.write_bytes(b"half a checkpoint")
+  logs = []
+  learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
+              evaluate.EvalConfig().resolved(), names=NAMES, save_to=str(tmp_path / "x.npz"),
+              log=logs.append)
+  assert not stale.exists() and (tmp_path / "x.npz").is_file()
+  assert any(stale.name in l for l in logs)
+  assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -43,9 +43,23 @@ def _open(path) -> np.lib.npyio.NpzFile:
   if not os.path.exists(path):
     raise UserError(f"{where(path)}: checkpoint not found")
   try:
-    return np.load(path, allow_pickle=False)
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise UserError(f"{where(path)}: not a readable .npz checkpoint ({e})") from None
+    npz = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f"{where(path)}: not a readable .npz checkpoint ({e or 'empty'})") from None
+  if not isinstance(npz, np.lib.npyio.NpzFile):  # A .npy file named .npz.
+    raise UserError(f"{where(path)}: not an .npz archive (a single array?)")
+  return npz
+
+
+def _json_entry(npz, key: str, path) -> Any:
+  """A JSON side entry (config, meta): a uint8 array of UTF-8 text, checked as untrusted."""
+  a = _read_member(npz, key, path)
+  try:
+    if a.dtype != np.uint8:
+      raise ValueError(f"dtype {a.dtype}")
+    return json.loads(a.tobytes().decode("utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{where(path)}: unreadable {key} ({e})") from None
 
 
 def _key_index(npz) -> dict[str, str]:
@@ -85,7 +99,7 @@ def read_config(path) -> config_lib.ModelConfig | None:
   with _open(path) as npz:
     if CONFIG_KEY not in npz.files:
       return None
-    raw = json.loads(npz[CONFIG_KEY].tobytes().decode("utf-8"))
+    raw = _json_entry(npz, CONFIG_KEY, path)
   return config_lib.from_dict(raw, f"{where(path)} (stored config)")
 
 
@@ -93,7 +107,10 @@ def read_meta(path) -> dict:
   with _open(path) as npz:
     if META_KEY not in npz.files:
       return {}
-    return json.loads(npz[META_KEY].tobytes().decode("utf-8"))
+    meta = _json_entry(npz, META_KEY, path)
+  if not isinstance(meta, dict):
+    raise UserError(f"{where(path)}: unreadable {META_KEY} (not a JSON object)")
+  return meta
 
 
 def load_params(path, shapes: Params, dtype_for: Callable[[str], Any],

@@ -29,13 +29,13 @@ from palijudge.data.examples import DEFAULT_PROMPT, Example, parse_yes_no, read_
 from palijudge.data.features import FeatureCache
 from palijudge.errors import UserError, where
 from palijudge.loader import LoadedModel
-from palijudge.metrics import Confusion, ScoreMetrics, format_block, format_scores, json_line
+from palijudge.metrics import (DEFAULT_THRESHOLD, Confusion, ScoreMetrics, format_block,
+                               format_scores, json_line)
 from palijudge.model import paligemma as predict
 from palijudge.options import option
 
 Log = Callable[[str], None]
 MODES = ("score", "decode")
-DEFAULT_THRESHOLD = 0.5
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,7 +66,7 @@ def error_indices(labels: np.ndarray, pred: np.ndarray, p_yes: np.ndarray
           fn[np.argsort(p_yes[fn], kind="mergesort")])
 
 
-def render(result, title: str, limit: int = 200) -> str:
+def render(result, title: str, limit: int) -> str:
   """The page for one EvalResult (see `evaluate.EvalResult`)."""
   fp, fn = error_indices(result.labels, np.asarray(result.pred, bool), np.asarray(result.p_yes))
   c = result.confusion
@@ -83,7 +83,7 @@ def slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "set"
 
 
-def write(folder: str, name: str, tag: str, result, limit: int = 200) -> str:
+def write(folder: str, name: str, tag: str, result, limit: int) -> str:
   """Writes FOLDER/<slug(name tag)>.html atomically; returns the path."""
   title = f"{name} ({tag})" if tag else name
   path = os.path.join(folder, slug(title) + ".html")

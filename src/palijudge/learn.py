@@ -29,6 +29,7 @@ from palijudge import predictions
 from palijudge import train as train_lib
 from palijudge.data.batch import PixelCache
 from palijudge.data.examples import Example
+from palijudge.errors import UserError
 from palijudge.evaluate import EvalConfig, EvalResult, report, shared_threshold
 from palijudge.loader import LoadedModel
 from palijudge.model import lora
@@ -51,7 +52,7 @@ class LearnConfig:
 
   def __post_init__(self):
     if self.runs < 1:
-      raise train_lib.UserError("--runs must be >= 1")
+      raise UserError("--runs must be >= 1")
 
 
 class Recorder(Protocol):
@@ -145,6 +146,8 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
           **(extra_sets or {})}
   if save_to:
     files.check_writable(save_to, "checkpoint")
+    for name in files.sweep_stale(os.path.dirname(os.path.abspath(save_to))):
+      log(f"removed {name}, left by a save that was killed")
   cache = PixelCache()
   # Image tokens are computed once per image when the encoder stays frozen.
   features = train_lib.feature_cache(lm, tcfg.trainable, ecfg.gif_frame)

@@ -12,6 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# Predict yes when p(yes) >= this, unless a threshold was given, stored or picked
+# (evaluate.EvalConfig decides which).
+DEFAULT_THRESHOLD = 0.5
+
 
 def _ratio(num: float, den: float) -> float:
   """num / den, or 0.0 when den is 0 (e.g. precision with no positives)."""

@@ -144,7 +144,7 @@ def render_confusion(tp: int, tn: int, fp: int, fn: int, path: str | os.PathLike
 
 
 def render_histogram(labels: Sequence[bool], scores: Sequence[float], path: str | os.PathLike,
-                     threshold: float = 0.5) -> Path:
+                     threshold: float) -> Path:
   """p(yes) histogram, one colour per true class, with the threshold."""
   plt = _pyplot()
   y = np.asarray(labels, bool)

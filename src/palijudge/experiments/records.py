@@ -31,6 +31,7 @@ from palijudge.experiments import plots as plots
 from palijudge.errors import UserError, where
 from palijudge import files
 from palijudge.data.examples import parse_yes_no
+from palijudge.metrics import DEFAULT_THRESHOLD
 
 CONFIG, LOG, METRICS, PREDICTIONS, SUMMARY = (
     "config.yaml", "train_log.csv", "eval_metrics.json", "predictions.jsonl", "summary.md")
@@ -197,7 +198,7 @@ class RunRecord:
                         ) -> list[Path]:
     labels = [_yes(r.get("label")) for r in rows]
     scores = [float(r["p_yes"]) for r in rows]
-    thr = threshold if threshold is not None else finite(self.config().get("threshold")) or 0.5
+    thr = threshold if threshold is not None else finite(self.config().get("threshold")) or DEFAULT_THRESHOLD
     preds = [_yes(r["pred"]) if "pred" in r else s >= thr for r, s in zip(rows, scores)]
     tp = sum(y and p for y, p in zip(labels, preds))
     tn = sum(not y and not p for y, p in zip(labels, preds))
