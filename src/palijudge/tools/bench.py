@@ -250,14 +250,15 @@ def bench_start(b: Bench, steps: int = 4) -> list[dict]:
   """A real `03-do_learn.py -2 --phases` run twice: compilation cold, then from the cache."""
   project = os.path.join(b.workdir, "project")
   shutil.rmtree(os.path.join(project, "cache"), ignore_errors=True)  # Cold means cold.
-  splits_dir = os.path.join(project, "dataset", "s")
+  root = os.path.dirname(b.examples[0].source)  # The generated data's folder.
+  splits_dir = os.path.join(root, "s")
   tr, va = splits.split(b.examples, 10, 0)
   data_lib.write_jsonl(os.path.join(splits_dir, "train.jsonl"), tr)
   data_lib.write_jsonl(os.path.join(splits_dir, "valid.jsonl"), va)
   script = os.path.join(os.path.dirname(__file__), "..", "..", "..", "playground",
                         "03-do_learn.py")
   cmd = [sys.executable, os.path.abspath(script), "--project", project, "-d", "s",
-         "--model", b.spec.weights, "--root", os.path.dirname(b.examples[0].source),
+         "--model", b.spec.weights, "--root", root,
          "--steps", str(steps), "-2", "--phases", "--compute-dtype", "float32"]
   runs = []
   for _ in range(2):
