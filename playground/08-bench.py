@@ -3,7 +3,7 @@
 
   ./08-bench.py [--steps 256] [--workdir cache/bench]     # ours vs the colab's plain path
   ./08-bench.py --gpu [--set default|recipes] [--budget-s 600]   # full-size models on a GPU
-  ./08-bench.py --curves [--seeds 10]   # the divergence guard against recorded loss curves
+  ./08-bench.py --curves [--seeds 10] [--lrs 0.03,1] [--models small]   # the guard's evidence
 
 --gpu builds full-size models with random weights on the device and measures
 step time, MFU, peak memory, the emulated 12 GiB card and scoring throughput
@@ -23,6 +23,8 @@ def flags():
                  help="record the default recipe's loss curves (tiny and small models, batch 2, "
                       "lr 0.03/0.1/0.3/1.0) and count the guard's stops, false stops and misses")
   g.add_argument("--seeds", type=int, default=10, help="seeds per learning rate")
+  g.add_argument("--lrs", default="0.03,0.1,0.3,1.0", help="learning rates, comma-separated")
+  g.add_argument("--models", default="tiny,small", help="tiny and/or small, comma-separated")
   g.add_argument("--save", help="also write the curves to this JSON file")
   g = p.add_argument_group("--gpu: full-size models")
   g.add_argument("--gpu", action="store_true", help="the full-size GPU benchmark instead")
@@ -53,7 +55,12 @@ def main(args, project):
   workdir = args.workdir or str(project.cache / "bench")
   if args.curves:
     import json
-    curves = bench.record_curves(workdir, seeds=args.seeds, steps=args.steps)
+    lrs = tuple(float(x) for x in args.lrs.split(","))
+    models = tuple(m.strip() for m in args.models.split(","))
+    if not set(models) <= {"tiny", "small"}:
+      raise cli.UserError(f"--models takes tiny and/or small, got {args.models!r}")
+    curves = bench.record_curves(workdir, seeds=args.seeds, lrs=lrs, steps=args.steps,
+                                 models=models)
     if args.save:
       from palijudge import files
       files.write_text(args.save, json.dumps(curves))

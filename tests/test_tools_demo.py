@@ -30,11 +30,12 @@ def test_gate(correct, ok):
                   f"({'ok' if ok else 'below 0.9'})")
 
 
+@pytest.mark.script
 def test_the_demo_recipe_learns_the_generated_rule(tmp_path):
   """A shortened demo (fewer images and steps) still learns the stamp cue."""
-  recipe = dataclasses.replace(demo.DEMO_RECIPE, steps=120, print_every=1000)
+  recipe = dataclasses.replace(demo.DEMO_RECIPE, steps=100, print_every=1000)
   logs = []
-  valid = demo.run(Project.at(tmp_path), recipe=recipe, seed=0, save=True,
+  valid = demo.run(Project.at(tmp_path), recipe=recipe, seed=0, save=True, n_images=100,
                    log=logs.append)
   assert (tmp_path / "checkpoints" / "demo.npz").is_file()
   assert valid.confusion.accuracy >= 0.9, "\n".join(logs)

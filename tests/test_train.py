@@ -258,3 +258,17 @@ def test_lora_alpha_is_saved_and_used_on_load(tiny_lm, tiny_examples, tmp_path):
   assert loaded.model.lora_alpha == 32.0
   again = evaluate.evaluate(loaded, tiny_examples[2], ecfg)
   np.testing.assert_allclose(again.p_yes, res.after["v"].p_yes, atol=1e-5)
+
+
+def test_guard_passes_every_recorded_healthy_run():
+  """Recorded default-recipe runs (BENCHMARKS.md): none went above 1 and stayed there."""
+  import json
+  doc = json.loads((FIXTURES / "loss_curves.json").read_text())
+  assert len(doc["curves"]) >= 10
+  for c in doc["curves"]:
+    assert len(c["loss"]) == 256
+    assert _first_stop(c["loss"]) is None, (c["model"], c["lr"], c["seed"])
+    # The recorded curve joined to the users' diverged tail is caught within 64 steps.
+    tail = _replay(DIVERGED[1:])
+    stop = _first_stop(list(c["loss"]) + list(tail))
+    assert stop is not None and stop - 256 <= 64, (c["lr"], c["seed"], stop)

@@ -28,10 +28,10 @@ GATE = 0.9  # The demo fails (exit 1) below this validation accuracy.
 
 def run(project: Project, data: str | None = None, preset: str = "tiny",
         recipe: TrainConfig = DEMO_RECIPE, valid_fraction: float = 0.2, seed: int = 0,
-        save: bool = True, log=print) -> EvalResult:
+        save: bool = True, n_images: int = 200, log=print) -> EvalResult:
   """Returns the validation EvalResult after training."""
   if data is None:
-    data = str(synthetic.make_dataset(project.dataset / "demo", n=200, seed=seed))
+    data = str(synthetic.make_dataset(project.dataset / "demo", n=n_images, seed=seed))
     log(f"generated {data}")
   root = os.path.dirname(os.path.abspath(data))
   rows = examples.read_jsonl(data, root)
