@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from palijudge import learn, loader
+from palijudge import files, learn, loader
 from palijudge.data import examples, splits, synthetic
 from palijudge.errors import UserError
 from palijudge.evaluate import EvalConfig, EvalResult
@@ -43,7 +43,7 @@ def run(project: Project, data: str | None = None, preset: str = "tiny",
       f"valid {len(valid)} {splits.class_counts(valid)}")
   spec = loader.write_random_model(preset, str(project.cache), seed)
   lm = loader.load(spec, trainable=recipe.trainable)
-  base = os.path.splitext(data)[0]
+  base = files.shown(os.path.splitext(data)[0])
   names = (f"{base} (all)", f"{base} (train split)", f"{base} (valid split)")
   save_to = str(project.checkpoints / "demo.npz") if save else None
   result = learn.learn(lm, train, valid, recipe, EvalConfig(eval_batch=32), names=names,
