@@ -38,7 +38,7 @@ def main(args, project):
   fmt = args.format or predictions.format_of(args.out)
   if args.out:
     files.check_writable(args.out, "prediction file")
-  rows = examples.read_examples(project.find(args.data), args.root)
+  rows = examples.read_examples(project.find(args.data), args.root and project.find(args.root))
   lm = cli.load_model(args, project, model=model)
   settings = infer.InferSettings(
       model=lm.spec.weights, data=args.data, n_examples=len(rows), prompt=ecfg.prompt,

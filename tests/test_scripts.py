@@ -318,3 +318,12 @@ def test_learn_phases_and_export(project, tmp_path):
   bad = run("09-export_full.py", "-m", delta, "-o", project / "dataset/data.jsonl/x.npz",
             cwd=project, check=False)
   assert_one_line_error(bad, "data.jsonl")
+
+
+def test_scripts_run_from_playground_with_project_paths(project):
+  """As the original scripts were run: from playground/, paths as from the project root."""
+  proc = subprocess.run([sys.executable, str(PLAY / "04-validate.py"), "--project", str(project),
+                         "--model", "tiny", "dataset/set1/valid.jsonl", "--root", "dataset"],
+                        cwd=PLAY, capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith("Result: ") and "set1/valid.jsonl" in proc.stdout.splitlines()[0]

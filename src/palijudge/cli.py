@@ -127,7 +127,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def data_root(args: argparse.Namespace, project: Project) -> str:
-  return args.root if getattr(args, "root", None) else str(project.dataset)
+  return project.find(args.root) if getattr(args, "root", None) else str(project.dataset)
 
 
 def eval_config(args: argparse.Namespace, stored: float | None = None):
