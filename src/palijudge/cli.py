@@ -147,9 +147,9 @@ def load_model(args: argparse.Namespace, project: Project, model: str | None = N
                trainable: str = "attn"):
   from palijudge import loader
   lcfg = options.build(loader.LoadConfig, args)
+  path = model or (lcfg.model if lcfg.model.endswith(".npz") else None)  # A preset stays a name.
   return loader.load_model(lcfg, str(project.cache), trainable,
-                           project.find(model) if model else project.find(lcfg.model)
-                           if lcfg.model.endswith(".npz") else None)
+                           project.find(path) if path else None)
 
 
 def eval_sets(args: argparse.Namespace, root: str, taken: Sequence[str] = ()) -> dict:

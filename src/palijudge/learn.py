@@ -205,9 +205,6 @@ def save(lm: LoadedModel, tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: L
 
 # --- Phase timing (03-do_learn.py --phases) ------------------------------------
 
-PHASE_NAMES = ("checkpoint_load", "compilation", "before_evaluation", "training",
-               "after_evaluation", "save")
-
 
 def device_peak_bytes() -> int | None:
   """Highest `peak_bytes_in_use` over the local devices; None where not reported (CPU)."""

@@ -222,12 +222,6 @@ def apply_class_weight(per_ex_B, label_B, class_weight: tuple[float, float] | No
   return per_ex_B * w
 
 
-def answer_pre_logits(pre_BxTxD, prefix_len_B):
-  """Decoder output at the last prompt token (index prefix_len - 1)."""
-  idx = (prefix_len_B - 1)[:, None, None]
-  return jnp.take_along_axis(pre_BxTxD, idx, axis=1)[:, 0]
-
-
 def batch_loss(model, params, batch: Batch, cfg: LossConfig | str, yes_no_ids):
   """Scalar f32 loss for one teacher-forced batch (answer included in `text`)."""
   cfg = LossConfig(kind=cfg) if isinstance(cfg, str) else cfg

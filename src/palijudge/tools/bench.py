@@ -330,18 +330,12 @@ def record_curves(workdir: str, seeds: int = 10, lrs=CURVE_LRS, steps: int = 256
 
 
 def _curve(lm, examples, lr: float, seed: int, steps: int, features) -> list[float]:
-  tcfg = train.TrainConfig(lr=lr, seed=seed, steps=steps, diverge_loss=0.0, print_every=1)
-  seen: list[float] = []
-
-  def keep(line: str) -> None:
-    if line.startswith("step:"):
-      seen.append(float(line.rsplit("loss:", 1)[1]))
-  try:
-    train.fit(lm, examples, tcfg, train.FitOptions(prompt=DEFAULT_PROMPT), log=keep,
-              features=features)
-  except UserError:  # A non-finite loss: the run is over.
-    seen.append(float("nan"))
-  return seen
+  # diverge_loss 0: only a non-finite loss ends the run; its history then ends in it.
+  tcfg = train.TrainConfig(lr=lr, seed=seed, steps=steps, diverge_loss=0.0,
+                           print_every=10 ** 6)
+  result = train.fit(lm, examples, tcfg, train.FitOptions(prompt=DEFAULT_PROMPT),
+                     log=lambda _: None, features=features)
+  return [round(loss, 4) for _, _, loss, _, _ in result.history]
 
 
 def _diverged_in_hindsight(loss: np.ndarray, window: int = 32) -> int | None:
