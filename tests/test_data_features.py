@@ -124,3 +124,20 @@ def test_damaged_disk_entries_are_recomputed(tiny_lm, six, reference, tmp_path, 
   for path, row in zip(bad, reference[1:3]):  # Rewritten, whole.
     np.testing.assert_allclose(np.load(path, allow_pickle=False), row, atol=1e-6, rtol=0)
   assert len(_entries(disk)) == 6 and all(os.path.getsize(p) > 0 for p in _entries(disk))
+
+
+def test_pooled_embeddings_are_mean_tokens_and_hit_the_cache(tiny_lm, tiny_examples, tmp_path):
+  lm, (examples, _, _) = tiny_lm, tiny_examples
+  cache = FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id, "first", str(tmp_path))
+  some = list(examples[:5])
+  pooled = cache.pooled(some, lm.cfg.image_size, batch_size=BS)
+  assert pooled.shape == (5, lm.cfg.llm.width) and pooled.dtype == np.float32
+  assert (cache.hits, cache.misses) == (0, 5)
+  # The same tokens as the training path computes, averaged.
+  ref = [np.asarray(z, np.float32).mean(0) for z in cache.tokens(some, lm.cfg.image_size, BS)]
+  np.testing.assert_allclose(pooled, np.stack(ref), rtol=1e-6)
+  assert cache.hits == 5  # Second pass: every image from memory.
+  fresh = FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id, "first", str(tmp_path))
+  np.testing.assert_allclose(fresh.pooled(some, lm.cfg.image_size, BS), pooled, rtol=1e-6)
+  assert (fresh.hits, fresh.misses) == (5, 0)  # And from disk in a new process's cache.
+  assert cache.pooled([], lm.cfg.image_size).shape == (0, lm.cfg.llm.width)

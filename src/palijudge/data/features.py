@@ -19,7 +19,7 @@ import os
 import jax
 import numpy as np
 
-from palijudge.data.batch import Batch
+from palijudge.data.batch import Batch, load_pixels
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
 from palijudge.model.paligemma import PaliGemma
@@ -73,6 +73,34 @@ class FeatureCache:
         np.save(f, z, allow_pickle=False)
     except UserError:
       pass  # An unwritable cache folder only costs recomputing next time.
+
+  def tokens(self, examples: list[Example], image_size: int, batch_size: int = 8
+             ) -> list[np.ndarray]:
+    """zimg (P, D) of every example, from the cache where present; images decoded only on a miss."""
+    keys = [self._key(ex) for ex in examples]
+    found = [self._lookup(k) for k in keys]
+    missing = [i for i, z in enumerate(found) if z is None]
+    self.hits += len(examples) - len(missing)
+    self.misses += len(missing)
+    for start in range(0, len(missing), batch_size):
+      rows = missing[start:start + batch_size]
+      pixels = np.stack([load_pixels(examples[i], image_size, self.gif_frame) for i in rows])
+      pad = batch_size - len(rows)  # One compiled shape for every chunk.
+      if pad:
+        pixels = np.concatenate([pixels, np.repeat(pixels[:1], pad, axis=0)])
+      z = np.asarray(_embed(self.model, self.img_params, pixels))
+      for j, i in enumerate(rows):
+        found[i] = z[j]
+        self._store(keys[i], z[j])
+    return found
+
+  def pooled(self, examples: list[Example], image_size: int, batch_size: int = 8
+             ) -> np.ndarray:
+    """(N, D) float32 image embeddings: each image's tokens averaged (the probe's and the audit's input)."""
+    zs = self.tokens(examples, image_size, batch_size)
+    if not zs:
+      return np.zeros((0, self.model.cfg.llm.width), np.float32)
+    return np.stack([np.asarray(z, np.float32).mean(axis=0) for z in zs])
 
   def attach(self, chunk: list[Example], batch: Batch) -> Batch:
     """The batch with cached image tokens (zimg) in place of its images; computes only misses."""
