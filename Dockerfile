@@ -7,9 +7,12 @@ FROM ${BASE_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# The users' GPU memory settings (12 GB card: no preallocation, platform allocator).
+# The users' GPU memory setting (12 GB card: no preallocation). The platform allocator
+# (frees memory at once, much slower) is opt-in: bin/docker-run.sh --platform-allocator
+# or a script's --platform-allocator, both XLA_PYTHON_CLIENT_ALLOCATOR=platform.
+# VENV: the image's Python for `make`, outside the mounted project folder.
 ENV XLA_PYTHON_CLIENT_PREALLOCATE=false \
-    XLA_PYTHON_CLIENT_ALLOCATOR=platform \
+    VENV=/opt/palijudge \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -34,10 +37,11 @@ COPY tests/ tests/
 COPY Makefile ./
 COPY bin/ bin/
 
-# `make` targets run here as they do on a host: .venv/bin/python is the image's python.
-RUN mkdir -p .venv/bin cache dataset checkpoints experiments \
-    && ln -s "$(command -v python3)" .venv/bin/python \
-    && touch .venv/.installed \
+# `make` targets run here as they do on a host: $VENV/bin/python is the image's python,
+# and .frozen tells the Makefile not to rebuild it when the mounted pyproject.toml changes.
+RUN mkdir -p "$VENV/bin" cache dataset checkpoints experiments \
+    && ln -s "$(command -v python3)" "$VENV/bin/python" \
+    && touch "$VENV/.installed" "$VENV/.frozen" \
     && chmod -R a+rwX cache dataset checkpoints experiments \
     && python3 -c "import palijudge, jax, optuna, matplotlib, yaml; print('palijudge ok')"
 

@@ -34,7 +34,8 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: MODEL=$(MODEL) SET=$(SET) VALID=$(VALID) NAME=$(NAME) DATA=... ARGS=..."
 
-$(STAMP): pyproject.toml
+# An environment marked .frozen (the container's) is used as it is.
+$(STAMP): $(if $(wildcard $(VENV)/.frozen),,pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,download]'

@@ -48,7 +48,9 @@ def test_dockerfile_contents():
   assert re.fullmatch(r"nvcr\.io/nvidia/jax:\d\d\.\d\d-py3", base), base  # pinned, not latest
   assert "FROM ${BASE_IMAGE}" in text
   assert "XLA_PYTHON_CLIENT_PREALLOCATE=false" in text
-  assert "XLA_PYTHON_CLIENT_ALLOCATOR=platform" in text
+  # The platform allocator is opt-in (much slower): never set by the image itself.
+  assert not re.search(r"^\s*XLA_PYTHON_CLIENT_ALLOCATOR=", text, re.M)
+  assert "VENV=/opt/palijudge" in text and '"$VENV/.frozen"' in text
   assert "WORKDIR /workspace/palijudge" in text and "COPY playground/ playground/" in text
   ignored = (ROOT / ".dockerignore").read_text().split()
   assert {"cache", "dataset", "checkpoints", "experiments", ".git", ".venv"} <= set(ignored)
@@ -93,26 +95,86 @@ def test_run_passes_the_command_through(stub, tmp_path):
   assert _pairs(argv, "--user") == [f"{os.getuid()}:{os.getgid()}"]
   assert _pairs(argv, "--gpus") == ["all"] and _pairs(argv, "--workdir") == [WORK]
   mounts = _pairs(argv, "--volume")
-  for d in ("cache", "dataset", "checkpoints", "experiments"):
-    assert f"{project}/{d}:{WORK}/{d}" in mounts and (project / d).is_dir()
+  # The whole project folder: files beside the data folders (data.tsv, out.tsv) are seen too.
+  assert f"{project}:{WORK}" in mounts
+  assert all((project / d).is_dir() for d in ("cache", "dataset", "checkpoints", "experiments"))
   kaggle = stub["HOME"] + "/.kaggle/kaggle.json:/run/secrets/kaggle/kaggle.json:ro"
   assert kaggle in mounts
   envs = _pairs(argv, "--env")
   assert "KAGGLE_CONFIG_DIR=/run/secrets/kaggle" in envs and "KAGGLE_USERNAME" in envs
   assert "secret-key" not in " ".join(argv)  # passed by name only
+  assert not any(e.startswith("XLA_PYTHON_CLIENT_ALLOCATOR") for e in envs)  # opt-in
 
 
 def test_run_options(stub, tmp_path):
+  (tmp_path / "ads").mkdir()
   argv = _run(RUN, "--project", tmp_path, "--no-gpu", "--image", "pj:2", "--no-kaggle",
-              "--source", "-e", "JAX_PLATFORMS=cpu", "--", "--version", env=stub
-              ).stdout.splitlines()
+              "--platform-allocator", "-v", str(tmp_path / "ads") + ":/data:ro",
+              "-e", "JAX_PLATFORMS=cpu", "--", "--version", env=stub).stdout.splitlines()
   assert "--gpus" not in argv and argv[-2:] == ["pj:2", "--version"]
   mounts = _pairs(argv, "--volume")
-  assert f"{tmp_path}/src:{WORK}/src:ro" in mounts
+  assert f"{tmp_path}/ads:/data:ro" in mounts
   assert not any("kaggle" in m for m in mounts)
-  assert "JAX_PLATFORMS=cpu" in _pairs(argv, "--env")
+  assert {"JAX_PLATFORMS=cpu", "XLA_PYTHON_CLIENT_ALLOCATOR=platform"} <= set(_pairs(argv, "--env"))
   argv = _run(RUN, "--project", tmp_path, env=stub).stdout.splitlines()
   assert argv[-1] == "palijudge:latest"  # no command: the image's bash
+
+
+def test_run_starts_in_the_callers_folder(stub, tmp_path):
+  (tmp_path / "runs" / "a").mkdir(parents=True)
+  proc = subprocess.run(["bash", str(RUN), "--project", str(tmp_path), "ls"], capture_output=True,
+                        text=True, env=stub, cwd=tmp_path / "runs" / "a", timeout=60,
+                        stdin=subprocess.DEVNULL)
+  assert _pairs(proc.stdout.splitlines(), "--workdir") == [f"{WORK}/runs/a"]
+  # Relative extra volumes are made absolute from the caller's folder.
+  proc = subprocess.run(["bash", str(RUN), "--project", str(tmp_path), "-v", "..:/up", "ls"],
+                        capture_output=True, text=True, env=stub, cwd=tmp_path / "runs" / "a",
+                        timeout=60, stdin=subprocess.DEVNULL)
+  assert f"{tmp_path}/runs:/up" in _pairs(proc.stdout.splitlines(), "--volume")
+
+
+@pytest.fixture
+def msys(stub, tmp_path):
+  """A Git Bash / MSYS2 shell: MSYSTEM set, cygpath and winpty stubs, the engine printing its env."""
+  tools = tmp_path / "msys-bin"
+  tools.mkdir()
+  (tools / "cygpath").write_text('#!/bin/sh\n[ "$1" = -m ] && printf "C:/msys64%s\\n" "$2"\n')
+  (tools / "winpty").write_text('#!/bin/sh\necho winpty\nexec "$@"\n')
+  engine = tmp_path / "docker-stub"
+  engine.write_text('#!/bin/sh\necho "PATHCONV=$MSYS_NO_PATHCONV EXCL=$MSYS2_ARG_CONV_EXCL"\n'
+                    'printf "%s\\n" "$@"\n')
+  for f in (tools / "cygpath", tools / "winpty", engine):
+    f.chmod(0o755)
+  return dict(stub, MSYSTEM="MINGW64", PATH=f"{tools}:{os.environ['PATH']}")
+
+
+def test_run_under_msys2(msys, tmp_path):
+  project = tmp_path / "proj"
+  project.mkdir()
+  (tmp_path / "ads").mkdir()
+  out = _run(RUN, "--project", project, "-v", f"{tmp_path}/ads:/data", "-v", "D:/ads:/d2:ro",
+             "python", "/workspace/palijudge/playground/04-validate.py", env=msys).stdout
+  lines = out.splitlines()
+  assert lines[0] == "PATHCONV=1 EXCL=*"  # container paths reach docker.exe unconverted
+  mounts = _pairs(lines, "--volume")
+  assert f"C:/msys64{project}:{WORK}" in mounts  # host side as Docker Desktop wants it
+  assert f"C:/msys64{tmp_path}/ads:/data" in mounts and "D:/ads:/d2:ro" in mounts
+  assert "--user" not in lines and lines[-1] == "/workspace/palijudge/playground/04-validate.py"
+  assert "winpty" not in lines and "--tty" not in lines  # no terminal in a test
+  # mintty: stdin is a pipe to docker.exe; winpty gives it a terminal.
+  out = _run(RUN, "--project", project, env=dict(msys, TERM_PROGRAM="mintty")).stdout.splitlines()
+  assert out[0] == "winpty" and "--tty" in out
+  out = _run(RUN, "--project", project, "--no-tty", env=dict(msys, TERM_PROGRAM="mintty")
+             ).stdout.splitlines()
+  assert "winpty" not in out and "--tty" not in out
+
+
+def test_scripts_keep_lf_line_ends_on_windows_checkouts():
+  attrs = (ROOT / ".gitattributes").read_text()
+  for pattern in ("*.sh text eol=lf", "*.py text eol=lf", "Makefile text eol=lf"):
+    assert pattern in attrs
+  for script in [*ROOT.glob("bin/*.sh"), ROOT / "Makefile", ROOT / "playground" / "02-shuffle_data.sh"]:
+    assert b"\r" not in script.read_bytes(), script
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -120,6 +182,8 @@ def test_run_options(stub, tmp_path):
     (["--image"], "--image needs a value"),
     (["--kaggle", "/nonexistent/kaggle.json", "true"], "Kaggle credentials not found"),
     (["--project", "/nonexistent/proj", "true"], "project folder not found"),
+    (["-v", "/nonexistent/x:/x", "true"], "--volume folder not found"),
+    (["-v", "relative", "true"], "--volume wants HOST:CONTAINER"),
 ])
 def test_run_bad_arguments(stub, args, needle):
   proc = _run(RUN, *args, env=stub, check=False)
