@@ -10,15 +10,16 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "palijudge"
 # Bottom to top, as README's Architecture section lists them.
 LAYERS = [
-    {"errors", "files", "options", "metrics"},
+    {"errors", "files", "options", "metrics", "progress", "stats"},
     {"params"},
     {"model.config", "model.vit", "model.lora", "model.gemma", "model.paligemma"},
     {"checkpoint"},
     {"data.examples", "data.splits", "data.images", "data.tokenizer", "data.batch",
-     "data.features", "data.synthetic"},
+     "data.features", "data.synthetic", "data.audit"},
     {"loader"},
     {"losses", "train"},
-    {"thresholds", "gallery", "evaluate", "predictions", "infer"},
+    {"thresholds", "gallery", "evaluate", "predictions", "infer", "probe", "ensemble"},
+    {"compare"},
     {"learn"},
     {"experiments.records", "experiments.plots", "experiments.cv", "experiments.tune",
      "experiments.leaderboard"},

@@ -77,6 +77,7 @@ def test_split_train_validate_end_to_end(project):
   proc = run("04-validate.py", "-m", ckpt, "dataset/set1/valid.jsonl", "--mode", "decode",
              cwd=project)
   assert "invalid answers: " in proc.stdout
+  assert "ex/s" not in proc.stderr  # --progress auto: no bars when stderr is not a terminal
 
 
 def test_split_shell_wrapper_passes_flags(project):
@@ -299,8 +300,13 @@ def test_bad_input_is_one_line(script, eval_project):
 
 def test_learn_phases_and_export(project, tmp_path):
   """03 --phases times the iteration by phase; 09 writes a complete big_vision file."""
-  proc = run("03-do_learn.py", "-d", "set1", "-w", "ph", "--model", "tiny", "--steps", "2",
-             "--phases", cwd=project)
+  proc = run("03-do_learn.py", "-d", "set1", "-w", "ph", "--model", "tiny", "--steps", "4",
+             "--phases", "--progress", "always", cwd=project)
+  # Bars on stderr (count, rate, ETA); stdout keeps its lines.
+  bars = proc.stderr.replace("\r", "\n")
+  assert re.search(r"train \(stage 1\): .*\d+/4 \[\d\d:\d\d<\d\d:\d\d, .*(step/s|s/step).*ex/s", bars)
+  assert re.search(r"valid\.jsonl \(before training\): .*\d+/6 \[", bars)
+  assert "it/s" not in proc.stdout and "step/s" not in proc.stdout
   timing = json.loads(proc.stdout.splitlines()[-1])
   assert [p["name"] for p in timing["phases"]] == [
       "checkpoint_load", "before_evaluation", "compilation", "training", "after_evaluation",
@@ -327,3 +333,55 @@ def test_scripts_run_from_playground_with_project_paths(project):
                         cwd=PLAY, capture_output=True, text=True, check=False)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith("Result: ") and "set1/valid.jsonl" in proc.stdout.splitlines()[0]
+
+
+# --- Duplicates: 02 keeps them together, 12-audit catches a leak -----------------
+
+@pytest.fixture(scope="module")
+def dup_project(tmp_path_factory):
+  """A project whose data.jsonl holds 40 ads and 5 variants of some of them (copy, resized, ...)."""
+  root = tmp_path_factory.mktemp("dups")
+  synthetic.make_dataset(root / "dataset", n=40, seed=0, duplicates=5)
+  return root
+
+
+def _sides(project, name) -> dict[str, str]:
+  return {json.loads(l)["image"]: side for side in ("train", "valid")
+          for l in (project / f"dataset/{name}/{side}.jsonl").read_text().splitlines()}
+
+
+def test_shuffle_keeps_duplicates_on_one_side(dup_project):
+  out = run("02-shuffle_data.py", "-v", "10", "-n", "set1", "--seed", "0", "--stratify",
+            cwd=dup_project).stdout
+  assert "duplicates: 5 group(s) of 10 images kept on one side (groups found by sha256 1, " \
+         "phash 4)" in out
+  sides = _sides(dup_project, "set1")
+  for image, side in sides.items():
+    if "-dup-of-" in image:
+      original = next(i for i in sides if i[10:15] == image.split("-dup-of-")[1][:5])
+      assert sides[original] == side, image
+  out = run("02-shuffle_data.py", "--folds", "3", "-n", "cv3", "--seed", "0", "--stratify",
+            cwd=dup_project).stdout
+  assert "kept on one side" in out
+  proc = run("12-audit.py", "-d", "cv3", cwd=dup_project)
+  assert "checked by sha256, phash (<= 10 bits)" in proc.stdout
+  assert "0 leak(s) across sets, 5 within a set" in proc.stdout
+
+
+def test_audit_catches_a_planted_leak(dup_project):
+  rows = (dup_project / "dataset/data.jsonl").read_text().splitlines()
+  resized = next(r for r in rows if "-resized." in r)
+  _write(dup_project / "dataset/leak/train.jsonl", [r for r in rows if r != resized])
+  _write(dup_project / "dataset/leak/valid.jsonl", [resized])
+  proc = run("12-audit.py", "-d", "leak", "--html", "leak.html", cwd=dup_project, check=False)
+  assert proc.returncode == 1, proc.stderr
+  assert re.search(r"group \d: 2 images, leak across train/valid, found by phash\n", proc.stdout)
+  assert "1 leak(s) across sets, 4 within a set, 0 label conflict(s)" in proc.stdout
+  assert "page: leak.html" in proc.stdout and "-resized." in (dup_project / "leak.html").read_text()
+  clean = run("12-audit.py", "clean=dataset/leak/train.jsonl", cwd=dup_project)  # Within one set.
+  assert "0 leak(s)" in clean.stdout
+  strict = run("12-audit.py", "dataset/leak/train.jsonl", "--strict", cwd=dup_project, check=False)
+  assert strict.returncode == 1
+  bad = run("12-audit.py", "-d", "leak", "--html", "dataset/data.jsonl/x.html", cwd=dup_project,
+            check=False)
+  assert_one_line_error(bad, "data.jsonl")

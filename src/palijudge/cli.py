@@ -6,7 +6,9 @@ the environment already chooses), the persistent compilation cache under the
 project's `cache/`, and `jax.distributed` when `--distributed` asks for it. It
 is also the one error boundary: bad input (`UserError`) and failed file
 operations (`OSError`) print one line and exit with status 2; Ctrl-C exits
-130. Importing this module does nothing else.
+130. In a multi-process run only process 0 prints to stdout, and a process
+that fails leaves at once, so the others stop too instead of waiting for it.
+Importing this module does nothing else.
 
 Flags come from the config dataclasses (`options.add`), so each default and
 its help are written once, on the field; `--help` shows every default.
@@ -19,7 +21,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from palijudge import options
+from palijudge import options, progress
 from palijudge.errors import UserError, where
 from palijudge.files import Project
 
@@ -51,13 +53,48 @@ def parser(description: str) -> argparse.ArgumentParser:
   p.add_argument("--project", default=None, metavar="DIR",
                  help="project folder holding cache/, dataset/, checkpoints/, experiments/ "
                       "(default: the folder above playground/)")
-  p.add_argument("--distributed", action="store_true",
-                 help="join a multi-process run (jax.distributed.initialize: Slurm, "
-                      "Kubernetes or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID)")
+  _add_distributed_flags(p)
+  p.add_argument("--progress", choices=progress.MODES, default="auto",
+                 help="progress bars on stderr: auto shows them when stderr is a terminal")
   p.add_argument("--platform-allocator", action="store_true",
                  help="XLA_PYTHON_CLIENT_ALLOCATOR=platform: frees GPU memory at once, "
                       "at a large cost in speed")
   return p
+
+
+def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
+  g = p.add_argument_group("several processes (jax.distributed; deploy/ has launchers)")
+  g.add_argument("--distributed", action="store_true",
+                 help="join a multi-process run: Slurm and Open MPI are detected; elsewhere "
+                      "give the three settings below or JAX_COORDINATOR_ADDRESS, "
+                      "JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+  g.add_argument("--coordinator", metavar="HOST:PORT",
+                 help="process 0's address and a free port, the same for every process")
+  g.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+  g.add_argument("--process-id", type=int, metavar="I", help="this process: 0 .. N-1")
+  g.add_argument("--heartbeat-timeout", type=int, default=100, metavar="S",
+                 help="a process silent for S seconds counts as dead and the run stops")
+
+
+def _joined() -> bool:
+  """Whether this process is part of a multi-process run (jax.distributed)."""
+  jax = sys.modules.get("jax")
+  return jax is not None and jax.distributed.is_initialized()
+
+
+def _fail(code: int, line: str | None = None) -> None:
+  """Exit with `code`; in a multi-process run at once, without JAX's shutdown barrier.
+
+  That barrier waits for every process, and the others may be waiting for
+  this one inside a collective: they stop instead when its heartbeats do.
+  """
+  if line:
+    print(line, file=sys.stderr)
+  if _joined():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
 
 
 def run(main: Callable[[argparse.Namespace, Project], int | None], script: str,
@@ -69,31 +106,49 @@ def run(main: Callable[[argparse.Namespace, Project], int | None], script: str,
     _setup(args, project)
     code = main(args, project)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(2, f"error: {e}")
   except OSError as e:  # A write or read the checks before could not foresee.
     name = f"{where(e.filename)}: " if getattr(e, "filename", None) else ""
-    print(f"error: {name}{e.strerror or e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(2, f"error: {name}{e.strerror or e}")
   except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+    _fail(130, "interrupted")
+  except Exception as e:  # noqa: BLE001 - a multi-process run must not wait for a dead peer.
+    if not _joined():
+      raise
+    _fail(1, _distributed_failure(e))
   sys.exit(code or 0)
+
+
+def _distributed_failure(e: Exception) -> str:
+  """One line for a collective that failed (a peer died), else the traceback and a line."""
+  import traceback
+  import jax
+  if not isinstance(e, jax.errors.JaxRuntimeError):
+    traceback.print_exc()
+  first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+  return (f"error: process {jax.process_index()} of {jax.process_count()} stops: {first} "
+          f"(another process has probably stopped; see its messages)")
 
 
 def _setup(args: argparse.Namespace, project: Project) -> None:
   for key, value in _ENV_DEFAULTS.items():
     os.environ.setdefault(key, value)
+  progress.set_mode(getattr(args, "progress", "auto"))
   if getattr(args, "platform_allocator", False):
     os.environ["XLA_PYTHON_CLIENT_ALLOCATOR"] = "platform"
   from palijudge import loader  # jax is imported here, after the environment is set.
   loader.enable_compile_cache(project.cache)
   if getattr(args, "distributed", False):
-    import jax
-    try:
-      jax.distributed.initialize()
-    except (ValueError, RuntimeError) as e:
-      raise UserError(f"--distributed: {e}") from None
+    from palijudge import distributed
+    distributed.initialize(getattr(args, "coordinator", None),
+                           getattr(args, "num_processes", None),
+                           getattr(args, "process_id", None),
+                           getattr(args, "heartbeat_timeout", 100))
+    if not distributed.is_main():  # Process 0 alone prints; errors (stderr) show from all.
+      sys.stdout = open(os.devnull, "w")
+  elif any(getattr(args, k, None) is not None for k in ("coordinator", "num_processes",
+                                                         "process_id")):
+    raise UserError("--coordinator, --num-processes and --process-id need --distributed")
 
 
 # --- Shared flag groups --------------------------------------------------------
@@ -152,6 +207,40 @@ def load_model(args: argparse.Namespace, project: Project, model: str | None = N
                            project.find(path) if path else None)
 
 
+def add_judge_flags(p: argparse.ArgumentParser, names: Sequence[str] = ("-m", "--checkpoint")
+                    ) -> None:
+  """-m CKPT (repeated, or a comma list: an ensemble; or a probe file) and --ensemble."""
+  from palijudge import ensemble
+  p.add_argument(*names, dest="checkpoint", action="append", default=[], metavar="CKPT",
+                 help="checkpoint .npz or probe file (default: the base --model); repeat it or "
+                      "give a comma list to judge with an ensemble")
+  p.add_argument("--ensemble", default="mean", choices=ensemble.COMBINE, help=ensemble.HELP)
+
+
+def judge_paths(args: argparse.Namespace, project: Project) -> list[str]:
+  """The files -m names, found in the project; none given: --model when it is a file."""
+  named = [part.strip() for value in args.checkpoint for part in value.split(",")
+           if part.strip()]
+  if not named and args.model.endswith(".npz"):
+    named = [args.model]
+  return [str(project.find(p)) for p in named]
+
+
+def judge_config(args: argparse.Namespace, paths: Sequence[str], log=print):
+  """EvalConfig whose threshold is --threshold, else the one `paths` store if they agree, else 0.5."""
+  from palijudge import ensemble
+  chosen = args.threshold is not None or getattr(args, "pick_threshold", None) \
+      or args.mode != "score"
+  return eval_config(args, None if chosen else ensemble.stored_threshold(paths, log))
+
+
+def load_judge(args: argparse.Namespace, project: Project, paths: Sequence[str], ecfg):
+  """ensemble.Judge for `paths`: the --model, one checkpoint, an ensemble or a probe."""
+  from palijudge import ensemble, loader
+  return ensemble.load_judge(paths, options.build(loader.LoadConfig, args), str(project.cache),
+                             ecfg, args.ensemble)
+
+
 def eval_sets(args: argparse.Namespace, root: str, taken: Sequence[str] = ()) -> dict:
   """{NAME: examples} of every --eval-set NAME=FILE."""
   from palijudge.data import examples
@@ -165,3 +254,22 @@ def eval_sets(args: argparse.Namespace, root: str, taken: Sequence[str] = ()) ->
       raise UserError(f"--eval-set {name}: the name is already used; pick another")
     out[name] = examples.read_examples(path, root)
   return out
+
+
+def add_audit_flags(p: argparse.ArgumentParser) -> None:
+  """The duplicate checks' flags (data.audit.AuditConfig); --embeddings also needs --model."""
+  from palijudge.data import audit
+  options.add(p, audit.AuditConfig, "duplicates (see palijudge.data.audit)")
+
+
+def run_audit(args: argparse.Namespace, project: Project, sets: dict):
+  """data.audit.find over {NAME: examples} with the flags' config; loads the model for --embeddings."""
+  from palijudge.data import audit
+  acfg = options.build(audit.AuditConfig, args)
+  embed = None
+  if acfg.embeddings:
+    from palijudge import train
+    lm = load_model(args, project)
+    features = train.feature_cache(lm, "attn", "first")  # Frozen encoder: cached on disk.
+    embed = lambda exs: features.pooled(exs, lm.cfg.image_size)  # noqa: E731
+  return audit.find(sets, acfg, embed)

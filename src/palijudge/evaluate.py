@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
+import functools
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from palijudge import gallery, thresholds
+from palijudge import distributed, gallery, progress, stats, thresholds
 from palijudge.data import images
 from palijudge.data import tokenizer as tok_lib
 from palijudge.data.batch import Batch, Batches, PixelCache, collate, prompt_for, shape_for
@@ -36,6 +37,12 @@ from palijudge.options import option
 
 Log = Callable[[str], None]
 MODES = ("score", "decode")
+# (examples, p_yes (n,) f32, answers) per batch, in order (see `iter_scores`).
+Scores = Iterator[tuple[list[Example], np.ndarray, list[str]]]
+# What judges examples: `iter_scores` without its model, i.e.
+# scorer(examples, ecfg, cache, features) -> Scores. A model's own is
+# functools.partial(iter_scores, lm); an ensemble or a probe brings another.
+Scorer = Callable[..., Scores]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +154,11 @@ class EvalResult:
   def scores(self) -> ScoreMetrics:
     return ScoreMetrics.compute(self.labels, self.p_yes)
 
+  @functools.cached_property
+  def intervals(self) -> stats.Intervals:
+    """95 % intervals of accuracy, precision, recall and ROC-AUC (seeded, so cached)."""
+    return stats.Intervals.of(self.labels, self.pred, self.p_yes)
+
   def with_threshold(self, threshold: float) -> EvalResult:
     """The same scores judged at another threshold (score mode; decode keeps its answers)."""
     if self.mode != "score":
@@ -157,7 +169,8 @@ class EvalResult:
     """Counts, accuracy/precision/recall/F-measure, AUC, AP, Brier, ECE and the threshold."""
     c, s = self.confusion, self.scores
     return {**c.to_dict(), "n": c.total, "auc": s.roc_auc, "average_precision": s.pr_auc,
-            "brier": s.brier, "ece": s.ece, "threshold": self.threshold}
+            "brier": s.brier, "ece": s.ece, "threshold": self.threshold,
+            **self.intervals.to_dict(auc_key="auc")}
 
   @classmethod
   def concat(cls, results: Sequence[EvalResult]) -> EvalResult:
@@ -258,31 +271,45 @@ def judge(p_yes: np.ndarray, answers: list[str], mode: str, threshold: float
   return np.array([bool(x) for x in parsed], bool), sum(x is None for x in parsed)
 
 
-def evaluate(lm: LoadedModel, examples: Sequence[Example], ecfg: EvalConfig,
-             cache: PixelCache | None = None, features: FeatureCache | None = None
-             ) -> EvalResult:
-  """Every example's p(yes) (and answer, in decode mode), judged at `ecfg.decision`."""
+def evaluate(lm: LoadedModel | None, examples: Sequence[Example], ecfg: EvalConfig,
+             cache: PixelCache | None = None, features: FeatureCache | None = None,
+             desc: str = "evaluate", scorer: Scorer | None = None) -> EvalResult:
+  """Every example's p(yes) (and answer, in decode mode), judged at `ecfg.decision`.
+
+  `scorer` (an ensemble, a probe) replaces the model's own `iter_scores`.
+  In a multi-process run each process scores its block of the set and every
+  process gets all the scores back (`distributed.gather`).
+  """
+  examples = list(examples)
+  mine = examples[distributed.block(len(examples))]  # All of them with one process.
   probs, answers = [], []
-  for _, p, a in iter_scores(lm, examples, ecfg, cache, features):
-    probs.append(p)
-    answers += a
-  p_yes = np.concatenate(probs).astype(np.float32)
+  score = scorer or functools.partial(iter_scores, lm)
+  with progress.bar(len(mine), desc, "ex") as bar:
+    for chunk, p, a in score(mine, ecfg, cache, features) if mine else ():
+      probs.append(p)
+      answers += a
+      bar.update(len(chunk))
+  p_yes = np.concatenate(probs) if probs else np.zeros(0, np.float32)
+  p_yes = distributed.gather(p_yes, len(examples)).astype(np.float32)
+  answers = distributed.gather_texts(answers, len(examples))
   pred, invalid = judge(p_yes, answers, ecfg.mode, ecfg.decision)
   return EvalResult(list(examples), p_yes, pred, answers, invalid, ecfg.decision, ecfg.mode)
 
 
 def format_result(res: EvalResult, name: str, heading: str = "Result") -> str:
-  """The fixed Result block, then threshold (score mode) or invalid rate, AUCs, calibration."""
+  """The fixed Result block, then threshold (score mode) or invalid rate, AUCs, calibration,
+  and the 95 % intervals."""
   extra = format_scores(res.scores, res.threshold if res.mode == "score" else None,
                         (res.invalid, len(res.examples)) if res.mode == "decode" else None)
-  return format_block(res.confusion, name, heading) + "\n" + extra
+  return "\n".join([format_block(res.confusion, name, heading), extra, res.intervals.line()])
 
 
 def json_extra(res: EvalResult) -> dict:
-  """Keys added to the JSON line: threshold, mode, invalid (rate), scores."""
+  """Keys added to the JSON line: threshold, mode, invalid (rate), scores, intervals."""
   n = len(res.examples)
   return {"threshold": res.threshold, "mode": res.mode, "invalid": res.invalid,
-          "invalid_rate": res.invalid / n if n else 0.0, **res.scores.to_dict()}
+          "invalid_rate": res.invalid / n if n else 0.0, **res.scores.to_dict(),
+          **res.intervals.to_dict()}
 
 
 def regressions(before: dict[str, EvalResult], after: dict[str, EvalResult],
@@ -328,8 +355,8 @@ def _pick(results: dict[str, EvalResult], ecfg: EvalConfig, strict: bool, log: L
 def report(lm: LoadedModel, sets: dict[str, Sequence[Example] | list[str]], ecfg: EvalConfig,
            tag: str = "", log: Log = print, cache: PixelCache | None = None,
            features: FeatureCache | None = None,
-           baseline: dict[str, EvalResult] | None = None, strict: bool = True
-           ) -> dict[str, EvalResult]:
+           baseline: dict[str, EvalResult] | None = None, strict: bool = True,
+           scorer: Scorer | None = None) -> dict[str, EvalResult]:
   """Evaluates each named set and prints its Result block (and JSON line).
 
   A set given as a list of earlier set names is their union, reported from
@@ -337,12 +364,14 @@ def report(lm: LoadedModel, sets: dict[str, Sequence[Example] | list[str]], ecfg
   threshold is chosen on one set and applied unchanged to all (every result
   then carries it; strict=False warns instead of stopping when the target is
   out of reach, for reports in the middle of a run). `baseline` (the results
-  before training) adds a warning line for every set that got worse.
+  before training) adds a warning line for every set that got worse. `scorer`
+  judges instead of `lm` (see `evaluate`).
   """
   out: dict[str, EvalResult] = {}
   for name, examples in sets.items():
     if not _is_union(examples):
-      out[name] = evaluate(lm, examples, ecfg, cache, features)
+      out[name] = evaluate(lm, examples, ecfg, cache, features,
+                           desc=f"{name} ({tag})" if tag else name, scorer=scorer)
   for name, examples in sets.items():
     if _is_union(examples):
       out[name] = EvalResult.concat([out[part] for part in examples])
@@ -352,7 +381,7 @@ def report(lm: LoadedModel, sets: dict[str, Sequence[Example] | list[str]], ecfg
     log(format_result(res, f"{name} ({tag})" if tag else name))
     if ecfg.json:
       log(json_line(res.confusion, name, stage=tag, **json_extra(res)))
-    if ecfg.gallery:
+    if ecfg.gallery and distributed.is_main():
       log(f"  gallery: {gallery.write(ecfg.gallery, name, tag, res, ecfg.gallery_max)}")
   for line in regressions(baseline or {}, {n: out[n] for n in sets}):
     log(line)

@@ -12,18 +12,19 @@ example. Without OUT the rows go to stdout (not resumable).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
 from typing import Callable, Sequence, TextIO
 
-from tqdm import tqdm
 
 from palijudge import predictions
+from palijudge import progress as progress_lib
 from palijudge.data.examples import Example
 from palijudge import files
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig, iter_scores, judge
+from palijudge.evaluate import EvalConfig, Scorer, iter_scores, judge
 from palijudge.loader import LoadedModel
 
 Log = Callable[[str], None]
@@ -93,11 +94,11 @@ def resume_point(partial: str, fmt: str, examples: Sequence[Example],
   return len(ids)
 
 
-def _stream(lm: LoadedModel, todo: Sequence[Example], out: TextIO, fmt: str,
-            s: InferSettings, ecfg: EvalConfig, progress: tqdm) -> int:
+def _stream(score: Scorer, todo: Sequence[Example], out: TextIO, fmt: str,
+            s: InferSettings, ecfg: EvalConfig, progress) -> int:
   written = 0
   with_answer = s.mode == "decode"
-  for chunk, p, answers in iter_scores(lm, todo, ecfg):
+  for chunk, p, answers in score(todo, ecfg):
     pred, _ = judge(p, answers, s.mode, s.threshold)
     rows = predictions.rows_from(chunk, p, pred, answers)
     out.writelines(predictions.format_row(r, fmt, with_answer) for r in rows)
@@ -109,16 +110,21 @@ def _stream(lm: LoadedModel, todo: Sequence[Example], out: TextIO, fmt: str,
 
 def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
         settings: InferSettings, ecfg: EvalConfig, fmt: str | None = None, overwrite: bool = False,
-        progress: bool = True, log: Log = lambda m: print(m, file=sys.stderr)) -> InferResult:
-  """Predicts every example into `out_path` (or stdout); see the module docstring."""
+        progress: bool = True, log: Log = lambda m: print(m, file=sys.stderr),
+        scorer: Scorer | None = None) -> InferResult:
+  """Predicts every example into `out_path` (or stdout); see the module docstring.
+
+  `scorer` (an ensemble, a probe) judges instead of `lm` (see `evaluate.Scorer`).
+  """
+  score = scorer or functools.partial(iter_scores, lm)
   fmt = fmt or predictions.format_of(out_path)
   head = predictions.header(fmt, settings.mode == "decode")
-  bar = lambda: tqdm(total=len(examples), disable=not progress, file=sys.stderr, unit="ex",
-                     dynamic_ncols=True)
+  bar = lambda: progress_lib.bar(len(examples), "inference", "ex", enabled=progress)
   if out_path is None:
     sys.stdout.writelines(head)
     with bar() as progress_bar:
-      return InferResult(_stream(lm, examples, sys.stdout, fmt, settings, ecfg, progress_bar), 0, None)
+      return InferResult(_stream(score, examples, sys.stdout, fmt, settings, ecfg, progress_bar),
+                         0, None)
   if os.path.exists(out_path) and not overwrite:
     raise UserError(f"{out_path}: already exists; delete it or pass --overwrite")
   partial = out_path + ".partial"
@@ -133,7 +139,7 @@ def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
       progress_bar.update(done)
       if f.tell() == 0:
         f.writelines(head)
-      written = _stream(lm, examples[done:], f, fmt, settings, ecfg, progress_bar)
+      written = _stream(score, examples[done:], f, fmt, settings, ecfg, progress_bar)
   except KeyboardInterrupt:
     log(f"interrupted; run the same command again to resume from {partial}")
     raise

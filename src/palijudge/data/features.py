@@ -23,7 +23,7 @@ from palijudge.data.batch import Batch, load_pixels
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
 from palijudge.model.paligemma import PaliGemma
-from palijudge import files
+from palijudge import files, progress
 
 @functools.partial(jax.jit, static_argnums=0)
 def _embed(model: PaliGemma, img_params, image_BxSxSx3):
@@ -82,16 +82,18 @@ class FeatureCache:
     missing = [i for i, z in enumerate(found) if z is None]
     self.hits += len(examples) - len(missing)
     self.misses += len(missing)
-    for start in range(0, len(missing), batch_size):
-      rows = missing[start:start + batch_size]
-      pixels = np.stack([load_pixels(examples[i], image_size, self.gif_frame) for i in rows])
-      pad = batch_size - len(rows)  # One compiled shape for every chunk.
-      if pad:
-        pixels = np.concatenate([pixels, np.repeat(pixels[:1], pad, axis=0)])
-      z = np.asarray(_embed(self.model, self.img_params, pixels))
-      for j, i in enumerate(rows):
-        found[i] = z[j]
-        self._store(keys[i], z[j])
+    with progress.bar(len(missing), "image embeddings", "img") as bar:
+      for start in range(0, len(missing), batch_size):
+        rows = missing[start:start + batch_size]
+        pixels = np.stack([load_pixels(examples[i], image_size, self.gif_frame) for i in rows])
+        pad = batch_size - len(rows)  # One compiled shape for every chunk.
+        if pad:
+          pixels = np.concatenate([pixels, np.repeat(pixels[:1], pad, axis=0)])
+        z = np.asarray(_embed(self.model, self.img_params, pixels))
+        for j, i in enumerate(rows):
+          found[i] = z[j]
+          self._store(keys[i], z[j])
+        bar.update(len(rows))
     return found
 
   def pooled(self, examples: list[Example], image_size: int, batch_size: int = 8
