@@ -214,3 +214,20 @@ def test_unknown_suffix_and_unwritable_value(tmp_path):
   with pytest.raises(UserError, match="tab or a newline"):
     data.write_tsv(tmp_path / "x.tsv", [bad])
   assert not (tmp_path / "x.tsv").exists() and os.listdir(tmp_path) == []
+
+
+def test_files_without_a_suffix_are_read_by_their_content(tmp_path):
+  """Unix `split -l` pieces: xaa (with the TSV header), xab (headerless), a JSONL piece."""
+  _dataset(tmp_path, [])
+  (tmp_path / "xaa").write_text("image\tlabel\nimg/0.png\tyes\n")
+  (tmp_path / "xab").write_text("img/1.png\tno\timg/ prompt\n")
+  (tmp_path / "xac").write_text('\ufeff{"image": "img/2.png", "suffix": "yes"}\n')
+  got = [data.read_examples(tmp_path / n) for n in ("xaa", "xab", "xac")]
+  assert [[(e.raw_image, e.label) for e in g] for g in got] == [
+      [("img/0.png", True)], [("img/1.png", False)], [("img/2.png", True)]]
+  assert got[1][0].prefix == "img/ prompt"
+  (tmp_path / "xad").write_text("just some words\n")
+  with pytest.raises(UserError, match="xad: no .jsonl or .tsv suffix.*neither a JSON object"):
+    data.read_examples(tmp_path / "xad")
+  with pytest.raises(UserError, match="expected .jsonl or .tsv"):  # writing needs a suffix
+    data.write_examples(tmp_path / "out", got[0])

@@ -190,7 +190,7 @@ def test_sha256_remembered_reuses_its_sidecar_until_the_file_changes(tmp_path, m
   want = hashlib.sha256(b"first version").hexdigest()
   assert files.sha256_remembered(path) == want and len(calls) == 1
   st = path.stat()
-  assert side.read_text() == f"{want} {st.st_size}:{st.st_mtime_ns}\n"
+  assert side.read_text() == f"{want} {st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}\n"
   assert files.sha256_remembered(path) == want and len(calls) == 1  # From the sidecar.
   # Another size: hashed again.
   path.write_bytes(b"second version, longer")
@@ -208,6 +208,13 @@ def test_sha256_remembered_reuses_its_sidecar_until_the_file_changes(tmp_path, m
   side.write_text("garbage")
   assert files.sha256_remembered(path) == hashlib.sha256(b"SECOND VERSION, LONGER").hexdigest()
   assert len(calls) == 4
+  # Another file put in its place with the same size and mtime (cp -p, rsync -t): hashed again.
+  other = tmp_path / "other.npz"
+  other.write_bytes(b"THIRD  VERSION, LONGER")
+  os.utime(other, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+  os.replace(other, path)
+  assert files.sha256_remembered(path) == hashlib.sha256(b"THIRD  VERSION, LONGER").hexdigest()
+  assert len(calls) == 5
 
 
 # Project folders ------------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
-from palijudge import checkpoint, evaluate, learn, loader, train
+from palijudge import checkpoint, evaluate, learn, loader, probe, train
 from palijudge import params as params_lib
 from palijudge.errors import UserError
 from palijudge.model import lora
@@ -133,3 +135,86 @@ def test_a_killed_save_leaves_nothing_behind_after_the_next_run(tiny_lm, tiny_ex
   assert not stale.exists() and (tmp_path / "x.npz").is_file()
   assert any(stale.name in l for l in logs)
   assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_keep_all_saves_every_run_as_a_loadable_delta(tiny_lm, tiny_examples, tmp_path):
+  _, tr, va = tiny_examples
+  stale = tmp_path / "x.run3.npz"  # From an earlier lottery with more runs.
+  stale.write_bytes(b"old")
+  logs = []
+  result = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=2, batch_size=2, lr=0.3),
+                       evaluate.EvalConfig().resolved(), learn.LearnConfig(runs=2, keep="all"),
+                       names=NAMES, save_to=str(tmp_path / "x.npz"), log=logs.append)
+  assert not stale.exists() and any("removed x.run3.npz" in l for l in logs)
+  assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["x.npz", "x.run1.npz",
+                                                           "x.run2.npz"]
+  best = checkpoint.read_meta(tmp_path / "x.npz")["train_config"]["seed"]
+  for run in (1, 2):
+    path = tmp_path / f"x.run{run}.npz"
+    assert path == pathlib.Path(learn.run_path(str(tmp_path / "x.npz"), run))
+    assert checkpoint.is_delta(path)
+    assert checkpoint.read_meta(path)["train_config"]["seed"] == 1000 * (run - 1)
+    loaded = loader.load(loader.resolve(str(path)), trainable="attn")
+    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(loaded.params), jax.tree.leaves(result.lm.params)))
+    assert same == (1000 * (run - 1) == best)  # The best run's file equals NAME.npz's model.
+  with pytest.raises(UserError, match="--keep all needs -w"):
+    learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1), evaluate.EvalConfig().resolved(),
+                learn.LearnConfig(keep="all"), names=NAMES, log=_quiet)
+
+
+def test_probe_is_reported_beside_the_fine_tune_and_saved(tiny_lm, tiny_examples, tmp_path):
+  _, tr, va = tiny_examples
+  logs = []
+  result = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
+                       evaluate.EvalConfig().resolved(), learn.LearnConfig(probe=True),
+                       names=NAMES, save_to=str(tmp_path / "x.npz"), log=logs.append)
+  text = "\n".join(logs)
+  assert text.index("Result: valid (1st trained)") < text.index("Result: valid (probe)")
+  assert set(result.probe) == set(NAMES) and "fine-tune vs probe on valid: accuracy " in text
+  fitted = probe.load(tmp_path / "x.probe.npz")
+  assert fitted.weights_id == tiny_lm.spec.weights_id  # The encoder before training.
+  logs = []
+  only = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
+                     evaluate.EvalConfig().resolved(), learn.LearnConfig(probe_only=True),
+                     names=NAMES, save_to=str(tmp_path / "y.npz"), log=logs.append)
+  assert not only.after and not any("training stage" in l or "before training" in l
+                                    for l in logs)
+  np.testing.assert_array_equal(only.probe["valid"].p_yes, result.probe["valid"].p_yes)
+  assert (tmp_path / "y.probe.npz").is_file() and not (tmp_path / "y.npz").exists()
+
+
+def test_train_file_continues_a_delta_records_its_parent_and_finds_a_moved_base(
+    tiny_lm, tiny_examples, tmp_path):
+  """15-train.py's library call; the delta's base found in another cache/ (container -> host)."""
+  _, tr, _ = tiny_examples
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  shutil.copyfile(tiny_lm.spec.weights, cache / "tiny.npz")
+  spec = loader.ModelSpec(tiny_lm.cfg, str(cache / "tiny.npz"), tiny_lm.spec.tokenizer, "tiny",
+                          cache_dir=str(cache))
+  ecfg = evaluate.EvalConfig().resolved()
+  first, second = tmp_path / "ck" / "first.npz", tmp_path / "ck" / "second.npz"
+  learn.train_file(loader.load(spec, trainable="llm"), tr,
+                   train.TrainConfig(steps=2, batch_size=2, trainable="llm"), ecfg, str(first),
+                   log=_quiet)
+  meta = checkpoint.read_meta(first)
+  assert meta["base_in_cache"] == "tiny.npz" and "parent" not in meta
+  parent = loader.load(loader.resolve(str(first), cache_dir=str(cache)), trainable="attn")
+  trained = learn.train_file(parent, tr, train.TrainConfig(steps=2, batch_size=2, lr=0.1), ecfg,
+                             str(second), parent=str(first), log=_quiet)
+  meta = checkpoint.read_meta(second)
+  assert meta["parent"] == {"path": str(first), "sha256": checkpoint.files.sha256(first)}
+  # Trained attn only, but the parent's MLP leaves are kept: the delta is complete.
+  assert set(checkpoint.param_names(first)) <= set(checkpoint.param_names(second))
+  assert any("mlp" in n for n in checkpoint.param_names(second))
+  host = tmp_path / "host-cache"
+  (cache / "tiny.npz").rename(tmp_path / "elsewhere.npz")
+  host.mkdir()
+  shutil.copyfile(tmp_path / "elsewhere.npz", host / "tiny.npz")
+  with pytest.raises(UserError, match="missing"):
+    loader.resolve(str(second), cache_dir=str(tmp_path / "empty"))
+  again = loader.load(loader.resolve(str(second), cache_dir=str(host)), trainable="attn")
+  for name, leaf in params_lib.flatten(trained.params).items():
+    np.testing.assert_array_equal(np.asarray(leaf),
+                                  np.asarray(params_lib.flatten(again.params)[name]), err_msg=name)

@@ -3,6 +3,7 @@ the outcome filters, and every writer (04 --scores, 13, run records) sharing it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -22,6 +23,10 @@ def test_prediction_file_round_trip_and_missing_columns(tmp_path):
     assert [(r.id, r.image, r.label, r.p_yes, r.pred, r.prefix) for r in back] == [
         (r.id, r.image, r.label, r.p_yes, r.pred, r.prefix) for r in rows]
     assert [r.pred for r in predictions.read(path, threshold=0.2)] == [True, True]
+    piece = tmp_path / f"xaa-{ext}"  # What Unix `split` makes of it: no suffix.
+    piece.write_bytes(path.read_bytes())
+    assert [dataclasses.replace(r, source="") for r in predictions.read(piece)] == [
+        dataclasses.replace(r, source="") for r in back]
   bad = tmp_path / "bad.tsv"
   bad.write_text("image\tlabel\np.png\tyes\n")
   with pytest.raises(UserError, match=r"bad\.tsv: missing column\(s\) pred"):

@@ -241,6 +241,31 @@ def test_infer_aggregate_filter_validate(script, eval_project):
   assert (eval_project / "s.tsv").read_text().startswith("id\timage\tlabel\tp_yes\tpred")
 
 
+def test_train_from_a_file_with_the_original_flags(script, eval_project):
+  """15-train.py: -d (a TSV, then a suffixless `split` piece) -i -b -r -t -s, and -l to continue."""
+  rows = (eval_project / "dataset/data.tsv").read_text().splitlines()
+  (eval_project / "xaa").write_text("\n".join(rows[:7]) + "\n")  # header + 6 rows, no suffix
+  code, out, err = script("15-train.py", "--model", "tiny", "-d", "xaa", "-i", "dataset",
+                          "-b", "2", "-r", "0.01", "-t", "2", "-s", "ck/a.npz", "--print-every", "1")
+  assert code == 0, err
+  assert "training on 6 examples: lr 0.01, batch 2, 6 steps" in out  # ceil(6/2) x 2
+  assert "step:  6/ 6   lr: " in out and "saved ck/a.npz" in out
+  meta = checkpoint.read_meta(eval_project / "ck/a.npz")
+  assert meta["train_config"]["lr"] == 0.01 and "parent" not in meta
+  code, out, err = script("15-train.py", "--model", "tiny", "-d", "dataset/data.tsv", "-l",
+                          "ck/a.npz", "-s", "ck/b.npz", "--steps", "2", "-b", "4")
+  assert code == 0 and "16 examples" in out and "2 steps" in out, err
+  parent = checkpoint.read_meta(eval_project / "ck/b.npz")["parent"]
+  assert parent["path"] == str(eval_project / "ck/a.npz")
+  code, out, err = script("13-inference.py", "-l", "ck/b.npz", "-d", "xaa", "-i", "dataset")
+  assert code == 0 and len(out.splitlines()) == 7, err
+  one_line_error(script("15-train.py", "--model", "tiny", "-d", "xaa", "-i", "dataset",
+                        "-s", "ck/c.npz", "-t", "0"), "-t/--repeat must be >= 1")
+  one_line_error(script("15-train.py", "--model", "tiny", "-d", "xaa", "-i", "dataset",
+                        "-s", "ck/c.txt"), "must end in .npz")
+  assert not (eval_project / "ck/c.npz").exists()
+
+
 def test_validate_uses_the_checkpoint_threshold(script, eval_project):
   spec = loader.resolve("tiny", cache_dir=str(eval_project / "cache"))
   lm = loader.load(spec)
@@ -283,7 +308,7 @@ def test_bad_input_is_one_line(script, eval_project):
                         "--prompts", "empty.txt"), "empty.txt: no prompts")
   (eval_project / "nopred.tsv").write_text("image\tlabel\nimages/x.png\tyes\n")
   one_line_error(script("14-validate_outtsv.py", "nopred.tsv"),
-                 "nopred.tsv: missing column(s) pred")
+                 "nopred.tsv: a dataset, not predictions (no pred column)", "13-inference.py")
   one_line_error(script("04-validate.py", "--model", "tiny", "dataset/data.jsonl",
                         "--threshold", "0.3", "--pick-threshold", "data"), "contradict")
   one_line_error(script("04-validate.py", "--model", "tiny", "dataset/data.jsonl",
@@ -291,11 +316,98 @@ def test_bad_input_is_one_line(script, eval_project):
   one_line_error(script("04-validate.py", "--model", "tiny", _misranked_pair(eval_project),
                         "--pick-threshold", "pair", "--target", "precision=0.9"),
                  "cannot be reached on dataset/pair.jsonl", "the best precision is 0.5000")
-  one_line_error(script("16-filter_train_data.py", "nopred.tsv", "--keep", "fp"),
-                 "missing column(s) pred")
+  one_line_error(script("16-filter_train_data.py", "dataset/data.jsonl", "--keep", "fp"),
+                 "data.jsonl: a dataset, not predictions", "13-inference.py -l CKPT -d")
+  (eval_project / "odd.tsv").write_text("image\tpred\nimages/x.png\tyes\n")
+  one_line_error(script("16-filter_train_data.py", "odd.tsv"), "missing column(s) label")
   one_line_error(script("13-inference.py", "--model", "tiny", "-d", "dataset/data.csv"),
                  "expected .jsonl or .tsv")
   assert not (eval_project / "out/x.tsv").exists()
+
+
+def _block(out: str, heading: str) -> list[str]:
+  """The Result block headed `heading`: its heading and the five lines under it."""
+  lines = out.splitlines()
+  i = lines.index(heading)
+  return lines[i:i + 6]
+
+
+@pytest.fixture(scope="module")
+def probe_split(eval_project):
+  """dataset/pr/{train,valid}.jsonl: 10 and 6 of the eval project's 16 images, stratified."""
+  from palijudge.data import splits
+  rows = data.read_examples(eval_project / "dataset/data.jsonl")
+  train, valid = splits.split(rows, 6, 0, stratify=True)
+  data.write_jsonl(eval_project / "dataset/pr/train.jsonl", train)
+  data.write_jsonl(eval_project / "dataset/pr/valid.jsonl", valid)
+  return "dataset/pr/valid.jsonl"
+
+
+def test_probe_only_then_validate_and_infer_with_the_probe(script, eval_project, probe_split):
+  code, out, err = script("03-do_learn.py", "-d", "pr", "-w", "pr", "--model", "tiny",
+                          "--probe-only")
+  assert code == 0, err
+  assert "linear probe: logistic regression on 64-d frozen image embeddings" in out
+  assert "step:" not in out and "(before training)" not in out
+  fitted = _block(out, f"Result: {probe_split} (probe)")
+  assert "saved checkpoints/pr.probe.npz" in out
+  code, out, err = script("04-validate.py", "-m", "checkpoints/pr.probe.npz", probe_split)
+  assert code == 0, err
+  assert _block(out, f"Result: {probe_split}")[1:] == fitted[1:]  # Same numbers from the file.
+  code, out, err = script("13-inference.py", "-l", "checkpoints/pr.probe.npz", "-d", probe_split,
+                          "-i", "dataset", "-o", "out/probe.tsv")
+  assert code == 0 and "wrote out/probe.tsv: 6 rows" in out, err
+
+
+def test_a_hostile_probe_file_is_one_line(script, eval_project, probe_split):
+  meta = json.dumps({"kind": "linear-probe", "dim": 2, "C": 1.0, "folds": 0, "weights_id": "x",
+                     "model_config": {}, "encoder": "m.npz", "gif_frame": "first",
+                     "n_train": 4}).encode()
+  np.savez(eval_project / "evil.npz", **{"params/probe/coef": np.array([None, {}]),
+                                         "params/probe/intercept": np.zeros(1),
+                                         "palijudge/meta": np.frombuffer(meta, np.uint8)})
+  one_line_error(script("04-validate.py", "-m", "evil.npz", probe_split), "evil.npz",
+                 "Object arrays cannot be loaded")
+  one_line_error(script("13-inference.py", "-l", "evil.npz", "-d", probe_split, "-i", "dataset"),
+                 "evil.npz")
+
+
+def test_ensembles_in_validate_and_inference(script, eval_project):
+  spec = loader.resolve("tiny", cache_dir=str(eval_project / "cache"))
+  lm = loader.load(spec)
+  for name, t in (("e1.npz", 0.25), ("e2.npz", 0.4)):
+    checkpoint.save(eval_project / name, lm.params, lm.cfg,
+                    {"tokenizer": spec.tokenizer, "threshold": t})
+  outs = [script("04-validate.py", *args, "dataset/data.jsonl")
+          for args in (("-m", "e1.npz"), ("-m", "e1.npz,e1.npz", "--ensemble", "min"),
+                       ("-m", "e1.npz", "-m", "e1.npz"))]
+  assert all(code == 0 for code, _, _ in outs) and "  threshold: 0.25\n" in outs[0][1]
+  assert outs[1][1] == outs[0][1] and outs[2][1] == outs[0][1]  # Identical members: the same.
+  code, out, err = script("04-validate.py", "-m", "e1.npz", "-m", "e2.npz", "dataset/data.jsonl")
+  assert code == 0 and "  threshold: 0.5\n" in out
+  assert "store different thresholds (0.25, 0.4); judging at 0.5" in out
+  for name, args in (("one", ("-l", "e1.npz")), ("two", ("-l", "e1.npz,e1.npz"))):
+    code, out, err = script("13-inference.py", *args, "-d", "dataset/data.tsv", "-o",
+                            f"out/{name}.tsv")
+    assert code == 0, err
+  assert (eval_project / "out/one.tsv").read_text() == (eval_project / "out/two.tsv").read_text()
+  one_line_error(script("04-validate.py", "-m", "e1.npz,e2.npz", "--mode", "decode",
+                        "dataset/data.jsonl"), "needs --mode score")
+
+
+def test_learn_with_the_probe_and_every_run_kept(script, eval_project, probe_split):
+  code, out, err = script("03-do_learn.py", "-d", "pr", "-w", "k", "--model", "tiny",
+                          "--steps", "1", "--batch", "2", "--runs", "2", "--keep", "all",
+                          "--probe")
+  assert code == 0, err
+  tuned = out.index(f"Result: {probe_split} (1st trained)")
+  assert tuned < out.index(f"Result: {probe_split} (probe)")
+  assert f"fine-tune vs probe on {probe_split}: accuracy " in out
+  for name in ("k.npz", "k.run1.npz", "k.run2.npz", "k.probe.npz"):
+    assert f"saved checkpoints/{name}" in out
+  code, out, err = script("04-validate.py", "-m", "checkpoints/k.run1.npz,checkpoints/k.run2.npz",
+                          probe_split)
+  assert code == 0 and out.startswith(f"Result: {probe_split}\n"), err
 
 
 def test_learn_phases_and_export(project, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import jax
@@ -180,11 +181,38 @@ def save(path, params: Params, cfg: config_lib.ModelConfig | None, meta: dict | 
 
 
 def save_delta(path, params: Params, keep, cfg: config_lib.ModelConfig, base: str,
-               meta: dict) -> None:
-  """Only the leaves `keep(name)` selects, plus what identifies the base checkpoint."""
+               meta: dict, cache_dir: str | None = None) -> None:
+  """Only the leaves `keep(name)` selects, plus what identifies the base checkpoint.
+
+  The base is recorded by absolute path, by sha256 and, when it lies in the
+  project's `cache_dir`, by its path inside it (`base_in_cache`): a delta
+  trained in the container (/workspace/palijudge/cache/...) then finds its
+  base in the host's cache/ without --base (see `recorded_base`).
+  """
   flat = {k: v for k, v in flatten(params).items() if keep(k)}
-  delta_meta = dict(meta, delta=True, base=os.path.abspath(base), base_sha256=files.sha256_remembered(base))
+  delta_meta = dict(meta, delta=True, base=os.path.abspath(base),
+                    base_sha256=files.sha256_remembered(base))
+  if cache_dir and files.is_within(base, cache_dir):
+    delta_meta["base_in_cache"] = Path(os.path.relpath(os.path.abspath(base),
+                                                       os.path.abspath(cache_dir))).as_posix()
   save(path, unflatten(flat), cfg, delta_meta)
+
+
+def recorded_base(delta_path, cache_dir: str | None) -> str | None:
+  """Where a delta's base is: the recorded path if it exists, else the same file in `cache_dir`."""
+  meta = read_meta(delta_path)
+  recorded = meta.get("base") if isinstance(meta.get("base"), str) else None
+  if recorded and os.path.exists(recorded):
+    return recorded
+  inside = meta.get("base_in_cache")
+  candidates = [inside] if isinstance(inside, str) else []
+  if recorded:  # Older files: the base's name alone, looked up in this cache/.
+    candidates.append(PurePosixPath(recorded.replace("\\", "/")).name)
+  for rel in candidates:
+    path = os.path.join(cache_dir, *PurePosixPath(rel).parts) if cache_dir else None
+    if path and files.is_within(path, cache_dir) and os.path.isfile(path):
+      return path
+  return recorded
 
 
 def is_delta(path) -> bool:
@@ -193,7 +221,7 @@ def is_delta(path) -> bool:
 
 def verify_base(delta_path, base_path) -> None:
   want = read_meta(delta_path).get("base_sha256")
-  if not os.path.exists(base_path):
+  if not base_path or not os.path.exists(base_path):
     raise UserError(f"{where(delta_path)}: its base checkpoint {base_path} is missing "
                     f"(pass --base FILE)")
   if want and files.sha256_remembered(base_path) != want:

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from palijudge import options, progress
+from palijudge import files, options, progress
 from palijudge.errors import UserError, where
 from palijudge.files import Project
 
@@ -167,6 +167,22 @@ def add_eval_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None
                    help="extra evaluation set (.jsonl or .tsv), repeatable")
 
 
+def eval_flags_except(*keep: str) -> tuple[str, ...]:
+  """The `skip` for add_eval_flags that leaves only `keep` (a script that trains, not judges)."""
+  from palijudge import evaluate
+  return (*(f.name for f in options.flags(evaluate.EvalConfig) if f.name not in keep),
+          "eval_set")
+
+
+def checkpoint_path(value: str, project: Project, flag: str) -> str:
+  """A checkpoint to write: a path (with a / or .npz, from the cwd) or a name under checkpoints/."""
+  if "/" in value or os.sep in value or value.endswith(".npz"):
+    if not value.endswith(".npz"):
+      raise UserError(f"{flag} {value!r}: a checkpoint path must end in .npz")
+    return os.path.abspath(value)
+  return str(files.inside(value + ".npz", project.checkpoints, flag))
+
+
 def add_root_flag(p: argparse.ArgumentParser, short: str | None = None) -> None:
   names = ["--root"] + ([short] if short else [])
   p.add_argument(*names, dest="root", default=None,
@@ -174,11 +190,14 @@ def add_root_flag(p: argparse.ArgumentParser, short: str | None = None) -> None:
                       "(default: the project's dataset/ folder)")
 
 
-def add_train_flags(p: argparse.ArgumentParser) -> None:
+def add_train_flags(p: argparse.ArgumentParser, aliases: dict[str, str] | None = None,
+                    lottery: bool = True) -> None:
+  """The recipe's flags (and, with `lottery`, 03's stages/runs flags); `aliases` as options.add."""
   from palijudge import learn, losses, train
-  options.add(p, train.TrainConfig, "training")
+  options.add(p, train.TrainConfig, "training", aliases=aliases)
   options.add(p, losses.LossConfig, "objective (see palijudge.losses)")
-  options.add(p, learn.LearnConfig, "stages and the lottery")
+  if lottery:
+    options.add(p, learn.LearnConfig, "stages and the lottery")
 
 
 def data_root(args: argparse.Namespace, project: Project) -> str:

@@ -14,11 +14,14 @@ half-written file. Temp names carry the writer's pid
 killed process without touching a live writer's.
 
 Hashes. `sha256` hashes a file's bytes. `sha256_remembered` keeps the digest
-in a `<file>.sha256` sidecar stamped with the file's size and mtime, and
-re-hashes only when either changed (a multi-GB checkpoint is hashed once);
-a file rewritten in place with the same size within the filesystem's mtime
-resolution would fool it, which is why the sidecar is only a cache for our
-own large checkpoints, never for files a user hands in.
+in a `<file>.sha256` sidecar stamped with the file's size, mtime, inode and
+ctime, and re-hashes when any of them changed (a multi-GB checkpoint is
+hashed once). Replacing the file (a copy, `cp -p`, `rsync -t`, a rename over
+it, a new volume) changes the inode or ctime even where size and mtime are
+kept, so the content is hashed again then; only an in-place rewrite of the
+same size that also restores mtime and ctime would go unseen, and setting
+ctime needs root. The sidecar is a cache for our own large checkpoints (a
+delta's base), never for files a user hands in.
 """
 
 from __future__ import annotations
@@ -85,6 +88,12 @@ def shown(path: str | os.PathLike) -> str:
   """How a path is printed: relative to the cwd when it lies below it, else absolute."""
   rel = os.path.relpath(os.path.abspath(path))
   return os.path.abspath(path) if rel.startswith("..") else rel
+
+
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+  """Whether `path` is `folder` or below it, links resolved."""
+  path, folder = Path(path).resolve(), Path(folder).resolve()
+  return path == folder or folder in path.parents
 
 
 def inside(name: str, folder: str | os.PathLike, what: str) -> Path:
@@ -213,10 +222,10 @@ def sha256(path: str | os.PathLike) -> str:
 
 
 def sha256_remembered(path: str | os.PathLike) -> str:
-  """sha256 of a (large) file, cached in `<file>.sha256` by size and mtime (see above)."""
+  """sha256 of a (large) file, cached in `<file>.sha256` (see above for when it is trusted)."""
   path = os.fspath(path)
   st = os.stat(path)
-  stamp = f"{st.st_size}:{st.st_mtime_ns}"
+  stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
   side = path + ".sha256"
   try:
     with open(side, encoding="utf-8") as f:

@@ -4,7 +4,9 @@
 `runs` independent trainings of one or two stages (the second at lr/10),
 evaluates after each stage, keeps the run whose validation metric is best,
 and saves its checkpoint atomically with the recipe, prompt and decision
-threshold. It sits above `train` and `evaluate` and below the experiments:
+threshold (`--keep all`: every run's too, as NAME.runK.npz, for an ensemble).
+`--probe` fits the linear probe (see `probe`) on the encoder before training
+and reports it beside the fine-tune; `--probe-only` does only that. It sits above `train` and `evaluate` and below the experiments:
 run records are written through the small `Recorder` interface, which
 `experiments.records.RunRecord` implements, so nothing here imports them.
 """
@@ -16,27 +18,32 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import time
 from typing import Callable, Protocol, Sequence
 
 import jax
 
 from palijudge import checkpoint
+from palijudge import compare
+from palijudge import distributed
 from palijudge import files
 from palijudge import metrics
 from palijudge import params as params_lib
 from palijudge import predictions
+from palijudge import probe as probe_lib
 from palijudge import train as train_lib
 from palijudge.data.batch import PixelCache
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig, EvalResult, report, shared_threshold
+from palijudge.evaluate import EvalConfig, EvalResult, format_result, report, shared_threshold
 from palijudge.loader import LoadedModel
 from palijudge.model import lora
 from palijudge.options import option
 
 Log = Callable[[str], None]
 SELECT = ("precision", "f1", "accuracy", "recall", "auc")
+KEEP = ("best", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +56,20 @@ class LearnConfig:
                       "the base")
   resume: bool = option(False, "continue from checkpoints/NAME.state.npz if a killed run "
                         "left one")
+  keep: str = option("best", "all: also keep every run's checkpoint as NAME.runK.npz "
+                     "(K = 1..--runs) beside the best run's NAME.npz, for an ensemble",
+                     choices=KEEP)
+  probe: bool = option(False, "also fit a linear probe (logistic regression on the frozen "
+                       "encoder's pooled image embeddings) on the train split and print its "
+                       "Result blocks beside the fine-tune's; with -w saved as NAME.probe.npz")
+  probe_only: bool = option(False, "fit and report only the probe (seconds): no model "
+                            "evaluation, no training")
 
   def __post_init__(self):
     if self.runs < 1:
       raise UserError("--runs must be >= 1")
+    if self.probe_only and self.keep == "all":
+      raise UserError("--keep all keeps trained runs; --probe-only trains none")
 
 
 class Recorder(Protocol):
@@ -62,6 +79,7 @@ class Recorder(Protocol):
                seconds: float | None = None) -> None: ...
   def write_eval(self, stage: str, metrics: dict) -> object: ...
   def write_predictions(self, rows) -> object: ...
+  def write_summary(self, content: str) -> object: ...
   def plots(self) -> object: ...
 
 
@@ -71,6 +89,7 @@ class LearnResult:
   before: dict[str, EvalResult]
   after: dict[str, EvalResult]  # After the last stage of the best run.
   diverged: str = ""            # Why the kept run's training stopped early, if it did.
+  probe: dict[str, EvalResult] | None = None  # The linear probe's results (--probe).
 
 
 def selection_score(result: EvalResult, metric: str) -> float:
@@ -144,63 +163,177 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   all_name, train_name, valid_name = names
   sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid,
           **(extra_sets or {})}
-  if save_to:
+  if save_to and distributed.is_main():  # Process 0 alone writes (see distributed).
     files.check_writable(save_to, "checkpoint")
     for name in files.sweep_stale(os.path.dirname(os.path.abspath(save_to))):
       log(f"removed {name}, left by a save that was killed")
+  if lcfg.keep == "all":
+    _prepare_run_files(save_to, lcfg.runs, log)
   cache = PixelCache()
   # Image tokens are computed once per image when the encoder stays frozen.
   features = train_lib.feature_cache(lm, tcfg.trainable, ecfg.gif_frame)
+  if lcfg.probe_only:
+    probed = _probe(lm, train, sets, ecfg, features, save_to, ph, log)
+    if record:
+      _write_record(record, {}, {}, valid_name, probed)
+    return LearnResult(lm, {}, {}, probe=probed)
   with ph("before_evaluation"):
     before = report(lm, sets, ecfg, "before training", log, cache, features, strict=False)
   r = _Run(sets, ecfg, lcfg, save_to, record, cache, features, before, ph)
-  best = None
-  for run in range(lcfg.runs):
-    cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 1000 * run)
-    if lcfg.runs > 1:
-      log(f"run {run + 1}/{lcfg.runs} (seed {cfg.seed})")
-    run_lm, after, diverged = _train_run(lm, train, cfg, run, r, log)
-    score = selection_score(after[valid_name], lcfg.select)
-    if lcfg.runs > 1:
-      log(f"run {run + 1}: valid {lcfg.select} = {score:.4f}")
-    if best is None or score > best[0]:
-      best = (score, run, run_lm, after, cfg, diverged)
-  score, run, lm, after, cfg, diverged = best
+  score, run, trained, after, cfg, diverged = _lottery(lm, train, tcfg, r, valid_name, log)
   if lcfg.runs > 1:
     log(f"best run: {run + 1}/{lcfg.runs} (seed {cfg.seed}), valid {lcfg.select} = {score:.4f}")
-  if save_to:  # With the threshold picked on a split, if one was.
+  probed = None
+  if lcfg.probe:  # On the encoder before training: the floor the fine-tune should beat.
+    probed = _probe(lm, train, sets, ecfg, features, save_to, ph, log)
+    log(versus(after[valid_name], probed[valid_name], valid_name))
+  if save_to and distributed.is_main():  # With the threshold picked on a split, if one was.
     with ph("save"):
-      save(lm, cfg, ecfg, lcfg, save_to, shared_threshold(after), diverged)
+      save(trained, cfg, ecfg, lcfg, save_to, shared_threshold(after), diverged)
     log(f"saved {files.shown(save_to)}")
   if record:
-    _write_record(record, before, after, valid_name)
-  return LearnResult(lm, before, after, diverged)
+    _write_record(record, before, after, valid_name, probed)
+  return LearnResult(trained, before, after, diverged, probed)
 
 
-def _write_record(record: Recorder, before, after, valid_name: str) -> None:
-  for tag, results in (("before training", before), ("after training", after)):
-    record.write_eval(tag, {os.path.basename(n): r.metrics() for n, r in results.items()})
-  record.write_predictions(predictions.records_of(after[valid_name]))
+def _lottery(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainConfig, r: _Run,
+             valid_name: str, log: Log) -> tuple:
+  """`--runs` runs; the best by --select: (score, run, lm, after, cfg, diverged).
+
+  With --keep all every run's checkpoint is saved as it finishes (run_path).
+  """
+  best, runs = None, r.lcfg.runs
+  scores, valids = [], []  # Every run's, for the spread and the lead printed at the end.
+  for run in range(runs):
+    cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 1000 * run)
+    if runs > 1:
+      log(f"run {run + 1}/{runs} (seed {cfg.seed})")
+    run_lm, after, diverged = _train_run(lm, train, cfg, run, r, log)
+    score = selection_score(after[valid_name], r.lcfg.select)
+    scores.append(score)
+    valids.append(after[valid_name])
+    if runs > 1:
+      log(f"run {run + 1}: valid {r.lcfg.select} = {score:.4f}")
+    if r.lcfg.keep == "all" and distributed.is_main():
+      path = run_path(r.save_to, run + 1)
+      with r.phases("save"):
+        save(run_lm, cfg, r.ecfg, r.lcfg, path, shared_threshold(after), diverged)
+      log(f"saved {files.shown(path)}")
+    if best is None or score > best[0]:
+      best = (score, run, run_lm, after, cfg, diverged)
+  if runs > 1:  # Is the winner better, or luckier? (see compare.lottery)
+    for line in compare.lottery([f"run {i + 1}" for i in range(runs)], scores, valids,
+                                r.lcfg.select, best[1]):
+      log(line)
+  return best
+
+
+def run_path(save_to: str, run: int) -> str:
+  """Where --keep all saves run `run` (1-based): NAME.npz -> NAME.run{run}.npz."""
+  return f"{save_to[:-len('.npz')]}.run{run}.npz"
+
+
+def _prepare_run_files(save_to: str | None, runs: int, log: Log) -> None:
+  """--keep all needs -w; run files of an earlier, longer lottery under NAME are removed."""
+  if not save_to:
+    raise UserError("--keep all needs -w NAME (every run is saved beside NAME.npz)")
+  if not distributed.is_main():
+    return
+  stem = os.path.basename(save_to)[:-len(".npz")]
+  folder = os.path.dirname(os.path.abspath(save_to))
+  for name in sorted(os.listdir(folder)):
+    m = re.fullmatch(re.escape(stem) + r"\.run(\d+)\.npz", name)
+    if m and int(m.group(1)) > runs:
+      os.remove(os.path.join(folder, name))
+      log(f"removed {name}, left by an earlier lottery with more runs")
+
+
+def _probe(lm: LoadedModel, train: Sequence[Example], sets: dict, ecfg: EvalConfig,
+           features, save_to: str | None, ph, log: Log) -> dict[str, EvalResult]:
+  """--probe: fit on the train split, report every set, save NAME.probe.npz with -w."""
+  with ph("probe"):
+    fitted, results = probe_lib.fit_and_report(lm, train, sets, ecfg, features, log,
+                                               strict=False)
+  if save_to and distributed.is_main():
+    path = save_to[:-len(".npz")] + probe_lib.SUFFIX
+    probe_lib.save(path, fitted)
+    log(f"saved {files.shown(path)}")
+  return results
+
+
+def versus(tuned: EvalResult, probed: EvalResult, name: str) -> str:
+  """One line: the fine-tune and the probe on the same set, side by side."""
+  parts = []
+  for label, get in (("accuracy", lambda r: r.confusion.accuracy),
+                     ("F-measure", lambda r: r.confusion.f_measure),
+                     ("ROC-AUC", lambda r: r.scores.roc_auc)):
+    a, b = get(tuned), get(probed)
+    show = lambda x: "n/a" if x is None else f"{x:.4f}"
+    parts.append(f"{label} {show(a)} vs {show(b)}")
+  return f"fine-tune vs probe on {name}: {', '.join(parts)}"
+
+
+def _write_record(record: Recorder, before, after, valid_name: str, probed=None) -> None:
+  # The probe first: the leaderboard's headline is a record's last stage (the fine-tune's).
+  stages = ((("probe", probed),) if probed else ()) + (("before training", before),
+                                                      ("after training", after))
+  for tag, results in stages:
+    if results:
+      record.write_eval(tag, {os.path.basename(n): r.metrics() for n, r in results.items()})
+  record.write_predictions(predictions.records_of((after or probed)[valid_name]))
+  final = after or probed
+  blocks = "\n".join(format_result(res, name) for name, res in final.items())
+  record.write_summary(f"## {'after training' if after else 'probe'}\n\n```\n{blocks}\n```\n")
   record.plots()
 
 
 def save(lm: LoadedModel, tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: LearnConfig,
-         path: str, threshold: float, diverged: str = "") -> None:
-  """The trained model: a delta over its base (or every parameter), with its recipe."""
+         path: str, threshold: float, diverged: str = "", parent: str | None = None) -> None:
+  """The trained model: a delta over its base (or every parameter), with its recipe.
+
+  `parent`: the checkpoint training continued from (15-train.py -l), recorded
+  by path and sha256. A delta over a delta keeps the parent's leaves too.
+  """
   meta = {"diverged": diverged} if diverged else {}
   meta |= {"tokenizer": lm.spec.tokenizer, "base": lm.spec.weights, "prompt": ecfg.prompt,
           "train_config": dataclasses.asdict(tcfg), "two_stage": lcfg.two_stage,
           "threshold": threshold,
           "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+  if parent:
+    meta["parent"] = {"path": os.path.abspath(parent), "sha256": files.sha256_remembered(parent)}
   base = lm.spec.base or lm.spec.weights
   if lcfg.full or params_lib.saves_everything(tcfg.trainable):
     checkpoint.save(path, lora.merge(lm.params, lm.model.lora_alpha), lm.cfg, meta)
-  else:  # A delta: the trained leaves and the base's sha256.
-    keep = params_lib.trainable_pattern(tcfg.trainable).search
-    checkpoint.save_delta(path, lm.params, keep, lm.cfg, base, meta)
+  else:  # A delta: the trained leaves (and those of a delta it continued) and the base's sha256.
+    pattern = params_lib.trainable_pattern(tcfg.trainable)
+    earlier = set(checkpoint.param_names(lm.spec.weights)) if lm.spec.base else set()
+    keep = lambda name: bool(pattern.search(name)) or name in earlier
+    checkpoint.save_delta(path, lm.params, keep, lm.cfg, base, meta, lm.spec.cache_dir)
   state_path = path[:-len(".npz")] + ".state.npz"
   if os.path.exists(state_path):
     os.remove(state_path)  # The run finished: its periodic state is obsolete.
+
+
+def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfig,
+               ecfg: EvalConfig, save_to: str, *, parent: str | None = None, full: bool = False,
+               log: Log = print) -> LoadedModel:
+  """15-train.py: one stage on one data file, saved (no evaluation: 13/14 judge it after)."""
+  if distributed.is_main():
+    files.check_writable(save_to, "checkpoint")
+    for name in files.sweep_stale(os.path.dirname(os.path.abspath(save_to))):
+      log(f"removed {name}, left by a save that was killed")
+  log(f"training on {len(examples)} examples: lr {tcfg.lr:g}, batch {tcfg.batch_size}"
+      f"{f' x {tcfg.accum}' if tcfg.accum > 1 else ''}, {tcfg.steps} steps, "
+      f"trainable {tcfg.trainable}, {tcfg.optimizer}, seed {tcfg.seed}")
+  opts = train_lib.FitOptions(prompt=ecfg.prompt, gif_frame=ecfg.gif_frame)
+  result = train_lib.fit(lm, examples, tcfg, opts, log=log)
+  trained = dataclasses.replace(lm, params=result.params,
+                                model=lm.model.clone(lora_alpha=tcfg.lora_alpha))
+  if distributed.is_main():
+    save(trained, tcfg, ecfg, LearnConfig(full=full), save_to, ecfg.decision, result.diverged,
+         parent=parent)
+    log(f"saved {files.shown(save_to)}")
+  return trained
 
 
 # --- Phase timing (03-do_learn.py --phases) ------------------------------------

@@ -117,7 +117,7 @@ def resolve(model: str | None = None, model_config: str | None = None,
   meta = checkpoint.read_meta(model)
   tok = tokenizer or meta.get("tokenizer") or tokenizer_file(preset or "", cache_dir)
   if meta.get("delta"):
-    base = base or meta.get("base")
+    base = base or checkpoint.recorded_base(model, cache_dir)
     checkpoint.verify_base(model, base)
   return ModelSpec(cfg, model, tok, os.path.basename(model), base if meta.get("delta") else None,
                    cache_dir)
@@ -156,7 +156,9 @@ def enable_compile_cache(cache_dir: str | os.PathLike) -> None:
 
 
 def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
-         compute: str = "auto", remat: str = "none") -> LoadedModel:
+         compute: str = "auto", remat: str = "none", bases: dict | None = None) -> LoadedModel:
+  """The model `spec` names. `bases` ({path: params}, filled as it goes) lets several deltas
+  over one base (an ensemble) share the base's arrays instead of loading it once each."""
   tok = Tokenizer.load(spec.tokenizer)
   if tok.vocab_size > spec.cfg.llm.vocab_size:
     raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "
@@ -165,7 +167,11 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
   rule = params_lib.dtype_rule(trainable, param_dtype)
   put = lambda _, a: jax.device_put(a)
   if spec.base:  # A delta: the base first, then the leaves the run trained.
-    params = checkpoint.load_params(spec.base, shapes, dtype_for=rule, put=put)
+    key = os.path.abspath(spec.base)
+    shared = bases if bases is not None else {}
+    if key not in shared:
+      shared[key] = checkpoint.load_params(spec.base, shapes, dtype_for=rule, put=put)
+    params = shared[key]
     names = set(checkpoint.param_names(spec.weights))
     if any(n.startswith(lora.PREFIX) for n in names):  # An adapter-only delta.
       rank = checkpoint.read_meta(spec.weights)["train_config"]["lora_rank"]

@@ -43,8 +43,13 @@ def flags(cls) -> list[dataclasses.Field]:
 
 
 def add(parser: argparse.ArgumentParser, cls, title: str | None = None,
-        skip: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> None:
-  """Adds `cls`'s option fields to `parser` (in a group titled `title`)."""
+        skip: Sequence[str] = (), defaults: dict[str, Any] | None = None,
+        aliases: dict[str, str] | None = None) -> None:
+  """Adds `cls`'s option fields to `parser` (in a group titled `title`).
+
+  `defaults` replaces some fields' defaults for this parser; `aliases` gives
+  fields another flag name here (e.g. the original scripts' `-r` for --lr).
+  """
   group = parser.add_argument_group(title) if title else parser
   for f in flags(cls):
     if f.name in skip:
@@ -52,6 +57,7 @@ def add(parser: argparse.ArgumentParser, cls, title: str | None = None,
     m = f.metadata["option"]
     default = (defaults or {}).get(f.name, f.default)
     names = [m["flag"] or "--" + f.name.replace("_", "-")] + ([m["short"]] if m["short"] else [])
+    names += [(aliases or {})[f.name]] if f.name in (aliases or {}) else []
     convert, is_bool = _type(f)
     if is_bool:
       group.add_argument(*names, dest=f.name, action="store_true", help=m["help"])

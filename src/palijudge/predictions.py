@@ -23,11 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
-from palijudge import files
+from palijudge import files, stats
 from palijudge.data import examples as tsv
 from palijudge.data.examples import Example, normalize_label
 from palijudge.errors import UserError, where
-from palijudge.metrics import Confusion, ScoreMetrics
+from palijudge.metrics import Confusion, ScoreMetrics, format_block, format_scores
 
 COLUMNS = ("id", "image", "label", "p_yes", "pred", "prefix")
 FORMATS = ("tsv", "jsonl")
@@ -101,7 +101,7 @@ def write(path: str, rows: Sequence[PredRow], with_answer: bool = False) -> None
 
 def _records(path: str) -> tuple[list[str], list[tuple[int, dict]]]:
   """(columns, (line, record)) of a TSV (header required) or JSONL prediction file."""
-  if format_of(path) == "tsv":
+  if tsv.format_of(path, "prediction file", sniff=True) == "tsv":
     table = tsv.read_table(path, ("label", "pred", "p_yes", "image"))
     return table.columns, table.rows
   recs = []
@@ -135,6 +135,10 @@ def read(path: str | os.PathLike, threshold: float | None = None) -> list[PredRo
   cols, recs = _records(path)
   need = ("label", "p_yes") if threshold is not None else ("label", "pred")
   missing = [c for c in need if c not in cols]
+  if missing and "image" in cols and ({"label", "suffix"} & set(cols)):
+    raise UserError(f"{path}: a dataset, not predictions (no {' or '.join(missing)} column): "
+                    f"make predictions first, e.g. `playground/13-inference.py -l CKPT -d "
+                    f"{path} -o out.tsv`, then pass out.tsv")
   if missing or not recs:
     what = f"missing column(s) {', '.join(missing)}" if missing else "no rows"
     raise UserError(f"{path}: {what} (a prediction file has {', '.join(COLUMNS)})")
@@ -160,6 +164,23 @@ def aggregate(rows: Sequence[PredRow]) -> tuple[Confusion, ScoreMetrics | None]:
   if any(r.p_yes is None for r in rows):
     return conf, None
   return conf, ScoreMetrics.compute([r.label for r in rows], [r.p_yes for r in rows])
+
+
+def intervals(rows: Sequence[PredRow]) -> stats.Intervals:
+  """95 % intervals of accuracy, precision, recall, and ROC-AUC when every row has p_yes."""
+  p = None if any(r.p_yes is None for r in rows) else [r.p_yes for r in rows]
+  return stats.Intervals.of([r.label for r in rows], [r.pred for r in rows], p)
+
+
+def format_rows(rows: Sequence[PredRow], name: str, heading: str = "Aggregate",
+                threshold: float | None = None) -> str:
+  """The Result block of prediction rows: the six fixed lines, the scores when every row
+  has p_yes (with `threshold` when one re-judged them), then the interval line."""
+  conf, scores = aggregate(rows)
+  parts = [format_block(conf, name, heading)]
+  if scores is not None:
+    parts.append(format_scores(scores, threshold))
+  return "\n".join(parts + [intervals(rows).line()])
 
 
 # --- Outcome filters: the next training set from a prediction file --------------

@@ -30,8 +30,10 @@ import numpy as np
 import optax
 
 from palijudge import checkpoint
+from palijudge import distributed
 from palijudge import losses
 from palijudge import params as params_lib
+from palijudge import progress
 from palijudge.data.batch import Batch, Batches, PixelCache, training_stream
 from palijudge.data.examples import Example
 from palijudge.data.features import FeatureCache
@@ -263,9 +265,17 @@ class Guard:
 
 
 def save_state(path: str, state: TrainState, info: dict) -> None:
+  """Whole arrays, whatever the mesh, so any number of processes can resume from it.
+
+  Every process takes part (a leaf split over processes is gathered); process 0 writes.
+  """
   leaves = jax.tree.leaves(state)
-  arrays = ((f"state/{i:05d}", np.asarray(jax.device_get(x))) for i, x in enumerate(leaves))
-  checkpoint.write_npz(path, arrays, dict(info, n_leaves=len(leaves)))
+  arrays = ((f"state/{i:05d}", np.asarray(distributed.host(x))) for i, x in enumerate(leaves))
+  if distributed.is_main():
+    checkpoint.write_npz(path, arrays, dict(info, n_leaves=len(leaves)))
+  else:
+    for _ in arrays:  # The gathers only.
+      pass
 
 
 def load_state(path: str, like: TrainState) -> tuple[TrainState, dict]:
@@ -344,6 +354,7 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
   mesh = params_lib.make_mesh()
   big_batch = tcfg.batch_size * tcfg.accum
   params_lib.check_batch(tcfg.batch_size, mesh)
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   params = lm.params
   if tcfg.trainable == "lora" and lora.rank_of(params) is None:
     params = lora.add_adapters(params, tcfg.lora_rank, tcfg.seed)
@@ -368,38 +379,57 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
   skip = (first - 1) * big_batch
   batches = Batches(stream[skip:], lm.tok, lm.cfg.image_size, big_batch, opts.prompt,
                     with_suffix=True, gif_frame=opts.gif_frame, cache=cache,
-                    flips=None if flips is None else flips[skip:])
+                    flips=None if flips is None else flips[skip:],
+                    rows=distributed.batch_rows(data, big_batch))  # This process's share.
   if not opts.use_feature_cache:
     features = None
   elif features is None:
     features = feature_cache(lm, tcfg.trainable, opts.gif_frame)
-  return _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log)
+  return _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, data)
 
 
-def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log):
+def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, data):
   sched = colab_lr(tcfg.lr, tcfg.steps, tcfg.warmup_percent)
   history, guard, t0 = [], Guard(tcfg.diverge_loss), time.time()
   best = (math.inf, 0, None)  # (median loss, step, host copy of the trainable params)
   compiled, compile_s = None, 0.0
+  bar = None  # Made after the first step, so rate and ETA leave compilation out.
   for step, (chunk, batch) in enumerate(batches, start=first):
     if features is not None:
       batch = features.attach(chunk, batch)
+    batch = distributed.global_batch(batch, data, tcfg.batch_size * tcfg.accum)
     if compiled is None:  # Ahead of time, so the wait is announced and measured.
-      log("compiling the train step ...")
+      progress.write(log, "compiling the train step ...")
       c0 = time.time()
       compiled = step_fn.lower(state, batch, frozen).compile()
       compile_s = time.time() - c0
     state, metrics = compiled(state, batch, frozen)
     loss, lr = float(metrics["loss"]), float(sched(step))
     history.append((step, lr, loss, float(metrics["grad_norm"]), time.time() - t0))
+    if bar is None:
+      bar = progress.bar(tcfg.steps, f"train (stage {opts.stage + 1})", "step", initial=step)
+    else:
+      _advance(bar, history, tcfg.batch_size * tcfg.accum)
     why = guard.check(step, loss)
     if why:
+      bar.close()
       raise Diverged(step, why, history, best[2], best[1])
     if step % GUARD_WINDOW == 0 and guard.median < best[0]:
-      best = (guard.median, step, jax.device_get(state.params))
+      best = (guard.median, step, distributed.host(state.params))
     if step == 1 or step % tcfg.print_every == 0 or step == tcfg.steps:
-      log(progress_line(step, tcfg.steps, lr, loss))
+      progress.write(log, progress_line(step, tcfg.steps, lr, loss))
     if tcfg.save_every and opts.state_path and step % tcfg.save_every == 0 and step < tcfg.steps:
       save_state(opts.state_path, state, {"stage": opts.stage, "seed": tcfg.seed, "step": step})
-  params = params_lib.merge(jax.device_get(state.params), frozen)
+  if bar is not None:
+    bar.close()
+  # Evaluation runs on each process's own devices: `local` brings frozen leaves there.
+  params = params_lib.merge(distributed.host(state.params), distributed.local(frozen))
   return params, history, compile_s
+
+
+def _advance(bar, history: list, examples_per_step: int) -> None:
+  """One step on the bar, with the loss and the examples/s of the steps after compilation."""
+  (s0, *_, t0), (s1, *_, t1) = history[0], history[-1]
+  rate = (s1 - s0) * examples_per_step / max(t1 - t0, 1e-9)
+  bar.set_postfix_str(f"loss {history[-1][2]:.4f}, {rate:.1f} ex/s", refresh=False)
+  bar.update(1)

@@ -7,7 +7,8 @@ A `.tsv` dataset has a header line naming its columns: `image` and `label`
 `p_yes`, `pred` of a prediction file) ignored. A file without a header is
 read as `image<TAB>label[<TAB>prefix]`. Relative image paths are resolved
 against a dataset root, so split files written elsewhere (the writers keep
-paths as written) stay valid. `read_examples` picks the format by suffix.
+paths as written) stay valid. `read_examples` picks the format by suffix, or
+by content for a file without one (the pieces Unix `split` writes).
 """
 
 from __future__ import annotations
@@ -277,22 +278,49 @@ def write_tsv(path: str | os.PathLike, examples: Sequence[Example]) -> None:
   files.write_text(path, [format_line(head)] + [format_line(r, path) for r in rows])
 
 
-def _format_of(path: str) -> str:
+def format_of(path: str | os.PathLike, what: str = "dataset", sniff: bool = False) -> str:
+  """"jsonl" or "tsv" from the suffix; with `sniff`, a file without one is judged by its content.
+
+  Sniffing is for reading files such as Unix `split`'s pieces (xaa, xab, ...):
+  a first line that is a JSON object means JSON Lines, one with a tab means TSV.
+  """
+  path = os.fspath(path)
   ext = os.path.splitext(path)[1].lower()
   if ext in (".jsonl", ".tsv"):
     return ext[1:]
-  raise UserError(f"{path}: unknown dataset format {ext or '(no suffix)'!r}; "
+  if sniff and os.path.isfile(path):
+    first = _first_line(path)
+    if first.lstrip().startswith("{"):
+      return "jsonl"
+    if "\t" in first:
+      return "tsv"
+    raise UserError(f"{path}: no .jsonl or .tsv suffix, and its first line is neither a JSON "
+                    f"object nor tab-separated: cannot tell the {what} format")
+  raise UserError(f"{path}: unknown {what} format {ext or '(no suffix)'!r}; "
                   f"expected .jsonl or .tsv")
+
+
+def _first_line(path: str) -> str:
+  try:
+    with open(path, "rb") as f:
+      head = f.read(1 << 16)
+  except OSError as e:
+    raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+  for raw in head.split(b"\n"):
+    text = raw.decode("utf-8", "replace").lstrip(_BOM)
+    if text.strip():
+      return text
+  return ""
 
 
 def read_examples(path: str | os.PathLike, root: str | os.PathLike | None = None
                   ) -> list[Example]:
-  """read_jsonl or read_tsv, by the file's suffix (.jsonl / .tsv)."""
+  """read_jsonl or read_tsv, by the file's suffix (.jsonl / .tsv) or, without one, its content."""
   path = os.fspath(path)
-  return (read_jsonl if _format_of(path) == "jsonl" else read_tsv)(path, root)
+  return (read_jsonl if format_of(path, sniff=True) == "jsonl" else read_tsv)(path, root)
 
 
 def write_examples(path: str | os.PathLike, examples: Sequence[Example]) -> None:
   """write_jsonl or write_tsv, by the file's suffix (.jsonl / .tsv)."""
   path = os.fspath(path)
-  (write_jsonl if _format_of(path) == "jsonl" else write_tsv)(path, examples)
+  (write_jsonl if format_of(path) == "jsonl" else write_tsv)(path, examples)

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Train from any data file (the original 15-train.py): JSONL or TSV, images in -i.
+
+  ./15-train.py -d tmp/noTp64.tsv -i dataset/pub_judges -t 8 -b 8 -r 0.001 -s checkpoints/x.npz
+  ./15-train.py -d tmp/xaa -i dataset/pub_judges -l checkpoints/x.npz -s checkpoints/y.npz
+
+One training stage on every row of -d (a .jsonl or .tsv file, or a file
+without a suffix such as Unix `split`'s pieces, read by its content), image
+paths relative to -i. -t N passes over the data: steps = ceil(rows / batch) x N
+(--steps overrides it). -l continues from a checkpoint instead of the base
+model; the new checkpoint records it as its parent (path and sha256). No
+evaluation here: judge the result with 13-inference.py and 14-validate_outtsv.py.
+"""
+import _env  # noqa: F401  (runs this script with the project's .venv)
+from palijudge import cli
+
+SHORT = {"batch_size": "-b", "lr": "-r"}  # The original script's short flags.
+
+
+def flags():
+  p = cli.parser(__doc__)
+  p.add_argument("-d", "--data", required=True, help="training data (.jsonl, .tsv, or sniffed)")
+  p.add_argument("-i", "--images", dest="root", default=None,
+                 help="image folder relative paths resolve against (default: the data's folder)")
+  p.add_argument("-s", "--save", required=True, metavar="CKPT",
+                 help="checkpoint to write (.npz; a path, or a name under checkpoints/)")
+  p.add_argument("-l", "--load", metavar="CKPT", default=None,
+                 help="continue from this checkpoint (default: the base model, --model)")
+  p.add_argument("-t", "--repeat", type=int, default=1, metavar="N",
+                 help="passes over the data (default: 1)")
+  p.add_argument("--full", action="store_true",
+                 help="save every parameter, not a delta over the base")
+  cli.add_model_flags(p)
+  cli.add_eval_flags(p, skip=cli.eval_flags_except("prompt", "gif_frame"))
+  cli.add_train_flags(p, aliases=SHORT, lottery=False)
+  p.set_defaults(steps=None)
+  return p
+
+
+def main(args, project):
+  import math
+  from palijudge import learn
+  from palijudge.data import examples
+  if args.repeat < 1:
+    raise cli.UserError(f"-t/--repeat must be >= 1, got {args.repeat}")
+  save_to = cli.checkpoint_path(args.save, project, "-s")
+  parent = project.find(args.load) if args.load else None
+  rows = examples.read_examples(project.find(args.data), args.root and project.find(args.root))
+  if args.steps is None:
+    per_pass = math.ceil(len(rows) / (args.batch_size * args.accum))
+    args.steps = per_pass * args.repeat
+  tcfg = cli.train_config(args)
+  lm = cli.load_model(args, project, model=parent, trainable=tcfg.trainable)
+  learn.train_file(lm, rows, tcfg, cli.eval_config(args), save_to, parent=parent, full=args.full)
+
+
+if __name__ == "__main__":
+  cli.run(main, __file__, flags)
