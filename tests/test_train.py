@@ -272,3 +272,26 @@ def test_guard_passes_every_recorded_healthy_run():
     tail = _replay(DIVERGED[1:])
     stop = _first_stop(list(c["loss"]) + list(tail))
     assert stop is not None and stop - 256 <= 64, (c["lr"], c["seed"], stop)
+
+
+def test_resume_refuses_a_state_saved_by_another_recipe(tiny_lm, tiny_examples, tmp_path):
+  _, tr, va = tiny_examples
+  state = str(tmp_path / "x.state.npz")
+  tcfg = train.TrainConfig(steps=3, batch_size=2, save_every=1)
+  opts = train.FitOptions(prompt="p", state_path=state, resume=True)
+  train.fit(tiny_lm, tr, tcfg, opts, log=lambda _: None)
+  assert checkpoint.read_meta(state)["step"] == 2  # Saved before the last step.
+  for changed, want in [
+      (dict(tcfg=dataclasses.replace(tcfg, lr=0.01)), "lr: 0.03 -> 0.01"),
+      (dict(tcfg=dataclasses.replace(tcfg, batch_size=4)), "batch_size: 2 -> 4"),
+      (dict(tcfg=dataclasses.replace(tcfg, loss=losses.LossConfig(kind="focal"))),
+       "loss.kind: ce -> focal"),
+      (dict(examples=va), "data: "),
+      (dict(opts=dataclasses.replace(opts, prompt="q")), "prompt: p -> q")]:
+    kw = dict(dict(tcfg=tcfg, examples=tr, opts=opts), **changed)
+    with pytest.raises(UserError, match="another recipe") as e:
+      train.fit(tiny_lm, kw["examples"], kw["tcfg"], kw["opts"], log=lambda _: None)
+    assert want in str(e.value) and "x.state.npz" in str(e.value)
+  logs = []  # The same recipe (progress lines aside) resumes.
+  train.fit(tiny_lm, tr, dataclasses.replace(tcfg, print_every=1), opts, log=logs.append)
+  assert any(l.startswith("resumed from") and l.endswith("at step 2") for l in logs)

@@ -221,6 +221,11 @@ def sha256(path: str | os.PathLike) -> str:
   return h.hexdigest()
 
 
+def sha256_text(text: str) -> str:
+  """sha256 of a string's UTF-8 bytes (fingerprints of data lists and recipes)."""
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def sha256_remembered(path: str | os.PathLike) -> str:
   """sha256 of a (large) file, cached in `<file>.sha256` (see above for when it is trusted)."""
   path = os.fspath(path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -30,6 +31,7 @@ import numpy as np
 import optax
 
 from palijudge import checkpoint
+from palijudge import files
 from palijudge import distributed
 from palijudge import losses
 from palijudge import params as params_lib
@@ -364,12 +366,9 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
   state = init_state(trainable, tx)
   state_sh = params_lib.tree_shardings(mesh, state, tcfg.fsdp)
   frozen_sh = params_lib.tree_shardings(mesh, frozen, tcfg.fsdp)
-  first = 1
+  first, rec = 1, recipe(tcfg, examples, opts, lm.spec.weights_id)
   if opts.resume and opts.state_path and os.path.exists(opts.state_path):
-    saved, info = load_state(opts.state_path, state)
-    if (info.get("stage"), info.get("seed")) == (opts.stage, tcfg.seed):
-      state, first = saved, int(info["step"]) + 1
-      log(f"resumed from {opts.state_path} at step {first - 1}")
+    state, first = _resume(opts, tcfg, state, rec, log)
   state = params_lib.place(state, state_sh)
   frozen = params_lib.place(frozen, frozen_sh)
   step_fn = jit_train_step(model, tx, tcfg.loss, lm.yes_no_ids, mesh, state_sh,
@@ -385,10 +384,54 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
     features = None
   elif features is None:
     features = feature_cache(lm, tcfg.trainable, opts.gif_frame)
-  return _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, data)
+  return _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, data, rec)
 
 
-def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, data):
+# What a resumed run must share with the run that saved the state: every field of
+# the recipe but these (they change what is printed or saved, not the numbers).
+_NOT_RECIPE = ("print_every", "save_every", "max_restarts", "seed")
+
+
+def recipe(tcfg: TrainConfig, examples: Sequence[Example], opts: FitOptions, weights: str
+           ) -> dict:
+  """The resolved recipe saved with the train state: flags, prompt, data and weights."""
+  data = files.sha256_text(json.dumps([(e.image, e.label, e.prefix) for e in examples]))
+  out = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in _NOT_RECIPE}
+  out |= {"prompt": opts.prompt, "gif_frame": opts.gif_frame, "data": data,
+          "examples": len(examples), "weights": weights}
+  return json.loads(json.dumps(out))  # As it reads back from the file.
+
+
+def recipe_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+  """'name: saved -> now' for every field that differs (nested loss fields as loss.name)."""
+  out = []
+  for key in sorted(set(saved) | set(now)):
+    a, b = saved.get(key), now.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += recipe_changes(a, b, f"{prefix}{key}.")
+    elif a != b:
+      short = lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else v
+      out.append(f"{prefix}{key}: {short(a)} -> {short(b)}")
+  return out
+
+
+def _resume(opts: FitOptions, tcfg: TrainConfig, state, rec: dict, log: Log):
+  """(state, first step) from the saved train state, refusing one saved under another recipe."""
+  info = checkpoint.read_meta(opts.state_path)
+  if (info.get("stage"), info.get("seed")) != (opts.stage, tcfg.seed):
+    return state, 1  # Another stage's or attempt's state: this one starts fresh.
+  saved = info.get("recipe")
+  changes = recipe_changes(saved, rec) if isinstance(saved, dict) else []
+  if changes:
+    raise UserError(f"{where(opts.state_path)}: --resume: this train state was saved by another "
+                    f"recipe ({'; '.join(changes)}); give the same flags and data, or drop "
+                    f"--resume to start over")
+  state, info = load_state(opts.state_path, state)
+  log(f"resumed from {opts.state_path} at step {int(info['step'])}")
+  return state, int(info["step"]) + 1
+
+
+def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, data, rec):
   sched = colab_lr(tcfg.lr, tcfg.steps, tcfg.warmup_percent)
   history, guard, t0 = [], Guard(tcfg.diverge_loss), time.time()
   best = (math.inf, 0, None)  # (median loss, step, host copy of the trainable params)
@@ -419,7 +462,8 @@ def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, dat
     if step == 1 or step % tcfg.print_every == 0 or step == tcfg.steps:
       progress.write(log, progress_line(step, tcfg.steps, lr, loss))
     if tcfg.save_every and opts.state_path and step % tcfg.save_every == 0 and step < tcfg.steps:
-      save_state(opts.state_path, state, {"stage": opts.stage, "seed": tcfg.seed, "step": step})
+      save_state(opts.state_path, state, {"stage": opts.stage, "seed": tcfg.seed, "step": step,
+                                          "recipe": rec})
   if bar is not None:
     bar.close()
   # Evaluation runs on each process's own devices: `local` brings frozen leaves there.
