@@ -3,6 +3,12 @@
 
   ./02-shuffle_data.py -v 10 -n set1 [--stratify] [--seed S]
   ./02-shuffle_data.py --folds 5 -n cv5 [--stratify]   # dataset/cv5/fold-{1..5}/
+
+Copies and near-duplicates of one image (same file content, or pHash/dHash
+within --hash-bits; add --embeddings to compare the vision encoder's view too)
+stay on one side of the split, and in one fold: one line says how many groups
+were kept together. A group may leave valid a little short of -v N. Without
+duplicates the split is the same as without the check. 12-audit.py shows them.
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
@@ -17,6 +23,10 @@ def flags():
   cli.add_root_flag(p)
   p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: random)")
   p.add_argument("--stratify", action="store_true", help="keep the yes/no ratio in valid")
+  p.add_argument("--ignore-duplicates", action="store_true",
+                 help="split without looking for duplicates (they may land on both sides)")
+  cli.add_audit_flags(p)
+  cli.add_model_flags(p)
   return p
 
 
@@ -31,13 +41,19 @@ def main(args, project):
   out = files.inside(args.name, project.dataset, "-n")
   seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
   rows = examples.read_examples(data, root)
+  groups = None
+  if not args.ignore_duplicates:
+    found = cli.run_audit(args, project, {files.shown(data): rows})
+    print(found.kept_line())
+    groups = found.group_ids() if found.groups else None
   if args.folds is not None:
-    for tr, va in splits.write_folds(rows, args.folds, seed, args.stratify, out):
+    for tr, va in splits.write_folds(rows, args.folds, seed, args.stratify, out, groups):
       print(f"{files.shown(va.parent)}: train {len(examples.read_jsonl(tr, root))}, "
             f"valid {len(examples.read_jsonl(va, root))}")
     print(f"(seed {seed})")
     return
-  train, valid = splits.split(rows, args.valid, seed, args.stratify, data_path=data)
+  train, valid = splits.split(rows, args.valid, seed, args.stratify, data_path=data,
+                              groups=groups)
   for name in ("train.jsonl", "valid.jsonl"):
     files.check_writable(out / name, "split")
   examples.write_jsonl(out / "train.jsonl", train)

@@ -3,11 +3,16 @@
 
   ./03-do_learn.py -d set1 -w trained-set1 [-2] [--model tiny] [--lr 0.03 ...]
   ./03-do_learn.py --cv cv5 [--cv-metric f_measure]   # every fold of dataset/cv5/
+  ./03-do_learn.py -d set1 -w trained-set1 --probe       # + the linear probe's blocks
+  ./03-do_learn.py -d set1 -w probe-set1 --probe-only    # the probe alone, in seconds
+  ./03-do_learn.py -d set1 -w x --runs 5 --keep all      # x.npz (best) + x.run1..5.npz
 
 Evaluates all/train/valid before training, trains (the colab's recipe by
 default), evaluates after, and saves checkpoints/NAME.npz (a delta over the
-base unless --full). -2 adds a second stage at lr/10. Every run is recorded
-under experiments/.
+base unless --full). -2 adds a second stage at lr/10. --probe fits a
+logistic regression on the frozen encoder's image embeddings of the train
+split and prints its Result blocks, tagged (probe), beside the fine-tune's
+(saved as checkpoints/NAME.probe.npz). Every run is recorded under experiments/.
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
@@ -38,7 +43,7 @@ def main(args, project):
   import dataclasses
   import shlex
   import sys
-  from palijudge import files, learn, options
+  from palijudge import distributed, files, learn, options
   from palijudge.data import examples, splits
   from palijudge.experiments import cv, records
   if (args.dataset is None) == (args.cv is None):
@@ -48,6 +53,8 @@ def main(args, project):
   lcfg = options.build(learn.LearnConfig, args)
   save_to = str(files.inside(args.write + ".npz", project.checkpoints, "-w")) \
       if args.write else None
+  if args.cv and (lcfg.probe_only or lcfg.keep == "all"):
+    raise cli.UserError("--probe-only and --keep all work with -d SET, not --cv")
   if (lcfg.resume or args.save_every) and not save_to:
     raise cli.UserError("--resume and --save-every need -w NAME (the state lives beside it)")
   folder = files.inside(args.dataset or args.cv, root, "-d" if args.dataset else "--cv")
@@ -62,17 +69,23 @@ def main(args, project):
   phases = learn.Phases() if args.phases else None
   with phases("checkpoint_load") if phases else contextlib.nullcontext():
     lm = cli.load_model(args, project, trainable=tcfg.trainable)
-  record = records.RunRecord(args.experiments or project.experiments,
-                             args.write or args.cv or args.dataset)
-  record.write_config({"command": shlex.join([sys.executable, *sys.argv]), "args": vars(args),
-                       "train_config": dataclasses.asdict(tcfg), "model": lm.spec.name,
-                       "weights": lm.spec.weights, "tokenizer": lm.spec.tokenizer})
-  if args.cv:
-    cv.cv_learn(lm, folds, tcfg, ecfg, lcfg, root=root, metric=args.cv_metric, record=record)
-    return
-  learn.learn(lm, train_set, valid_set, tcfg, ecfg, lcfg, names=names, save_to=save_to,
-              record=record, extra_sets=cli.eval_sets(args, root, taken=names), phases=phases)
-  print(f"record: {files.shown(record.path)}")
+  record = None
+  if distributed.is_main():  # Process 0 alone writes the run record.
+    record = records.RunRecord(args.experiments or project.experiments,
+                               args.write or args.cv or args.dataset)
+    record.write_config({"command": shlex.join([sys.executable, *sys.argv]),
+                         "args": vars(args), "train_config": dataclasses.asdict(tcfg),
+                         "dataset": files.shown(folder), "model": lm.spec.name,
+                         "weights": lm.spec.weights, "tokenizer": lm.spec.tokenizer,
+                         "checkpoint": files.shown(save_to) if save_to else None})
+  with record.running() if record else contextlib.nullcontext():
+    if args.cv:
+      cv.cv_learn(lm, folds, tcfg, ecfg, lcfg, root=root, metric=args.cv_metric, record=record)
+      return
+    learn.learn(lm, train_set, valid_set, tcfg, ecfg, lcfg, names=names, save_to=save_to,
+                record=record, extra_sets=cli.eval_sets(args, root, taken=names), phases=phases)
+  if record:
+    print(f"record: {files.shown(record.path)}")
   if phases:
     print(phases.table())
     print(phases.json_line(model=lm.spec.name, steps=tcfg.steps, batch=tcfg.batch_size))

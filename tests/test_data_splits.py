@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -102,3 +103,111 @@ def test_folds_refused(tmp_path):
     splits.write_folds(_fake(3, 3), 7, 0, False, tmp_path)
   with pytest.raises(UserError, match="folds.json: no fold splits here"):
     splits.fold_paths(tmp_path / "none")
+
+
+# Groups of duplicates ----------------------------------------------------------
+
+def _reference_split(exs, n_valid, seed, stratify):
+  """The split as it was before groups (the files users already have come from it)."""
+  order = np.random.default_rng(seed).permutation(len(exs))
+  if not stratify:
+    return [exs[i] for i in order[n_valid:]], [exs[i] for i in order[:n_valid]]
+  labels = np.array([e.label for e in exs], dtype=bool)
+  quota = splits._valid_quota(labels, n_valid)
+  train, valid = [], []
+  for i in order:
+    c = bool(labels[i])
+    if quota[c] > 0:
+      quota[c] -= 1
+      valid.append(exs[i])
+    else:
+      train.append(exs[i])
+  return train, valid
+
+
+def _reference_folds(labels, k, seed, stratify):
+  order = np.random.default_rng(seed).permutation(len(labels))
+  if stratify:
+    y = np.asarray(labels, bool)[order]
+    order = np.concatenate([order[y], order[~y]])
+  folds = np.empty(len(labels), np.int64)
+  folds[order] = np.arange(len(labels)) % k
+  return folds
+
+
+@settings(max_examples=80, deadline=None)
+@given(n_yes=st.integers(0, 25), n_no=st.integers(0, 25), frac=st.floats(0, 1),
+       seed=st.integers(0, 2**32 - 1), stratify=st.booleans(), k=st.integers(2, 6))
+def test_without_duplicates_nothing_changes(n_yes, n_no, frac, seed, stratify, k):
+  exs = _fake(n_yes, n_no)
+  n = len(exs)
+  if n < max(2, k):
+    return
+  n_valid = 1 + int(frac * (n - 2))
+  alone = list(range(n, 0, -1))  # Every example its own group.
+  expected = _reference_split(exs, n_valid, seed, stratify)
+  assert splits.split(exs, n_valid, seed, stratify) == expected
+  assert splits.split(exs, n_valid, seed, stratify, groups=alone) == expected
+  labels = [e.label for e in exs]
+  folds = _reference_folds(labels, k, seed, stratify)
+  assert (splits.assign_folds(labels, k, seed, stratify) == folds).all()
+  assert (splits.assign_folds(labels, k, seed, stratify, groups=alone) == folds).all()
+
+
+def _planted_groups(n: int, seed: int) -> np.ndarray:
+  """Group ids with a few groups of 2-4 (copies of one ad) among single examples."""
+  rng = np.random.default_rng(seed)
+  ids = np.arange(n)
+  for g in range(n // 6):
+    members = rng.choice(n, size=int(rng.integers(2, 5)), replace=False)
+    ids[members] = ids[members[0]]
+  return ids
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_yes=st.integers(4, 30), n_no=st.integers(4, 30), seed=st.integers(0, 2**32 - 1),
+       stratify=st.booleans())
+def test_split_keeps_each_group_on_one_side(n_yes, n_no, seed, stratify):
+  exs = _fake(n_yes, n_no)
+  groups = _planted_groups(len(exs), seed)
+  n_valid = max(5, len(exs) // 5)
+  train, valid = splits.split(exs, n_valid, seed, stratify, groups=groups)
+  side = {e.line: "valid" for e in valid} | {e.line: "train" for e in train}
+  assert sorted(side) == list(range(1, len(exs) + 1))
+  for g in set(groups.tolist()):
+    assert len({side[i + 1] for i in np.flatnonzero(groups == g)}) == 1, g
+  assert 0 < len(valid) <= n_valid
+  if stratify:  # Never more of a class than its share allows.
+    quota = splits._valid_quota(np.array([e.label for e in exs]), n_valid)
+    assert splits.class_counts(valid)["yes"] <= quota[True]
+    assert splits.class_counts(valid)["no"] <= quota[False]
+
+
+def test_planted_leak_stays_in_train_or_valid():
+  exs = _fake(10, 10)
+  groups = np.arange(20)
+  groups[[3, 17]] = 3  # Example 3 and 17 are one ad.
+  for seed in range(20):
+    _, valid = splits.split(exs, 5, seed, stratify=True, groups=groups)
+    lines = {e.line for e in valid}
+    assert (4 in lines) == (18 in lines)
+  with pytest.raises(UserError, match="every group of duplicates"):
+    splits.split(_fake(2, 2), 1, 0, groups=[0, 0, 1, 1])
+
+
+@pytest.mark.parametrize("stratify", [False, True])
+def test_folds_keep_each_group_in_one_fold(tmp_path, stratify):
+  exs = _fake(24, 16)
+  groups = _planted_groups(40, 5)
+  pairs = splits.write_folds(exs, 4, seed=2, stratify=stratify, out_dir=tmp_path, groups=groups)
+  fold_of = {}
+  for f, (tr, va) in enumerate(pairs):
+    for line in va.read_text().splitlines():
+      fold_of[json.loads(line)["image"]] = f
+  assert sorted(fold_of) == sorted(e.raw_image for e in exs)  # Each once in a valid file.
+  for g in set(groups.tolist()):
+    assert len({fold_of[exs[i].raw_image] for i in np.flatnonzero(groups == g)}) == 1
+  sizes = np.bincount(list(fold_of.values()), minlength=4)
+  assert sizes.max() - sizes.min() <= 3  # Groups of up to 4 still leave the folds even.
+  with pytest.raises(UserError, match="--folds 3 is more than the 2 groups"):
+    splits.write_folds(_fake(2, 2), 3, 0, False, tmp_path / "x", groups=[0, 0, 1, 1])

@@ -130,3 +130,23 @@ def test_bad_arguments(tmp_path):
     synthetic.make_dataset(tmp_path, n=0)
   with pytest.raises(UserError):
     synthetic.make_dataset(tmp_path, yes_fraction=1.5)
+
+
+def test_dataset_with_duplicates(tmp_path):
+  plain = synthetic.make_dataset(tmp_path / "plain", n=12, seed=4)
+  data = synthetic.make_dataset(tmp_path / "dups", n=12, seed=4, duplicates=6)
+  rows = [json.loads(l) for l in data.read_text().splitlines()]
+  assert data.read_text().startswith(plain.read_text())  # The first n rows are unchanged.
+  by_number = {r["image"][10:15]: r for r in rows[:12]}  # images/OK_00007.png -> 00007
+  added = rows[12:]
+  assert [r["image"].rsplit("-", 1)[1].split(".")[0] for r in added] == \
+      list(synthetic.VARIANTS) + [synthetic.VARIANTS[0]]
+  for r in added:
+    source = by_number[r["image"].split("-dup-of-")[1][:5]]
+    assert r["suffix"] == source["suffix"] and (tmp_path / "dups" / r["image"]).is_file()
+  copy = added[0]["image"]
+  source = by_number[copy.split("-dup-of-")[1][:5]]["image"]
+  assert (tmp_path / "dups" / copy).read_bytes() == (tmp_path / "dups" / source).read_bytes()
+  assert Image.open(tmp_path / "dups" / added[4]["image"]).n_frames == 2  # The gif variant.
+  with pytest.raises(ValueError, match="variant kind"):
+    synthetic.variant(tmp_path / "dups" / source, "mirror")

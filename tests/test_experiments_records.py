@@ -19,7 +19,8 @@ def test_unique_folders(tmp_path):
   a = RunRecord(tmp_path, "set1 run/1")
   b = RunRecord(tmp_path, "set1 run/1")
   c = RunRecord(tmp_path)
-  assert a.name == "set1-run-1" and b.name == "set1-run-1-2" and a.path.is_dir()
+  assert a.name == "set1-run-1" and b.name == "set1-run-1.2" and a.path.is_dir()
+  assert not any(RunRecord(tmp_path, "t1").name.endswith("-2") for _ in range(3))  # not the -2 flag
   assert len(c.name) == 15 and c.path.parent == tmp_path  # 20250101-120000
 
 
@@ -32,13 +33,14 @@ def test_files_round_trip(tmp_path):
   loaded = yaml.safe_load(rec.file("config.yaml").read_text())
   assert loaded == {"model": "tiny", "train": {"lr": 0.03, "steps": 10, "loss": ["ce"]},
                     "path": str(tmp_path), "n": 3, "prompt": "Is this ad OK?", "seed": 1}
-  rec.log_step(1, 0.001, 2.5, 10.0, 0.5)
-  rec.log_step(2, 0.002, float("nan"), None, 1.0)
+  rec.log_step(1, 0.001, 2.5, 10.0, 0.5, stage="stage 1")
+  rec.log_step(2, 0.002, float("nan"), None, 1.0, stage="stage 2")
   with open(rec.file("train_log.csv")) as f:
     rows = list(csv.reader(f))
-  assert rows[0] == list(records.LOG_FIELDS) and rows[1] == ["1", "0.001", "2.5", "10.0", "0.5"]
-  assert rec.steps()[1] == {"step": 2.0, "lr": 0.002, "loss": None, "grad_norm": None,
-                            "seconds": 1.0}
+  assert rows[0] == list(records.LOG_FIELDS)
+  assert rows[1] == ["stage 1", "1", "0.001", "2.5", "10.0", "0.5"]
+  assert rec.steps()[1] == {"stage": "stage 2", "step": 2.0, "lr": 0.002, "loss": None,
+                            "grad_norm": None, "seconds": 1.0}
   rec.write_eval("before training", {"valid": {"accuracy": 0.5}})
   rec.write_eval("1st trained", {"valid": {"accuracy": np.float32(0.75)}})
   rec.write_eval("before training", {"valid": {"accuracy": 0.6}})
@@ -62,3 +64,42 @@ def test_bad_files_are_user_errors(tmp_path):
     rec.predictions()
   with pytest.raises(UserError, match="no such run folder"):
     RunRecord.load(tmp_path / "missing")
+
+
+def test_status_marks_finished_interrupted_failed_and_killed_runs(tmp_path):
+  done, stopped, broken, killed = (RunRecord(tmp_path, n) for n in ("a", "b", "c", "d"))
+  with done.running():
+    assert done.status() == "running" and done.config()["pid"] > 0
+  with pytest.raises(KeyboardInterrupt), stopped.running():
+    raise KeyboardInterrupt
+  with pytest.raises(UserError), broken.running():
+    raise UserError("x.jsonl:3: bad label\nmore")
+  assert [r.status() for r in (done, stopped, broken)] == ["finished", "interrupted", "failed"]
+  assert broken.config()["error"] == "x.jsonl:3: bad label"
+  assert done.config()["seconds"] >= 0
+  killed.write_config({"status": "running", "pid": 2**22 + 12345})  # no such process
+  assert killed.status() == "killed" and RunRecord(tmp_path, "e").status() == ""
+
+
+def test_run_summary_says_what_ran_on_what_and_how_it_did(tmp_path):
+  rec = RunRecord(tmp_path, "t1")
+  rec.write_config({"command": "03-do_learn.py -d set1", "dataset": "dataset/set1",
+                    "model": "tiny", "checkpoint": "checkpoints/t1.npz",
+                    "train_config": {"lr": 0.03, "batch_size": 2, "steps": 8, "seed": 0,
+                                     "trainable": "attn", "optimizer": "sgd",
+                                     "loss": {"kind": "ce"}}})
+  with rec.running():
+    rec.write_eval("before training", {"valid.jsonl": {"tp": 1, "tn": 1, "fp": 1, "fn": 1,
+                                                       "n": 4, "accuracy": 0.5, "auc": None}})
+    rec.write_eval("1st trained", {"valid.jsonl": {
+        "tp": 2, "tn": 2, "fp": 0, "fn": 0, "n": 4, "accuracy": 1.0, "precision": 1.0,
+        "precision_ci": [0.34, 1.0], "brier": 0.01234}})
+  rec.write_run_summary("Result: valid.jsonl\n  Tp=2 Tn=2 Fp=0 Fn=0")
+  text = rec.summary()
+  for want in ("# t1", "- **status**: finished", "- **dataset**: dataset/set1",
+               "- **model**: tiny", "- **checkpoint**: checkpoints/t1.npz",
+               "lr 0.03, batch_size 2, steps 8, trainable attn, optimizer sgd, seed 0, loss ce",
+               "| before training | valid.jsonl | 4 | 0.500 | - |",
+               "| 1st trained | valid.jsonl | 4 | 1.000 | 1.000 [0.34, 1.00] |", "| 0.0123 |",
+               "```\nResult: valid.jsonl\n  Tp=2 Tn=2 Fp=0 Fn=0\n```"):
+    assert want in text, want

@@ -65,3 +65,22 @@ def test_gallery_limit_and_unreadable_images(tiny_examples, tmp_path):
   assert re.findall(r"p\(yes\) ([\d.]+)", fp) == ["0.9500", "0.8000"]
   assert "(unreadable)" in fp and fp.count("data:image/jpeg;base64,") == 1
   assert "False negatives (label yes, judged no): 0" in page
+
+
+def test_audit_page_shows_each_group_leaks_first(tiny_examples, tmp_path):
+  from palijudge.data import audit
+  rows = tiny_examples[0]
+  copy = tmp_path / "copy.png"
+  copy.write_bytes(Path(rows[1].image).read_bytes())
+  twin = dataclasses.replace(rows[1], image=str(copy), raw_image="copy.png")
+  again = dataclasses.replace(rows[0], line=99)  # The same row twice in train.
+  found = audit.find({"train": [rows[0], again, rows[1]], "valid": [twin, rows[2]]},
+                     audit.AuditConfig(hash_bits=-1))
+  path = gallery.write_audit(str(tmp_path / "out" / "audit.html"), found, "Duplicate audit")
+  page = Path(path).read_text()
+  heads = re.findall(r"<h2>(Group \d+: [^<]*)</h2>", page)
+  assert heads == ["Group 2: 2 images, leak across train/valid", "Group 1: 2 images, within train"]
+  leak = _section(page, "Group 2")
+  assert leak.count("data:image/jpeg;base64,") == 2 and "copy.png" in leak
+  assert "#1 train: " in leak and "#2 valid: " in leak and "#1-#2 sha256" in leak
+  assert "5 images; 2 group(s) holding 4: 1 across sets" in page

@@ -165,6 +165,11 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(tiny_project, tmp
     proc.communicate()
     if state.exists():
       train.load_state(str(state), _state_like(root))  # The last good state always loads.
+  # The killed runs' records say so, and kept their log up to the kill (streamed).
+  from palijudge.experiments.records import RunRecord
+  killed = [RunRecord.load(p) for p in sorted((tmp_path / "experiments").iterdir())[1:]]
+  assert killed and all(r.status() in ("killed", "") for r in killed)
+  assert any(r.steps() and r.steps()[0]["stage"] == "stage 1" for r in killed)
   out, err = _learn(tmp_path, "--resume").communicate()
   assert "saved checkpoints/r.npz" in out, err
   with np.load(tmp_path / "checkpoints/r.npz") as resumed:

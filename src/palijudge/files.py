@@ -189,7 +189,8 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> None:
 _TMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether a process with this id runs on this machine (a stale lock or record's owner)."""
   try:
     os.kill(pid, 0)
   except OSError as e:
@@ -206,7 +207,7 @@ def sweep_stale(folder: str | os.PathLike) -> list[str]:
     return gone
   for name in names:
     m = _TMP.match(name)
-    if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+    if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
       _remove(os.path.join(folder, name))
       gone.append(name)
   return gone

@@ -89,3 +89,43 @@ def write(folder: str, name: str, tag: str, result, limit: int) -> str:
   path = os.path.join(folder, slug(title) + ".html")
   files.write_text(path, [render(result, title, limit)])
   return path
+
+
+# --- Duplicate groups (the leakage audit, `data.audit`) -------------------------
+
+def _audit_figure(audit, i: int, k: int) -> str:
+  it = audit.items[i]
+  uri = thumbnail_uri(it.example.image)
+  img = f'<img src="{uri}" alt="">' if uri else "<div>(unreadable)</div>"
+  return (f"<figure>{img}<figcaption><span class=p>#{k} {html.escape(it.set)}: "
+          f"{it.example.suffix}</span><br>{html.escape(it.example.raw_image)}<br>"
+          f"{html.escape(os.path.basename(it.example.source))}:{it.example.line}"
+          f"</figcaption></figure>")
+
+
+def _audit_group(audit, n: int, group) -> str:
+  from palijudge.data.audit import describe  # Here: imagehash/scipy only load for an audit.
+  kind = f"leak across {'/'.join(group.sets)}" if group.leak else f"within {group.sets[0]}"
+  pos = {i: k for k, i in enumerate(group.members, 1)}
+  pairs = "; ".join(f"#{pos[p.a]}-#{pos[p.b]} {describe(p)}" for p in audit.pairs_of(group))
+  head = (f"<h2>Group {n}: {len(group.members)} images, {html.escape(kind)}"
+          f"{', labels disagree' if group.conflict else ''}</h2><p>{html.escape(pairs)}</p>")
+  return head + "".join(_audit_figure(audit, i, k) for i, k in pos.items())
+
+
+def render_audit(audit, title: str) -> str:
+  """The page for one `data.audit.Audit`: each group's thumbnails, leaks first."""
+  order = sorted(range(len(audit.groups)), key=lambda n: not audit.groups[n].leak)
+  n_in = sum(len(g.members) for g in audit.groups)
+  head = (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
+          f"<style>{_CSS}</style><h1>{html.escape(title)}</h1>"
+          f"<p>{len(audit.items)} images; {len(audit.groups)} group(s) holding {n_in}: "
+          f"{len(audit.leaks)} across sets, {len(audit.conflicts)} with both labels; "
+          f"checked by {', '.join(audit.config.methods)}</p>")
+  return head + "\n".join(_audit_group(audit, n + 1, audit.groups[n]) for n in order) + "\n"
+
+
+def write_audit(path: str, audit, title: str) -> str:
+  """Writes the audit page to `path` atomically; returns the path."""
+  files.write_text(path, [render_audit(audit, title)])
+  return path

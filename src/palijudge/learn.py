@@ -76,10 +76,11 @@ class Recorder(Protocol):
   """Where a run's log, metrics and predictions go (experiments.records.RunRecord)."""
 
   def log_step(self, step: int, lr: float, loss: float, grad_norm: float | None = None,
-               seconds: float | None = None) -> None: ...
+               seconds: float | None = None, stage: str = "") -> None: ...
   def write_eval(self, stage: str, metrics: dict) -> object: ...
   def write_predictions(self, rows) -> object: ...
-  def write_summary(self, content: str) -> object: ...
+  def write_config(self, config: dict, merge: bool = False) -> object: ...
+  def write_run_summary(self, blocks: str = "") -> object: ...
   def plots(self) -> object: ...
 
 
@@ -127,25 +128,27 @@ def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainC
     log(f"training stage {i + 1}: lr {stage.lr:g}, batch {stage.batch_size}"
         f"{f' x {stage.accum}' if stage.accum > 1 else ''}, {stage.steps} steps, "
         f"trainable {stage.trainable}, {stage.optimizer}, seed {stage.seed}")
+    name = f"run {run + 1}, stage {i + 1}" if r.lcfg.runs > 1 else f"stage {i + 1}"
+    stream = (lambda *row, name=name: r.record.log_step(*row, stage=name)) if r.record else None
     fit_opts = train_lib.FitOptions(prompt=r.ecfg.prompt, gif_frame=r.ecfg.gif_frame,
                                     state_path=state_path, resume=r.lcfg.resume,
-                                    stage=run * 2 + i)
+                                    stage=run * 2 + i, on_step=stream)
     result = train_lib.fit(lm, train, stage, fit_opts, log=log, cache=r.cache,
                            features=r.features)
     r.phases.add("compilation", result.compile_seconds)
     r.phases.add("training", result.seconds - result.compile_seconds)
     if result.diverged:
       diverged = f"stage {i + 1}: {result.diverged}; kept step {result.kept_step}"
-    if r.record:
-      for row in result.history:
-        r.record.log_step(*row)
     if i + 1 < len(stages):  # Stage 2 continues the seed that stage 1 ended with.
       stages[i + 1] = dataclasses.replace(stages[i + 1], seed=result.seed)
     lm = dataclasses.replace(lm, params=result.params,
                              model=lm.model.clone(lora_alpha=stage.lora_alpha))
     with r.phases("after_evaluation"):
-      after = report(lm, r.sets, r.ecfg, ("1st", "2nd")[i] + " trained", log, r.cache,
-                     r.features, baseline=r.before, strict=False)
+      tag = ("1st", "2nd")[i] + " trained"
+      after = report(lm, r.sets, r.ecfg, tag, log, r.cache, r.features, baseline=r.before,
+                     strict=False)
+    if r.record:  # Every stage of every run, not only the kept one.
+      r.record.write_eval(f"run {run + 1}, {tag}" if r.lcfg.runs > 1 else tag, _by_name(after))
   return lm, after, diverged
 
 
@@ -279,12 +282,17 @@ def _write_record(record: Recorder, before, after, valid_name: str, probed=None)
                                                       ("after training", after))
   for tag, results in stages:
     if results:
-      record.write_eval(tag, {os.path.basename(n): r.metrics() for n, r in results.items()})
+      record.write_eval(tag, _by_name(results))
   record.write_predictions(predictions.records_of((after or probed)[valid_name]))
   final = after or probed
-  blocks = "\n".join(format_result(res, name) for name, res in final.items())
-  record.write_summary(f"## {'after training' if after else 'probe'}\n\n```\n{blocks}\n```\n")
+  record.write_config({"predictions_of": f"{os.path.basename(valid_name)}, "
+                                         f"{'after training' if after else 'probe'}"}, merge=True)
+  record.write_run_summary("\n".join(format_result(res, name) for name, res in final.items()))
   record.plots()
+
+
+def _by_name(results: dict[str, EvalResult]) -> dict[str, dict]:
+  return {os.path.basename(n): res.metrics() for n, res in results.items()}
 
 
 def save(lm: LoadedModel, tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: LearnConfig,

@@ -304,6 +304,9 @@ class FitOptions:
   resume: bool = False
   stage: int = 0                 # Stage index, stored with the state.
   use_feature_cache: bool = True
+  # Called with each history row (step, lr, loss, grad_norm, seconds) as it happens:
+  # run records stream train_log.csv, so a killed run keeps its log.
+  on_step: Callable[..., None] | None = None
 
 
 def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig,
@@ -449,6 +452,8 @@ def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, dat
     state, metrics = compiled(state, batch, frozen)
     loss, lr = float(metrics["loss"]), float(sched(step))
     history.append((step, lr, loss, float(metrics["grad_norm"]), time.time() - t0))
+    if opts.on_step is not None:
+      opts.on_step(*history[-1])
     if bar is None:
       bar = progress.bar(tcfg.steps, f"train (stage {opts.stage + 1})", "step", initial=step)
     else:

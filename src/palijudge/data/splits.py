@@ -5,6 +5,12 @@ default_rng(seed), optionally stratified (valid keeps the yes/no ratio as
 closely as whole numbers allow). `write_folds` writes OUT/fold-1/{train,valid}.jsonl
 ... OUT/fold-K/ and OUT/folds.json (k, seed, stratify, counts); every example is
 in exactly one valid file. `fold_paths` reads them back (`03-do_learn.py --cv`).
+
+Groups. Both take an optional group id per example (`audit.Audit.group_ids`:
+copies and near-duplicates of one image share an id) and keep each group on one
+side: a group moves as one unit, placed where its first member falls in the
+shuffle. Without groups, or when every example is alone, the output is exactly
+what it was before groups existed (same seed, same files).
 """
 
 from __future__ import annotations
@@ -41,15 +47,33 @@ def _valid_quota(labels: np.ndarray, n_valid: int) -> dict[bool, int]:
   return quota
 
 
+def _units(order: np.ndarray, groups: Sequence[int] | None) -> list[list[int]]:
+  """The shuffled order cut into units that move together.
+
+  Without groups every example is its own unit; with groups a unit is a whole
+  group, at the place of its first member in `order`, members in shuffled order.
+  """
+  if groups is None:
+    return [[int(i)] for i in order]
+  if len(groups) != len(order):
+    raise ValueError(f"{len(groups)} group ids for {len(order)} examples")
+  units: dict[int, list[int]] = {}  # Insertion order: the first member's place.
+  for i in order:
+    units.setdefault(int(groups[i]), []).append(int(i))
+  return list(units.values())
+
+
 def split(examples: Sequence[Example], n_valid: int, seed: int,
-          stratify: bool = False, data_path: str | os.PathLike | None = None
-          ) -> tuple[list[Example], list[Example]]:
+          stratify: bool = False, data_path: str | os.PathLike | None = None,
+          groups: Sequence[int] | None = None) -> tuple[list[Example], list[Example]]:
   """Deterministic (train, valid) split with len(valid) == n_valid.
 
   Examples are shuffled with numpy's default_rng(seed); both lists keep the
   shuffled order. With `stratify`, valid gets each class in as close to the
   dataset's ratio as whole numbers allow. `data_path` names the dataset in
-  error messages (default: the source of the first example).
+  error messages (default: the source of the first example). `groups` (one id
+  per example) keeps each group on one side: valid takes whole groups, in
+  shuffled order, while they fit, so it may come out smaller than n_valid.
   """
   n = len(examples)
   name = os.fspath(data_path) if data_path is not None else (
@@ -61,20 +85,24 @@ def split(examples: Sequence[Example], n_valid: int, seed: int,
     raise UserError(f"-v {n_valid} is not smaller than the {n} examples"
                     f" in {name}")
   order = np.random.default_rng(seed).permutation(n)
-  if not stratify:
-    return ([examples[i] for i in order[n_valid:]],
-            [examples[i] for i in order[:n_valid]])
   labels = np.array([e.label for e in examples], dtype=bool)
-  quota = _valid_quota(labels, n_valid)
+  room = _valid_quota(labels, n_valid) if stratify else {True: n_valid, False: n_valid}
+  left = n_valid
   train, valid = [], []
-  for i in order:
-    c = bool(labels[i])
-    if quota[c] > 0:
-      quota[c] -= 1
-      valid.append(examples[i])
+  # Units in shuffled order go to valid while they fit (per class with stratify):
+  # without groups this is the first n_valid of the shuffle, or its stratified pick.
+  for unit in _units(order, groups):
+    need = {c: int(np.sum(labels[unit] == c)) for c in (True, False)}
+    if len(unit) <= left and all(need[c] <= room[c] for c in need):
+      valid += unit
+      left -= len(unit)
+      room = {c: room[c] - need[c] for c in room}
     else:
-      train.append(examples[i])
-  return train, valid
+      train += unit
+  if not valid:
+    raise UserError(f"-v {n_valid}: every group of duplicates in {name} is larger; "
+                    f"ask for more validation examples")
+  return [examples[i] for i in train], [examples[i] for i in valid]
 
 
 def class_counts(examples: Sequence[Example]) -> dict[str, int]:
@@ -88,33 +116,59 @@ def fold_name(i: int) -> str:
   return f"fold-{i}"
 
 
-def assign_folds(labels: Sequence[bool], k: int, seed: int, stratify: bool) -> np.ndarray:
-  """fold index (0..k-1) of each example; sizes differ by at most one.
+def assign_folds(labels: Sequence[bool], k: int, seed: int, stratify: bool,
+                 groups: Sequence[int] | None = None) -> np.ndarray:
+  """fold index (0..k-1) of each example; sizes differ by at most one (without groups).
 
   Without stratify: a seeded permutation dealt round-robin. With stratify:
   the shuffled yes examples then the shuffled no examples, dealt round-robin,
-  so each class is spread over the folds as evenly as possible too.
+  so each class is spread over the folds as evenly as possible too. With
+  `groups`, whole groups are dealt (mostly-yes groups first under stratify,
+  larger ones first within a class): each goes to the next fold, in round-robin
+  order, holding the fewest of its class (with stratify), then the fewest
+  examples. For single examples that rule is exactly the round-robin above.
   """
-  n = len(labels)
-  order = np.random.default_rng(seed).permutation(n)
-  if stratify:
-    y = np.asarray(labels, bool)[order]
-    order = np.concatenate([order[y], order[~y]])
-  folds = np.empty(n, np.int64)
-  folds[order] = np.arange(n) % k
+  y = np.asarray(labels, bool)
+  order = np.random.default_rng(seed).permutation(len(y))
+  units = _units(order, groups)
+  major = [2 * int(np.sum(y[u])) >= len(u) for u in units]  # The unit's majority class.
+  phases = [[u for u, m in zip(units, major) if m], [u for u, m in zip(units, major) if not m]]
+  if not stratify:
+    phases = [units]
+  folds = np.empty(len(y), np.int64)
+  size, per_class = np.zeros(k, np.int64), {c: np.zeros(k, np.int64) for c in (True, False)}
+  turn = 0
+  for phase in phases:
+    for unit in sorted(phase, key=len, reverse=True):  # Stable: ties keep shuffled order.
+      c = 2 * int(np.sum(y[unit])) >= len(unit)
+      cyclic = [(turn + j) % k for j in range(k)]
+      f = min(cyclic, key=lambda f: (per_class[c][f] if stratify else 0, size[f]))
+      folds[unit] = f
+      size[f] += len(unit)
+      per_class[True][f] += int(np.sum(y[unit]))
+      per_class[False][f] += len(unit) - int(np.sum(y[unit]))
+      turn = f + 1
   return folds
 
 
 def write_folds(examples: Sequence[Example], k: int, seed: int, stratify: bool,
-                out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
-  """Writes K (train, valid) JSONL pairs under out_dir; returns their paths."""
+                out_dir: str | os.PathLike, groups: Sequence[int] | None = None
+                ) -> list[tuple[Path, Path]]:
+  """Writes K (train, valid) JSONL pairs under out_dir; returns their paths.
+
+  `groups` (one id per example) keeps each group inside one fold (`assign_folds`).
+  """
   n = len(examples)
   name = examples[0].source if examples else os.fspath(out_dir)
   if k < 2:
     raise UserError(f"{name}: --folds {k} must be at least 2")
   if k > n:
     raise UserError(f"{name}: --folds {k} is more than the {n} examples")
-  folds = assign_folds([e.label for e in examples], k, seed, stratify)
+  n_units = n if groups is None else len({int(g) for g in groups})
+  if k > n_units:
+    raise UserError(f"{name}: --folds {k} is more than the {n_units} groups of duplicates "
+                    f"(the {n} examples, each group kept in one fold)")
+  folds = assign_folds([e.label for e in examples], k, seed, stratify, groups)
   out = Path(out_dir)
   pairs, counts = [], []
   for i in range(k):

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from palijudge.model.config import TINY_VOCAB
 from palijudge.errors import UserError, where
 from palijudge import files
+from palijudge.data import images
 from palijudge.data.examples import DEFAULT_PROMPT
 
 SPECIAL_IDS = dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3)
@@ -206,11 +207,14 @@ def _labels(n: int, seed: int, yes_fraction: float) -> np.ndarray:
 
 
 def make_dataset(out_dir: str | os.PathLike, n: int = 160, seed: int = 0,
-                 yes_fraction: float = 0.6) -> Path:
+                 yes_fraction: float = 0.6, duplicates: int = 0) -> Path:
   """Writes out_dir/images/*.{png,jpg,gif} and out_dir/data.jsonl.
 
   Rows look like {"prefix":"","suffix":"no","image":"images/NG_00001.png"};
-  images are ~75% PNG, ~20% JPEG (quality 90), ~5% static GIF.
+  images are ~75% PNG, ~20% JPEG (quality 90), ~5% static GIF. `duplicates`
+  more rows follow, as web ads repeat: variants (`VARIANTS`, in turn) of
+  randomly chosen earlier images, with their labels, named like
+  images/OK_00025-dup-of-00007-resized.png.
   """
   out = Path(out_dir)
   if n < 1 or not 0.0 <= yes_fraction <= 1.0:
@@ -224,6 +228,50 @@ def make_dataset(out_dir: str | os.PathLike, n: int = 160, seed: int = 0,
     files.write_bytes(out / name, _encode(make_image(rng, not yes), fmt))
     rows.append(json.dumps({"prefix": "", "suffix": "yes" if yes else "no",
                             "image": name}, separators=(",", ":")))
+  rows += _duplicate_rows(out, rows, duplicates, seed)
   path = out / "data.jsonl"
   files.write_bytes(path, ("\n".join(rows) + "\n").encode("utf-8"))
   return path
+
+
+# Variants of one image, as the same creative reappears on the web: an exact
+# copy, half the size, re-encoded as a low-quality JPEG, cropped by ~1 % a side
+# (1-3 pixels here), and the first frame of an animated GIF.
+VARIANTS = ("copy", "resized", "jpeg", "cropped", "gif")
+
+
+def variant(path: str | os.PathLike, kind: str, seed: int = 0) -> tuple[bytes, str]:
+  """(file bytes, extension) of a `kind` variant (see VARIANTS) of the image at `path`."""
+  if kind == "copy":
+    return Path(path).read_bytes(), Path(path).suffix.lstrip(".")
+  img = Image.fromarray(images.decode_rgb(path))
+  w, h = img.size
+  buf = io.BytesIO()
+  if kind == "resized":
+    img.resize((max(16, w // 2), max(16, h // 2)), Image.LANCZOS).save(buf, format="PNG")
+  elif kind == "jpeg":
+    img.save(buf, format="JPEG", quality=30)
+  elif kind == "cropped":
+    c = max(1, round(min(w, h) / 100))
+    img.crop((c, c, w - c, h - c)).save(buf, format="PNG")
+  elif kind == "gif":
+    other = make_image(np.random.default_rng((seed, 4)), False).resize((w, h))
+    img.save(buf, format="GIF", save_all=True, append_images=[other], duration=500, loop=0)
+  else:
+    raise ValueError(f"variant kind must be one of {VARIANTS}, got {kind!r}")
+  return buf.getvalue(), {"resized": "png", "jpeg": "jpg", "cropped": "png", "gif": "gif"}[kind]
+
+
+def _duplicate_rows(out: Path, rows: list[str], count: int, seed: int) -> list[str]:
+  """`count` JSONL rows of variants of randomly chosen rows among `rows` (their labels kept)."""
+  rng = np.random.default_rng((seed, 3))
+  added = []
+  for d in range(count):
+    src = json.loads(rows[int(rng.integers(len(rows)))])
+    kind = VARIANTS[d % len(VARIANTS)]
+    data, ext = variant(out / src["image"], kind, seed + d)
+    stem = Path(src["image"]).stem
+    name = (f"images/{stem[:2]}_{len(rows) + d + 1:05d}-dup-of-{stem[3:]}-{kind}.{ext}")
+    files.write_bytes(out / name, data)
+    added.append(json.dumps(dict(src, image=name), separators=(",", ":")))
+  return added

@@ -68,31 +68,44 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 def render_loss(steps: Sequence[int], loss: Sequence[float], lr: Sequence[float],
-                grad_norm: Sequence[float], path: str | os.PathLike, title: str = "") -> Path:
-  """Loss per step (log scale when it spans decades), lr and grad norm below."""
+                grad_norm: Sequence[float], path: str | os.PathLike, title: str = "",
+                stages: Sequence[str] | None = None) -> Path:
+  """Loss per step, one colour per stage (legend), log scale when it spans decades;
+  lr and grad norm below."""
   plt = _pyplot()
   fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
                                  gridspec_kw={"height_ratios": [2, 1]})
-  ax1.plot(steps, loss, lw=1, color="tab:blue")
-  finite = np.asarray(loss, np.float64)
-  finite = finite[np.isfinite(finite) & (finite > 0)]
+  x, y = np.asarray(steps, np.float64), np.asarray(loss, np.float64)
+  names = list(stages) if stages is not None and len(stages) == len(x) else [""] * len(x)
+  for i, stage in enumerate(dict.fromkeys(names)):
+    at = np.array([n == stage for n in names])
+    ax1.plot(x[at], y[at], lw=1, color=f"C{i}", label=stage or "loss")
+    ax2.plot(x[at], np.asarray(lr, np.float64)[at], lw=1, color=f"C{i}")
+  finite = y[np.isfinite(y) & (y > 0)]
   if finite.size and finite.max() / max(finite.min(), 1e-12) > 100:
     ax1.set_yscale("log")
   ax1.set_ylabel("loss")
   ax1.set_title(title or "training loss")
   ax1.grid(alpha=0.3)
-  ax2.plot(steps, lr, lw=1, color="tab:orange", label="lr")
+  if any(names):
+    ax1.legend(title="stage", fontsize=8)
   ax2.set_ylabel("lr")
   ax2.set_xlabel("step")
+  _integer_ticks(ax2.xaxis)
   if len(grad_norm) and np.any(np.isfinite(np.asarray(grad_norm, np.float64))):
     ax3 = ax2.twinx()
-    ax3.plot(steps, grad_norm, lw=0.8, color="tab:green", alpha=0.7)
-    ax3.set_ylabel("grad norm", color="tab:green")
+    ax3.plot(steps, grad_norm, lw=0.8, color="gray", alpha=0.6)
+    ax3.set_ylabel("grad norm", color="gray")
   return _save(fig, path)
 
 
-def render_roc(labels: Sequence[bool], scores: Sequence[float], path: str | os.PathLike
-               ) -> Path | None:
+def _integer_ticks(axis) -> None:
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
+  axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def render_roc(labels: Sequence[bool], scores: Sequence[float], path: str | os.PathLike,
+               title: str = "") -> Path | None:
   c = roc_curve(labels, scores)
   if c is None:
     return None
@@ -101,24 +114,25 @@ def render_roc(labels: Sequence[bool], scores: Sequence[float], path: str | os.P
   ax.plot(c.x, c.y, lw=1.5, label=f"AUC = {metrics.roc_auc(labels, scores):.4f}")
   ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
   ax.set(xlabel="false positive rate", ylabel="true positive rate (recall)",
-         title="ROC (yes = positive)", xlim=(0, 1), ylim=(0, 1.02))
+         title=title or "ROC (yes = positive)", xlim=(0, 1), ylim=(0, 1.02))
   ax.legend(loc="lower right")
   ax.grid(alpha=0.3)
   return _save(fig, path)
 
 
-def render_pr(labels: Sequence[bool], scores: Sequence[float], path: str | os.PathLike
-              ) -> Path | None:
+def render_pr(labels: Sequence[bool], scores: Sequence[float], path: str | os.PathLike,
+              title: str = "") -> Path | None:
+  """Step-wise, as average precision sums it: precision P_n holds on (R_n-1, R_n]."""
   c = pr_curve(labels, scores)
   if c is None:
     return None
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(4.5, 4.5))
   ap = metrics.average_precision(labels, scores)
-  ax.step(c.x, c.y, where="post", lw=1.5, label=f"AP = {ap:.4f}")
+  ax.step(c.x, c.y, where="pre", lw=1.5, label=f"AP = {ap:.4f}")
   base = float(np.mean(np.asarray(labels, bool)))
   ax.axhline(base, ls="--", color="gray", lw=0.8, label=f"share of yes = {base:.2f}")
-  ax.set(xlabel="recall", ylabel="precision", title="precision-recall (yes = positive)",
+  ax.set(xlabel="recall", ylabel="precision", title=title or "precision-recall (yes = positive)",
          xlim=(0, 1), ylim=(0, 1.02))
   ax.legend(loc="lower left")
   ax.grid(alpha=0.3)
@@ -144,18 +158,20 @@ def render_confusion(tp: int, tn: int, fp: int, fn: int, path: str | os.PathLike
 
 
 def render_histogram(labels: Sequence[bool], scores: Sequence[float], path: str | os.PathLike,
-                     threshold: float) -> Path:
-  """p(yes) histogram, one colour per true class, with the threshold."""
+                     threshold: float, title: str = "") -> Path:
+  """p(yes) by true class: the two classes side by side in each bin (no overlap hides one),
+  integer counts, the threshold marked."""
   plt = _pyplot()
   y = np.asarray(labels, bool)
   s = np.asarray(scores, np.float64)
-  fig, ax = plt.subplots(figsize=(6, 3.6))
-  bins = np.linspace(0, 1, 21)
-  ax.hist(s[y], bins=bins, alpha=0.6, label=f"label yes ({int(y.sum())})", color="tab:blue")
-  ax.hist(s[~y], bins=bins, alpha=0.6, label=f"label no ({int((~y).sum())})", color="tab:red")
+  fig, ax = plt.subplots(figsize=(6.5, 3.6))
+  bins = np.linspace(0, 1, 11 if len(s) < 200 else 21)
+  ax.hist([s[y], s[~y]], bins=bins, color=["tab:blue", "tab:red"], edgecolor="white",
+          label=[f"label yes ({int(y.sum())})", f"label no ({int((~y).sum())})"])
   ax.axvline(threshold, ls="--", color="black", lw=0.8, label=f"threshold {threshold:g}")
-  ax.set(xlabel="p(yes)", ylabel="examples", title="p(yes) by true class", xlim=(0, 1))
-  ax.legend()
+  ax.set(xlabel="p(yes)", ylabel="examples", title=title or "p(yes) by true class", xlim=(0, 1))
+  _integer_ticks(ax.yaxis)
+  ax.legend(fontsize=8)
   return _save(fig, path)
 
 
@@ -183,7 +199,8 @@ def render_history(numbers: Sequence[int], values: Sequence[float | None],
             color="tab:red", label="failed")
   if best_x:
     ax.step(best_x, best_y, where="post", color="tab:orange", label="best so far")
-  ax.set(xlabel="trial", ylabel=metric, title="study history")
+  ax.set(xlabel="trial", ylabel=metric, title=f"study history: {metric}")
+  _integer_ticks(ax.xaxis)
   ax.grid(alpha=0.3)
   if done or pruned or failed:
     ax.legend()

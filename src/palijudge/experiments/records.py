@@ -1,7 +1,8 @@
 """Run records: one folder per training run, fold or trial, under experiments/.
 
-  experiments/<run>/config.yaml        the complete resolved configuration
-  experiments/<run>/train_log.csv      step, lr, loss, grad_norm, seconds
+  experiments/<run>/config.yaml        the complete resolved configuration, and the run's
+                                       status: running, finished, interrupted or failed
+  experiments/<run>/train_log.csv      stage, step, lr, loss, grad_norm, seconds (streamed)
   experiments/<run>/eval_metrics.json  {stage: metrics}, merged stage by stage
   experiments/<run>/predictions.jsonl  image, label, p_yes, pred per example
   experiments/<run>/summary.md         a short human summary
@@ -15,6 +16,7 @@ records (experiments/<run>/fold-1/...); its own eval_metrics.json holds the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -35,7 +37,8 @@ from palijudge.metrics import DEFAULT_THRESHOLD
 
 CONFIG, LOG, METRICS, PREDICTIONS, SUMMARY = (
     "config.yaml", "train_log.csv", "eval_metrics.json", "predictions.jsonl", "summary.md")
-LOG_FIELDS = ("step", "lr", "loss", "grad_norm", "seconds")
+LOG_FIELDS = ("stage", "step", "lr", "loss", "grad_norm", "seconds")
+STATUSES = ("running", "finished", "interrupted", "failed")
 PLOTS = {"loss": "loss.png", "roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png",
          "hist": "p_yes_hist.png"}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -59,7 +62,9 @@ def plain(value: Any) -> Any:
 
 
 def unique_name(root: Path, name: str | None) -> Path:
-  """Creates and returns root/<name>, or root/<name>-2, -3, ... if taken.
+  """Creates and returns root/<name>, or root/<name>.2, .3, ... if taken.
+
+  (Not -2: a folder name must never read like 03-do_learn.py's -2 flag.)
 
   Without a name: a timestamp (20250101-120000). Created with mkdir, so two
   processes never get the same folder.
@@ -68,7 +73,7 @@ def unique_name(root: Path, name: str | None) -> Path:
   base = base or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   root.mkdir(parents=True, exist_ok=True)
   for i in range(1, 10_000):
-    path = root / (base if i == 1 else f"{base}-{i}")
+    path = root / (base if i == 1 else f"{base}.{i}")
     try:
       path.mkdir()
       return path
@@ -108,11 +113,12 @@ class RunRecord:
     return files.write_text(self.file(CONFIG), text)
 
   def log_step(self, step: int, lr: float, loss: float, grad_norm: float | None = None,
-               seconds: float | None = None) -> None:
-    """Appends one row to train_log.csv (header first) and flushes."""
+               seconds: float | None = None, stage: str = "") -> None:
+    """Appends one row to train_log.csv (header first) and flushes: called as steps happen,
+    so a killed run keeps its log up to the last step."""
     path = self.file(LOG)
     new = not path.exists() or path.stat().st_size == 0
-    row = [int(step), _num(lr), _num(loss), _num(grad_norm), _num(seconds)]
+    row = [stage, int(step), _num(lr), _num(loss), _num(grad_norm), _num(seconds)]
     with open(path, "a", encoding="utf-8", newline="") as f:
       w = csv.writer(f)
       if new:
@@ -132,9 +138,45 @@ class RunRecord:
     lines = [json.dumps(plain(r), ensure_ascii=False) + "\n" for r in rows]
     return files.write_text(self.file(PREDICTIONS), "".join(lines))
 
+  def write_run_summary(self, blocks: str = "") -> Path:
+    """summary.md of a training run (see `run_summary`), with its Result blocks."""
+    return self.write_summary(run_summary(self, blocks))
+
   def write_summary(self, content: str | dict[str, Any]) -> Path:
     text = content if isinstance(content, str) else summary_markdown(self.name, content)
     return files.write_text(self.file(SUMMARY), text if text.endswith("\n") else text + "\n")
+
+  @contextlib.contextmanager
+  def running(self):
+    """Marks the run in config.yaml: running (with pid) while inside, then finished, or
+    interrupted (Ctrl-C) or failed (with the error's first line) on the way out. A run
+    killed outright stays `running` with a pid that is gone: see `status`."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    self.write_config({"status": "running", "pid": os.getpid(),
+                       "started": started.isoformat(timespec="seconds")}, merge=True)
+    outcome, error = "finished", None
+    try:
+      yield self
+    except KeyboardInterrupt:
+      outcome = "interrupted"
+      raise
+    except BaseException as e:
+      outcome, error = "failed", (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise
+    finally:
+      seconds = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+      with contextlib.suppress(UserError, OSError):  # Never mask the run's own error.
+        self.write_config({"status": outcome, "seconds": round(seconds, 1),
+                           **({"error": error} if error else {})}, merge=True)
+
+  def status(self) -> str:
+    """finished / interrupted / failed / running, or killed (running, its process gone);
+    "" for records written before statuses existed."""
+    cfg = self.config()
+    status = cfg.get("status") if cfg.get("status") in STATUSES else ""
+    if status == "running" and isinstance(cfg.get("pid"), int) and not files.pid_alive(cfg["pid"]):
+      return "killed"
+    return status
 
   # Reading.
   def config(self) -> dict[str, Any]:
@@ -162,7 +204,9 @@ class RunRecord:
     if not path.exists():
       return []
     with open(path, encoding="utf-8", newline="") as f:
-      return [{k: finite(r.get(k)) for k in LOG_FIELDS} for r in csv.DictReader(f)]
+      return [{"stage": r.get("stage") or "",
+               **{k: finite(r.get(k)) for k in LOG_FIELDS if k != "stage"}}
+              for r in csv.DictReader(f)]
 
   def predictions(self) -> list[dict[str, Any]]:
     path = self.file(PREDICTIONS)
@@ -188,7 +232,8 @@ class RunRecord:
     if log:
       col = lambda k: [r[k] if r[k] is not None else math.nan for r in log]
       out.append(plots.render_loss(col("step"), col("loss"), col("lr"), col("grad_norm"),
-                                   self.file(PLOTS["loss"]), f"training loss: {self.name}"))
+                                   self.file(PLOTS["loss"]), f"training loss: {self.name}",
+                                   stages=[r["stage"] for r in log]))
     rows = [r for r in self.predictions() if finite(r.get("p_yes")) is not None]
     if rows:
       out += self._prediction_plots(rows, threshold)
@@ -204,16 +249,65 @@ class RunRecord:
     tn = sum(not y and not p for y, p in zip(labels, preds))
     fp = sum(p and not y for y, p in zip(labels, preds))
     fn = sum(y and not p for y, p in zip(labels, preds))
-    made = [plots.render_roc(labels, scores, self.file(PLOTS["roc"])),
-            plots.render_pr(labels, scores, self.file(PLOTS["pr"])),
+    about = self.config().get("predictions_of")
+    about = f"{about} ({self.name})" if isinstance(about, str) and about else self.name
+    made = [plots.render_roc(labels, scores, self.file(PLOTS["roc"]), f"ROC: {about}"),
+            plots.render_pr(labels, scores, self.file(PLOTS["pr"]),
+                            f"precision-recall: {about}"),
             plots.render_confusion(tp, tn, fp, fn, self.file(PLOTS["confusion"]),
-                                   f"confusion: {self.name}"),
-            plots.render_histogram(labels, scores, self.file(PLOTS["hist"]), thr)]
+                                   f"confusion at {thr:g}: {about}"),
+            plots.render_histogram(labels, scores, self.file(PLOTS["hist"]), thr,
+                                   f"p(yes) by true class: {about}")]
     return [p for p in made if p is not None]
 
   def plot_files(self) -> dict[str, Path]:
     """The PNGs that exist, by kind (loss, roc, pr, confusion, hist)."""
     return {k: self.file(v) for k, v in PLOTS.items() if self.file(v).exists()}
+
+
+_SUMMARY_COLUMNS = (("n", "n"), ("accuracy", "accuracy"), ("precision", "precision"),
+                    ("recall", "recall"), ("F", "f_measure"), ("ROC-AUC", "auc"),
+                    ("Brier", "brier"), ("ECE", "ece"))
+
+
+def run_summary(record: RunRecord, blocks: str = "") -> str:
+  """summary.md of a training run, from the record's own files: what ran on what, how it did."""
+  cfg = record.config()
+  recipe = cfg.get("train_config") if isinstance(cfg.get("train_config"), dict) else {}
+  loss = recipe.get("loss") if isinstance(recipe.get("loss"), dict) else {}
+  facts = [("status", record.status()), ("command", f"`{cfg['command']}`" if cfg.get("command") else ""),
+           ("dataset", cfg.get("dataset")), ("model", cfg.get("model")),
+           ("weights", cfg.get("weights")), ("checkpoint", cfg.get("checkpoint")),
+           ("recipe", ", ".join(f"{k} {recipe[k]}" for k in ("lr", "batch_size", "steps",
+                                                            "trainable", "optimizer", "seed")
+                                if k in recipe) + (f", loss {loss.get('kind')}" if loss else "")),
+           ("predictions", cfg.get("predictions_of"))]
+  lines = [f"# {record.name}", ""] + [f"- **{k}**: {v}" for k, v in facts if v] + [""]
+  rows = [(stage, name, m) for stage, sets in record.eval_metrics().items()
+          if isinstance(sets, dict) for name, m in sets.items()
+          if isinstance(m, dict) and "tp" in m]
+  if rows:
+    lines += ["## Metrics (95 % intervals in brackets)", "",
+              "| stage | set | " + " | ".join(c for c, _ in _SUMMARY_COLUMNS) + " |",
+              "|---|---|" + "---:|" * len(_SUMMARY_COLUMNS)]
+    lines += [f"| {stage} | {name} | " + " | ".join(_cell(m, key) for _, key in _SUMMARY_COLUMNS)
+              + " |" for stage, name, m in rows]
+    lines.append("")
+  if blocks:
+    lines += ["## Result blocks", "", "```", blocks.rstrip("\n"), "```", ""]
+  return "\n".join(lines)
+
+
+def _cell(m: dict[str, Any], key: str) -> str:
+  value = finite(m.get(key))
+  if value is None:
+    return "-"
+  if key == "n":
+    return str(int(value))
+  ci = m.get(f"{key}_ci")
+  if isinstance(ci, list) and len(ci) == 2 and all(finite(v) is not None for v in ci):
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+  return f"{value:.3f}" if key not in ("brier", "ece") else f"{value:.4f}"
 
 
 def summary_markdown(name: str, content: dict[str, Any]) -> str:

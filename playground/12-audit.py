@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Leakage audit: the same image (or nearly) within and across sets, before training.
+
+  ./12-audit.py -d set1                                 # dataset/set1/{train,valid,test}.jsonl
+  ./12-audit.py -d cv5                                  # the folds' valid files, fold-1 ...
+  ./12-audit.py train=a.jsonl valid=b.tsv extra=safe.jsonl [--embeddings --model M]
+
+Finds copies (same file content, sha256), near-duplicates by perceptual hash
+(pHash and dHash both within --hash-bits) and, with --embeddings, by cosine
+similarity of the frozen vision encoder's pooled image embeddings (--cosine).
+Prints each group (which method joined which pair), writes an HTML page with
+thumbnails (--html), and exits:
+  0  no group spans two sets
+  1  a leak: some group spans two sets (with --strict also any duplicate within
+     a set and any group whose labels disagree)
+  2  bad input (one line naming the file)
+"""
+import _env  # noqa: F401  (runs this script with the project's .venv)
+from palijudge import cli
+
+
+def flags():
+  p = cli.parser(__doc__)
+  p.add_argument("files", nargs="*", metavar="[NAME=]FILE",
+                 help=".jsonl or .tsv sets (name: the file's name without suffix)")
+  p.add_argument("-d", "--split", metavar="NAME", help="the split or folds under dataset/NAME/")
+  cli.add_root_flag(p)
+  p.add_argument("--html", help="the page of thumbnails (default: experiments/audit.html)")
+  p.add_argument("--strict", action="store_true",
+                 help="exit 1 on any duplicate or label conflict, not only on leaks across sets")
+  p.add_argument("--show", type=int, default=30, metavar="N",
+                 help="print at most N groups (leaks first); the page shows all")
+  cli.add_audit_flags(p)
+  cli.add_model_flags(p)
+  return p
+
+
+def _named(specs, project) -> list:
+  """[(name, path)] of NAME=FILE or FILE arguments; names default to the file's stem."""
+  import os
+  pairs = []
+  for spec in specs:
+    name, sep, path = spec.partition("=")
+    if not sep or os.path.exists(spec):
+      name, path = "", spec
+    pairs.append((name.strip(), project.find(path.strip())))
+  stems = [os.path.splitext(os.path.basename(p))[0] for _, p in pairs]
+  return [(n or (s if stems.count(s) == 1 else p), p) for (n, p), s in zip(pairs, stems)]
+
+
+def _split_files(name: str, project) -> list:
+  """[(set name, path)] of dataset/NAME: the folds' valid files, or train/valid/test."""
+  from palijudge import files
+  from palijudge.data import splits
+  folder = files.inside(name, project.dataset, "-d")
+  if (folder / splits.MANIFEST).is_file():
+    return [(va.parent.name, va) for _, va in splits.fold_paths(folder)]
+  found = [(s, folder / f"{s}.{ext}") for s in ("train", "valid", "test") for ext in ("jsonl", "tsv")
+           if (folder / f"{s}.{ext}").is_file()]
+  if not found:
+    raise cli.UserError(f"{files.shown(folder)}: no train/valid/test .jsonl or .tsv files here")
+  return found
+
+
+def main(args, project):
+  from palijudge import files, gallery
+  from palijudge.data import audit, examples
+  named = (_split_files(args.split, project) if args.split else []) + _named(args.files, project)
+  if args.show < 0:
+    raise cli.UserError(f"--show {args.show}: expected 0 or more")
+  if not named:
+    raise cli.UserError("give dataset files ([NAME=]FILE ...) or -d NAME")
+  names = [n for n, _ in named]
+  if len(set(names)) != len(names):
+    raise cli.UserError(f"set names repeat ({', '.join(names)}): name them, e.g. train=FILE")
+  html = project.find(args.html) if args.html else str(project.experiments / "audit.html")
+  files.check_writable(html, "--html page")
+  root = cli.data_root(args, project)
+  found = cli.run_audit(args, project, {n: examples.read_examples(p, root) for n, p in named})
+  for line in audit.report(found, limit=args.show):
+    print(line)
+  print(f"page: {files.shown(gallery.write_audit(html, found, 'Duplicate audit: ' + ', '.join(names)))}")
+  bad = found.leaks or (args.strict and (found.groups or found.conflicts))
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  cli.run(main, __file__, flags)
