@@ -37,6 +37,22 @@ def test_runs_keep_the_best_by_the_chosen_metric(tiny_lm, tiny_examples, tmp_pat
   assert meta["train_config"]["seed"] == 1000 * best
   assert learn.selection_score(result.after["valid"], "auc") == pytest.approx(scores[best],
                                                                               abs=1e-4)
+  # The spread over the runs, each run's interval, and whether the winner's lead is noise.
+  assert sum(l.startswith("valid auc over 3 runs: mean ") for l in logs) == 1
+  assert sum(l.startswith("  run ") and "  95% interval " in l for l in logs) == 3
+  lead = next(l for l in logs if l.startswith("lead of run "))
+  assert lead.startswith(f"lead of run {best + 1} over run ") and "exact McNemar p = " in lead
+
+
+def test_a_run_record_gets_intervals_and_a_summary(tiny_lm, tiny_examples, tmp_path):
+  from palijudge.experiments import records
+  _, tr, va = tiny_examples
+  rec = records.RunRecord(tmp_path / "exp", "r")
+  learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
+              evaluate.EvalConfig().resolved(), names=NAMES, record=rec, log=_quiet)
+  valid = rec.eval_metrics()["after training"]["valid"]
+  assert len(valid["accuracy_ci"]) == 2 and valid["accuracy_ci"][0] <= valid["accuracy"]
+  assert rec.summary().count("  95% interval: accuracy [") == 3  # all, train, valid.
 
 
 def test_two_stages_run_the_second_at_a_tenth_of_the_rate(tiny_lm, tiny_examples):
@@ -218,3 +234,18 @@ def test_train_file_continues_a_delta_records_its_parent_and_finds_a_moved_base(
   for name, leaf in params_lib.flatten(trained.params).items():
     np.testing.assert_array_equal(np.asarray(leaf),
                                   np.asarray(params_lib.flatten(again.params)[name]), err_msg=name)
+
+
+def test_replacing_a_checkpoint_is_announced_before_the_work(tmp_path):
+  logs = []
+  target = tmp_path / "ck" / "x.npz"
+  learn._prepare_save(str(target), logs.append)
+  assert logs == []  # Nothing there yet.
+  checkpoint.write_npz(str(target), [], {"saved": "2026-11-27T14:00:00+00:00"})
+  (target.parent / f".x.npz.{2**22 + 7}.abc.tmp").write_bytes(b"half")  # a killed save's
+  learn._prepare_save(str(target), logs.append)
+  assert logs[0].startswith("removed .x.npz.")
+  assert logs[1] == f"warning: {target} (saved 2026-11-27 14:00:00) exists and will be replaced when this run saves"
+  target.write_bytes(b"not a checkpoint")
+  learn._prepare_save(str(target), logs.append)
+  assert logs[-1].startswith("warning: ") and "(saved" not in logs[-1]

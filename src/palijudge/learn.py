@@ -167,9 +167,7 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid,
           **(extra_sets or {})}
   if save_to and distributed.is_main():  # Process 0 alone writes (see distributed).
-    files.check_writable(save_to, "checkpoint")
-    for name in files.sweep_stale(os.path.dirname(os.path.abspath(save_to))):
-      log(f"removed {name}, left by a save that was killed")
+    _prepare_save(save_to, log)
   if lcfg.keep == "all":
     _prepare_run_files(save_to, lcfg.runs, log)
   cache = PixelCache()
@@ -322,14 +320,27 @@ def save(lm: LoadedModel, tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: L
     os.remove(state_path)  # The run finished: its periodic state is obsolete.
 
 
+def _prepare_save(save_to: str, log: Log) -> None:
+  """Before any work: the checkpoint can be written, a killed save's leftovers are gone, and
+  replacing an existing checkpoint is said out loud."""
+  files.check_writable(save_to, "checkpoint")
+  for name in files.sweep_stale(os.path.dirname(os.path.abspath(save_to))):
+    log(f"removed {name}, left by a save that was killed")
+  if os.path.exists(save_to):
+    try:
+      saved = checkpoint.read_meta(save_to).get("saved")
+    except UserError:  # Not a checkpoint we can read: replaced all the same.
+      saved = None
+    when = f" (saved {saved[:19].replace('T', ' ')})" if isinstance(saved, str) else ""
+    log(f"warning: {files.shown(save_to)}{when} exists and will be replaced when this run saves")
+
+
 def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfig,
                ecfg: EvalConfig, save_to: str, *, parent: str | None = None, full: bool = False,
                log: Log = print) -> LoadedModel:
   """15-train.py: one stage on one data file, saved (no evaluation: 13/14 judge it after)."""
   if distributed.is_main():
-    files.check_writable(save_to, "checkpoint")
-    for name in files.sweep_stale(os.path.dirname(os.path.abspath(save_to))):
-      log(f"removed {name}, left by a save that was killed")
+    _prepare_save(save_to, log)
   log(f"training on {len(examples)} examples: lr {tcfg.lr:g}, batch {tcfg.batch_size}"
       f"{f' x {tcfg.accum}' if tcfg.accum > 1 else ''}, {tcfg.steps} steps, "
       f"trainable {tcfg.trainable}, {tcfg.optimizer}, seed {tcfg.seed}")
