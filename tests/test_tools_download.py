@@ -144,10 +144,49 @@ def test_http_401_from_text_paligemma2(monkeypatch, tmp_path, creds):
   assert "kaggle.com/models/google/paligemma-2" in str(e.value)
 
 
-def test_network_error(monkeypatch, tmp_path, creds):
-  _fake_kagglehub(monkeypatch, _raise(ConnectionError("Name resolution failed")))
-  with pytest.raises(UserError, match="Name resolution failed"):
+class NameResolutionError(OSError):
+  """Named as urllib3's: the innermost cause of a requests ConnectionError."""
+
+
+class MaxRetryError(Exception):
+  pass
+
+
+def _requests_style_failure() -> Exception:
+  """What requests raises when DNS fails: a ConnectionError wrapping urllib3's errors."""
+  try:
+    try:
+      raise NameResolutionError("<urllib3.connection.HTTPSConnection>: Failed to resolve "
+                                "'www.kaggle.com' ([Errno -3] Temporary failure in name resolution)")
+    except NameResolutionError as e:
+      raise MaxRetryError("HTTPSConnectionPool(host='www.kaggle.com', port=443): Max retries "
+                          "exceeded with url: /api/v1/models") from e
+  except MaxRetryError as e:
+    err = ConnectionError(str(e))
+    err.__cause__ = e
+    return err
+
+
+def test_network_error_says_network_and_what_to_check(monkeypatch, tmp_path, creds):
+  _fake_kagglehub(monkeypatch, _raise(_requests_style_failure()))
+  with pytest.raises(UserError) as e:
     download.download_model(NAME, tmp_path / "cache")
+  msg = str(e.value)
+  assert msg.startswith("network error while downloading google/paligemma")
+  assert "cannot resolve the server's name (DNS)" in msg and "HTTPS_PROXY" in msg
+  assert "HTTPSConnectionPool" not in msg and "\n" not in msg
+  _fake_kagglehub(monkeypatch, _raise(TimeoutError("timed out")))
+  with pytest.raises(UserError, match="network error.*the connection timed out"):
+    download.download_model(NAME, tmp_path / "cache")
+  _fake_kagglehub(monkeypatch, _raise(ValueError("bad archive")))  # not the network
+  with pytest.raises(UserError, match="could not download .*: bad archive"):
+    download.download_model(NAME, tmp_path / "cache")
+
+
+def test_url_network_error(tmp_path):
+  with pytest.raises(UserError, match=r"network error while downloading http://127\.0\.0\.1:9/"
+                                      r"t\.model: the connection was refused.*127\.0\.0\.1:9"):
+    download.fetch_resumable("http://127.0.0.1:9/t.model", tmp_path / "t.model", progress=False)
 
 
 def test_unknown_model(tmp_path):

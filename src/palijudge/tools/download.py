@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -80,8 +81,57 @@ def _status_code(err: BaseException) -> int | None:
   return int(m.group(1)) if m else None
 
 
+_NETWORK = (("name resolution", "cannot resolve the server's name (DNS)"),
+            ("name or service not known", "cannot resolve the server's name (DNS)"),
+            ("nodename nor servname", "cannot resolve the server's name (DNS)"),
+            ("getaddrinfo", "cannot resolve the server's name (DNS)"),
+            ("timed out", "the connection timed out"), ("timeout", "the connection timed out"),
+            ("connection refused", "the connection was refused"),
+            ("network is unreachable", "the network is unreachable"),
+            ("proxy", "the proxy failed"), ("ssl", "the TLS (SSL) handshake failed"),
+            ("max retries exceeded", "the server could not be reached"),
+            ("connection reset", "the connection was reset"),
+            ("remote end closed", "the connection was closed"))
+_NETWORK_TYPES = ("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutError",
+                  "MaxRetryError", "NewConnectionError", "NameResolutionError", "ProxyError",
+                  "SSLError", "gaierror", "URLError", "RemoteDisconnected")
+
+
+def network_problem(err: BaseException) -> str | None:
+  """What went wrong, in words, when `err` (or what caused it) is a network failure; else None.
+
+  requests/urllib3 wrap the cause several levels deep, with a message such as
+  "HTTPSConnectionPool(host=...): Max retries exceeded ... NameResolutionError(...)".
+  """
+  chain = list(_causes(err))
+  if not any(type(e).__name__ in _NETWORK_TYPES for e in chain):
+    return None
+  text = " ".join(str(e) for e in chain).lower()
+  return next((what for key, what in _NETWORK if key in text), "the connection failed")
+
+
+def _causes(err: BaseException | None):
+  """err, then what caused it (__cause__, __context__, urllib's .reason), each once."""
+  seen = set()
+  while err is not None and id(err) not in seen:
+    seen.add(id(err))
+    yield err
+    reason = getattr(err, "reason", None)
+    err = err.__cause__ or err.__context__ or (reason if isinstance(reason, BaseException)
+                                               else None)
+
+
+def network_error(what: str, host: str, problem: str) -> UserError:
+  return UserError(f"network error while {what}: {problem}. Check the internet connection, "
+                   f"any proxy (HTTPS_PROXY) or firewall, and that {host} is reachable; then run "
+                   f"the same command again (finished files are kept)")
+
+
 def _download_error(err: Exception, handle: str) -> UserError:
   """Maps a kagglehub exception to a one-line UserError."""
+  problem = network_problem(err)
+  if problem:
+    return network_error(f"downloading {handle} from Kaggle", "www.kaggle.com", problem)
   code = _status_code(err)
   if code in (401, 403):
     return UserError(f"Kaggle refused access (HTTP {code}): accept the "
@@ -210,6 +260,10 @@ def fetch_resumable(url: str, dst: Path, progress: bool = True, _retry: bool = T
       return fetch_resumable(url, dst, progress, _retry=False)
     raise _http_error(url, e.code) from None
   except (OSError, http.client.HTTPException) as e:
+    problem = network_problem(e)
+    if problem:
+      raise network_error(f"downloading {url}", urllib.parse.urlsplit(url).netloc or url,
+                          problem) from None
     raise UserError(f"{url}: {getattr(e, 'reason', None) or e}") from None
   with resp:
     have = have if resp.status == 206 else 0  # A server that ignores Range starts over.
@@ -245,6 +299,10 @@ def _from_hub(token: str | None) -> Path:
   try:
     return Path(hub.hf_hub_download(HF_REPO, HF_FILE, token=token))
   except Exception as e:  # HfHubHTTPError, GatedRepoError, network errors...
+    problem = network_problem(e)
+    if problem:
+      raise network_error(f"downloading the tokenizer from {at}", "huggingface.co",
+                          problem) from None
     code = _status_code(e)
     if code in (401, 403) or "Gated" in type(e).__name__:
       raise UserError(f"{at}: access refused (HTTP {code or 403}): accept the licence at "
