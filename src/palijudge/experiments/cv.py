@@ -6,7 +6,10 @@ with one run record per fold; `cv_objective` is what `06-tune.py run` calls
 for each trial.
 
 The CV score is the mean of one metric over the folds; its spread is the
-population standard deviation (ddof=0, as `numpy.std`).
+population standard deviation (ddof=0, as `numpy.std`), the lowest and the
+highest fold, and a 95 % Student t interval of the mean (`stats.spread`).
+The folds share most of their training data, so the folds' values are not
+independent and the t interval is, if anything, too narrow.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from palijudge import learn, loader, losses, predictions
+from palijudge import learn, loader, losses, predictions, stats
 from palijudge import train as train_lib
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
@@ -47,6 +50,10 @@ class CVSummary:
   folds: list[float]
   means: dict[str, float]
   stds: dict[str, float]
+  fold_min: float | None = None
+  fold_max: float | None = None
+  interval: tuple[float, float] | None = None  # 95 % t interval of the mean; None: 1 fold.
+  one_class: str | None = None  # "yes"/"no": every prediction of every fold was that answer
 
   def to_dict(self) -> dict[str, Any]:
     """The `cv` block of eval_metrics.json (what the report reads)."""
@@ -57,10 +64,23 @@ class CVSummary:
     folds = "  ".join(f"fold {i}: {v:.4f}" for i, v in enumerate(self.folds, 1))
     lines = [f"CV {self.metric} ({len(self.folds)} folds): {self.score:.4f} +- {self.std:.4f}",
              f"  {folds}"]
+    if self.fold_min is not None:
+      iv = "n/a" if self.interval is None else stats.Interval(*self.interval).text(4)
+      lines.append(f"  spread: min {self.fold_min:.4f}  max {self.fold_max:.4f}  "
+                   f"{stats.percent()} t-interval of the mean {iv}")
     for m in METRICS:
       if m in self.means:
         lines.append(f"  {m + ':':11s}{self.means[m]:.4f} +- {self.stds[m]:.4f}")
+    if self.warning():
+      lines.append(f"  warning: {self.warning()}")
     return "\n".join(lines)
+
+  def warning(self) -> str:
+    """Why the score may flatter the model ("" when nothing is suspect)."""
+    if not self.one_class:
+      return ""
+    return (f"every prediction was {self.one_class!r}, a constant answer whatever the score "
+            f"(on 85% yes data, always 'yes' scores F-measure 0.92)")
 
 
 def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure") -> CVSummary:
@@ -74,12 +94,24 @@ def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure")
     raise UserError(f"CV metric {metric} missing or not finite in fold(s) {missing}")
   values = [float(m[metric]) for m in fold_metrics]
   score, std = cv_score(values)
+  spread = stats.spread(values)
   means, stds = {}, {}
   for name in METRICS:
     vals = [finite(m.get(name)) for m in fold_metrics]
     if all(v is not None for v in vals):
       means[name], stds[name] = cv_score(vals)
-  return CVSummary(metric, score, std, values, means, stds)
+  iv = None if spread.interval is None else (spread.interval.low, spread.interval.high)
+  return CVSummary(metric, score, std, values, means, stds, spread.low, spread.high, iv,
+                   _one_class(fold_metrics))
+
+
+def _one_class(fold_metrics: Sequence[dict[str, Any]]) -> str | None:
+  """"yes" or "no" when the folds' confusion counts hold predictions of that class only."""
+  if not all({"tp", "fp", "tn", "fn"} <= set(m) for m in fold_metrics):
+    return None
+  yes = sum(m["tp"] + m["fp"] for m in fold_metrics)
+  no = sum(m["tn"] + m["fn"] for m in fold_metrics)
+  return "yes" if yes and not no else "no" if no and not yes else None
 
 
 
@@ -134,5 +166,8 @@ def cv_objective(config: dict, cv_name: str, report, *, model: str | None, root:
   tcfg, prompt = trial_config(config)
   lm = loader.load(loader.resolve(model, cache_dir=cache_dir), trainable=tcfg.trainable)
   folds = splits.fold_paths(os.path.join(root, cv_name))
-  return cv_learn(lm, folds, tcfg, EvalConfig(prompt=prompt), root=root, metric=report.metric,
-                  record=report.record, report=report, log=log).score
+  summary = cv_learn(lm, folds, tcfg, EvalConfig(prompt=prompt), root=root,
+                     metric=report.metric, record=report.record, report=report, log=log)
+  if summary.warning():
+    report.warn(summary.warning())
+  return summary.score

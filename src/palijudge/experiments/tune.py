@@ -1,21 +1,30 @@
 """Hyper-parameter search on ~10 trials a week (Optuna), resumable across days: the baseline
-first, then TPE; per-fold values prune bad trials; a trial that raises is FAIL, the rest go on."""
+first, then TPE; per-fold values prune bad trials; a trial that raises is FAIL, the rest go on.
+
+Several workers (one per GPU) may share one study in SQLite or PostgreSQL: concurrent first
+workers retry the schema creation, the planned trials are enqueued once, and a trial whose
+worker stops sending heartbeats (killed, host lost) becomes FAIL and is run again."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import math
+import random
 import shlex
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import sqlalchemy
 import yaml
-from optuna.trial import TrialState
+from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize uses
+from optuna.trial import FrozenTrial, TrialState
 
 from palijudge.evaluate import DEFAULT_PROMPT
+from palijudge.loader import DEFAULT_MODEL
 from palijudge.experiments.cv import METRICS
 from palijudge.losses import LossConfig
 from palijudge.train import TrainConfig
@@ -25,6 +34,12 @@ from palijudge.experiments.records import RunRecord
 DEFAULT_STORAGE = "study.db"  # Under the experiments folder.
 DEFAULT_STUDY = "palijudge"
 STARTUP_TRIALS = 3
+# A running trial's worker writes a heartbeat every HEARTBEAT_S; a trial without one for
+# GRACE_S is FAIL (its worker is gone) and re-enqueued with its params, MAX_RETRIES times.
+HEARTBEAT_S, GRACE_S, MAX_RETRIES = 60, 300, 2
+STALE_REASON = "no heartbeat: its worker stopped (killed, or its host lost)"
+OPEN_TRIES = 6  # concurrent first workers racing on schema creation: retries with jitter
+PLAN_WAIT_S = 30.0  # how long other workers wait for the first one to enqueue the plan
 
 
 def _defaults() -> dict[str, Any]:
@@ -162,32 +177,122 @@ def suggest(trial: optuna.trial.BaseTrial, space: Space) -> dict[str, Any]:
   return cfg
 
 
-def to_command(config: dict[str, Any], cv: str | None = None,
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """What every trial of a study trains and scores: the base model, the CV folds and metric
+  (recorded in the study), and the dataset root (`--root`, None: the project's dataset/)."""
+  model: str | None = None  # None: DEFAULT_MODEL, or the study's
+  cv: str | None = None
+  metric: str = "f_measure"
+  root: str | None = None
+
+
+def to_command(config: dict[str, Any], target: Target = Target(),
                script: str = "playground/03-do_learn.py") -> str:
-  """The 03-do_learn.py command line that trains `config` (shell-quoted)."""
-  args = ["python", script] + (["--cv", cv] if cv else [])
-  for key in (k for k in FLAGS if k in config):
+  """The 03-do_learn.py command line that trains `config` (shell-quoted): the model first,
+  then the folds, and every setting that differs from 03-do_learn.py's defaults."""
+  args = ["python", script, "--model", target.model or DEFAULT_MODEL]
+  args += ["--cv", target.cv] if target.cv else []
+  args += ["--cv-metric", target.metric] if target.cv and target.metric != "f_measure" else []
+  args += ["--root", target.root] if target.root else []
+  for key in (k for k in FLAGS if k in config and config[k] != DEFAULTS[k]):
     args += [FLAGS[key], repr(config[key]) if isinstance(config[key], float) else str(config[key])]
   return shlex.join(args)
 
 
+def bind(study: optuna.Study, target: Target) -> Target:
+  """`target` checked against the study's model, CV set and metric (recorded by its first run
+  or ask; an unset model or CV set is taken from the study): scores on other folds, of another
+  model or by another metric would not compare, so a mismatch is refused."""
+  attrs = study.user_attrs
+  model = os.path.normpath(target.model) if target.model else attrs.get("model", DEFAULT_MODEL)
+  cv = target.cv or attrs.get("cv")
+  for key, value in (("model", model), ("cv", cv), ("metric", target.metric)):
+    if attrs.get(key) not in (None, value):
+      raise UserError(f"study {study.study_name!r} searches {attrs.get('model')} on "
+                      f"{attrs.get('cv')} by {attrs.get('metric', 'f_measure')}, not {key} "
+                      f"{value}: use its --model/--cv/space, or another --study")
+    if value is not None and key not in attrs:
+      study.set_user_attr(key, value)
+  return dataclasses.replace(target, model=model, cv=cv)
+
+
+def storage_url(storage: str | None, root: str | os.PathLike = "experiments") -> str:
+  """The SQLAlchemy URL of a --storage value: a file path is SQLite (default root/study.db);
+  plain postgresql:// (or postgres://) URLs use the installed driver, psycopg 3."""
+  url = storage or os.path.join(root, DEFAULT_STORAGE)
+  scheme, sep, rest = url.partition("://")
+  if not sep:
+    return f"sqlite:///{url}"
+  return f"postgresql+psycopg://{rest}" if scheme in ("postgresql", "postgres") else url
+
+
+def _racing(err: BaseException) -> bool:
+  """Errors of workers that create the same tables or study at the same moment."""
+  text = str(err).lower()
+  return isinstance(err, sqlalchemy.exc.IntegrityError) or (
+      isinstance(err, sqlalchemy.exc.DBAPIError)
+      and any(s in text for s in ("already exists", "duplicate", "database is locked")))
+
+
+def _on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+  """A trial Optuna just marked FAIL for want of heartbeats: its params are enqueued again
+  (MAX_RETRIES times at most) and its run record, when on this host, says why."""
+  optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+  path = trial.user_attrs.get("record")
+  if path and Path(path).is_dir():
+    RunRecord.load(path).write_eval("trial", {"number": trial.number, "state": "FAIL",
+                                              "value": None, "reason": STALE_REASON})
+
+
+def _storage(url: str, heartbeat: int, grace: int) -> optuna.storages.RDBStorage:
+  # SQLite: wait for another worker's write instead of failing at once ("database is locked").
+  engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {
+      "pool_pre_ping": True}
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # heartbeats are "experimental" in Optuna
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                      grace_period=grace, heartbeat_stale_trial_callback=_on_stale)
+
+
+def _shown(url: str) -> str:  # a URL in messages, without its password
+  try:
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+  except Exception:  # pylint: disable=broad-except  (not a URL: shown as given)
+    return url
+
+
+def _create(url: str, name: str, heartbeat: int, grace: int) -> optuna.Study:
+  attempt = 0
+  while True:
+    try:
+      return optuna.create_study(storage=_storage(url, heartbeat, grace), study_name=name,
+                                 direction="maximize", load_if_exists=True)
+    except ImportError:
+      raise UserError(f"{_shown(url)}: no database driver: pip install -e '.[postgres]'"
+                      ) from None
+    except Exception as e:  # sqlalchemy/optuna errors: bad URL, unreachable server, ...
+      attempt += 1
+      if attempt == OPEN_TRIES or not _racing(e):
+        raise UserError(f"{_shown(url)}: cannot open study {name!r}: {reason_of(e)}") from None
+      time.sleep(random.uniform(0.05, 0.25) * 2 ** attempt)  # jitter: the racers drift apart
+
+
 def open_study(storage: str | None = None, name: str = DEFAULT_STUDY,
-               seed: int | None = None, root: str | os.PathLike = "experiments") -> optuna.Study:
+               seed: int | None = None, root: str | os.PathLike = "experiments", *,
+               heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S) -> optuna.Study:
   """Creates or reopens a maximizing study in a database URL or SQLite file path.
 
-  Without `storage`, the study lives in `root`/study.db.
+  Without `storage`, the study lives in `root`/study.db. Workers that create the schema or
+  the study at the same moment retry with jitter (OPEN_TRIES times).
   """
-  url = storage or os.path.join(root, DEFAULT_STORAGE)
-  url = url if "://" in url else f"sqlite:///{url}"
+  url = storage_url(storage, root)
   if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
     Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-  try:
-    study = optuna.create_study(storage=url, study_name=name or DEFAULT_STUDY,
-                                direction="maximize", load_if_exists=True)
-  except Exception as e:  # sqlalchemy/optuna errors: bad URL, unreachable server, ...
-    raise UserError(f"{url}: cannot open study {name!r}: {reason_of(e)}") from None
+  study = _create(url, name or DEFAULT_STUDY, heartbeat, grace)
   if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-    raise UserError(f"{url}: study {name!r} minimizes; palijudge studies maximize a CV score")
+    raise UserError(f"{_shown(url)}: study {name!r} minimizes; palijudge studies maximize "
+                    "a CV score")
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # multivariate/group are "experimental" in some versions
     study.sampler = optuna.samplers.TPESampler(
@@ -196,14 +301,35 @@ def open_study(storage: str | None = None, name: str = DEFAULT_STUDY,
   return study
 
 
-def prepare(study: optuna.Study, space: Space) -> None:
-  """Enqueues the baseline, then the space's `enqueue` list, once per study."""
+def _claim(study: optuna.Study, what: str) -> bool:
+  """True for exactly one caller per study and `what`, whichever worker or day it is.
+
+  A study name is unique in the database, the one atomic test-and-set Optuna's storages
+  offer, so the claim is an empty study `<name>.<what>` (no trials: reports skip it).
+  """
+  try:
+    study._storage.create_new_study(  # pylint: disable=protected-access
+        [optuna.study.StudyDirection.MAXIMIZE], f"{study.study_name}.{what}")
+    return True
+  except optuna.exceptions.DuplicatedStudyError:
+    return False
+
+
+def prepare(study: optuna.Study, space: Space, wait_s: float = PLAN_WAIT_S) -> None:
+  """Enqueues the baseline, then the space's `enqueue` list, once per study, also when
+  several workers start together: the others wait (up to `wait_s`) until the plan is in,
+  so that the planned trials come first."""
   if study.user_attrs.get("baseline_enqueued"):
     return
-  study.set_user_attr("baseline_enqueued", True)
-  for cfg in ({**space.baseline, **extra} for extra in ({},) + space.enqueue):
-    study.enqueue_trial({p.name: cfg[p.name] for p in space.params if _active(p, cfg)},
-                        user_attrs={"planned": True})
+  if _claim(study, "planned"):
+    for cfg in ({**space.baseline, **extra} for extra in ({},) + space.enqueue):
+      study.enqueue_trial({p.name: cfg[p.name] for p in space.params if _active(p, cfg)},
+                          user_attrs={"planned": True})
+    study.set_user_attr("baseline_enqueued", True)
+    return
+  end = time.monotonic() + wait_s
+  while not study.user_attrs.get("baseline_enqueued") and time.monotonic() < end:
+    time.sleep(0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +339,7 @@ class Outcome:
   value: float | None
   config: dict[str, Any]
   reason: str = ""
+  warning: str = ""
 
 
 @dataclasses.dataclass
@@ -229,23 +356,39 @@ class Reporter:
     if self.trial.should_prune():
       raise optuna.TrialPruned(f"pruned after fold {fold} ({float(value):.4f})")
 
+  def warn(self, text: str) -> None:
+    """A caution about the score (every prediction one class, ...), kept with the trial."""
+    self.trial.set_user_attr("warning", text)
+
 
 def reason_of(err: BaseException) -> str:
   return f"{type(err).__name__}: {' '.join(str(err).split()) or '(no message)'}"[:300]
 
 
-def _start(study: optuna.Study, space: Space, records_root: str | None, cv: str | None):
-  trial = study.ask()
+def _start(study: optuna.Study, space: Space, records_root: str | None, target: Target):
+  # What study.optimize does around a trial, with ask/tell (Optuna warns: "experimental",
+  # "heartbeat is supposed to be used with Study.optimize").
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    optuna.storages.fail_stale_trials(study)  # dead workers' trials: FAIL, enqueued again
+    trial = study.ask()
   config = suggest(trial, space)
-  for key, value in (("config", config), ("command", to_command(config, cv)), ("cv", cv)):
+  command = to_command(config, target)
+  for key, value in (("config", config), ("command", command), ("cv", target.cv)):
     trial.set_user_attr(key, value)
   record = RunRecord(records_root, f"{study.study_name}-trial-{trial.number:03d}") \
       if records_root else None
   if record:
     record.write_config({**config, "study": study.study_name, "trial": trial.number,
-                         "metric": space.metric, "cv": cv, "command": to_command(config, cv)})
+                         "metric": space.metric, "cv": target.cv, "model": target.model,
+                         "command": command})
     trial.set_user_attr("record", str(record.path))
   return trial, config, record
+
+
+def _heartbeat(study: optuna.Study, trial: optuna.Trial):
+  """While open, a thread writes the trial's heartbeat (as in study.optimize)."""
+  return get_heartbeat_thread(trial._trial_id, study._storage)  # pylint: disable=protected-access
 
 
 def _finish(study: optuna.Study, trial, value, state, reason: str, record) -> Outcome:
@@ -255,13 +398,18 @@ def _finish(study: optuna.Study, trial, value, state, reason: str, record) -> Ou
   if record is not None:
     record.write_eval("trial", {"number": trial.number, "state": frozen.state.name,
                                 "value": frozen.value, "reason": reason})
-  return Outcome(trial.number, frozen.state.name, frozen.value, trial.user_attrs["config"], reason)
+  return Outcome(trial.number, frozen.state.name, frozen.value, trial.user_attrs["config"],
+                 reason, frozen.user_attrs.get("warning", ""))
 
 
 def run_trials(study: optuna.Study, space: Space, objective: Callable[..., float], n: int, *,
-               records_root: str | None = None, cv: str | None = None,
+               records_root: str | None = None, target: Target = Target(),
                log: Callable[[str], None] = print) -> list[Outcome]:
-  """n trials of objective(config, report) -> score; one that raises is FAIL, the rest go on."""
+  """n trials of objective(config, report) -> score; one that raises is FAIL, the rest go on.
+
+  While the objective runs, a thread writes the trial's heartbeat (see HEARTBEAT_S).
+  """
+  target = dataclasses.replace(target, metric=space.metric)
   prepare(study, space)
   keep = space.pruning
   study.pruner = optuna.pruners.PercentilePruner(  # bottom quarter pruned, fold by fold
@@ -269,11 +417,12 @@ def run_trials(study: optuna.Study, space: Space, objective: Callable[..., float
       n_warmup_steps=0) if keep else optuna.pruners.NopPruner()
   outcomes = []
   for _ in range(n):
-    trial, config, record = _start(study, space, records_root, cv)
-    log(f"trial {trial.number}: {to_command(config, cv)}")
+    trial, config, record = _start(study, space, records_root, target)
+    log(f"trial {trial.number}: {trial.user_attrs['command']}")
     value, state, reason = None, TrialState.COMPLETE, ""
     try:
-      value = float(objective(config, Reporter(trial, record, space.metric)))
+      with _heartbeat(study, trial):
+        value = float(objective(config, Reporter(trial, record, space.metric)))
       if not math.isfinite(value):
         raise FloatingPointError(f"non-finite CV score {value}")
     except optuna.TrialPruned as e:
@@ -286,16 +435,20 @@ def run_trials(study: optuna.Study, space: Space, objective: Callable[..., float
     out = _finish(study, trial, value, state, reason, record)
     log(f"trial {out.number}: {out.state} " + (f"{out.value:.4f}" if out.value is not None
                                                 else "") + (f" ({reason})" if reason else ""))
+    if out.warning:
+      log(f"trial {out.number}: warning: {out.warning}")
     outcomes.append(out)
   return outcomes
 
 
 def ask(study: optuna.Study, space: Space, records_root: str | None = None,
-        cv: str | None = None) -> tuple[int, dict[str, Any]]:
-  """Starts the next trial (RUNNING until `tell`); returns its number and config."""
+        target: Target = Target()) -> tuple[int, dict[str, Any], str]:
+  """Starts the next trial (RUNNING until `tell`, without heartbeats: run by hand, it may
+  take days); returns its number, config and 03-do_learn.py command line."""
   prepare(study, space)
-  trial, config, _ = _start(study, space, records_root, cv)
-  return trial.number, config
+  trial, config, _ = _start(study, space, records_root,
+                            dataclasses.replace(target, metric=space.metric))
+  return trial.number, config, trial.user_attrs["command"]
 
 
 def tell(study: optuna.Study, number: int, score: float | None, reason: str = "") -> Outcome:
