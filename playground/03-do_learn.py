@@ -31,6 +31,9 @@ def flags():
                       "print a table and one JSON line at the end")
   p.add_argument("--experiments", default=None,
                  help="where run records go (default: the project's experiments/)")
+  p.add_argument("--record", default=None, metavar="DIR",
+                 help="write the run record into this existing folder (the trial folder "
+                      "`06-tune.py ask` made) instead of a new one")
   cli.add_root_flag(p)
   cli.add_model_flags(p)
   cli.add_eval_flags(p)
@@ -71,13 +74,15 @@ def main(args, project):
     lm = cli.load_model(args, project, trainable=tcfg.trainable)
   record = None
   if distributed.is_main():  # Process 0 alone writes the run record.
-    record = records.RunRecord(args.experiments or project.experiments,
-                               args.write or args.cv or args.dataset)
+    record = (records.RunRecord.load(project.find(args.record)) if args.record else
+              records.RunRecord(args.experiments or project.experiments,
+                                args.write or args.cv or args.dataset))
     record.write_config({"command": shlex.join([sys.executable, *sys.argv]),
                          "args": vars(args), "train_config": dataclasses.asdict(tcfg),
                          "dataset": files.shown(folder), "model": lm.spec.name,
                          "weights": lm.spec.weights, "tokenizer": lm.spec.tokenizer,
-                         "checkpoint": files.shown(save_to) if save_to else None})
+                         "checkpoint": files.shown(save_to) if save_to else None},
+                        merge=bool(args.record))
   with record.running() if record else contextlib.nullcontext():
     if args.cv:
       cv.cv_learn(lm, folds, tcfg, ecfg, lcfg, root=root, metric=args.cv_metric, record=record)

@@ -179,6 +179,8 @@ def test_ask_tell(tmp_path):
   assert command == study.trials[0].user_attrs["command"]
   assert command.startswith("python playground/03-do_learn.py --model tiny --cv cv5 "
                             "--cv-metric auc ")
+  # Run by hand, it writes into the trial's own record (one leaderboard row, not two).
+  assert command.endswith(f" --record {tmp_path / 'exp' / 'hand-trial-000'}")
   assert tune.tell(study, n, 0.81).state == "COMPLETE"
   ev = json.loads((tmp_path / "exp" / "hand-trial-000" / "eval_metrics.json").read_text())
   assert ev["trial"]["value"] == 0.81
@@ -536,3 +538,20 @@ def test_rerunning_a_record_reproduces_its_metrics(tmp_project):
   a = json.loads((first / "eval_metrics.json").read_text())
   b = json.loads((proj / "exp-b" / "set1" / "eval_metrics.json").read_text())
   assert a == b
+
+
+@pytest.mark.script
+def test_a_hand_run_trial_and_its_run_are_one_record(tmp_project):
+  from palijudge.experiments import leaderboard
+  exp = tmp_project.root / "experiments"
+  study, space = tune.open_study(str(tmp_project.root / "s.db"), "hand"), _space(tmp_project.root)
+  n, _, command = tune.ask(study, space, records_root=str(exp), target=tune.Target("tiny", "set1"))
+  folder = command.split(" --record ")[1]
+  run_script("03-do_learn.py", "-d", "set1", "--model", "tiny", "--steps", "2", "--record",
+             folder, project=tmp_project)
+  tune.tell(study, n, 0.5)
+  rows = leaderboard.collect(exp, render_plots=False)
+  assert [(r.name, r.kind) for r in rows] == [("hand-trial-000", "trial")]
+  assert rows[0].metrics["accuracy"] is not None and rows[0].state == "COMPLETE"
+  others = leaderboard.study_rows(study, {r.name for r in rows})
+  assert "hand-trial-000" not in [r.name for r in others]  # queued trials only

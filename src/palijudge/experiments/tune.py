@@ -29,6 +29,7 @@ from palijudge.experiments.cv import METRICS
 from palijudge.losses import LossConfig
 from palijudge.train import TrainConfig
 from palijudge.errors import UserError, where
+from palijudge import files
 from palijudge.experiments.records import RunRecord
 
 DEFAULT_STORAGE = "study.db"  # Under the experiments folder.
@@ -446,9 +447,14 @@ def ask(study: optuna.Study, space: Space, records_root: str | None = None,
   """Starts the next trial (RUNNING until `tell`, without heartbeats: run by hand, it may
   take days); returns its number, config and 03-do_learn.py command line."""
   prepare(study, space)
-  trial, config, _ = _start(study, space, records_root,
-                            dataclasses.replace(target, metric=space.metric))
-  return trial.number, config, trial.user_attrs["command"]
+  trial, config, record = _start(study, space, records_root,
+                                 dataclasses.replace(target, metric=space.metric))
+  command = trial.user_attrs["command"]
+  if record is not None:  # The hand-run goes into the trial's own record: one row, not two.
+    command += f" --record {shlex.quote(files.shown(record.path))}"
+    trial.set_user_attr("command", command)
+    record.write_config({"command": command}, merge=True)
+  return trial.number, config, command
 
 
 def tell(study: optuna.Study, number: int, score: float | None, reason: str = "") -> Outcome:
