@@ -4,8 +4,9 @@
   ./14-validate_outtsv.py out-aa.tsv out-ab.tsv [--threshold T] [--total] [--json]
 
 One block per file, headed `Aggregate: FILE`, with ROC-AUC, PR-AUC, Brier
-and ECE when the file has p_yes. --threshold T re-judges p_yes >= T instead
-of the file's pred column; --total adds one block over all files.
+and ECE when the file has p_yes, then a line of 95 % intervals. --threshold T
+re-judges p_yes >= T instead of the file's pred column; --total adds one
+block over all files.
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
@@ -28,12 +29,10 @@ def main(args, project):
   if args.total:
     per_file[f"total ({len(args.files)} files)"] = [r for rows in per_file.values() for r in rows]
   for name, rows in per_file.items():
-    conf, scores = predictions.aggregate(rows)
-    print(metrics.format_block(conf, name, heading="Aggregate"))
-    if scores is not None:
-      print(metrics.format_scores(scores, args.threshold))
+    print(predictions.format_rows(rows, name, "Aggregate", args.threshold))
     if args.json:
-      extra = scores.to_dict() if scores else {}
+      conf, scores = predictions.aggregate(rows)
+      extra = {**(scores.to_dict() if scores else {}), **predictions.intervals(rows).to_dict()}
       print(metrics.json_line(conf, name, threshold=args.threshold, **extra))
 
 

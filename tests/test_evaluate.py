@@ -115,7 +115,7 @@ def test_pick_on_valid_applies_unchanged_to_other_splits(monkeypatch):
              "d/valid.jsonl": _result(Y, P, "v")}
   # report() judges precomputed results: evaluate() hands back the set's own result.
   by_examples = {id(r.examples): r for r in results.values()}
-  monkeypatch.setattr(evaluate, "evaluate", lambda lm, exs, ecfg, *a: by_examples[id(exs)])
+  monkeypatch.setattr(evaluate, "evaluate", lambda lm, exs, ecfg, *a, **k: by_examples[id(exs)])
   ecfg = EvalConfig(pick_threshold="valid", target="precision=1")
   logged = []
   out = evaluate.report(None, {n: r.examples for n, r in results.items()}, ecfg,
@@ -189,3 +189,24 @@ def test_prompt_file_and_ranking(tmp_path, tiny_examples, tiny_lm):
   assert "auc" in evaluate.PROMPT_METRICS
   with pytest.raises(UserError, match="--metric must be one of"):
     evaluate.rank(exs, ["is it ok"], "speed", fake)
+
+
+def test_result_block_keeps_its_six_lines_then_ends_with_the_interval_line():
+  from statsmodels.stats.proportion import proportion_confint
+
+  from palijudge.metrics import format_block, json_line
+  labels = [True] * 6 + [False] * 4
+  ex = [Example(f"/d/{i}.png", y, "", "yes" if y else "no", "v.jsonl", i + 1, f"{i}.png")
+        for i, y in enumerate(labels)]
+  p = np.array([0.9, 0.8, 0.7, 0.6, 0.55, 0.3, 0.4, 0.2, 0.1, 0.05], np.float32)
+  res = EvalResult(ex, p, p >= 0.5, [""] * 10, 0, 0.5)
+  lines = evaluate.format_result(res, "dataset/set1/valid.jsonl").splitlines()
+  assert "\n".join(lines[:6]) == format_block(res.confusion, "dataset/set1/valid.jsonl")
+  assert lines[6] == "  threshold: 0.5" and lines[10].startswith("  ECE:       ")
+  acc = proportion_confint(9, 10, method="wilson")
+  assert len(lines) == 12 and lines[-1] == res.intervals.line()
+  assert lines[-1].startswith(f"  95% interval: accuracy [{acc[0]:.3f}, {acc[1]:.3f}]  ")
+  record = json.loads(json_line(res.confusion, "v", **evaluate.json_extra(res)))
+  assert record["accuracy_ci"] == pytest.approx(list(acc))
+  assert record["roc_auc_ci"] == res.intervals.roc_auc.to_list()
+  assert res.metrics()["auc_ci"] == res.intervals.roc_auc.to_list()

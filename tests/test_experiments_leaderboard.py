@@ -19,7 +19,8 @@ from palijudge.files import Project
 
 def _metrics(f1: float, auc: float) -> dict:
   return {"tp": 5, "tn": 3, "fp": 1, "fn": 1, "accuracy": 0.8, "precision": 0.83,
-          "recall": 0.83, "f_measure": f1, "auc": auc}
+          "recall": 0.83, "f_measure": f1, "auc": auc, "precision_ci": [0.44, 0.97],
+          "auc_ci": [0.5, 1.0]}
 
 
 @pytest.fixture
@@ -76,7 +77,9 @@ def test_build_markdown_html_history(experiments):
   assert [re.search(r"\[?([\w-]+)", l.split("|")[2]).group(1) for l in lines] == [
       "cv--b-run-b", "s1-trial-000", "plain-run", "s1-trial-001", "s1-trial-002"]
   assert lines[0].startswith("| ★ | [cv--b-run-b](cv--b-run-b/summary.md) | cv |")
-  assert "0.8500 ± 0.0500" in lines[0] and "[loss](plain-run/loss.png)" in md
+  assert "0.8500 ± 0.0500 [0.21, 1.00]" in lines[0] and "[loss](plain-run/loss.png)" in md
+  plain = next(l for l in lines if "plain-run" in l)
+  assert "| 0.8300 [0.44, 0.97] | 0.8300 | 0.7000 | 0.9000 [0.50, 1.00] | 0.8000 |" in plain
   assert "![study history](study_history_s1.png)" in md
   page = built.html.read_text()
   assert page.count("<tr class=") == 5 and "<script>" in page and "cv--b-run-b" in page

@@ -29,6 +29,9 @@ def test_prediction_file_round_trip_and_missing_columns(tmp_path):
         dataclasses.replace(r, source="") for r in back]
   bad = tmp_path / "bad.tsv"
   bad.write_text("image\tlabel\np.png\tyes\n")
+  with pytest.raises(UserError, match=r"bad\.tsv: a dataset, not predictions \(no pred column\)"):
+    predictions.read(bad)
+  bad.write_text("id\tlabel\np\tyes\n")
   with pytest.raises(UserError, match=r"bad\.tsv: missing column\(s\) pred"):
     predictions.read(bad)
   bad.write_text("label\tpred\tp_yes\nyes\tyes\t1.5\n")
@@ -38,6 +41,20 @@ def test_prediction_file_round_trip_and_missing_columns(tmp_path):
 
 def _row(i, label, pred):
   return predictions.PredRow(str(i), f"img/{i}.png", label, 0.5, pred)
+
+
+def test_aggregate_block_ends_with_the_interval_line():
+  from palijudge import metrics, stats
+  rows = [_row(i, i < 6, i < 5 or i == 9) for i in range(10)]
+  text = predictions.format_rows(rows, "out.tsv", threshold=0.5).splitlines()
+  conf, _ = predictions.aggregate(rows)
+  assert "\n".join(text[:6]) == metrics.format_block(conf, "out.tsv", heading="Aggregate")
+  assert text[6] == "  threshold: 0.5" and len(text) == 12
+  want = stats.Intervals.of([r.label for r in rows], [r.pred for r in rows], [0.5] * 10)
+  assert text[-1] == want.line() and predictions.intervals(rows) == want
+  no_p = [dataclasses.replace(r, p_yes=None) for r in rows]
+  lines = predictions.format_rows(no_p, "out.tsv").splitlines()
+  assert len(lines) == 7 and lines[-1].endswith("ROC-AUC n/a")
 
 
 def test_outcome_filters():

@@ -6,6 +6,8 @@ the `cv` block of eval_metrics.json when there is one (score = mean of the
 CV metric, with its std); else the last stage's metrics (its `valid` set
 when the stage holds several sets); a trial without either shows the score
 recorded in the study. The best row (highest by the sort metric) is marked.
+A metric shows its 95 % interval beside it, `0.8000 [0.49, 0.94]`, when the
+record has one (`<metric>_ci` in a stage block, `interval` in a cv block).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Row:
   state: str = ""                  # trials: COMPLETE | PRUNED | FAIL | RUNNING
   plots: tuple[tuple[str, str], ...] = ()  # (kind, relative path)
   note: str = ""
+  intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -69,11 +72,42 @@ def settings_of(config: dict[str, Any]) -> dict[str, Any]:
 
 def headline(ev: dict[str, Any], metric: str = "f_measure") -> tuple[str, dict[str, float | None]]:
   """(kind, metrics) of a run from its eval_metrics.json content."""
-  cv = ev.get("cv")
-  if isinstance(cv, dict) and "score" in cv:
+  cv = _cv_block(ev)
+  if cv is not None:
     means = cv.get("means") or {}
     out = {k: finite(means.get(k)) for k, _ in METRIC_COLUMNS[1:]}
     return "cv", {**out, "score": finite(cv.get("score")), "std": finite(cv.get("std"))}
+  block = _last_block(ev)
+  if block:
+    out = {k: finite(block.get(k)) for k, _ in METRIC_COLUMNS[1:]}
+    return "run", {**out, "score": out.get(metric), "std": None}
+  return "run", {"score": None, "std": None}
+
+
+def intervals_of(ev: dict[str, Any], metric: str = "f_measure") -> dict[str, tuple[float, float]]:
+  """The 95 % intervals headline's numbers carry (cv: the score's t interval over folds)."""
+  cv = _cv_block(ev)
+  if cv is not None:
+    raw = {"score": cv.get("interval")}
+  else:
+    block = _last_block(ev) or {}
+    raw = {k: block.get(f"{k}_ci") for k, _ in METRIC_COLUMNS[1:]}
+    raw["score"] = raw.get(metric)
+  out = {}
+  for key, pair in raw.items():
+    bounds = [finite(x) for x in pair] if isinstance(pair, list) and len(pair) == 2 else [None]
+    if None not in bounds:
+      out[key] = (bounds[0], bounds[1])
+  return out
+
+
+def _cv_block(ev: dict[str, Any]) -> dict[str, Any] | None:
+  cv = ev.get("cv")
+  return cv if isinstance(cv, dict) and "score" in cv else None
+
+
+def _last_block(ev: dict[str, Any]) -> dict[str, Any] | None:
+  """The last stage's metrics (its `valid` set when the stage holds several sets)."""
   for stage, block in reversed(list(ev.items())):
     if stage == "trial" or not isinstance(block, dict):
       continue
@@ -81,14 +115,14 @@ def headline(ev: dict[str, Any], metric: str = "f_measure") -> tuple[str, dict[s
       subs = [v for k, v in block.items() if isinstance(v, dict) and "valid" in k]
       block = subs[-1] if subs else None
     if block:
-      out = {k: finite(block.get(k)) for k, _ in METRIC_COLUMNS[1:]}
-      return "run", {**out, "score": out.get(metric), "std": None}
-  return "run", {"score": None, "std": None}
+      return block
+  return None
 
 
 def row_of(record: RunRecord, root: Path, metric: str = "f_measure") -> Row:
   cfg, ev = record.config(), record.eval_metrics()
-  kind, metrics = headline(ev, str(cfg.get("metric") or metric))
+  metric = str(cfg.get("metric") or metric)
+  kind, metrics = headline(ev, metric)
   trial = ev.get("trial") if isinstance(ev.get("trial"), dict) else None
   state, note = "", ""
   if "trial" in cfg and "study" in cfg:
@@ -99,7 +133,8 @@ def row_of(record: RunRecord, root: Path, metric: str = "f_measure") -> Row:
   rel = record.path.relative_to(root).as_posix()
   link = f"{rel}/summary.md" if record.file("summary.md").exists() else f"{rel}/"
   figs = tuple((k, f"{rel}/{p.name}") for k, p in record.plot_files().items())
-  return Row(record.name, kind, link, settings_of(cfg), metrics, state, figs, note)
+  return Row(record.name, kind, link, settings_of(cfg), metrics, state, figs, note,
+             intervals_of(ev, metric))
 
 
 def collect(root: str | Path = "experiments", render_plots: bool = True,
@@ -166,7 +201,18 @@ def fmt(key: str, v: Any) -> str:
 
 def _score(r: Row) -> str:
   s, std = r.metrics.get("score"), r.metrics.get("std")
-  return fmt("score", s) + (f" ± {std:.4f}" if s is not None and std is not None else "")
+  return fmt("score", s) + (f" ± {std:.4f}" if s is not None and std is not None else "") \
+      + _interval(r, "score")
+
+
+def _interval(r: Row, key: str) -> str:
+  """` [0.49, 0.94]`: the 95 % interval of a shown metric, when the record has one."""
+  iv = r.intervals.get(key)
+  return "" if iv is None or r.metrics.get(key) is None else f" [{iv[0]:.2f}, {iv[1]:.2f}]"
+
+
+def _metric(r: Row, key: str) -> str:
+  return fmt(key, r.metrics.get(key)) + _interval(r, key)
 
 
 def markdown(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
@@ -175,13 +221,14 @@ def markdown(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] 
   head = ["", "run", "kind", "state"] + [t for _, t in SETTINGS] + [t for _, t in METRIC_COLUMNS]
   lines = ["# Leaderboard", "",
            f"Sorted by {sort}; ★ marks the best row. score = the CV metric's mean ± std over "
-           "the folds (or the run's valid metric).", "",
+           "the folds (or the run's valid metric). [low, high] = 95 % interval (Wilson; "
+           "bootstrap for AUC; Student t over the folds for a CV score).", "",
            "| " + " | ".join(head + ["plots"]) + " |", "|" + " --- |" * (len(head) + 1)]
   for r in rows:
     name = f"[{r.name}]({r.link})" if r.link else r.name
     cells = ["★" if r is best else "", name, r.kind, r.state or ""]
     cells += [fmt(k, r.settings.get(k)) for k, _ in SETTINGS]
-    cells += [_score(r)] + [fmt(k, r.metrics.get(k)) for k, _ in METRIC_COLUMNS[1:]]
+    cells += [_score(r)] + [_metric(r, k) for k, _ in METRIC_COLUMNS[1:]]
     cells.append(" ".join(f"[{k}]({p})" for k, p in r.plots))
     lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
   lines += [""] + [f"![study history]({h})" for h in histories]
@@ -215,7 +262,8 @@ def html_page(rows: Sequence[Row], sort: str = "score", histories: Sequence[str]
   out = ["<!doctype html><html><head><meta charset=utf-8><title>palijudge leaderboard</title>",
          f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1>",
          f"<p>Generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Click a column to sort; "
-         "★ marks the best score. score = the CV metric's mean ± std over the folds.</p>",
+         "★ marks the best score. score = the CV metric's mean ± std over the folds. "
+         "[low, high] = 95 % interval.</p>",
          "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head + ["plots"])
          + "</tr></thead><tbody>"]
   for r in rows:
@@ -227,7 +275,7 @@ def html_page(rows: Sequence[Row], sort: str = "score", histories: Sequence[str]
     cells += [_td(fmt(k, r.settings.get(k)), r.settings.get(k), k in ("trainable", "loss"))
               for k, _ in SETTINGS]
     cells += [_td(_score(r), r.metrics.get("score"))]
-    cells += [_td(fmt(k, r.metrics.get(k)), r.metrics.get(k)) for k, _ in METRIC_COLUMNS[1:]]
+    cells += [_td(_metric(r, k), r.metrics.get(k)) for k, _ in METRIC_COLUMNS[1:]]
     figs = " ".join(f'<a href="{html.escape(p)}">{html.escape(k)}</a>' for k, p in r.plots)
     cells.append(_td(figs, len(r.plots), left=True, raw=True))
     title = f' title="{html.escape(r.note)}"' if r.note else ""
@@ -256,6 +304,8 @@ def load_studies(storage: str | None, root: Path) -> list:
       return []
     storage = f"sqlite:///{db}"
   import optuna  # pylint: disable=import-outside-toplevel
+  from palijudge.experiments import tune  # pylint: disable=import-outside-toplevel
+  storage = tune.storage_url(storage)  # a file path, or postgresql:// with our driver
   try:
     names = optuna.study.get_all_study_names(storage=storage)
     return [optuna.load_study(study_name=n, storage=storage) for n in names]
