@@ -4,9 +4,14 @@
   ./04-validate.py -m checkpoints/trained-set1.npz dataset/set2/train.jsonl dataset/set2/valid.jsonl
   ./04-validate.py -m CKPT dataset/set2/valid.jsonl --eval-set safe=dataset/safe.jsonl \\
       --pick-threshold valid --target precision=0.95 --gallery galleries/
+  ./04-validate.py -m checkpoints/x.run1.npz,checkpoints/x.run2.npz --ensemble min FILE
+  ./04-validate.py -m checkpoints/x.probe.npz FILE        # the linear probe (03 --probe)
 
-The threshold is --threshold, else the one stored in the checkpoint, else 0.5;
---pick-threshold SET chooses it on SET instead and applies it to every file.
+Several checkpoints (-m repeated, or a comma list) judge as an ensemble: their
+p(yes) averaged per example (--ensemble mean) or the lowest (min). The
+threshold is --threshold, else the one stored in the checkpoint(s) if they
+agree, else 0.5; --pick-threshold SET chooses it on SET instead and applies it
+to every file.
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
@@ -15,7 +20,7 @@ from palijudge import cli
 def flags():
   p = cli.parser(__doc__)
   p.add_argument("files", nargs="+", help=".jsonl or .tsv files to evaluate")
-  p.add_argument("-m", "--checkpoint", help="checkpoint .npz (default: the base --model)")
+  cli.add_judge_flags(p)
   p.add_argument("--scores", help="write one prediction row per example (label, p(yes), "
                                   "prediction) to this .jsonl or .tsv file")
   cli.add_root_flag(p)
@@ -26,18 +31,18 @@ def flags():
 
 def main(args, project):
   import os
-  from palijudge import checkpoint, evaluate, files, predictions
+  from palijudge import evaluate, files, predictions
   from palijudge.data import examples
   root = cli.data_root(args, project)
-  model = project.find(args.checkpoint) if args.checkpoint else None
-  ecfg = cli.eval_config(args, checkpoint.stored_threshold(model or project.find(args.model)))
+  paths = cli.judge_paths(args, project)
+  ecfg = cli.judge_config(args, paths)
   if args.scores:
     predictions.format_of(args.scores)
     files.check_writable(args.scores, "--scores file")
   sets = {f: examples.read_examples(project.find(f), root) for f in args.files}
   sets.update(cli.eval_sets(args, root, taken=list(sets)))
-  lm = cli.load_model(args, project, model=model)
-  results = evaluate.report(lm, sets, ecfg)
+  judge = cli.load_judge(args, project, paths, ecfg)
+  results = evaluate.report(judge.lm, sets, ecfg, scorer=judge.scorer)
   if args.scores:
     res = evaluate.EvalResult.concat(list(results.values()))
     predictions.write(args.scores, predictions.rows_of(res), res.mode == "decode")

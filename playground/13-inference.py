@@ -3,11 +3,14 @@
 
   ./13-inference.py -l CKPT -d data.tsv -i IMAGE_DIR -b 4 > out.tsv
   ./13-inference.py -l CKPT -d data.tsv -i IMAGE_DIR -b 4 -o out.tsv   # resumable
+  ./13-inference.py -l CKPT1,CKPT2,CKPT3 --ensemble mean -d data.tsv -o out.tsv
+  ./13-inference.py -l checkpoints/x.probe.npz -d data.tsv -o out.tsv  # the linear probe
 
 Rows: id, image, label, p_yes, pred, prefix (+ answer in decode mode), TSV
 with a header or JSONL (by -o's suffix, or --format). With -o, rows go to
 OUT.partial as they come and OUT appears only when complete; after an
-interruption, the same command continues where it stopped.
+interruption, the same command continues where it stopped. Several checkpoints
+(-l repeated or a comma list) judge as an ensemble, as in 04-validate.py.
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
@@ -19,7 +22,7 @@ def flags():
   p.add_argument("-d", "--data", required=True, help="dataset (.tsv or .jsonl)")
   p.add_argument("-i", "--images", dest="root", default=None,
                  help="image folder relative paths resolve against (default: the data's folder)")
-  p.add_argument("-l", "-m", "--checkpoint", help="checkpoint .npz (default: the base --model)")
+  cli.add_judge_flags(p, ("-l", "-m", "--checkpoint"))
   p.add_argument("-o", "--out", help="prediction file (.tsv/.jsonl); default: stdout")
   p.add_argument("--format", choices=predictions.FORMATS, help="output format (default: by -o)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
@@ -31,21 +34,22 @@ def flags():
 
 
 def main(args, project):
-  from palijudge import checkpoint, files, infer, predictions
+  import sys
+  from palijudge import files, infer, predictions
   from palijudge.data import examples
-  model = project.find(args.checkpoint) if args.checkpoint else None
-  ecfg = cli.eval_config(args, checkpoint.stored_threshold(model or project.find(args.model)))
+  paths = cli.judge_paths(args, project)
+  ecfg = cli.judge_config(args, paths, log=lambda line: print(line, file=sys.stderr))
   fmt = args.format or predictions.format_of(args.out)
   if args.out:
     files.check_writable(args.out, "prediction file")
   rows = examples.read_examples(project.find(args.data), args.root and project.find(args.root))
-  lm = cli.load_model(args, project, model=model)
+  judge = cli.load_judge(args, project, paths, ecfg)
   settings = infer.InferSettings(
-      model=lm.spec.weights, data=args.data, n_examples=len(rows), prompt=ecfg.prompt,
+      model=judge.name, data=args.data, n_examples=len(rows), prompt=ecfg.prompt,
       mode=ecfg.mode, threshold=ecfg.decision, gif_frame=ecfg.gif_frame, frames=ecfg.frames,
       combine=ecfg.combine, batch_size=ecfg.eval_batch)
-  res = infer.run(lm, rows, args.out, settings, ecfg, fmt=fmt, overwrite=args.overwrite,
-                  progress=not args.no_progress)
+  res = infer.run(judge.lm, rows, args.out, settings, ecfg, fmt=fmt, overwrite=args.overwrite,
+                  progress=not args.no_progress, scorer=judge.scorer)
   if res.path:
     print(f"wrote {res.path}: {res.written + res.resumed} rows"
           f"{f' ({res.resumed} resumed)' if res.resumed else ''}")

@@ -228,6 +228,7 @@ def test_infer_aggregate_filter_validate(script, eval_project):
   assert rows[0] == "id\timage\tlabel\tp_yes\tpred\tprefix" and len(rows) == 17
   code, out, _ = script("14-validate_outtsv.py", "out/full.tsv", "--threshold", "0.2", "--json")
   assert code == 0 and out.startswith("Aggregate: out/full.tsv\n  Tp=") and "  ROC-AUC:" in out
+  assert "\n  95% interval: accuracy [" in out and "roc_auc_ci" in out.splitlines()[-1]
   assert json.loads(out.splitlines()[-1])["threshold"] == 0.2
   code, _, err = script("16-filter_train_data.py", "out/full.tsv", "--keep", "not-tp",
                         "--threshold", "0.2", "-o", "dataset/next.tsv")
@@ -276,6 +277,46 @@ def test_validate_uses_the_checkpoint_threshold(script, eval_project):
   code, out, _ = script("04-validate.py", "-m", "ck.npz", "dataset/data.jsonl",
                         "--threshold", "0.5")
   assert "  threshold: 0.5\n" in out
+
+
+def test_compare_two_models_on_the_same_examples(script, eval_project):
+  """17-compare.py: checkpoints or prediction files, the flips, McNemar, and the verdict."""
+  import shutil
+  spec = loader.resolve("tiny", cache_dir=str(eval_project / "cache"))
+  lm = loader.load(spec)
+  checkpoint.save(eval_project / "same1.npz", lm.params, lm.cfg, {"tokenizer": spec.tokenizer})
+  shutil.copyfile(eval_project / "same1.npz", eval_project / "same2.npz")
+  code, out, err = script("17-compare.py", "-a", "same1.npz", "-b", "same2.npz",
+                          "dataset/data.jsonl", "--eval-batch", "8")
+  assert code == 0, err
+  assert "Result: dataset/data.jsonl (A)\n  Tp=" in out and "Result: dataset/data.jsonl (B)" in out
+  assert "Disagreements: 0 of 16 examples\n" in out and "p = 1.0000" in out
+  assert out.endswith("No difference detectable on 16 examples.\n")
+  # Prediction files: B judges one `no` image yes; both are read back and matched by image.
+  code, _, err = script("04-validate.py", "-m", "same1.npz", "dataset/data.jsonl",
+                        "--scores", "pa.tsv")
+  assert code == 0, err
+  rows = (eval_project / "pa.tsv").read_text().splitlines()
+  i = next(k for k, r in enumerate(rows) if r.split("\t")[2] == "no")
+  cells = rows[i].split("\t")
+  flipped = cells[:4] + ["yes" if cells[4] == "no" else "no"] + cells[5:]
+  (eval_project / "pb.tsv").write_text("\n".join(rows[:i] + ["\t".join(flipped)]
+                                                + rows[i + 1:]) + "\n")
+  code, out, err = script("17-compare.py", "-a", "pa.tsv", "-b", "pb.tsv", "dataset/data.jsonl")
+  assert code == 0, err
+  side = "A right, B wrong: 1" if cells[4] == "no" else "B right, A wrong: 1"
+  assert "Disagreements: 1 of 16 examples" in out and side in out
+  assert f"    {cells[1]} (no): A {cells[4]}" in out
+  assert out.endswith("No difference detectable on 16 examples.\n")
+  (eval_project / "pc.tsv").write_text("\n".join(rows[:-1]) + "\n")  # One row short.
+  one_line_error(script("17-compare.py", "-a", "pa.tsv", "-b", "pc.tsv"),
+                 "all rows: A and B were not judged on the same examples (1 only in A")
+  one_line_error(script("17-compare.py", "-a", "pa.tsv", "-b", "pc.tsv", "dataset/data.jsonl"),
+                 "pc.tsv: no row for 1 example(s) of dataset/data.jsonl")
+  one_line_error(script("17-compare.py", "-a", "same1.npz", "-b", "pa.tsv"),
+                 "-a same1.npz: a model needs one or more datasets")
+  one_line_error(script("17-compare.py", "-a", "same1.txt", "-b", "pa.tsv"),
+                 "expected a checkpoint .npz, base, or a prediction file")
 
 
 def test_rank_prompts(script, eval_project):
@@ -465,7 +506,7 @@ def _sides(project, name) -> dict[str, str]:
 def test_shuffle_keeps_duplicates_on_one_side(dup_project):
   out = run("02-shuffle_data.py", "-v", "10", "-n", "set1", "--seed", "0", "--stratify",
             cwd=dup_project).stdout
-  assert "duplicates: 5 group(s) of 10 images kept on one side (groups found by sha256 1, " \
+  assert "duplicates: 5 group(s) of 10 images kept together (found by sha256 1, " \
          "phash 4)" in out
   sides = _sides(dup_project, "set1")
   for image, side in sides.items():
@@ -474,7 +515,7 @@ def test_shuffle_keeps_duplicates_on_one_side(dup_project):
       assert sides[original] == side, image
   out = run("02-shuffle_data.py", "--folds", "3", "-n", "cv3", "--seed", "0", "--stratify",
             cwd=dup_project).stdout
-  assert "kept on one side" in out
+  assert "kept together" in out
   proc = run("12-audit.py", "-d", "cv3", cwd=dup_project)
   assert "checked by sha256, phash (<= 10 bits)" in proc.stdout
   assert "0 leak(s) across sets, 5 within a set" in proc.stdout

@@ -1,0 +1,129 @@
+"""What judges the examples: the base model, one checkpoint, an ensemble, or a probe.
+
+`-m` names one checkpoint, several (repeated, or a comma list: an ensemble),
+or a probe file (recognised by its content, see `probe`). An ensemble scores
+every example with every member and combines their p(yes) per example:
+`mean`, or `min` (the cautious judge: `yes` only when every member says so
+at the threshold). Members run over the same batches in the same order, each
+with its own tokenizer and image size; images are decoded once for all of
+them (a shared PixelCache). Deltas over one base share the base's arrays, so
+an ensemble of N attention deltas costs the base once plus N small deltas;
+members with the same config reuse one compiled model. Ensembles combine
+p(yes), so they need --mode score.
+
+The ensemble's threshold: --threshold, else the one the members store if
+they all agree, else 0.5 with a warning line (`stored_threshold`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from palijudge import checkpoint, loader
+from palijudge import probe as probe_lib
+from palijudge.data.batch import PixelCache
+from palijudge.errors import UserError, where
+from palijudge.evaluate import EvalConfig, Scorer, iter_scores
+from palijudge.loader import LoadConfig, LoadedModel
+from palijudge.metrics import DEFAULT_THRESHOLD
+
+Log = Callable[[str], None]
+COMBINE = ("mean", "min")
+HELP = "how several checkpoints' p(yes) combine: mean, or min (the cautious judge)"
+
+
+def combine(p_MxN: Sequence[np.ndarray], how: str) -> np.ndarray:
+  """(N,) float32 p(yes) from M members' (N,) arrays.
+
+  The mean is taken in float64, so identical members give back their own
+  float32 values exactly.
+  """
+  if how not in COMBINE:
+    raise UserError(f"--ensemble must be one of {', '.join(COMBINE)}, got {how!r}")
+  p = np.stack([np.asarray(a, np.float64) for a in p_MxN])
+  return (p.mean(axis=0) if how == "mean" else p.min(axis=0)).astype(np.float32)
+
+
+def scorer(members: Sequence[LoadedModel], how: str) -> Scorer:
+  """An `evaluate.Scorer` combining the members' p(yes) batch by batch (one member: its own)."""
+  if len(members) == 1:
+    return functools.partial(iter_scores, members[0])
+
+  def scores(examples, ecfg: EvalConfig, cache: PixelCache | None = None, _features=None):
+    if ecfg.mode != "score":
+      raise UserError("an ensemble combines p(yes) and needs --mode score")
+    shared = cache if cache is not None else PixelCache()
+    streams = [iter_scores(m, examples, ecfg, shared) for m in members]
+    for parts in zip(*streams, strict=True):
+      chunk = parts[0][0]
+      yield chunk, combine([p for _, p, _ in parts], how), [""] * len(chunk)
+  return scores
+
+
+def stored_threshold(paths: Sequence[str], log: Log = print) -> float | None:
+  """The threshold the checkpoints store, if they agree; else None (0.5) and a warning line."""
+  values = [checkpoint.stored_threshold(p) for p in paths]
+  if len(set(values)) <= 1:
+    return values[0] if values else None
+  shown = ", ".join("none" if v is None else f"{v:g}" for v in values)
+  log(f"warning: the checkpoints store different thresholds ({shown}); judging at "
+      f"{DEFAULT_THRESHOLD} (give --threshold or --pick-threshold to choose)")
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Judge:
+  """A loaded judge: `scorer` for evaluate.report / infer.run, `lm` for the rest."""
+  lm: LoadedModel        # The model (an ensemble's first member; a probe's encoder model).
+  scorer: Scorer
+  name: str              # What judges, for prediction files' settings.
+
+
+def load_members(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str) -> list[LoadedModel]:
+  """Each checkpoint loaded; deltas over one base share it."""
+  bases: dict = {}
+  out = []
+  for path in paths:
+    spec = loader.resolve(path, lcfg.model_config, lcfg.tokenizer, cache_dir, lcfg.base)
+    out.append(loader.load(spec, param_dtype=lcfg.param_dtype, compute=lcfg.compute_dtype,
+                           bases=bases))
+  return out
+
+
+def _probe_judge(path: str, lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig) -> Judge:
+  """A probe over the encoder of the model it was fitted on (its file, else --model)."""
+  probe_lib.check_config(ecfg, f"{where(path)} is a probe, which")
+  fitted = probe_lib.load(path)
+  model = fitted.encoder if os.path.isfile(fitted.encoder) else lcfg.model
+  base = fitted.base if fitted.base and os.path.isfile(fitted.base) else lcfg.base
+  spec = loader.resolve(model, lcfg.model_config, lcfg.tokenizer, cache_dir, base)
+  lm = loader.load(spec, param_dtype=lcfg.param_dtype, compute=lcfg.compute_dtype)
+  probe_lib.check_model(fitted, lm)
+  features = probe_lib.encoder_features(lm, ecfg.gif_frame)
+  return Judge(lm, probe_lib.scorer(fitted, features), path)
+
+
+def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig,
+               how: str = "mean") -> Judge:
+  """The judge `paths` name: none = the --model itself, one checkpoint, several, or a probe."""
+  if not paths:
+    lm = loader.load_model(lcfg, cache_dir)
+    return Judge(lm, functools.partial(iter_scores, lm), lm.spec.weights)
+  probes = [p for p in paths if probe_lib.is_probe(p)]
+  if probes and len(paths) > 1:
+    raise UserError(f"{where(probes[0])}: a probe file judges alone; it cannot be an "
+                    f"ensemble member")
+  if probes:
+    return _probe_judge(paths[0], lcfg, cache_dir, ecfg)
+  if len(paths) > 1 and ecfg.mode != "score":
+    raise UserError("an ensemble combines p(yes) and needs --mode score")
+  if how not in COMBINE:
+    raise UserError(f"--ensemble must be one of {', '.join(COMBINE)}, got {how!r}")
+  members = load_members(paths, lcfg, cache_dir)
+  name = " + ".join(m.spec.weights for m in members)
+  return Judge(members[0], scorer(members, how), name + (f" ({how})" if len(paths) > 1 else ""))
