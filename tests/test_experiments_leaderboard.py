@@ -28,33 +28,45 @@ def experiments(tmp_path) -> Path:
   root = tmp_path / "experiments"
   run = RunRecord(root, "plain-run")
   loss = {"kind": "focal", "focal_gamma": 2.0}
-  run.write_config({"model": "tiny",
+  run.write_config({"model": "tiny", "dataset": "dataset/set1",
                     "train_config": {"lr": 0.01, "batch_size": 4, "steps": 64, "loss": loss}})
+  with run.running():
+    pass
   run.write_eval("before training", {"train": _metrics(0.1, 0.5), "valid": _metrics(0.2, 0.5)})
   run.write_eval("1st trained", {"train": _metrics(0.99, 1.0), "valid": _metrics(0.7, 0.9)})
   run.log_step(1, 0.01, 1.0, 2.0, 0.1)
   run.log_step(2, 0.01, 0.5, 1.0, 0.2)
   cvrun = RunRecord(root, "cv-<b>run</b>")  # a name that needs escaping
   cvrun.write_config({"lr": 0.03, "loss": "combined", "bce_weight": 0.2, "focal_weight": 0.8,
-                     "trainable": "<attn>"})
+                     "trainable": "<attn>", "cv": "cv5", "model": "tiny"})
   cvrun.write_eval("cv", cv.summarize([_metrics(0.8, 0.95), _metrics(0.9, 0.85)]).to_dict())
   cvrun.write_summary("# cv run\n")
   (root / "not-a-run").mkdir()
   study = tune.open_study(str(root / "study.db"), "s1", seed=0)
   space = tune.load_space()
+  target = tune.Target("tiny", "cv5")
   tune.run_trials(study, space, lambda cfg, rep: 0.75, 1, records_root=str(root),
-                  log=lambda s: None)
+                  target=target, log=lambda s: None)
   def fail(cfg, rep):
     raise MemoryError("RESOURCE_EXHAUSTED: out of memory")
-  tune.run_trials(study, space, fail, 1, records_root=str(root), log=lambda s: None)
-  tune.ask(study, space)  # a trial only in the database, still running
+  tune.run_trials(study, space, fail, 1, records_root=str(root), target=target,
+                  log=lambda s: None)
+  tune.ask(study, space, target=target)  # a trial only in the database, still running
+  interrupted = RunRecord(root, "stopped")  # Ctrl-C before any evaluation
+  interrupted.write_config({"model": "tiny", "dataset": "dataset/set1"})
+  with pytest.raises(KeyboardInterrupt), interrupted.running():
+    raise KeyboardInterrupt
   return root
 
 
 def test_rows(experiments):
   rows = {r.name: r for r in report.collect(experiments)}
-  assert set(rows) == {"plain-run", "cv--b-run-b", "s1-trial-000", "s1-trial-001"}
+  assert set(rows) == {"plain-run", "cv--b-run-b", "s1-trial-000", "s1-trial-001", "stopped"}
   plain = rows["plain-run"]
+  assert (plain.state, plain.model, plain.evaluated_on) == ("finished", "tiny",
+                                                            "dataset/set1 valid")
+  assert rows["stopped"].state == "interrupted"
+  assert {rows[n].evaluated_on for n in ("cv--b-run-b", "s1-trial-000")} == {"cv5 (CV)"}
   assert plain.kind == "run" and plain.metrics["score"] == 0.7 and plain.metrics["auc"] == 0.9
   assert plain.settings == {"lr": 0.01, "steps": 64, "batch": 4, "loss": "focal",
                             "focal_gamma": 2.0}
@@ -71,30 +83,61 @@ def test_rows(experiments):
 
 def test_build_markdown_html_history(experiments):
   built = report.build(experiments)
-  assert built.rows == 5 and [h.name for h in built.histories] == ["study_history_s1.png"]
+  assert built.rows == 6 and [h.name for h in built.histories] == ["study_history_s1.png"]
   md = built.markdown.read_text()
-  lines = [l for l in md.splitlines() if l.startswith("| ")][2:]
+  # One table per evaluation set: runs measured on different sets are never ranked together.
+  assert re.findall(r"^## Evaluated on (.*)$", md, re.M) == [
+      "cv5 (CV)", "dataset/set1 (not evaluated)", "dataset/set1 valid"]
+  lines = [l for l in md.splitlines()
+           if l.startswith("| ") and not l.startswith(("|  | run", "| --- "))]
   assert [re.search(r"\[?([\w-]+)", l.split("|")[2]).group(1) for l in lines] == [
-      "cv--b-run-b", "s1-trial-000", "plain-run", "s1-trial-001", "s1-trial-002"]
+      "cv--b-run-b", "s1-trial-000", "s1-trial-001", "s1-trial-002", "stopped", "plain-run"]
   assert lines[0].startswith("| ★ | [cv--b-run-b](cv--b-run-b/summary.md) | cv |")
   assert "0.8500 ± 0.0500 [0.21, 1.00]" in lines[0] and "[loss](plain-run/loss.png)" in md
   plain = next(l for l in lines if "plain-run" in l)
+  assert plain.startswith("| ★ | [plain-run](plain-run/) | run | finished | tiny |")
   assert "| 0.8300 [0.44, 0.97] | 0.8300 | 0.7000 | 0.9000 [0.50, 1.00] | 0.8000 |" in plain
+  assert "| interrupted |" in next(l for l in lines if "stopped" in l)
+  # Settings equal in every row of a group are said once, not repeated in a column.
+  assert "Same in every row: lr 0.01, steps 64, batch 4, loss focal, gamma 2." in md
   assert "![study history](study_history_s1.png)" in md
   page = built.html.read_text()
-  assert page.count("<tr class=") == 5 and "<script>" in page and "cv--b-run-b" in page
+  assert page.count("<tr class=") == 6 and "<script>" in page and "cv--b-run-b" in page
+  assert page.count("<table>") == 3 and "<br><small>[0.44, 0.97]</small>" in page
+  assert _widest_table_px(page) <= 1366
   assert "<b>" not in page.replace("<body>", "") and "&lt;attn&gt;" in page
   assert 'class="best"' in page and 'src="study_history_s1.png"' in page
   assert built.histories[0].read_bytes()[:4] == b"\x89PNG"
 
 
+def _widest_table_px(page: str) -> int:
+  """A conservative width of the widest table: per column, its longest unbreakable line at
+  7 px a character (12 px sans-serif is narrower), plus padding and borders."""
+  widest = 0
+  for table in re.findall(r"<table>(.*?)</table>", page, re.S):
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+    cells = [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, re.S) for r in rows]
+    width = 0
+    for col in zip(*cells):
+      longest = 0
+      for cell in col:
+        wraps = 'class=t' in cell  # name and plots cells wrap at spaces, 16em at most
+        for part in re.split(r"<br>", cell):
+          text = re.sub(r"<[^>]+>", "", part)
+          longest = max(longest, max(map(len, text.split())) if wraps and text.split()
+                        else len(text))
+      width += min(longest * 7, 16 * 12) + 12
+    widest = max(widest, width)
+  return widest
+
+
 def test_sort_keys(experiments):
   rows = report.collect(experiments, render_plots=False)
-  by_lr = [r.settings["lr"] for r in report.sort_rows(rows, "lr")]
+  by_lr = [r.settings["lr"] for r in report.sort_rows(rows, "lr") if "lr" in r.settings]
   assert by_lr == sorted(by_lr) and len(by_lr) == 4
   assert next(r.name for r in report.sort_rows(rows, "name")) == "cv--b-run-b"
-  md = report.markdown(rows, "auc")
-  assert md.index("plain-run") < md.index("cv--b-run-b")  # AUC 0.9 = 0.9, stable order
+  md = report.markdown(rows, "auc")  # each group sorted on its own
+  assert md.index("s1-trial-000") < md.index("s1-trial-001") < md.index("plain-run")
   assert report.best_of(rows, "auc").name in ("plain-run", "cv--b-run-b")
   with pytest.raises(UserError, match="--sort must be one of"):
     report.build(experiments, sort="speed")
@@ -115,5 +158,5 @@ def test_report_script(experiments, monkeypatch, capsys):
                                  "--no-plots"])
   mod.main(args, Project.at(experiments.parent))
   out = capsys.readouterr().out
-  assert "5 row(s)" in out and "study_history_s1.png" in out
+  assert "6 row(s)" in out and "study_history_s1.png" in out
   assert not (experiments / "plain-run" / records.PLOTS["loss"]).exists()

@@ -5,7 +5,12 @@ eval_metrics.json) and per study trial that has no folder. A row's numbers:
 the `cv` block of eval_metrics.json when there is one (score = mean of the
 CV metric, with its std); else the last stage's metrics (its `valid` set
 when the stage holds several sets); a trial without either shows the score
-recorded in the study. The best row (highest by the sort metric) is marked.
+recorded in the study. Rows are grouped by what they were evaluated on (a
+split's valid set, a CV folder): numbers from different sets are never ranked
+in one column. In each group the best row (highest by the sort metric, among
+finished runs) is marked, and settings equal in every row are said once above
+the table, so a page fits a laptop screen. Runs show their status (finished,
+interrupted, failed, killed, running); trials their study state.
 A metric shows its 95 % interval beside it, `0.8000 [0.49, 0.94]`, when the
 record has one (`<metric>_ci` in a stage block, `interval` in a cv block).
 """
@@ -45,6 +50,9 @@ class Row:
   plots: tuple[tuple[str, str], ...] = ()  # (kind, relative path)
   note: str = ""
   intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+  model: str = ""
+  dataset: str = ""
+  evaluated_on: str = ""           # The group: a split's set, or a CV folder.
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -77,7 +85,7 @@ def headline(ev: dict[str, Any], metric: str = "f_measure") -> tuple[str, dict[s
     means = cv.get("means") or {}
     out = {k: finite(means.get(k)) for k, _ in METRIC_COLUMNS[1:]}
     return "cv", {**out, "score": finite(cv.get("score")), "std": finite(cv.get("std"))}
-  block = _last_block(ev)
+  block = _last_block(ev)[1]
   if block:
     out = {k: finite(block.get(k)) for k, _ in METRIC_COLUMNS[1:]}
     return "run", {**out, "score": out.get(metric), "std": None}
@@ -90,7 +98,7 @@ def intervals_of(ev: dict[str, Any], metric: str = "f_measure") -> dict[str, tup
   if cv is not None:
     raw = {"score": cv.get("interval")}
   else:
-    block = _last_block(ev) or {}
+    block = _last_block(ev)[1] or {}
     raw = {k: block.get(f"{k}_ci") for k, _ in METRIC_COLUMNS[1:]}
     raw["score"] = raw.get(metric)
   out = {}
@@ -106,17 +114,33 @@ def _cv_block(ev: dict[str, Any]) -> dict[str, Any] | None:
   return cv if isinstance(cv, dict) and "score" in cv else None
 
 
-def _last_block(ev: dict[str, Any]) -> dict[str, Any] | None:
-  """The last stage's metrics (its `valid` set when the stage holds several sets)."""
+def _last_block(ev: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+  """(set name, metrics) of the last stage (its `valid` set when the stage holds several)."""
   for stage, block in reversed(list(ev.items())):
     if stage == "trial" or not isinstance(block, dict):
       continue
+    name = ""
     if not any(k in block for k, _ in METRIC_COLUMNS):
-      subs = [v for k, v in block.items() if isinstance(v, dict) and "valid" in k]
-      block = subs[-1] if subs else None
+      subs = [(k, v) for k, v in block.items() if isinstance(v, dict) and "valid" in k]
+      name, block = subs[-1] if subs else ("", None)
     if block:
-      return block
-  return None
+      return name, block
+  return "", None
+
+
+def _text(value: Any) -> str:
+  return value if isinstance(value, str) else ""
+
+
+def evaluated_on(cfg: dict[str, Any], ev: dict[str, Any], kind: str) -> str:
+  """What a row's numbers were measured on: `dataset/set1 valid.jsonl`, `cv5 (CV)`."""
+  args = cfg.get("args") if isinstance(cfg.get("args"), dict) else {}
+  cv = _text(cfg.get("cv")) or _text(args.get("cv"))
+  if kind == "cv" or (kind == "trial" and cv):
+    return f"{cv or _text(cfg.get('dataset')) or 'unrecorded folds'} (CV)"
+  name, block = _last_block(ev)
+  where_from = _text(cfg.get("dataset")) or _text(args.get("dataset")) or "unknown data"
+  return f"{where_from} {name}".strip() if block else f"{where_from} (not evaluated)"
 
 
 def row_of(record: RunRecord, root: Path, metric: str = "f_measure") -> Row:
@@ -130,11 +154,15 @@ def row_of(record: RunRecord, root: Path, metric: str = "f_measure") -> Row:
     note = (trial or {}).get("reason") or ""
     if metrics["score"] is None and trial:
       metrics = {**metrics, "score": finite(trial.get("value"))}
+  else:
+    state = record.status()
+    note = _text(cfg.get("error"))
   rel = record.path.relative_to(root).as_posix()
   link = f"{rel}/summary.md" if record.file("summary.md").exists() else f"{rel}/"
   figs = tuple((k, f"{rel}/{p.name}") for k, p in record.plot_files().items())
   return Row(record.name, kind, link, settings_of(cfg), metrics, state, figs, note,
-             intervals_of(ev, metric))
+             intervals_of(ev, metric), _text(cfg.get("model")), _text(cfg.get("dataset")),
+             evaluated_on(cfg, ev, kind))
 
 
 def collect(root: str | Path = "experiments", render_plots: bool = True,
@@ -165,7 +193,9 @@ def study_rows(study, known: set[str] = frozenset()) -> list[Row]:
     value = t.value if t.state.name in ("COMPLETE", "PRUNED") else None
     rows.append(Row(name, "trial", "", settings_of(t.user_attrs.get("config") or t.params),
                     {"score": finite(value), "std": None}, t.state.name, (),
-                    t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""))
+                    t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or "",
+                    model=_text(study.user_attrs.get("model")),
+                    evaluated_on=f"{_text(t.user_attrs.get('cv')) or 'unrecorded folds'} (CV)"))
   return rows
 
 
@@ -187,7 +217,8 @@ def sort_rows(rows: Sequence[Row], key: str = "score") -> list[Row]:
 
 def best_of(rows: Sequence[Row], key: str = "score") -> Row | None:
   key = key if key in dict(METRIC_COLUMNS) else "score"
-  scored = [r for r in rows if r.metrics.get(key) is not None and r.state in ("", "COMPLETE")]
+  scored = [r for r in rows if r.metrics.get(key) is not None
+            and r.state in ("", "COMPLETE", "finished")]
   return max(scored, key=lambda r: r.metrics[key]) if scored else None
 
 
@@ -215,32 +246,67 @@ def _metric(r: Row, key: str) -> str:
   return fmt(key, r.metrics.get(key)) + _interval(r, key)
 
 
+def grouped(rows: Sequence[Row], sort: str = "score") -> list[tuple[str, list[Row]]]:
+  """(evaluated on, sorted rows) per group, groups by name."""
+  names = sorted({r.evaluated_on for r in rows})
+  return [(g, sort_rows([r for r in rows if r.evaluated_on == g], sort)) for g in names]
+
+
+def split_settings(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+  """(settings that differ between rows, as columns; those equal in every row, said once)."""
+  varying, common = [], {}
+  for key, title in SETTINGS:
+    values = {repr(r.settings.get(key)) for r in rows}
+    if len(values) > 1:
+      varying.append((key, title))
+    elif rows and rows[0].settings.get(key) is not None:
+      common[key] = rows[0].settings[key]
+  return varying, common
+
+
+def _common_line(common: dict[str, Any]) -> str:
+  return ("Same in every row: " + ", ".join(f"{dict(SETTINGS)[k]} {fmt(k, v)}"
+                                             for k, v in common.items()) + ".") if common else ""
+
+
+_INTRO = ("★ marks the best finished row of each group. score = the CV metric's mean ± std over "
+          "the folds (or the run's valid metric). [low, high] = 95 % interval (Wilson; "
+          "bootstrap for AUC; Student t over the folds for a CV score).")
+
+
 def markdown(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
-  rows = sort_rows(rows, sort)
-  best = best_of(rows, sort)
-  head = ["", "run", "kind", "state"] + [t for _, t in SETTINGS] + [t for _, t in METRIC_COLUMNS]
-  lines = ["# Leaderboard", "",
-           f"Sorted by {sort}; ★ marks the best row. score = the CV metric's mean ± std over "
-           "the folds (or the run's valid metric). [low, high] = 95 % interval (Wilson; "
-           "bootstrap for AUC; Student t over the folds for a CV score).", "",
-           "| " + " | ".join(head + ["plots"]) + " |", "|" + " --- |" * (len(head) + 1)]
-  for r in rows:
-    name = f"[{r.name}]({r.link})" if r.link else r.name
-    cells = ["★" if r is best else "", name, r.kind, r.state or ""]
-    cells += [fmt(k, r.settings.get(k)) for k, _ in SETTINGS]
-    cells += [_score(r)] + [_metric(r, k) for k, _ in METRIC_COLUMNS[1:]]
-    cells.append(" ".join(f"[{k}]({p})" for k, p in r.plots))
-    lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-  lines += [""] + [f"![study history]({h})" for h in histories]
+  sort_rows(rows, sort)  # Validates the key.
+  lines = ["# Leaderboard", "", f"Sorted by {sort}. {_INTRO}", ""]
+  for group, members in grouped(rows, sort):
+    best = best_of(members, sort)
+    varying, common = split_settings(members)
+    head = ["", "run", "kind", "state", "model"] + [t for _, t in varying] + \
+        [t for _, t in METRIC_COLUMNS] + ["plots"]
+    lines += [f"## Evaluated on {group}", ""] + ([_common_line(common), ""] if common else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in members:
+      name = f"[{r.name}]({r.link})" if r.link else r.name
+      cells = ["★" if r is best else "", name, r.kind, r.state or "", r.model or "-"]
+      cells += [fmt(k, r.settings.get(k)) for k, _ in varying]
+      cells += [_score(r)] + [_metric(r, k) for k, _ in METRIC_COLUMNS[1:]]
+      cells.append(" ".join(f"[{k}]({p})" for k, p in r.plots))
+      lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    lines.append("")
+  lines += [f"![study history]({h})" for h in histories]
   return "\n".join(lines) + "\n"
 
 
-_CSS = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:13px}"
-        "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}"
-        "th{cursor:pointer;background:#f3f3f3}td.t{text-align:left}"
-        "tr.best{background:#fff3c4;font-weight:bold}tr.FAIL,tr.PRUNED{color:#888}")
-_JS = """document.querySelectorAll('th').forEach((th, i) => th.onclick = () => {
-  const body = th.closest('table').tBodies[0], rows = [...body.rows];
+# Narrow enough for a 1366 px laptop screen: small type, intervals under their value,
+# names and plot links allowed to wrap.
+_CSS = ("body{font-family:sans-serif;margin:1em;max-width:1340px}"
+        "table{border-collapse:collapse;font-size:12px;margin-bottom:1.5em}"
+        "th,td{border:1px solid #ccc;padding:2px 5px;text-align:right;white-space:nowrap}"
+        "th{cursor:pointer;background:#f3f3f3}td.t{text-align:left;white-space:normal;"
+        "max-width:16em;overflow-wrap:anywhere}small{color:#666}"
+        "tr.best{background:#fff3c4;font-weight:bold}"
+        "tr.FAIL,tr.PRUNED,tr.failed,tr.killed,tr.interrupted{color:#888}")
+_JS = """document.querySelectorAll('th').forEach(th => th.onclick = () => {
+  const i = th.cellIndex, body = th.closest('table').tBodies[0], rows = [...body.rows];
   const desc = th.dataset.desc = th.dataset.desc === '1' ? '0' : '1';
   const val = r => r.cells[i].dataset.v, num = v => v !== '' && !isNaN(v);
   rows.sort((a, b) => { const x = val(a), y = val(b);
@@ -255,35 +321,51 @@ def _td(text: str, sort_value: Any = None, left: bool = False, raw: bool = False
   return f'<td data-v="{html.escape(v)}"{" class=t" if left else ""}>{body}</td>'
 
 
+def _cell_html(r: Row, key: str) -> str:
+  """A metric's value, its interval on a second line."""
+  value = fmt(key, r.metrics.get(key)) + (f" ± {r.metrics['std']:.4f}" if key == "score" and
+                                          r.metrics.get("std") is not None and
+                                          r.metrics.get(key) is not None else "")
+  iv = _interval(r, key).strip()
+  return html.escape(value) + (f"<br><small>{html.escape(iv)}</small>" if iv else "")
+
+
+def _html_row(r: Row, best: Row | None, varying) -> str:
+  link = (f'<a href="{html.escape(r.link)}">{html.escape(r.name)}</a>' if r.link
+          else html.escape(r.name))
+  cells = [_td("★" if r is best else "", 1 if r is best else 0),
+           _td(link, r.name, left=True, raw=True), _td(r.kind, r.kind, True),
+           _td(r.state, r.state, True), _td(r.model or "-", r.model, True)]
+  cells += [_td(fmt(k, r.settings.get(k)), r.settings.get(k), k in ("trainable", "loss"))
+            for k, _ in varying]
+  cells += [_td(_cell_html(r, k), r.metrics.get(k), raw=True) for k, _ in METRIC_COLUMNS]
+  figs = " ".join(f'<a href="{html.escape(p)}">{html.escape(k)}</a>' for k, p in r.plots)
+  cells.append(_td(figs, len(r.plots), left=True, raw=True))
+  title = f' title="{html.escape(r.note)}"' if r.note else ""
+  cls = " ".join(c for c in ("best" if r is best else "", r.state) if c)
+  return f'<tr class="{cls}"{title}>' + "".join(cells) + "</tr>"
+
+
 def html_page(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
-  rows = sort_rows(rows, sort)
-  best = best_of(rows, sort)
-  head = ["", "run", "kind", "state"] + [t for _, t in SETTINGS] + [t for _, t in METRIC_COLUMNS]
+  sort_rows(rows, sort)  # Validates the key.
   out = ["<!doctype html><html><head><meta charset=utf-8><title>palijudge leaderboard</title>",
          f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1>",
-         f"<p>Generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Click a column to sort; "
-         "★ marks the best score. score = the CV metric's mean ± std over the folds. "
-         "[low, high] = 95 % interval.</p>",
-         "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head + ["plots"])
-         + "</tr></thead><tbody>"]
-  for r in rows:
-    link = (f'<a href="{html.escape(r.link)}">{html.escape(r.name)}</a>' if r.link
-            else html.escape(r.name))
-    cells = [_td("★" if r is best else "", 1 if r is best else 0),
-             _td(link, r.name, left=True, raw=True), _td(r.kind, r.kind, True),
-             _td(r.state, r.state, True)]
-    cells += [_td(fmt(k, r.settings.get(k)), r.settings.get(k), k in ("trainable", "loss"))
-              for k, _ in SETTINGS]
-    cells += [_td(_score(r), r.metrics.get("score"))]
-    cells += [_td(_metric(r, k), r.metrics.get(k)) for k, _ in METRIC_COLUMNS[1:]]
-    figs = " ".join(f'<a href="{html.escape(p)}">{html.escape(k)}</a>' for k, p in r.plots)
-    cells.append(_td(figs, len(r.plots), left=True, raw=True))
-    title = f' title="{html.escape(r.note)}"' if r.note else ""
-    cls = " ".join(c for c in ("best" if r is best else "", r.state) if c)
-    out.append(f'<tr class="{cls}"{title}>' + "".join(cells) + "</tr>")
-  out.append("</tbody></table>")
-  out += [f'<h2>Study history</h2><img src="{html.escape(h)}" alt="study history">'
-          for h in histories]
+         f"<p>Generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Click a column to sort. "
+         f"{html.escape(_INTRO)}</p>"]
+  for group, members in grouped(rows, sort):
+    best = best_of(members, sort)
+    varying, common = split_settings(members)
+    head = ["", "run", "kind", "state", "model"] + [t for _, t in varying] + \
+        [t for _, t in METRIC_COLUMNS] + ["plots"]
+    out.append(f"<h2>Evaluated on {html.escape(group)}</h2>")
+    if common:
+      out.append(f"<p>{html.escape(_common_line(common))}</p>")
+    out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+               + "</tr></thead><tbody>")
+    out += [_html_row(r, best, varying) for r in members]
+    out.append("</tbody></table>")
+  out += [f'<h2>Study history</h2><img src="{html.escape(h)}" alt="study history" '
+          f'style="max-width:100%">' for h in histories]
   out.append(f"<script>{_JS}</script></body></html>")
   return "\n".join(out) + "\n"
 
@@ -293,7 +375,8 @@ def history_png(study, root: Path) -> Path:
   trials = study.get_trials(deepcopy=False)
   values = [t.value if t.state.name in ("COMPLETE", "PRUNED") else None for t in trials]
   return plots.render_history([t.number for t in trials], values, [t.state.name for t in trials],
-                              root / f"study_history_{study.study_name}.png", "CV score")
+                              root / f"study_history_{study.study_name}.png",
+                              f"CV {_text(study.user_attrs.get('metric')) or 'score'}")
 
 
 def load_studies(storage: str | None, root: Path) -> list:
