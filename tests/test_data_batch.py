@@ -106,3 +106,18 @@ def test_inputs_and_drop_last_shapes(texts):
   assert x.text.shape == (4, t)  # The original is unchanged.
   z = collate(texts, [True] * 3, zimg=np.zeros((3, 5, 7), np.float32), batch_size=4)
   assert z.inputs().drop_last().zimg.shape == (4, 5, 7) and z.inputs().image is None
+
+
+def test_batches_rows_are_this_process_share_of_every_batch(tiny_lm, tiny_examples):
+  """`rows` (a multi-process run): the same rows, padding shape and flips as the whole batch."""
+  examples = tiny_examples[1][:12]
+  flips = np.arange(12) % 3 == 0
+  kw = dict(tok=tiny_lm.tok, image_size=tiny_lm.cfg.image_size, batch_size=4,
+            prompt=DEFAULT_PROMPT, with_suffix=True, flips=flips)
+  whole = list(batch_lib.Batches(examples, **kw))
+  share = list(batch_lib.Batches(examples, rows=slice(2, 4), **kw))
+  assert len(share) == len(whole) == 3
+  for (chunk, b), (part, p) in zip(whole, share):
+    assert part == chunk[2:4]
+    for name in ("text", "mask_ar", "mask_loss", "mask_input", "label", "loss_idx", "image"):
+      np.testing.assert_array_equal(getattr(p, name), getattr(b, name)[2:4], err_msg=name)

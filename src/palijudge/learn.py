@@ -6,8 +6,9 @@ evaluates after each stage, keeps the run whose validation metric is best,
 and saves its checkpoint atomically with the recipe, prompt and decision
 threshold (`--keep all`: every run's too, as NAME.runK.npz, for an ensemble).
 `--probe` fits the linear probe (see `probe`) on the encoder before training
-and reports it beside the fine-tune; `--probe-only` does only that. It sits above `train` and `evaluate` and below the experiments:
-run records are written through the small `Recorder` interface, which
+and reports it beside the fine-tune; `--probe-only` does only that. It sits
+above `train` and `evaluate` and below the experiments: run records are
+written through the small `Recorder` interface, which
 `experiments.records.RunRecord` implements, so nothing here imports them.
 """
 

@@ -8,7 +8,8 @@ module (model, checkpoint, train) uses these helpers; this module imports
 nothing from the project but `errors`.
 
 Shardings: one mesh axis, "data", spans every device (of every host, after
-`jax.distributed.initialize`). The batch is always split along it. With FSDP,
+`jax.distributed.initialize`). The batch is always split along it (each
+process loads only its rows: see `distributed`). With FSDP,
 each parameter (and its optimizer state) is split along its largest axis that
 the device count divides; XLA gathers it where it is used. Without FSDP every
 parameter is replicated.

@@ -10,7 +10,9 @@
   the frozen-encoder feature cache, progress lines, the divergence guard with
   restarts on the next seed, and the periodic train state that `--resume`
   continues from (the data order is a function of the seed, so a resumed run
-  reaches the same result as an uninterrupted one).
+  reaches the same result as an uninterrupted one, with any number of processes:
+  the state is saved whole, and each process loads its rows of every global
+  batch, see `distributed`).
 """
 
 from __future__ import annotations
@@ -391,8 +393,9 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
 
 
 # What a resumed run must share with the run that saved the state: every field of
-# the recipe but these (they change what is printed or saved, not the numbers).
-_NOT_RECIPE = ("print_every", "save_every", "max_restarts", "seed")
+# the recipe but these (they change what is printed, saved or how memory is laid out,
+# not the numbers; the seed is checked on its own).
+_NOT_RECIPE = ("print_every", "save_every", "max_restarts", "seed", "fsdp", "remat")
 
 
 def recipe(tcfg: TrainConfig, examples: Sequence[Example], opts: FitOptions, weights: str

@@ -129,13 +129,19 @@ def load_pixels(ex: Example, size: int, gif_frame: str) -> np.ndarray:
 
 
 class Batches:
-  """Iterates collated batches over `examples` in the given order."""
+  """Iterates collated batches over `examples` in the given order.
+
+  `rows` (a multi-process run, see `distributed.batch_rows`): only these rows
+  of every batch are loaded and yielded, this process's share. Every process
+  tokenizes all texts, so all pad to the same shape.
+  """
 
   def __init__(self, examples: Sequence[Example], tok: tok_lib.Tokenizer, image_size: int,
                batch_size: int, prompt: str, with_suffix: bool, gif_frame: str = "first",
                workers: int = 4, flips: np.ndarray | None = None,
-               cache: PixelCache | None = None):
+               cache: PixelCache | None = None, rows: slice | None = None):
     self.examples = list(examples)
+    self.rows = rows if rows is not None else slice(0, batch_size)
     self.tok, self.size, self.bs = tok, image_size, batch_size
     self.prompt, self.with_suffix, self.gif_frame = prompt, with_suffix, gif_frame
     self.workers = workers
@@ -146,8 +152,9 @@ class Batches:
     self.shape = shape_for(self.texts)
 
   def __iter__(self) -> Iterator[tuple[list[Example], Batch]]:
+    mine = self.rows  # Of each batch: all of it, or this process's share.
     starts = range(0, len(self.examples), self.bs)
-    chunks = [self.examples[i:i + self.bs] for i in starts]
+    chunks = [self.examples[i:i + self.bs][mine] for i in starts]
     with futures.ThreadPoolExecutor(self.workers) as pool:
       get = self.cache.get if self.cache is not None else load_pixels
       load = lambda c: pool.map(lambda e: get(e, self.size, self.gif_frame), c)
@@ -155,13 +162,13 @@ class Batches:
       for i, chunk in enumerate(chunks):
         pixels = np.stack(list(pending.pop(0)))
         if self.flips is not None:
-          flip = self.flips[i * self.bs:i * self.bs + len(chunk)]
+          flip = self.flips[i * self.bs:(i + 1) * self.bs][mine]
           pixels[flip] = pixels[flip][:, :, ::-1]
         if i + 2 < len(chunks):
           pending.append(load(chunks[i + 2]))
-        texts = self.texts[i * self.bs:(i + 1) * self.bs]
-        yield chunk, collate(texts, [e.label for e in chunk], pixels, batch_size=self.bs,
-                             shape=self.shape)
+        texts = self.texts[i * self.bs:(i + 1) * self.bs][mine]
+        yield chunk, collate(texts, [e.label for e in chunk], pixels,
+                             batch_size=mine.stop - mine.start, shape=self.shape)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
