@@ -79,7 +79,8 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
 def _joined() -> bool:
   """Whether this process is part of a multi-process run (jax.distributed)."""
   jax = sys.modules.get("jax")
-  return jax is not None and jax.distributed.is_initialized()
+  joined = getattr(jax.distributed, "is_initialized", None) if jax is not None else None
+  return bool(joined and joined())
 
 
 def _fail(code: int, line: str | None = None) -> None:
