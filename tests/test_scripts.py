@@ -22,7 +22,7 @@ from palijudge.params import flatten
 from palijudge.data import examples as data
 from palijudge.data import synthetic
 from palijudge.files import Project
-from testing import PLAY, ROOT, assert_one_line_error, make_tiny_project, run_script
+from testing import PLAY, ROOT, assert_one_line_error, run_script
 
 pytestmark = pytest.mark.script
 
