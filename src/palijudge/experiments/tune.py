@@ -252,8 +252,30 @@ def _storage(url: str, heartbeat: int, grace: int) -> optuna.storages.RDBStorage
       "pool_pre_ping": True}
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # heartbeats are "experimental" in Optuna
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                      grace_period=grace, heartbeat_stale_trial_callback=_on_stale)
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                         grace_period=grace,
+                                         heartbeat_stale_trial_callback=_on_stale)
+  if url.startswith("sqlite"):
+    _begin_immediate(storage.engine)
+  return storage
+
+
+def _begin_immediate(engine) -> None:
+  """SQLite transactions take the write lock when they begin (BEGIN IMMEDIATE).
+
+  A deferred transaction that reads and then writes while another worker writes gets
+  "database is locked" at once: SQLite cannot wait there without risking a deadlock,
+  so its busy timeout does not apply. Taken at BEGIN, the lock is simply waited for.
+  """
+  @sqlalchemy.event.listens_for(engine, "connect")
+  def _no_implicit_begin(dbapi_connection, _record):
+    dbapi_connection.isolation_level = None  # pysqlite's own BEGIN would be deferred
+
+  @sqlalchemy.event.listens_for(engine, "begin")
+  def _begin(connection):
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+  engine.dispose()  # Connections made before the listeners are dropped.
 
 
 def _shown(url: str) -> str:  # a URL in messages, without its password
