@@ -48,9 +48,12 @@ def _first_process() -> bool:
 
 
 def bar(total: int | None, desc: str = "", unit: str = "it", initial: int = 0,
-        iterable: Iterable | None = None, enabled: bool = True) -> tqdm:
-  """A bar on stderr with count, rate and ETA; closes itself when used as a context."""
+        iterable: Iterable | None = None, enabled: bool = True, unit_scale: bool = False
+        ) -> tqdm:
+  """A bar on stderr with count, rate and ETA; closes itself when used as a context.
+  `unit_scale`: counts shown as k/M/G (bytes of a download)."""
   return tqdm(iterable, total=total, desc=desc or None, unit=unit, initial=initial,
+              unit_scale=unit_scale,
               file=sys.stderr, disable=_disabled() if enabled else True,
               dynamic_ncols=True, leave=False,
               mininterval=0 if _mode == "always" else 0.5, smoothing=0.1)

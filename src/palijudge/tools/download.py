@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import sentencepiece as spm
-from tqdm import tqdm
 
+from palijudge import progress as progress_lib
 from palijudge.errors import UserError, where
 from palijudge import files
 
@@ -268,9 +268,8 @@ def fetch_resumable(url: str, dst: Path, progress: bool = True, _retry: bool = T
   with resp:
     have = have if resp.status == 206 else 0  # A server that ignores Range starts over.
     total = _total(resp, have)
-    with open(part, "ab" if have else "wb") as f, tqdm(
-        total=total, initial=have, unit="B", unit_scale=True, desc=dst.name, leave=False,
-        disable=not progress) as bar:
+    with open(part, "ab" if have else "wb") as f, progress_lib.bar(
+        total, dst.name, "B", initial=have, enabled=progress, unit_scale=True) as bar:
       try:
         for chunk in iter(lambda: resp.read(1 << 16), b""):
           f.write(chunk)
