@@ -12,7 +12,6 @@ their files' sha256 (`loader.ModelSpec.weights_id`). Training with
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 
@@ -41,12 +40,12 @@ class FeatureCache:
     self.memory: dict[str, np.ndarray] = {}
     self.hits = self.misses = 0
     self.disk_dir = disk_dir  # None: memory only.
-    self.model_key = hashlib.sha256(json.dumps(
-        [model.cfg.to_dict(), str(model.dtype), weights_id]).encode()).hexdigest()[:16]
+    self.model_key = files.sha256_text(json.dumps(
+        [model.cfg.to_dict(), str(model.dtype), weights_id]))[:16]
 
   def _key(self, ex: Example) -> str:
     raw = f"{self.model_key}|{files.sha256(ex.image)}|{self.gif_frame}"
-    return hashlib.sha256(raw.encode()).hexdigest()
+    return files.sha256_text(raw)
 
   def _disk(self, key: str) -> str | None:
     return os.path.join(self.disk_dir, key[:2], key + ".npy") if self.disk_dir else None
