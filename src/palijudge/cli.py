@@ -290,6 +290,6 @@ def run_audit(args: argparse.Namespace, project: Project, sets: dict):
   if acfg.embeddings:
     from palijudge import train
     lm = load_model(args, project)
-    features = train.feature_cache(lm, "attn", "first")  # Frozen encoder: cached on disk.
+    features = train.encoder_cache(lm, "first")  # Frozen encoder: cached on disk.
     embed = lambda exs: features.pooled(exs, lm.cfg.image_size)  # noqa: E731
   return audit.find(sets, acfg, embed)

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.special import expit
 
 from palijudge import checkpoint
+from palijudge import train as train_lib
 from palijudge.data.examples import Example
 from palijudge.data.features import FeatureCache
 from palijudge.data.images import GIF_FRAMES
@@ -126,9 +127,7 @@ def fit(lm: LoadedModel, features: FeatureCache, train: Sequence[Example], gif_f
 
 def encoder_features(lm: LoadedModel, gif_frame: str) -> FeatureCache:
   """The feature cache of `lm`'s encoder, whatever --trainable says: the probe never trains it."""
-  disk = os.path.join(lm.spec.cache_dir, "features") if lm.spec.cache_dir else None
-  return FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id,
-                      "first" if gif_frame == "all" else gif_frame, disk)
+  return train_lib.encoder_cache(lm, "first" if gif_frame == "all" else gif_frame)
 
 
 # --- Judging -----------------------------------------------------------------------

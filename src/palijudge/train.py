@@ -350,8 +350,11 @@ def _kept(lm: LoadedModel, d: Diverged, tcfg: TrainConfig, seed: int, restarts: 
 
 def feature_cache(lm: LoadedModel, trainable: str, gif_frame: str) -> FeatureCache | None:
   """A cache of image tokens, or None when training changes the encoder."""
-  if params_lib.trains_encoder(trainable):
-    return None
+  return None if params_lib.trains_encoder(trainable) else encoder_cache(lm, gif_frame)
+
+
+def encoder_cache(lm: LoadedModel, gif_frame: str) -> FeatureCache:
+  """The cache of `lm`'s encoder as loaded (on disk under the project's cache/features/)."""
   disk = os.path.join(lm.spec.cache_dir, "features") if lm.spec.cache_dir else None
   return FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id, gif_frame, disk)
 
