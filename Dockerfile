@@ -2,8 +2,12 @@
 #   bin/docker-build.sh                 # builds palijudge:latest
 #   bin/docker-run.sh make train SET=set1
 # The base image's jax/jaxlib are kept: pip installs palijudge with them as constraints.
+# CI builds the same file on a local Debian base (.ci/docker.sh): --base palijudge-base:bookworm.
 ARG BASE_IMAGE=nvcr.io/nvidia/jax:25.04-py3
 FROM ${BASE_IMAGE}
+# What the image runs: the workflow (Kaggle/HF downloads, shared PostgreSQL studies).
+# The test suite runs on the host (make test); EXTRAS=download,postgres,test adds it.
+ARG EXTRAS=download,postgres
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -20,6 +24,8 @@ ENV XLA_PYTHON_CLIENT_PREALLOCATE=false \
     MPLBACKEND=Agg \
     MPLCONFIGDIR=/tmp/matplotlib \
     PALIJUDGE_CONTAINER=1
+# `python` is the image's python3 on every base (a plain Debian one has only python3).
+ENV PATH="${VENV}/bin:${PATH}"
 
 WORKDIR /workspace/palijudge
 
@@ -29,11 +35,10 @@ COPY src/palijudge/__init__.py src/palijudge/__init__.py
 RUN python3 -m pip list --format=freeze \
       | grep -iE '^(jax|jaxlib|jax-cuda[0-9]+-(plugin|pjrt)|numpy|ml[-_]dtypes)==' \
       > /tmp/keep.txt || true; \
-    python3 -m pip install -c /tmp/keep.txt -e '.[download,test]'
+    python3 -m pip install -c /tmp/keep.txt -e ".[${EXTRAS}]"
 
 COPY src/ src/
 COPY playground/ playground/
-COPY tests/ tests/
 COPY Makefile ./
 COPY bin/ bin/
 

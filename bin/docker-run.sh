@@ -28,6 +28,11 @@ options (before COMMAND; everything from COMMAND on is passed through):
   --kaggle FILE     kaggle.json to mount read-only (default: ~/.kaggle/kaggle.json or
                     $KAGGLE_CONFIG_DIR/kaggle.json when it exists)
   --no-kaggle       mount no Kaggle credentials
+  --memlock auto|on|off
+                    lift the locked-memory limit (--ulimit memlock=-1, as NVIDIA advises
+                    for GPU transfers). auto (default): asked for, and dropped with a
+                    note where the engine may not raise it (rootless or restricted
+                    engines: "error setting rlimit type 8"); on: required; off: never
   --platform-allocator
                     XLA_PYTHON_CLIENT_ALLOCATOR=platform (frees GPU memory at once, much
                     slower; the same as the scripts' --platform-allocator). Off by default.
@@ -71,12 +76,14 @@ gpus="all"
 kaggle="${KAGGLE_CONFIG_DIR:-${HOME:-/nonexistent}/.kaggle}/kaggle.json"
 kaggle_given=0
 tty="auto"
+memlock="auto"
 volumes=()
 envs=()
 while (($#)); do
   case "$1" in
     -h | --help) usage; exit 0 ;;
     --image) need $# "$1"; image="$2"; shift 2 ;;
+    --memlock) need $# "$1"; memlock="$2"; shift 2 ;;
     --gpus) need $# "$1"; gpus="$2"; shift 2 ;;
     --no-gpu) gpus=""; shift ;;
     --project) need $# "$1"; project="$2"; shift 2 ;;
@@ -93,6 +100,8 @@ while (($#)); do
   esac
 done
 
+[[ -n "$image" ]] || die "--image must not be empty"
+case "$memlock" in auto | on | off) ;; *) die "--memlock wants auto, on or off, got: $memlock" ;; esac
 [[ -d "$project" ]] || die "project folder not found: $project"
 project="$(cd "$project" && pwd)"
 if ((kaggle_given)) && [[ ! -f "$kaggle" ]]; then
@@ -106,10 +115,29 @@ case "$here/" in
   "$project"/*) workdir="$work${here#"$project"}" ;;  # The same place, inside the container.
 esac
 
-args=(run --rm --init --ipc=host
-  --ulimit memlock=-1 --ulimit stack=67108864 --workdir "$workdir"
+read -r -a docker <<<"${DOCKER:-docker}"
+
+# Whether the engine may raise the locked-memory limit: a container that only runs `true`
+# is started with it (about a second). Only a refusal of the limit itself drops it; any
+# other failure (no image, no engine) is left for the real run to report.
+if [[ "$memlock" == auto ]]; then
+  if probe=$("${docker[@]}" run --rm --ulimit memlock=-1 --entrypoint true "$image" 2>&1 >/dev/null); then
+    memlock=on
+  elif [[ "$probe" == *rlimit* ]]; then
+    echo "docker-run.sh: this engine may not raise the locked-memory limit; running without" \
+      "--ulimit memlock=-1 (GPU transfers may be slower; --memlock off skips this check)" >&2
+    memlock=off
+  else
+    memlock=on
+  fi
+fi
+
+args=(run --rm --init --ipc=host --ulimit stack=67108864 --workdir "$workdir"
   --env HOME=/tmp --env "KAGGLEHUB_CACHE=$work/cache/kagglehub"
   --env "HF_HOME=$work/cache/huggingface")
+if [[ "$memlock" == on ]]; then
+  args+=(--ulimit memlock=-1)
+fi
 if ((!msys)); then
   args+=(--user "$(id -u):$(id -g)")  # Docker Desktop on Windows maps ownership itself.
 fi
@@ -171,5 +199,4 @@ if ((msys)); then
   # already converted, so conversion is switched off for everything passed to docker.
   export MSYS_NO_PATHCONV=1 MSYS2_ARG_CONV_EXCL='*'
 fi
-read -r -a docker <<<"${DOCKER:-docker}"
 exec ${launcher[@]+"${launcher[@]}"} "${docker[@]}" "${args[@]}" ${envs[@]+"${envs[@]}"} "$image" "$@"

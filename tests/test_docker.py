@@ -184,6 +184,8 @@ def test_scripts_keep_lf_line_ends_on_windows_checkouts():
     (["--project", "/nonexistent/proj", "true"], "project folder not found"),
     (["-v", "/nonexistent/x:/x", "true"], "--volume folder not found"),
     (["-v", "relative", "true"], "--volume wants HOST:CONTAINER"),
+    (["--image", "", "true"], "--image must not be empty"),
+    (["--memlock", "maybe", "true"], "--memlock wants auto, on or off"),
 ])
 def test_run_bad_arguments(stub, args, needle):
   proc = _run(RUN, *args, env=stub, check=False)
@@ -204,3 +206,34 @@ def test_build(stub):
                   "BASE_IMAGE=nvcr.io/nvidia/jax:25.01-py3", "--pull", str(ROOT)]
   proc = _run(BUILD, "--push", env=stub, check=False)
   assert proc.returncode == 2 and "unknown argument: --push" in proc.stderr and not proc.stdout
+
+
+@pytest.fixture
+def strict_engine(stub, tmp_path):
+  """An engine that refuses to raise the locked-memory limit, as a rootless or restricted one does
+  ("error setting rlimit type 8"), and otherwise prints its arguments."""
+  exe = tmp_path / "docker-strict"
+  exe.write_text('#!/bin/sh\ncase "$*" in *memlock=-1*)\n'
+                 '  echo "docker: Error response from daemon: ... error setting rlimit type 8: '
+                 'operation not permitted: unknown" >&2; exit 125;;\nesac\n'
+                 'printf "%s\\n" "$@"\n')
+  exe.chmod(0o755)
+  return dict(stub, DOCKER=str(exe))
+
+
+def test_memlock_is_dropped_with_a_note_where_the_engine_refuses_it(strict_engine, tmp_path):
+  proc = _run(RUN, "--project", tmp_path, "--no-gpu", "make", "demo", env=strict_engine)
+  argv = proc.stdout.splitlines()
+  assert argv[0] == "run" and argv[-2:] == ["make", "demo"]
+  assert "memlock=-1" not in argv and "stack=67108864" in _pairs(argv, "--ulimit")
+  assert "may not raise the locked-memory limit" in proc.stderr
+  # --memlock on insists (the engine's own error then stops the run); off never asks.
+  proc = _run(RUN, "--project", tmp_path, "--memlock", "on", "true", env=strict_engine, check=False)
+  assert proc.returncode == 125 and "rlimit type 8" in proc.stderr
+  proc = _run(RUN, "--project", tmp_path, "--memlock", "off", "true", env=strict_engine)
+  assert "memlock=-1" not in proc.stdout and proc.stderr == ""
+
+
+def test_memlock_is_kept_where_the_engine_allows_it(stub, tmp_path):
+  argv = _run(RUN, "--project", tmp_path, "true", env=stub).stdout.splitlines()
+  assert "memlock=-1" in _pairs(argv, "--ulimit")
