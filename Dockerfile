@@ -46,7 +46,7 @@ COPY bin/ bin/
 # and .frozen tells the Makefile not to rebuild it when the mounted pyproject.toml changes.
 RUN mkdir -p "$VENV/bin" cache dataset checkpoints experiments \
     && ln -s "$(command -v python3)" "$VENV/bin/python" \
-    && touch "$VENV/.installed" "$VENV/.frozen" \
+    && touch "$VENV/.frozen" \
     && chmod -R a+rwX cache dataset checkpoints experiments \
     && python3 -c "import palijudge, jax, optuna, matplotlib, yaml; print('palijudge ok')"
 

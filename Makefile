@@ -3,7 +3,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Which jax build the environment gets: cpu, or cuda12 / cuda13 (NVIDIA GPUs: jax's own CUDA
+# wheels, `jax[cuda12]`). Remembered in $(VENV)/.accel; on first setup, cuda12 where an NVIDIA
+# driver is present, else cpu. `make setup ACCEL=cuda12` switches an existing environment.
+ACCELS := cpu cuda12 cuda13
+ACCEL ?= $(or $(shell cat $(VENV)/.accel 2>/dev/null),$(if $(wildcard /proc/driver/nvidia/version),cuda12,cpu))
+comma := ,
+# An environment marked .frozen (the container's) is used as it is.
+STAMP := $(if $(wildcard $(VENV)/.frozen),$(VENV)/.frozen,$(VENV)/.installed-$(ACCEL))
 
 MODEL ?= paligemma-3b-pt-224
 SET ?= set1
@@ -32,16 +39,20 @@ DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: MODEL=$(MODEL) SET=$(SET) VALID=$(VALID) NAME=$(NAME) DATA=... ARGS=..."
+	@echo "  variables: MODEL=$(MODEL) SET=$(SET) VALID=$(VALID) NAME=$(NAME) ACCEL=$(ACCEL) DATA=... ARGS=..."
 
-# An environment marked .frozen (the container's) is used as it is.
-$(STAMP): $(if $(wildcard $(VENV)/.frozen),,pyproject.toml)
+$(VENV)/.installed-%: pyproject.toml
+	@case " $(ACCELS) " in *" $* "*) ;; *) echo "ACCEL=$*: use one of $(ACCELS)" >&2; exit 2;; esac
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,download]'
+	$(if $(filter cpu,$*),-$(PY) -m pip uninstall -q -y jax-cuda12-plugin jax-cuda12-pjrt jax-cuda13-plugin jax-cuda13-pjrt 2>/dev/null)
+	$(PY) -m pip install -q -e '.[test,download$(if $(filter-out cpu,$*),$(comma)$*)]'
+	rm -f $(VENV)/.installed-*
+	echo $* > $(VENV)/.accel
+	@$(PY) -c "import jax; print(f'jax {jax.__version__} ($*) runs on: {jax.default_backend()}, {len(jax.devices())} device(s)')"
 	touch $@
 
-setup: $(STAMP) ## create .venv and install palijudge with test extras
+setup: $(STAMP) ## create .venv with palijudge and test extras (ACCEL=cpu|cuda12|cuda13; default: cuda12 on an NVIDIA host)
 
 demo: $(STAMP) ## the main job on the embedded default: tiny model, generated data (DATA=file.jsonl for yours; MODEL_FAMILY=gemma2)
 	$(PY) playground/00-demo.py --preset $(DEMO_PRESET) $(if $(DATA),--data $(DATA)) $(ARGS)

@@ -19,6 +19,7 @@ def flags():
 
 def main(args, project):
   from palijudge.tools import demo
+  cli.announce()
   valid = demo.run(project, project.find(args.data) if args.data else None,
                    preset=args.preset, seed=args.seed)
   ok, line = demo.gate(valid)

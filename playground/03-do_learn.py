@@ -71,7 +71,7 @@ def main(args, project):
   tcfg = cli.train_config(args)
   phases = learn.Phases() if args.phases else None
   with phases("checkpoint_load") if phases else contextlib.nullcontext():
-    lm = cli.load_model(args, project, trainable=tcfg.trainable)
+    lm = cli.load_model(args, project, trainable=tcfg.trainable, tcfg=tcfg)
   record = None
   if distributed.is_main():  # Process 0 alone writes the run record.
     record = (records.RunRecord.load(project.find(args.record)) if args.record else

@@ -50,7 +50,7 @@ def main(args, project):
     per_pass = math.ceil(len(rows) / (args.batch_size * args.accum))
     args.steps = per_pass * args.repeat
   tcfg = cli.train_config(args)
-  lm = cli.load_model(args, project, model=parent, trainable=tcfg.trainable)
+  lm = cli.load_model(args, project, model=parent, trainable=tcfg.trainable, tcfg=tcfg)
   learn.train_file(lm, rows, tcfg, cli.eval_config(args), save_to, parent=parent, full=args.full)
 
 

@@ -26,11 +26,12 @@ from palijudge import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM, K8S = ROOT / "deploy" / "slurm.sbatch", ROOT / "deploy" / "kubernetes.yaml"
+VOLUME = ROOT / "deploy" / "kubernetes-volume.yaml"
 K8S_VERSION = "1.30.0"  # The schemas the manifest is checked against.
 
 
-def _manifest() -> dict[str, dict]:
-  docs = [d for d in yaml.safe_load_all(K8S.read_text()) if d]
+def _manifest(path: Path = K8S) -> dict[str, dict]:
+  docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
   return {d["kind"]: d for d in docs}
 
 
@@ -38,7 +39,8 @@ def test_manifest_is_valid_kubernetes():
   kv = pytest.importorskip("kubernetes_validate")
   docs = _manifest()
   assert set(docs) == {"Service", "Job"}
-  for doc in docs.values():
+  assert set(_manifest(VOLUME)) == {"PersistentVolumeClaim"}  # Kept apart: data outlive runs.
+  for doc in [*docs.values(), *_manifest(VOLUME).values()]:
     kv.validate(doc, K8S_VERSION, strict=True)
   broken = copy.deepcopy(docs["Job"])  # The validator does refuse a misspelt field.
   broken["spec"]["completionsMode"] = broken["spec"].pop("completionMode")
@@ -59,7 +61,15 @@ def test_manifest_starts_one_process_per_pod_that_find_each_other():
   n = int(env[distributed.ENV_COUNT]["value"])
   assert n >= 2 and spec["completionMode"] == "Indexed"
   assert spec["completions"] == spec["parallelism"] == n  # Every process at once.
-  assert spec["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"
+  assert pod["restartPolicy"] == "Never"
+  # Bad input fails the Job at once; evictions do not count; other failures restart every
+  # pod (the others stop on their own), which resumes the saved train state.
+  rules = spec["podFailurePolicy"]["rules"]
+  assert {"action": "FailJob", "onExitCodes": {"containerName": "train", "operator": "In",
+                                                "values": [2]}} in rules
+  assert any(r["action"] == "Ignore" and r["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+             for r in rules)
+  assert spec["backoffLimit"] >= 1
   # Pod 0 through the headless Service: JOB-0.SERVICE.
   assert svc["spec"]["clusterIP"] == "None" and pod["subdomain"] == svc["metadata"]["name"]
   assert svc["spec"]["selector"] == {"job-name": job["metadata"]["name"]}
@@ -69,14 +79,23 @@ def test_manifest_starts_one_process_per_pod_that_find_each_other():
   assert int(port) in {p["containerPort"] for p in container["ports"]}
   index = env[distributed.ENV_ID]["valueFrom"]["fieldRef"]["fieldPath"]
   assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-  # NVIDIA's JAX image, the Dockerfile's tag; the training script joins the run.
-  base = re.search(r"^ARG BASE_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M).group(1)
-  assert container["image"] == base and base.startswith("nvcr.io/nvidia/jax:")
-  script = " ".join(container["command"] + container["args"])
-  assert re.search(r"playground/03-do_learn\.py --distributed\b", script)
+  # The palijudge image: its code, nothing installed at start; the script joins the run and
+  # waits for pods still being scheduled; a restarted run continues its train state.
+  assert container["image"].endswith("/palijudge:latest") and "args" not in container
+  command = container["command"]
+  assert command[:3] == ["python3", "playground/03-do_learn.py", "--distributed"]
+  assert "pip" not in " ".join(command) and "--resume" in command and "--save-every" in command
+  assert int(command[command.index("--init-timeout") + 1]) >= 600
   assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
-  mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-  assert mounts["project"] == container["workingDir"]  # Checkpoints on shared storage.
+  # The claim's subfolders over the image's project folder: data, weights and results
+  # on shared storage, the code from the image.
+  mounts = {m["mountPath"]: m for m in container["volumeMounts"] if m["name"] == "project"}
+  work = container["workingDir"]
+  assert set(mounts) == {f"{work}/{d}" for d in ("cache", "dataset", "checkpoints", "experiments")}
+  assert all(m["subPath"] == m["mountPath"].rsplit("/", 1)[1] for m in mounts.values())
+  [claim] = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if v["name"] == "project"]
+  pvc = _manifest(VOLUME)["PersistentVolumeClaim"]
+  assert claim == pvc["metadata"]["name"] and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_slurm_script_passes_bash_n_and_shellcheck():
@@ -89,24 +108,61 @@ def test_slurm_script_passes_bash_n_and_shellcheck():
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_slurm_script_runs_the_training_script_with_distributed(tmp_path):
-  """With a stub srun: one task per GPU, and the command it starts."""
-  stub = tmp_path / "srun"
-  stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$SRUN_ARGS"\n')
-  stub.chmod(0o755)
-  out = tmp_path / "args.txt"
-  env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SRUN_ARGS=str(out),
-             SLURM_SUBMIT_DIR=str(ROOT), SET="set2", BATCH="32")
-  subprocess.run(["bash", str(SLURM), "--model", "paligemma2-10b-pt-224"], env=env,
-                 check=True, timeout=30)
-  args = out.read_text().splitlines()
-  assert args[:4] == ["--kill-on-bad-exit=1", ".venv/bin/python", "playground/03-do_learn.py",
-                      "--distributed"]
-  assert " ".join(args[4:]) == ("-d set2 -w trained-set2 --batch 32 --fsdp "
-                                "--model paligemma2-10b-pt-224")
+def _fresh_copy(dest: Path) -> Path:
+  """The files a clone would have (tracked, and new ones git would commit), in `dest`."""
+  listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                          cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+  for rel in filter(None, listed):
+    if (ROOT / rel).is_file():
+      (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(ROOT / rel, dest / rel)
+  return dest
+
+
+def _stubs(folder: Path, backend: str) -> tuple[Path, Path]:
+  """(srun stub that records its arguments and environment, python stub reporting `backend`)."""
+  folder.mkdir()
+  srun = folder / "srun"
+  srun.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$SRUN_ARGS"\n'
+                  'echo "$JAX_LOCAL_DEVICE_IDS" > "$SRUN_ARGS.ids"\n')
+  python = folder / "gpu-python"
+  python.write_text(f'#!/usr/bin/env bash\n[ "$1" = -c ] && exec {sys.executable} -c '
+                    f'"import sys; sys.exit(0 if \'{backend}\' == \'gpu\' else 3)"\n')
+  for f in (srun, python):
+    f.chmod(0o755)
+  return srun, python
+
+
+def test_slurm_script_on_a_fresh_clone(tmp_path):
+  """With stub srun and python: the log folder exists in a clone, one task per node drives
+  every GPU of it, and a python without jax's GPU build stops the job with one line."""
+  clone = _fresh_copy(tmp_path / "clone")
   directives = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", SLURM.read_text(), re.M))
-  assert directives["ntasks-per-node"] == directives["gpus-per-node"]  # One process per GPU.
-  assert "gpus-per-task" not in directives  # Each task sees its node's GPUs, keeps LOCALID's.
+  log_dir = clone / Path(directives["output"]).parent
+  assert log_dir.is_dir(), "Slurm opens the log before the script runs: its folder must exist"
+  assert directives["ntasks-per-node"] == "1" and "gpus-per-task" not in directives
+  srun, python = _stubs(tmp_path / "gpu", "gpu")
+  out = tmp_path / "args.txt"
+  env = dict(os.environ, PATH=f"{srun.parent}:{os.environ['PATH']}", SRUN_ARGS=str(out),
+             SLURM_SUBMIT_DIR=str(clone), SLURM_GPUS_ON_NODE="4", SET="set2", BATCH="32",
+             PALIJUDGE_PYTHON=str(python))
+  env.pop("JAX_LOCAL_DEVICE_IDS", None)
+  subprocess.run(["bash", str(clone / "deploy/slurm.sbatch"), "--model", "paligemma2-10b-pt-224"],
+                 env=env, check=True, timeout=30)
+  args = out.read_text().splitlines()
+  assert args[:4] == ["--kill-on-bad-exit=1", str(python), "playground/03-do_learn.py",
+                      "--distributed"]
+  assert " ".join(args[4:]) == "-d set2 -w trained-set2 --batch 32 --model paligemma2-10b-pt-224"
+  assert Path(f"{out}.ids").read_text().strip() == "0,1,2,3"
+  assert (clone / "experiments").is_dir() and (clone / "checkpoints").is_dir()
+  # The default environment is the project's .venv; without jax's GPU build: one line, exit 2.
+  cpu_srun, cpu_python = _stubs(tmp_path / "cpu", "cpu")
+  out.unlink()
+  proc = subprocess.run(["bash", str(clone / "deploy/slurm.sbatch")], capture_output=True,
+                        text=True, timeout=30, env=dict(env, PALIJUDGE_PYTHON=str(cpu_python)))
+  assert proc.returncode == 2 and not out.exists()
+  assert len(proc.stderr.strip().splitlines()) == 1 and "make setup ACCEL=cuda12" in proc.stderr
+  assert "python=${PALIJUDGE_PYTHON:-.venv/bin/python}" in SLURM.read_text()
 
 
 DETECT = ("import json; from palijudge import distributed; distributed.initialize(); import jax; "

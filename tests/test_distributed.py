@@ -181,6 +181,70 @@ def test_two_processes_share_batches_and_gather_sets(tmp_path):
   np.testing.assert_array_equal(state.params["w"], np.arange(16.0).reshape(8, 2))
 
 
+MESHES = textwrap.dedent("""
+  # 2 processes x 2 devices: each --mesh policy's shape, what each process holds after
+  # loading, and the local view evaluation uses (no copy when FSDP stays inside a process).
+  import json, sys
+  from palijudge import distributed
+  distributed.initialize(sys.argv[1], 2, int(sys.argv[2]), heartbeat_s=10)
+  import jax, numpy as np
+  from palijudge import loader
+  from palijudge import params as params_lib
+  spec = loader.resolve("tiny", cache_dir=sys.argv[3])
+  out = {}
+  for policy in ("fsdp", "replicated", "2x2", "1x4"):
+    mesh = loader.placement(spec.cfg, policy, devices=jax.devices())
+    lm = loader.load(spec, mesh=mesh)
+    held = sum(params_lib.device_bytes(lm.params).values())
+    local = distributed.local(lm.params)
+    leaf = local["llm"]["embedder"]["input_embedding"]
+    out[policy] = {"mesh": list(mesh.devices.shape),
+                   "rows": [[d.process_index for d in row] for row in mesh.devices],
+                   "share": held / params_lib.nbytes(lm.params),
+                   "local": type(leaf).__name__,
+                   "local_devices": len(getattr(leaf, "sharding", None).device_set)
+                   if hasattr(leaf, "sharding") else 0}
+  print("OUT " + json.dumps(out))
+""")
+
+
+@pytest.mark.script
+def test_two_processes_lay_parameters_on_a_2d_mesh(tiny_project, tmp_path):
+  """fsdp: FSDP inside each process (host), data parallel across them, each process holding
+  half a copy on each of its devices; an explicit 1x4 crosses processes, and evaluation's
+  local view then gathers."""
+  script = tmp_path / "meshes.py"
+  script.write_text(MESHES)
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, str(script), f"127.0.0.1:{port}", str(i),
+                             str(tiny_project.cache)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(2)) for i in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=LIMIT)
+      line = next((x for x in stdout.splitlines() if x.startswith("OUT ")), None)
+      assert p.returncode == 0 and line, stdout + stderr
+      outs.append(json.loads(line[4:]))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for o in outs:
+    # FSDP groups are a process's own devices; the data axis runs across processes.
+    assert o["fsdp"]["mesh"] == [2, 2] and o["fsdp"]["rows"] == [[0, 0], [1, 1]]
+    assert o["2x2"]["rows"] == [[0, 0], [1, 1]]
+    assert o["replicated"]["mesh"] == [4, 1] and o["1x4"]["mesh"] == [1, 4]
+    # Each process holds one whole copy over its 2 devices (half on each), or 2 copies.
+    assert o["fsdp"]["share"] == pytest.approx(1.0, rel=0.05)
+    assert o["replicated"]["share"] == pytest.approx(2.0)
+    assert o["1x4"]["share"] == pytest.approx(0.5, rel=0.05)
+    # Evaluation's view: the same shards, over the process's own 2 devices.
+    assert o["fsdp"]["local"] == "ArrayImpl" and o["fsdp"]["local_devices"] == 2
+    assert o["replicated"]["local_devices"] == 2
+    assert o["1x4"]["local"] == "ndarray"  # Split across processes: gathered whole.
+
+
 # --- The training script: 2 processes against 1 ------------------------------------
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "palijudge"
 LAYERS = [
     {"errors", "files", "options", "metrics", "progress", "stats"},
     {"params"},
-    {"distributed"},
+    {"distributed", "devices"},
     {"model.config", "model.vit", "model.lora", "model.gemma", "model.paligemma"},
     {"checkpoint"},
     {"data.examples", "data.splits", "data.images", "data.tokenizer", "data.batch",

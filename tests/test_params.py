@@ -106,12 +106,26 @@ def test_dtype_rule_keeps_stored_half_precision_when_loading():
 
 def test_one_device_replicates_everything():
   mesh = params_lib.make_mesh(jax.devices()[:1])
+  assert mesh.axis_names == ("data", "fsdp") and mesh.devices.shape == (1, 1)
   tree = {"a": np.zeros((8, 4)), "b": jax.ShapeDtypeStruct((16,), np.float32)}
-  for fsdp in (False, True):
-    sh = params_lib.tree_shardings(mesh, tree, fsdp)
-    assert {k: tuple(v.spec) for k, v in sh.items()} == {"a": (), "b": ()}
-    assert all(v.mesh == mesh for v in sh.values())
+  sh = params_lib.tree_shardings(mesh, tree)
+  assert {k: tuple(v.spec) for k, v in sh.items()} == {"a": (), "b": ()}
+  assert all(v.mesh == mesh for v in sh.values())
   params_lib.check_batch(3, mesh)
+  for policy in ("auto", "fsdp", "replicated", "1x1"):
+    assert params_lib.mesh_for(policy, False, jax.devices()[:1]).devices.shape == (1, 1)
+
+
+@pytest.mark.parametrize("text, shape", [("auto", None), ("fsdp", None), ("replicated", None),
+                                         ("2x4", (2, 4)), ("1x8", (1, 8))])
+def test_parse_mesh(text, shape):
+  assert params_lib.parse_mesh(text) == shape
+
+
+@pytest.mark.parametrize("text", ["", "2", "2x", "x4", "0x4", "2x0", "-1x2", "2*4", "big", "2x4x1"])
+def test_parse_mesh_refuses_the_rest(text):
+  with pytest.raises(UserError, match="--mesh wants"):
+    params_lib.parse_mesh(text)
 
 
 SHARDING_SCRIPT = textwrap.dedent("""
@@ -123,10 +137,11 @@ SHARDING_SCRIPT = textwrap.dedent("""
   tree = {"a": np.zeros((8, 3)), "b": np.zeros((3, 8)), "c": np.zeros((12, 8)),
           "d": np.zeros((3, 5)), "e": np.zeros(()), "f": np.zeros((2,)),
           "g": jax.ShapeDtypeStruct((6, 16, 4), np.float32), "h": np.zeros((4, 4))}
-  mesh = p.make_mesh()
   out = {}
   for fsdp in (False, True):
-    sh = p.tree_shardings(mesh, tree, fsdp)
+    mesh = p.mesh_for("fsdp" if fsdp else "replicated", True)
+    out[f"shape{fsdp}"] = list(mesh.devices.shape)
+    sh = p.tree_shardings(mesh, tree)
     out[str(fsdp)] = {k: list(v.spec) for k, v in sh.items()}
   concrete = {k: v for k, v in tree.items() if k != "g"}
   placed = p.place(concrete, {k: v for k, v in sh.items() if k != "g"})
@@ -138,6 +153,21 @@ SHARDING_SCRIPT = textwrap.dedent("""
     out["check_batch"] = None
   except UserError as e:
     out["check_batch"] = str(e)
+  out["auto_fits"] = list(p.mesh_for("auto", True).devices.shape)
+  out["auto_too_big"] = list(p.mesh_for("auto", False).devices.shape)
+  out["2x2"] = list(p.mesh_for("2x2", True).devices.shape)
+  try:
+    p.mesh_for("3x2", True)
+  except UserError as e:
+    out["3x2"] = str(e)
+  # Host arrays go straight into their shards; a batch is split over all 4 devices.
+  w = np.arange(48, dtype=np.float32).reshape(12, 4)
+  placed = p.put(w, p.leaf_sharding(mesh, w.shape))
+  out["put_shards"] = [s.data.shape[0] for s in placed.addressable_shards]
+  np.testing.assert_array_equal(np.asarray(placed), w)
+  rows = p.shard_rows({"x": np.arange(6), "s": np.zeros(())}, mesh)
+  out["rows"] = [rows["x"].shape[0], len(rows["x"].sharding.device_set)]
+  out["device_bytes"] = sorted(p.device_bytes({"w": placed}).values())
   print(json.dumps(out))
 """)
 
@@ -149,14 +179,20 @@ def test_fsdp_splits_the_largest_divisible_axis():
   assert proc.returncode == 0, proc.stdout + proc.stderr
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert all(spec == [] for spec in out["False"].values())  # No FSDP: replicated.
+  assert out["shapeFalse"] == [4, 1] and out["shapeTrue"] == [1, 4]
   assert out["True"] == {
-      "a": ["data"],            # 8 splits 4 ways.
-      "b": [None, "data"],      # The largest axis, wherever it is.
-      "c": ["data"],            # 12 before 8: the largest axis first.
+      "a": ["fsdp"],            # 8 splits 4 ways.
+      "b": [None, "fsdp"],      # The largest axis, wherever it is.
+      "c": ["fsdp"],            # 12 before 8: the largest axis first.
       "d": [], "e": [],         # Nothing divisible: replicated.
       "f": [],                  # 2 < 4 devices.
-      "g": [None, "data"],      # 16 of (6, 16, 4).
-      "h": ["data"],            # A tie: the first axis.
+      "g": [None, "fsdp"],      # 16 of (6, 16, 4).
+      "h": ["fsdp"],            # A tie: the first axis.
   }
   assert out["c_shard"] == [3, 8] and out["b_shard"] == [3, 2]
   assert out["check_batch"] == "batch size 6 must be a multiple of the 4 devices"
+  # auto: replicated when the model fits one device, FSDP over the host's devices when not.
+  assert out["auto_fits"] == [4, 1] and out["auto_too_big"] == [1, 4] and out["2x2"] == [2, 2]
+  assert "--mesh 3x2 needs 6 devices, this run has 4" in out["3x2"]
+  assert out["put_shards"] == [3, 3, 3, 3] and out["device_bytes"] == [48, 48, 48, 48]
+  assert out["rows"] == [8, 4]  # 6 rows padded to 8, over the 4 devices.

@@ -126,8 +126,8 @@ class Case:
     tx = optax.sgd(SGD_LR)
     state = train.init_state(jax.tree.map(jnp.array, trainable), tx)  # Copy: it is donated.
     mesh = params_lib.make_mesh()
-    replicated = params_lib.tree_shardings(mesh, state, fsdp=False)
-    frozen_sh = params_lib.tree_shardings(mesh, frozen, fsdp=False)
+    replicated = params_lib.tree_shardings(mesh, state)
+    frozen_sh = params_lib.tree_shardings(mesh, frozen)
     step = train.jit_train_step(self.model, tx, losses.LossConfig(), (YES_ID, NO_ID), mesh,
                                 replicated, frozen_sh)
     with jax.default_matmul_precision("float32"):

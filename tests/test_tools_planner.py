@@ -47,9 +47,12 @@ def test_more_batch_needs_more_memory_and_the_report_finds_the_largest_that_fits
 def test_fsdp_splits_the_state_over_devices():
   p = planner.plan(TINY, train.TrainConfig(batch_size=2), 64, jnp.bfloat16)
   assert p.per_device(4) < p.per_device(1)
-  n = planner.devices_needed(p, p.activations + p.state // 3 + 1)
+  assert 0 < p.gathered < p.state  # One decoder layer's weights, gathered whole under FSDP.
+  assert p.per_device(4) == -(-p.state // 4) + p.activations + p.gathered
+  n = planner.devices_needed(p, p.activations + p.gathered + p.state // 3 + 1)
   assert n == 3
-  assert planner.devices_needed(p, p.activations) is None  # Activations alone fill it.
+  assert planner.devices_needed(p, p.total) == 1  # Fits one device: no FSDP needed.
+  assert planner.devices_needed(p, p.activations + p.gathered) is None  # Nothing left.
 
 
 @pytest.mark.parametrize("name", ["paligemma-3b-pt-224"])

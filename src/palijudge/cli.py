@@ -219,12 +219,45 @@ def train_config(args: argparse.Namespace):
 
 
 def load_model(args: argparse.Namespace, project: Project, model: str | None = None,
-               trainable: str = "attn"):
+               trainable: str = "attn", tcfg=None):
+  """The --model (or `model`), said where it runs first. With `tcfg` (a training run) the
+  parameters go straight to the training placement over every process's devices."""
+  import jax
   from palijudge import loader
   lcfg = options.build(loader.LoadConfig, args)
   path = model or (lcfg.model if lcfg.model.endswith(".npz") else None)  # A preset stays a name.
-  return loader.load_model(lcfg, str(project.cache), trainable,
-                           project.find(path) if path else None)
+  policy = "fsdp" if tcfg is not None and tcfg.fsdp and lcfg.mesh == "auto" else None
+  lm = loader.load_model(lcfg, str(project.cache), trainable,
+                         project.find(path) if path else None,
+                         devices=jax.devices() if tcfg is not None else None, policy=policy)
+  announce(lm, tcfg)
+  return lm
+
+
+def announce(lm=None, tcfg=None) -> None:
+  """One line on stderr, before the heavy work: what this process runs on (backend, devices,
+  memory, jax) and the parameters' placement, then a warning for a full-size model on the CPU.
+
+  Said for every full-size model, and for any model when stderr is a terminal; a small model
+  in a log or a pipe (the demo, the tests) stays quiet, so stderr keeps only errors there.
+  """
+  from palijudge import devices
+  from palijudge import params as params_lib
+  n_params = params_lib.count(lm.params) if lm is not None else 0
+  if n_params < devices.FULL_SIZE and not sys.stderr.isatty():
+    return
+  line = devices.summary()
+  if lm is not None and lm.mesh is not None and lm.mesh.devices.size > 1:
+    fsdp = lm.mesh.shape["fsdp"]
+    line += (f"; parameters {'replicated' if fsdp == 1 else f'in FSDP groups of {fsdp}'}"
+             f" over {lm.mesh.devices.size} devices")
+  print(line, file=sys.stderr)
+  if lm is not None:
+    warning = devices.cpu_warning(lm.spec.name, n_params, lm.cfg.num_patches + 32,
+                                  tcfg.batch_size * tcfg.accum if tcfg else None,
+                                  tcfg.steps if tcfg else None)
+    if warning:
+      print(warning, file=sys.stderr)
 
 
 def add_judge_flags(p: argparse.ArgumentParser, names: Sequence[str] = ("-m", "--checkpoint")
@@ -257,8 +290,10 @@ def judge_config(args: argparse.Namespace, paths: Sequence[str], log=print):
 def load_judge(args: argparse.Namespace, project: Project, paths: Sequence[str], ecfg):
   """ensemble.Judge for `paths`: the --model, one checkpoint, an ensemble or a probe."""
   from palijudge import ensemble, loader
-  return ensemble.load_judge(paths, options.build(loader.LoadConfig, args), str(project.cache),
-                             ecfg, args.ensemble)
+  judge = ensemble.load_judge(paths, options.build(loader.LoadConfig, args), str(project.cache),
+                              ecfg, args.ensemble)
+  announce(judge.lm)
+  return judge
 
 
 def eval_sets(args: argparse.Namespace, root: str, taken: Sequence[str] = ()) -> dict:

@@ -140,8 +140,11 @@ def host(tree):
 def local(tree):
   """This process's own copy of a tree, for work on its devices alone (evaluation).
 
-  Unchanged with one process; with several, leaves that live on other
-  processes' devices too become this process's replica, or are gathered.
+  Unchanged with one process. With several, a leaf laid over a (hosts,
+  devices per host) mesh becomes the same leaf over this host's row of the
+  mesh, built from the shards this process already holds (no copy, still
+  sharded over its devices); a leaf whose shards lie partly on other hosts
+  (an explicit --mesh whose FSDP groups cross hosts) is gathered.
   """
   if not active():
     return tree
@@ -149,9 +152,38 @@ def local(tree):
 
 
 def _whole(x):
-  """x itself if this process holds all of it, its replica here, or the gathered whole."""
+  """x itself if this process holds all of it, its local view, or the gathered whole."""
   if not isinstance(x, jax.Array) or x.is_fully_addressable:
     return x
-  if x.is_fully_replicated:
-    return x.addressable_data(0)
+  view = _local_view(x)
+  if view is not None:
+    return view
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _local_view(x: jax.Array) -> jax.Array | None:
+  """x over the mesh rows of this process, when those rows hold every element of x."""
+  sharding = x.sharding
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return None
+  mesh, me = sharding.mesh, jax.process_index()
+  grid = mesh.devices.reshape(mesh.devices.shape[0], -1)
+  rows = [r for r in range(grid.shape[0]) if all(d.process_index == me for d in grid[r])]
+  if not rows or mesh.axis_names[0] in _axes_of(sharding.spec):
+    return None  # Split along the first axis, which runs across hosts.
+  mine = mesh.devices[rows]
+  if {d for d in mine.flat} != {s.device for s in x.addressable_shards}:
+    return None
+  local_mesh = jax.sharding.Mesh(mine, mesh.axis_names)
+  shards = [s.data for s in x.addressable_shards]
+  return jax.make_array_from_single_device_arrays(
+      x.shape, jax.sharding.NamedSharding(local_mesh, sharding.spec), shards)
+
+
+def _axes_of(spec) -> set[str]:
+  out = set()
+  for entry in spec:
+    if entry is None:
+      continue
+    out |= set(entry) if isinstance(entry, tuple) else {entry}
+  return out

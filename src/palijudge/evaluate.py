@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from palijudge import distributed, gallery, progress, stats, thresholds
+from palijudge import params as params_lib
 from palijudge.data import images
 from palijudge.data import tokenizer as tok_lib
 from palijudge.data.batch import Batch, Batches, PixelCache, collate, prompt_for, shape_for
@@ -183,7 +184,8 @@ class EvalResult:
 
 
 def _decode_batch(lm: LoadedModel, batch: Batch, max_new: int):
-  out = predict.decode(lm.model, lm.params, batch.inputs(), max_new, lm.tok.eos_id)
+  inputs = params_lib.shard_rows(batch.inputs(), lm.mesh)
+  out = predict.decode(lm.model, lm.params, inputs, max_new, lm.tok.eos_id)
   answers = []
   for row in out.tokens_BxN:
     ids = [int(t) for t in row]
@@ -195,9 +197,14 @@ def _decode_batch(lm: LoadedModel, batch: Batch, max_new: int):
 
 
 def _score_rows(lm: LoadedModel, batch: Batch) -> np.ndarray:
+  """p(yes) per row (rows padded to the devices' count come back too: read the first ones).
+
+  The batch is split over every device the parameters lie on: data parallel
+  when they are replicated, FSDP when they are sharded.
+  """
   ids = np.asarray(lm.yes_no_ids, np.int32)
-  return predict.p_yes(predict.yes_no_logits(lm.model, lm.params, batch.inputs(),
-                                             batch.prefix_len, ids))
+  inputs, prefix_len = params_lib.shard_rows((batch.inputs(), batch.prefix_len), lm.mesh)
+  return predict.p_yes(predict.yes_no_logits(lm.model, lm.params, inputs, prefix_len, ids))
 
 
 def _frames_of(ex: Example, size: int, k: int, cache: PixelCache | None) -> np.ndarray:

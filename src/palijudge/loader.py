@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from palijudge import checkpoint
+from palijudge import devices as devices_lib
 from palijudge import files
 from palijudge.model import lora as lora
 from palijudge.model import config as config_lib
@@ -58,6 +59,12 @@ class LoadConfig:
                             choices=params_lib.PARAM_DTYPES)
   compute_dtype: str = option("auto", "activation dtype (auto: bfloat16 on GPU, float32 on CPU)",
                               choices=COMPUTE_DTYPES)
+  mesh: str = option("auto", "how parameters lie over the devices: auto (replicated when the "
+                     "model fits one device, else FSDP inside each host), fsdp, replicated, "
+                     "or DATAxFSDP such as 2x4", metavar="POLICY")
+
+  def __post_init__(self):
+    params_lib.parse_mesh(self.mesh)  # Refuses a malformed --mesh before any work.
 
 
 def weights_file(preset: str, cache_dir: str = CACHE_DIR) -> str:
@@ -144,6 +151,11 @@ class LoadedModel:
   def yes_no_ids(self) -> tuple[int, int]:
     return (self.tok.yes_id, self.tok.no_id)
 
+  @property
+  def mesh(self) -> jax.sharding.Mesh | None:
+    """The devices the parameters lie on (see `params` shardings)."""
+    return params_lib.mesh_of(self.params)
+
 
 def enable_compile_cache(cache_dir: str | os.PathLike) -> None:
   """Persistent XLA compilation cache under `cache_dir`, so a rerun skips compiling.
@@ -155,17 +167,44 @@ def enable_compile_cache(cache_dir: str | os.PathLike) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def need_bytes(cfg: config_lib.ModelConfig, trainable: str = "attn", param_dtype: str = "auto",
+               optimizer: str = "sgd") -> int:
+  """What training `cfg` asks of one device (rough; see devices.training_bytes).
+
+  Frozen leaves count at 2 bytes (the Kaggle files' half precision) unless
+  `param_dtype` says otherwise; trainable ones at 4.
+  """
+  pattern = params_lib.trainable_pattern(trainable)
+  sizes = {k: int(np.prod(v.shape)) for k, v in params_lib.flatten(model_lib.param_shapes(cfg)).items()}
+  train = sum(n for k, n in sizes.items() if pattern.search(k))
+  width = 2 if param_dtype == "auto" else np.dtype(jnp.dtype(param_dtype)).itemsize
+  return devices_lib.training_bytes((sum(sizes.values()) - train) * width, train * 4, optimizer)
+
+
+def placement(cfg: config_lib.ModelConfig, policy: str = "auto", trainable: str = "attn",
+              param_dtype: str = "auto", devices=None) -> jax.sharding.Mesh:
+  """The mesh `cfg`'s parameters are loaded into (`--mesh`; this process's devices by default)."""
+  return devices_lib.placement(policy, need_bytes(cfg, trainable, param_dtype), devices)
+
+
 def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
-         compute: str = "auto", remat: str = "none", bases: dict | None = None) -> LoadedModel:
-  """The model `spec` names. `bases` ({path: params}, filled as it goes) lets several deltas
-  over one base (an ensemble) share the base's arrays instead of loading it once each."""
+         compute: str = "auto", remat: str = "none", bases: dict | None = None,
+         mesh: jax.sharding.Mesh | None = None) -> LoadedModel:
+  """The model `spec` names, every leaf read into its place on `mesh` (default: `placement`).
+
+  Each array goes from host memory straight into its sharding (under FSDP
+  each device receives only its slice; nothing is ever whole on one device).
+  `bases` ({path: params}, filled as it goes) lets several deltas over one
+  base (an ensemble) share the base's arrays instead of loading it once each.
+  """
   tok = Tokenizer.load(spec.tokenizer)
   if tok.vocab_size > spec.cfg.llm.vocab_size:
     raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "
                     f"model only {spec.cfg.llm.vocab_size}")
   shapes = model_lib.param_shapes(spec.cfg)
   rule = params_lib.dtype_rule(trainable, param_dtype)
-  put = lambda _, a: jax.device_put(a)
+  mesh = mesh if mesh is not None else placement(spec.cfg, "auto", trainable, param_dtype)
+  put = lambda _, a: params_lib.put(a, params_lib.leaf_sharding(mesh, a.shape))
   if spec.base:  # A delta: the base first, then the leaves the run trained.
     key = os.path.abspath(spec.base)
     shared = bases if bases is not None else {}
@@ -196,11 +235,17 @@ def _lora_alpha(path: str) -> float:
 
 
 def load_model(lcfg: LoadConfig, cache_dir: str = CACHE_DIR, trainable: str = "attn",
-               model: str | None = None) -> LoadedModel:
-  """resolve + load from the --model flags (`model` overrides --model, e.g. -m CKPT)."""
+               model: str | None = None, devices=None, policy: str | None = None
+               ) -> LoadedModel:
+  """resolve + load from the --model flags (`model` overrides --model, e.g. -m CKPT).
+
+  `devices`: where the parameters go (default: this process's devices; a
+  training run passes every process's); `policy` overrides `--mesh`.
+  """
   spec = resolve(model or lcfg.model, lcfg.model_config, lcfg.tokenizer, cache_dir, lcfg.base)
+  mesh = placement(spec.cfg, policy or lcfg.mesh, trainable, lcfg.param_dtype, devices)
   return load(spec, trainable=trainable, param_dtype=lcfg.param_dtype,
-              compute=lcfg.compute_dtype)
+              compute=lcfg.compute_dtype, mesh=mesh)
 
 
 def write_random_model(preset: str, cache_dir: str = CACHE_DIR, seed: int = 0) -> ModelSpec:

@@ -7,16 +7,21 @@ the others stay frozen in their stored (half) precision. Everything above this
 module (model, checkpoint, train) uses these helpers; this module imports
 nothing from the project but `errors`.
 
-Shardings: one mesh axis, "data", spans every device (of every host, after
-`jax.distributed.initialize`). The batch is always split along it (each
-process loads only its rows: see `distributed`). With FSDP,
-each parameter (and its optimizer state) is split along its largest axis that
-the device count divides; XLA gathers it where it is used. Without FSDP every
-parameter is replicated.
+Shardings: a 2-D mesh, axes ("data", "fsdp"), over every device (of every
+host, after `jax.distributed.initialize`), its devices ordered by process so
+that each process holds one contiguous block of every batch. The batch is
+split over both axes (each process loads only its rows: see `distributed`).
+Parameters (and their optimizer state) are split along "fsdp" over their
+largest axis that its size divides, and replicated along "data": a mesh of
+shape (hosts, devices per host) keeps FSDP's gathers inside each host, and
+(devices, 1) is plain data parallelism. Leaves are placed straight into their
+sharding from host memory (`put`): each device receives only its slice.
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import re
 from typing import Any, Callable
 
@@ -103,28 +108,137 @@ def nbytes(tree) -> int:
 
 # --- Shardings ---------------------------------------------------------------
 
-def make_mesh(devices=None) -> Mesh:
-  return Mesh(np.array(devices if devices is not None else jax.devices()), ("data",))
+AXES = ("data", "fsdp")
+BATCH = P(AXES)  # Rows split over every device of the mesh.
 
 
-def _spec(shape: tuple[int, ...], n: int, fsdp: bool) -> P:
-  if not fsdp or n == 1:
+def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
+  """A (data, fsdp) mesh: `fsdp` devices share each parameter, len(devices) / fsdp such groups.
+
+  Devices are ordered by (process, id), so a row of the mesh never mixes hosts
+  unless `fsdp` exceeds the devices of one host.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  devices.sort(key=lambda d: (d.process_index, d.id))
+  if fsdp < 1 or len(devices) % fsdp:
+    raise UserError(f"an FSDP group of {fsdp} devices does not divide the {len(devices)} devices")
+  return Mesh(np.array(devices).reshape(len(devices) // fsdp, fsdp), AXES)
+
+
+def parse_mesh(text: str) -> tuple[int, int] | None:
+  """`--mesh DATAxFSDP` as (data, fsdp); None for the named policies (auto, fsdp, replicated)."""
+  if text in MESH_POLICIES:
+    return None
+  m = re.fullmatch(r"(\d+)x(\d+)", text)
+  if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+    raise UserError(f"--mesh wants {', '.join(MESH_POLICIES)} or DATAxFSDP such as 2x4, "
+                    f"got {text!r}")
+  return int(m.group(1)), int(m.group(2))
+
+
+MESH_POLICIES = ("auto", "fsdp", "replicated")
+
+
+def mesh_for(policy: str, fits_one_device: bool, devices=None) -> Mesh:
+  """The mesh a `--mesh` value asks for, over `devices` (default: every process's).
+
+  auto: replicated when the model fits one device, else FSDP inside each host;
+  fsdp: FSDP inside each host (groups of each process's local devices), data
+  parallel across hosts; replicated: data parallel only; DxF: that shape.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  shape = parse_mesh(policy)
+  if shape is not None:
+    if shape[0] * shape[1] != len(devices):
+      raise UserError(f"--mesh {policy} needs {shape[0] * shape[1]} devices, "
+                      f"this run has {len(devices)}")
+    return make_mesh(devices, shape[1])
+  if policy == "replicated" or (policy == "auto" and fits_one_device):
+    return make_mesh(devices, 1)
+  per_host = min(collections.Counter(d.process_index for d in devices).values())
+  return make_mesh(devices, math.gcd(per_host, len(devices)))
+
+
+def _spec(shape: tuple[int, ...], n: int) -> P:
+  if n == 1:
     return P()
   axes = sorted(range(len(shape)), key=lambda a: -shape[a])
   for a in axes:
     if shape[a] % n == 0 and shape[a] >= n:
-      return P(*([None] * a + ["data"]))
+      return P(*([None] * a + ["fsdp"]))
   return P()
 
 
-def tree_shardings(mesh: Mesh, tree, fsdp: bool):
-  """A NamedSharding per leaf of `tree` (arrays or ShapeDtypeStructs)."""
-  n = mesh.devices.size
-  return jax.tree.map(lambda x: NamedSharding(mesh, _spec(tuple(x.shape), n, fsdp)), tree)
+def tree_shardings(mesh: Mesh, tree):
+  """A NamedSharding per leaf of `tree` (arrays or ShapeDtypeStructs): split along "fsdp"."""
+  n = mesh.shape["fsdp"]
+  return jax.tree.map(lambda x: NamedSharding(mesh, _spec(tuple(x.shape), n)), tree)
+
+
+def leaf_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+  return NamedSharding(mesh, _spec(tuple(shape), mesh.shape["fsdp"]))
+
+
+def put(a: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A host array placed into `sharding`: each device (of this process) gets only its slice.
+
+  Works with several processes too: each passes the same whole value and
+  places the slices of its own devices.
+  """
+  return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
 
 def place(tree, shardings):
-  return jax.tree.map(jax.device_put, tree, shardings)
+  """Every leaf in its sharding; a leaf already there is kept as it is (no copy)."""
+  def one(x, sh):
+    if not isinstance(x, jax.Array):
+      return put(np.asarray(x), sh)
+    if x.sharding.is_equivalent_to(sh, x.ndim):
+      return x
+    if x.is_fully_addressable and not sh.is_fully_addressable:
+      return put(np.asarray(x), sh)  # This process's copy into a mesh that spans processes.
+    return jax.device_put(x, sh)
+  return jax.tree.map(one, tree, shardings)
+
+
+def mesh_of(tree) -> Mesh | None:
+  """The mesh a placed tree lives on (that of its first NamedSharding leaf), or None."""
+  for x in jax.tree.leaves(tree):
+    sh = getattr(x, "sharding", None)
+    if isinstance(sh, NamedSharding):
+      return sh.mesh
+  return None
+
+
+def shard_rows(tree, mesh: Mesh | None):
+  """A batch (host arrays, rows first) split over every device of `mesh`.
+
+  Rows are padded (the last one repeated) up to a multiple of the device
+  count; callers read the first rows of the outputs. No mesh, or one device:
+  unchanged.
+  """
+  if mesh is None or mesh.devices.size == 1:
+    return tree
+  n, sharding = mesh.devices.size, NamedSharding(mesh, BATCH)
+
+  def one(x):
+    if x is None or np.ndim(x) == 0:
+      return x
+    x = np.asarray(x)
+    pad = -len(x) % n
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    return jax.device_put(x, sharding)
+  return jax.tree.map(one, tree)
+
+
+def device_bytes(tree) -> dict[str, int]:
+  """Bytes each device holds of a placed tree (its shards), by device name."""
+  out: dict[str, int] = collections.defaultdict(int)
+  for x in jax.tree.leaves(tree):
+    for shard in getattr(x, "addressable_shards", ()):
+      out[str(shard.device)] += shard.data.nbytes
+  return dict(out)
 
 
 def check_batch(batch_size: int, mesh: Mesh) -> None:

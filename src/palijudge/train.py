@@ -34,6 +34,7 @@ import optax
 
 from palijudge import checkpoint
 from palijudge import files
+from palijudge import loader as loader_lib
 from palijudge import distributed
 from palijudge import losses
 from palijudge import params as params_lib
@@ -71,7 +72,8 @@ class TrainConfig:
   accum: int = option(1, "gradient accumulation: effective batch = batch x accum")
   remat: str = option("none", "what the decoder layers keep for the backward pass "
                       "(full: nothing)", choices=REMAT_POLICIES)
-  fsdp: bool = option(False, "shard params and optimizer state over all devices")
+  fsdp: bool = option(False, "shard params and optimizer state over each host's devices (FSDP; "
+                      "the same as --mesh fsdp)")
   flip: bool = option(False, "augment: random left-right mirror of training images")
   lora_rank: int = option(8, "adapter rank with --trainable lora")
   lora_alpha: float = option(16.0, "adapter scale alpha (the update is alpha/rank * A B)")
@@ -151,13 +153,25 @@ def _grads(trainable: Params, frozen: Params, batch: Batch, model, loss, yes_no_
   return jax.value_and_grad(loss_fn)(trainable)
 
 
+def micro_batches(batch, accum: int):
+  """(accum, rows / accum, ...) per leaf: micro-batch i holds rows i, i + accum, i + 2 accum, ...
+
+  Strided, not contiguous: the batch is split over the devices in contiguous
+  blocks, and a block of b x accum rows holds b rows of every micro-batch, so
+  each device keeps its own rows (no gather) and does 1/accum of its share
+  per micro-step.
+  """
+  return jax.tree.map(
+      lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
+
+
 def _accumulated_grads(trainable, frozen, batch, accum: int, **kw):
   """Mean loss and gradient over `accum` equal micro-batches, one at a time.
 
   The loss is a mean over examples, so the mean of the micro-batch means is
   the large batch's value; only one micro-batch's activations are alive.
   """
-  micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+  micro = micro_batches(batch, accum)
 
   def body(carry, mb):
     value, grads = _grads(trainable, frozen, mb, **kw)
@@ -191,7 +205,7 @@ def jit_train_step(model, tx, loss: losses.LossConfig, yes_no_ids, mesh: jax.sha
   (replicated for data parallelism, split leaves for FSDP).
   """
   from jax.sharding import NamedSharding, PartitionSpec as P
-  data = NamedSharding(mesh, P("data"))
+  data = NamedSharding(mesh, params_lib.BATCH)
   fn = functools.partial(train_step, model=model, tx=tx, loss=loss,
                          yes_no_ids=tuple(yes_no_ids), accum=accum)
   return jax.jit(fn, donate_argnums=(0,), in_shardings=(state_shardings, data, frozen_shardings),
@@ -359,12 +373,23 @@ def encoder_cache(lm: LoadedModel, gif_frame: str) -> FeatureCache:
   return FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id, gif_frame, disk)
 
 
+def training_mesh(lm: LoadedModel, tcfg: TrainConfig) -> jax.sharding.Mesh:
+  """The mesh the model was loaded into when it spans every device (every process's), else
+  one made by the same policy (--fsdp: FSDP inside each host; else replicated when it fits)."""
+  mesh = lm.mesh
+  if mesh is not None and mesh.devices.size == jax.device_count() and (
+      not tcfg.fsdp or mesh.shape["fsdp"] > 1 or jax.device_count() == 1):
+    return mesh
+  return loader_lib.placement(lm.cfg, "fsdp" if tcfg.fsdp else "auto", tcfg.trainable,
+                          devices=jax.devices())
+
+
 def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
   model = model_lib.build(lm.cfg, lm.model.dtype, tcfg.remat, tcfg.lora_alpha)
-  mesh = params_lib.make_mesh()
+  mesh = training_mesh(lm, tcfg)
   big_batch = tcfg.batch_size * tcfg.accum
   params_lib.check_batch(tcfg.batch_size, mesh)
-  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  data = jax.sharding.NamedSharding(mesh, params_lib.BATCH)
   params = lm.params
   if tcfg.trainable == "lora" and lora.rank_of(params) is None:
     params = lora.add_adapters(params, tcfg.lora_rank, tcfg.seed)
@@ -372,8 +397,8 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
   trainable = jax.tree.map(lambda a: np.asarray(a, np.float32), trainable)
   tx = make_optimizer(tcfg)
   state = init_state(trainable, tx)
-  state_sh = params_lib.tree_shardings(mesh, state, tcfg.fsdp)
-  frozen_sh = params_lib.tree_shardings(mesh, frozen, tcfg.fsdp)
+  state_sh = params_lib.tree_shardings(mesh, state)
+  frozen_sh = params_lib.tree_shardings(mesh, frozen)
   first, rec = 1, recipe(tcfg, examples, opts, lm.spec.weights_id)
   if opts.resume and opts.state_path and os.path.exists(opts.state_path):
     state, first = _resume(opts, tcfg, state, rec, log)
@@ -477,8 +502,9 @@ def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, dat
                                           "recipe": rec})
   if bar is not None:
     bar.close()
-  # Evaluation runs on each process's own devices: `local` brings frozen leaves there.
-  params = params_lib.merge(distributed.host(state.params), distributed.local(frozen))
+  # Evaluation runs on each process's own devices: `local` gives each leaf's view there
+  # (the same arrays with one process). The trained leaves stay on the devices.
+  params = params_lib.merge(distributed.local(state.params), distributed.local(frozen))
   return params, history, compile_s
 
 

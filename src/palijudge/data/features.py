@@ -23,11 +23,19 @@ from palijudge.data.examples import Example
 from palijudge.errors import UserError
 from palijudge.model.paligemma import PaliGemma
 from palijudge import files, progress
+from palijudge import params as params_lib
 
 @functools.partial(jax.jit, static_argnums=0)
-def _embed(model: PaliGemma, img_params, image_BxSxSx3):
+def _embed_jit(model: PaliGemma, img_params, image_BxSxSx3):
   return model.apply({"params": {"img": img_params}}, image_BxSxSx3,
                      method=PaliGemma.embed_image)
+
+
+def _embed(model: PaliGemma, img_params, image_BxSxSx3) -> np.ndarray:
+  """Image tokens, the images split over the devices the encoder lies on (rows as given)."""
+  n = len(image_BxSxSx3)
+  image = params_lib.shard_rows(image_BxSxSx3, params_lib.mesh_of(img_params))
+  return np.asarray(_embed_jit(model, img_params, image))[:n]
 
 
 class FeatureCache:
@@ -88,7 +96,7 @@ class FeatureCache:
         pad = batch_size - len(rows)  # One compiled shape for every chunk.
         if pad:
           pixels = np.concatenate([pixels, np.repeat(pixels[:1], pad, axis=0)])
-        z = np.asarray(_embed(self.model, self.img_params, pixels))
+        z = _embed(self.model, self.img_params, pixels)
         for j, i in enumerate(rows):
           found[i] = z[j]
           self._store(keys[i], z[j])
@@ -112,7 +120,7 @@ class FeatureCache:
     self.misses += len(missing)
     if missing:
       images = batch.image
-      z = np.asarray(_embed(self.model, self.img_params, images))
+      z = _embed(self.model, self.img_params, images)
       for i in missing:
         found[i] = z[i]
         self._store(keys[i], z[i])

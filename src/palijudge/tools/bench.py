@@ -142,8 +142,8 @@ def _our_step(lm):
   tx = train.make_optimizer(train.TrainConfig())
   mesh = params_lib.make_mesh(jax.devices()[:1])
   state = train.init_state(jax.tree.map(jnp.array, trainable), tx)
-  ssh = params_lib.tree_shardings(mesh, state, False)
-  fsh = params_lib.tree_shardings(mesh, frozen, False)
+  ssh = params_lib.tree_shardings(mesh, state)
+  fsh = params_lib.tree_shardings(mesh, frozen)
   step = train.jit_train_step(lm.model, tx, losses.LossConfig(), lm.yes_no_ids, mesh, ssh, fsh)
   return step, [state], frozen
 

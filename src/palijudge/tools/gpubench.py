@@ -467,8 +467,8 @@ def _compiled_step(cfg, spec: Spec):
   state, frozen = random_state(cfg, spec, tx)
   mesh = params_lib.make_mesh(jax.devices()[:1])
   step = train.jit_train_step(model, tx, losses.LossConfig(), YES_NO_IDS, mesh,
-                              params_lib.tree_shardings(mesh, state, False),
-                              params_lib.tree_shardings(mesh, frozen, False))
+                              params_lib.tree_shardings(mesh, state),
+                              params_lib.tree_shardings(mesh, frozen))
   batch = jax.device_put(make_batch(cfg, spec.batch, spec.seqlen, compute))
   t = time.perf_counter()
   compiled = step.lower(state, batch, frozen).compile()

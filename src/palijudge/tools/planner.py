@@ -10,7 +10,9 @@ Bytes by category:
   scaled: see `activation_bytes`). It is measured with image tokens from the
   frozen-encoder cache when the encoder is frozen, as training runs.
 With FSDP over n devices, parameters, gradients and optimizer state are
-divided by n; each device keeps one micro-batch of activations.
+divided by n; each device keeps one micro-batch of activations, and holds one
+decoder layer's weights whole while XLA's gather of them is in use
+(`Plan.gathered`: the scanned layers are gathered one at a time).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Plan:
   gradients: int
   optimizer: int
   activations: int
+  gathered: int = 0  # One decoder layer's weights, whole on each device under FSDP.
 
   @property
   def state(self) -> int:
@@ -49,7 +52,7 @@ class Plan:
     return self.state + self.activations
 
   def per_device(self, n: int) -> int:
-    return math.ceil(self.state / n) + self.activations
+    return math.ceil(self.state / n) + self.activations + (self.gathered if n > 1 else 0)
 
 
 def _abstract_batch(cfg: config_lib.ModelConfig, batch: int, seqlen: int, cached: bool,
@@ -99,7 +102,7 @@ def _temporaries(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, compute
   mesh = params_lib.make_mesh(jax.devices()[:1])
   step = train.jit_train_step(
       model_lib.build(cfg, compute, tcfg.remat), tx, tcfg.loss, (0, 1), mesh,
-      params_lib.tree_shardings(mesh, state, False), params_lib.tree_shardings(mesh, frozen, False),
+      params_lib.tree_shardings(mesh, state), params_lib.tree_shardings(mesh, frozen),
       tcfg.accum)
   analysis = step.lower(state, batch, frozen).compile().memory_analysis()
   return int(analysis.temp_size_in_bytes)
@@ -111,7 +114,15 @@ def plan(cfg: config_lib.ModelConfig, tcfg: train.TrainConfig, seqlen: int = 64,
   t = params_lib.nbytes(trainable)
   moments = 2 if tcfg.optimizer == "adam" else 0
   return Plan(frozen=params_lib.nbytes(frozen), trainable=t, gradients=t, optimizer=moments * t,
-              activations=activation_bytes(cfg, tcfg, seqlen, param_dtype, compute))
+              activations=activation_bytes(cfg, tcfg, seqlen, param_dtype, compute),
+              gathered=layer_bytes(trainable, frozen, cfg.llm.depth))
+
+
+def layer_bytes(trainable, frozen, depth: int) -> int:
+  """Bytes of one decoder layer's weights (the stacked `llm/layers/` leaves / depth)."""
+  flat = {**flatten(trainable), **flatten(frozen)}
+  return sum(params_lib.nbytes(v) for k, v in flat.items() if k.startswith("llm/layers/")) \
+      // depth
 
 
 def largest_batch(cfg, tcfg: train.TrainConfig, budget: int, seqlen: int = 64,
@@ -132,9 +143,12 @@ def largest_batch(cfg, tcfg: train.TrainConfig, budget: int, seqlen: int = 64,
 
 def devices_needed(p: Plan, budget: int, max_devices: int = 1024) -> int | None:
   """Fewest FSDP devices whose per-device share fits `budget` (None: never)."""
-  if p.activations >= budget:
+  if p.total <= budget:
+    return 1
+  room = budget - p.activations - p.gathered
+  if room <= 0:
     return None
-  n = math.ceil(p.state / (budget - p.activations))
+  n = max(2, math.ceil(p.state / room))
   return n if n <= max_devices else None
 
 
