@@ -145,7 +145,8 @@ def main(args, project):
   if args.command in ("run", "ask"):
     target = tune.bind(study, tune.Target(args.model, args.cv, space.metric, args.root))
   if args.command == "run":
-    cli.announce()
+    from palijudge import loader
+    cli.announce(spec=loader.resolve(project.find(target.model), cache_dir=str(project.cache)))
     objective = _objective(target.cv, project.find(target.model),
                            cli.data_root(args, project), str(project.cache))
     tune.run_trials(study, space, objective, args.trials, records_root=experiments,

@@ -234,26 +234,31 @@ def load_model(args: argparse.Namespace, project: Project, model: str | None = N
   return lm
 
 
-def announce(lm=None, tcfg=None) -> None:
+def announce(lm=None, tcfg=None, spec=None) -> None:
   """One line on stderr, before the heavy work: what this process runs on (backend, devices,
   memory, jax) and the parameters' placement, then a warning for a full-size model on the CPU.
 
-  Said for every full-size model, and for any model when stderr is a terminal; a small model
-  in a log or a pipe (the demo, the tests) stays quiet, so stderr keeps only errors there.
+  The model is `lm` (loaded) or `spec` (to be loaded, e.g. by each search trial); with
+  `tcfg`, the warning estimates the training too. Said for every full-size model, and for
+  any model when stderr is a terminal; a small model in a log or a pipe (the demo, the
+  tests) stays quiet, so stderr keeps only errors there.
   """
   from palijudge import devices
   from palijudge import params as params_lib
-  n_params = params_lib.count(lm.params) if lm is not None else 0
+  from palijudge.model import paligemma as model_lib
+  spec = lm.spec if lm is not None else spec
+  n_params = params_lib.count(model_lib.param_shapes(spec.cfg)) if spec is not None else 0
   if n_params < devices.FULL_SIZE and not sys.stderr.isatty():
     return
   line = devices.summary()
-  if lm is not None and lm.mesh is not None and lm.mesh.devices.size > 1:
-    fsdp = lm.mesh.shape["fsdp"]
+  mesh = lm.mesh if lm is not None else None
+  if mesh is not None and mesh.devices.size > 1:
+    fsdp = mesh.shape["fsdp"]
     line += (f"; parameters {'replicated' if fsdp == 1 else f'in FSDP groups of {fsdp}'}"
-             f" over {lm.mesh.devices.size} devices")
+             f" over {mesh.devices.size} devices")
   print(line, file=sys.stderr)
-  if lm is not None:
-    warning = devices.cpu_warning(lm.spec.name, n_params, lm.cfg.num_patches + 32,
+  if spec is not None:
+    warning = devices.cpu_warning(spec.name, n_params, spec.cfg.num_patches + 32,
                                   tcfg.batch_size * tcfg.accum if tcfg else None,
                                   tcfg.steps if tcfg else None)
     if warning:

@@ -172,22 +172,25 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   if lcfg.keep == "all":
     _prepare_run_files(save_to, lcfg.runs, log)
   cache = PixelCache()
+  # Training runs on every process's devices (lm); evaluation on each process's own, over
+  # its view of the same arrays (`distributed.local`: lm itself with one process).
+  view = dataclasses.replace(lm, params=distributed.local(lm.params))
   # Image tokens are computed once per image when the encoder stays frozen.
-  features = train_lib.feature_cache(lm, tcfg.trainable, ecfg.gif_frame)
+  features = train_lib.feature_cache(view, tcfg.trainable, ecfg.gif_frame)
   if lcfg.probe_only:
-    probed = _probe(lm, train, sets, ecfg, features, save_to, ph, log)
+    probed = _probe(view, train, sets, ecfg, features, save_to, ph, log)
     if record:
       _write_record(record, {}, {}, valid_name, probed)
     return LearnResult(lm, {}, {}, probe=probed)
   with ph("before_evaluation"):
-    before = report(lm, sets, ecfg, "before training", log, cache, features, strict=False)
+    before = report(view, sets, ecfg, "before training", log, cache, features, strict=False)
   r = _Run(sets, ecfg, lcfg, save_to, record, cache, features, before, ph)
   score, run, trained, after, cfg, diverged = _lottery(lm, train, tcfg, r, valid_name, log)
   if lcfg.runs > 1:
     log(f"best run: {run + 1}/{lcfg.runs} (seed {cfg.seed}), valid {lcfg.select} = {score:.4f}")
   probed = None
   if lcfg.probe:  # On the encoder before training: the floor the fine-tune should beat.
-    probed = _probe(lm, train, sets, ecfg, features, save_to, ph, log)
+    probed = _probe(view, train, sets, ecfg, features, save_to, ph, log)
     log(versus(after[valid_name], probed[valid_name], valid_name))
   if save_to and distributed.is_main():  # With the threshold picked on a split, if one was.
     with ph("save"):

@@ -370,7 +370,9 @@ def feature_cache(lm: LoadedModel, trainable: str, gif_frame: str) -> FeatureCac
 def encoder_cache(lm: LoadedModel, gif_frame: str) -> FeatureCache:
   """The cache of `lm`'s encoder as loaded (on disk under the project's cache/features/)."""
   disk = os.path.join(lm.spec.cache_dir, "features") if lm.spec.cache_dir else None
-  return FeatureCache(lm.model, lm.params["img"], lm.spec.weights_id, gif_frame, disk)
+  # Each process embeds its own images, on its own devices (its view of the encoder).
+  return FeatureCache(lm.model, distributed.local(lm.params["img"]), lm.spec.weights_id,
+                      gif_frame, disk)
 
 
 def training_mesh(lm: LoadedModel, tcfg: TrainConfig) -> jax.sharding.Mesh:
