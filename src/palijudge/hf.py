@@ -415,6 +415,13 @@ def _tokenizer_files(tok_path: str, cfg: config_lib.ModelConfig) -> tuple[dict, 
   return out, {**ids, "vocab": sp.vocab_size()}
 
 
+def check_export_folder(out_dir: str | os.PathLike) -> None:
+  """UserError now unless `out_dir` is a new or empty folder (an export never writes over files)."""
+  out = Path(out_dir)
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise UserError(f"{where(out)}: already exists; export into a new (or empty) folder")
+
+
 def export_folder(out_dir: str | os.PathLike, params: Params, cfg: config_lib.ModelConfig,
                   tokenizer: str, meta: dict | None = None, dtype=None,
                   shard_bytes: int = SHARD_BYTES) -> None:
@@ -425,8 +432,7 @@ def export_folder(out_dir: str | os.PathLike, params: Params, cfg: config_lib.Mo
   """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   out = Path(out_dir)
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
-    raise UserError(f"{where(out)}: already exists; export into a new (or empty) folder")
+  check_export_folder(out)
   tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   try:
