@@ -123,35 +123,37 @@ def config_from_hf(raw: dict, what: str) -> config_lib.ModelConfig:
 
 def config_to_hf(cfg: config_lib.ModelConfig, image_token_index: int,
                  special: dict[str, int], base: dict | None = None) -> dict:
-  """config.json of `cfg` for transformers; `base` (an imported folder's own config) keeps
-  what the project does not model (sliding window, token ids, names)."""
+  """config.json of `cfg` for transformers. `base` (an imported folder's own config) keeps
+  what the project does not model (sliding window, token ids, names...); the shapes and caps
+  always come from `cfg`."""
   c, v = cfg.llm, cfg.img
   ids = {f"{k}_token_id": special[k] for k in ("bos", "eos", "pad")}
   text = dict(model_type=cfg.family, vocab_size=c.vocab_size, hidden_size=c.width,
               intermediate_size=c.mlp_dim, num_hidden_layers=c.depth,
               num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
-              head_dim=c.head_dim, hidden_activation="gelu_pytorch_tanh",
-              hidden_act="gelu_pytorch_tanh", rms_norm_eps=1e-6, rope_theta=10000.0,
-              num_image_tokens=cfg.num_patches, tie_word_embeddings=True, **ids)
+              head_dim=c.head_dim)
+  text_extra = dict(hidden_activation="gelu_pytorch_tanh", hidden_act="gelu_pytorch_tanh",
+                    rms_norm_eps=1e-6, rope_theta=10000.0, num_image_tokens=cfg.num_patches,
+                    tie_word_embeddings=True, **ids)
   if cfg.family == "gemma2":
     scalar = c.head_dim if c.query_pre_attn_norm == "rsqrt_head_dim" else c.width // c.num_heads
-    # big_vision attends globally in every layer: no sliding-window layers.
     text.update(query_pre_attn_scalar=scalar, final_logit_softcapping=c.final_logits_softcap or None,
-                attn_logit_softcapping=c.attn_logits_softcap or None,
-                layer_types=["full_attention"] * c.depth)
+                attn_logit_softcapping=c.attn_logits_softcap or None)
+    # big_vision attends globally in every layer: no sliding-window layers.
+    text_extra.update(layer_types=["full_attention"] * c.depth)
   vision = dict(model_type="siglip_vision_model", hidden_size=v.width, intermediate_size=v.mlp_dim,
                 num_hidden_layers=v.depth, num_attention_heads=v.num_heads,
                 patch_size=v.patch_size, image_size=cfg.image_size, num_channels=3,
-                hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False,
-                projection_dim=c.width, num_image_tokens=cfg.num_patches)
-  out = dict(architectures=["PaliGemmaForConditionalGeneration"], model_type="paligemma",
-             image_token_index=image_token_index, projection_dim=c.width, hidden_size=c.width,
-             vocab_size=c.vocab_size, tie_word_embeddings=True, **ids)
-  base = base or {}
-  if cfg.family == "gemma2" and "layer_types" in (base.get("text_config") or {}):
-    text.pop("layer_types")  # An imported checkpoint keeps its own layer layout.
-  return {**base, **out, "text_config": {**(base.get("text_config") or {}), **text},
-          "vision_config": {**(base.get("vision_config") or {}), **vision}}
+                projection_dim=c.width)
+  vision_extra = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False)
+  top = dict(architectures=["PaliGemmaForConditionalGeneration"], model_type="paligemma",
+             projection_dim=c.width, hidden_size=c.width, vocab_size=c.vocab_size)
+  top_extra = dict(image_token_index=image_token_index, tie_word_embeddings=True, **ids)
+  if base:  # An imported checkpoint's own settings replace the defaults above.
+    top_extra, text_extra, vision_extra = (base, base.get("text_config") or {},
+                                           base.get("vision_config") or {})
+  return {**top_extra, **top, "text_config": {**text_extra, **text},
+          "vision_config": {**vision_extra, **vision}}
 
 
 # --- Tensor names and layouts ---------------------------------------------------
