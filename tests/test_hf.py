@@ -47,7 +47,7 @@ from palijudge.model import config as config_lib  # noqa: E402
 from palijudge.model import paligemma as model_lib  # noqa: E402
 from palijudge.params import flatten, unflatten  # noqa: E402
 
-from testing import forward_logits, run_script  # noqa: E402
+from testing import assert_one_line_error, forward_logits, run_script  # noqa: E402
 
 PROMPTS = ("Is this image appropriate based on Federal Food, Drug, and Cosmetic Act?",
            "Is this a safe product?", "caption en")
@@ -438,3 +438,12 @@ def test_unreadable_shard_and_export_over_files(small_folder, tmp_path):
     hf.import_folder(small_folder, tmp_path)
   with pytest.raises(UserError, match="already exists"):
     hf.check_export_folder(small_folder)
+
+
+@pytest.mark.script
+def test_download_from_the_hub_needs_a_token(tmp_project, tmp_path):
+  proc = run_script("01-download_models.py", "--source", "hf", "--model", "paligemma2-3b-pt-224",
+                    project=tmp_project, check=False,
+                    env={"HF_TOKEN": "", "HUGGING_FACE_HUB_TOKEN": "", "HF_HOME": str(tmp_path)})
+  assert_one_line_error(proc, "huggingface.co/google/paligemma2-3b-pt-224: no Hugging Face "
+                        "token: accept the licence", "then set HF_TOKEN")
