@@ -44,6 +44,7 @@ from palijudge.data import images, synthetic  # noqa: E402
 from palijudge.data.tokenizer import pad_batch, tokenize  # noqa: E402
 from palijudge.errors import UserError  # noqa: E402
 from palijudge.model import config as config_lib  # noqa: E402
+from palijudge.model import lora  # noqa: E402
 from palijudge.model import paligemma as model_lib  # noqa: E402
 from palijudge.params import flatten, unflatten  # noqa: E402
 
@@ -182,7 +183,8 @@ def _ours(lm: loader.LoadedModel, rows) -> dict[str, np.ndarray]:
                        jnp.asarray(pixels))
   last = jnp.asarray(padded["prefix_len"])
   yn = np.asarray(model_lib.yes_no_logits(lm.model, lm.params, x, last, jnp.asarray(lm.yes_no_ids)))
-  logits = forward_logits(lm.model, lm.params, x.image, x.text, x.mask_ar, x.mask_input)[2]
+  plain = lora.merge(lm.params, lm.model.lora_alpha)  # The full forward pass takes plain weights.
+  logits = forward_logits(lm.model, plain, x.image, x.text, x.mask_ar, x.mask_input)[2]
   at = np.asarray(logits)[np.arange(len(rows)), padded["prefix_len"] - 1]
   dec = model_lib.decode(lm.model, lm.params, x, MAX_NEW, lm.tok.eos_id).tokens_BxN
   return dict(tokens=toks, pixels=pixels, yes_no=yn, logits=np.asarray(
@@ -447,3 +449,32 @@ def test_download_from_the_hub_needs_a_token(tmp_project, tmp_path):
                     env={"HF_TOKEN": "", "HUGGING_FACE_HUB_TOKEN": "", "HF_HOME": str(tmp_path)})
   assert_one_line_error(proc, "huggingface.co/google/paligemma2-3b-pt-224: no Hugging Face "
                         "token: accept the licence", "then set HF_TOKEN")
+
+
+@pytest.mark.script
+def test_lora_delta_over_an_imported_checkpoint_exports_merged(tmp_path, tok_path):
+  """HF checkpoint -> --model DIR base -> LoRA delta over it -> 09-export_full --format hf:
+  transformers scores the merged export as the project scores the delta, and the export keeps
+  the imported checkpoint's own config (Gemma 2's sliding/global layer layout)."""
+  from palijudge.files import Project
+  project = Project.at(tmp_path / "project")
+  source = make_hf_model(tmp_path / "src", "pg2-gqa", tok_path)
+  base = hf.import_folder(source, project.cache)
+  cfg = checkpoint.read_config(base)
+  params = checkpoint.load_params(base, model_lib.param_shapes(cfg), lambda _: np.float32)
+  params = flatten(lora.add_adapters(params, rank=2, seed=0))
+  rng = np.random.default_rng(1)
+  params.update({k: rng.normal(0, 0.3, v.shape).astype(np.float32) for k, v in params.items()
+                 if k.startswith(lora.PREFIX) and k.endswith("/b")})  # B = 0 would be a no-op.
+  delta = tmp_path / "judge.npz"
+  checkpoint.save_delta(delta, unflatten(params), lambda k: k.startswith(lora.PREFIX), cfg, base,
+                        {"train_config": {"lora_rank": 2, "lora_alpha": 8.0},
+                         "tokenizer": os.fspath(source / "tokenizer.model")})
+  out = tmp_path / "judge-hf"
+  run_script("09-export_full.py", "-m", delta, "--format", "hf", "-o", out, project=project)
+  lm = loader.load(loader.resolve(str(delta), cache_dir=str(project.cache)), trainable="lora",
+                   param_dtype="float32", compute="float32")
+  assert lora.rank_of(lm.params) == 2
+  compare(lm, *_hf_load(out))
+  theirs = json.loads((out / "config.json").read_text())["text_config"]
+  assert theirs["layer_types"] == ["sliding_attention", "full_attention"]
