@@ -23,11 +23,11 @@ def flags():
 def main(args, project):
   from palijudge import checkpoint, files
   from palijudge.model import lora
-  from palijudge import hf
+  from palijudge import hf_export
   if args.format == "npz":
     files.check_writable(args.out, "export")
   else:
-    hf.check_export_folder(args.out)
+    hf_export.check_export_folder(args.out)
   model = project.find(args.checkpoint)
   lm = cli.load_model(args, project, model=model)
   meta = dict(checkpoint.read_meta(lm.spec.weights), delta=False, exported_from=model)
@@ -37,7 +37,7 @@ def main(args, project):
   if args.format == "hf":
     if lm.spec.base:  # A delta over an imported transformers checkpoint keeps its config.
       meta.setdefault("hf", checkpoint.read_meta(lm.spec.base).get("hf"))
-    hf.export_folder(args.out, params, lm.cfg, lm.spec.tokenizer, meta, dtype=dtype)
+    hf_export.export_folder(args.out, params, lm.cfg, lm.spec.tokenizer, meta, dtype=dtype)
   else:
     checkpoint.save(args.out, params, lm.cfg, meta, dtype=dtype)
   print(f"wrote {args.out}")

@@ -39,7 +39,7 @@ transformers = pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-from palijudge import checkpoint, files, hf, loader  # noqa: E402
+from palijudge import checkpoint, files, hf, hf_export, loader  # noqa: E402
 from palijudge.data import images, synthetic  # noqa: E402
 from palijudge.data.tokenizer import pad_batch, tokenize  # noqa: E402
 from palijudge.errors import UserError  # noqa: E402
@@ -266,7 +266,7 @@ def test_round_trip_hf_project_hf_is_bit_identical(hf_folder, tmp_path):
   spec = loader.resolve(npz, cache_dir=str(tmp_path))
   lm = loader.load(spec, trainable="none-$", param_dtype="auto")
   out = tmp_path / "again"
-  hf.export_folder(out, lm.params, lm.cfg, spec.tokenizer, checkpoint.read_meta(npz),
+  hf_export.export_folder(out, lm.params, lm.cfg, spec.tokenizer, checkpoint.read_meta(npz),
                    shard_bytes=60_000)  # Several shards and an index.
   assert (out / hf.INDEX_FILE).is_file()
   a, b = _hf_tensors(hf_folder), _hf_tensors(out)
@@ -306,7 +306,7 @@ def test_project_model_scored_by_transformers(name, tmp_path, tok_path):
   spec = make_project_model(tmp_path / "cache", tok_path, *PROJECT_MODELS[name])
   lm = loader.load(spec, trainable="attn", param_dtype="float32", compute="float32")
   out = tmp_path / "hf"
-  hf.export_folder(out, lm.params, lm.cfg, spec.tokenizer)
+  hf_export.export_folder(out, lm.params, lm.cfg, spec.tokenizer)
   compare(lm, *_hf_load(out))
   # project -> HF -> project: the same tree, bit for bit.
   again = checkpoint.load_params(hf.import_folder(out, tmp_path / "cache"),
@@ -439,7 +439,7 @@ def test_unreadable_shard_and_export_over_files(small_folder, tmp_path):
   with pytest.raises(UserError, match="not a readable safetensors file"):
     hf.import_folder(small_folder, tmp_path)
   with pytest.raises(UserError, match="already exists"):
-    hf.check_export_folder(small_folder)
+    hf_export.check_export_folder(small_folder)
 
 
 @pytest.mark.script
