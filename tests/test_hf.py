@@ -207,6 +207,7 @@ def compare(lm: loader.LoadedModel, hf_model, proc) -> None:
     gap = np.abs(batch["pixel_values"][0].numpy().transpose(1, 2, 0) - pixels).max()
     if rgb.shape[:2] == (size, size):
       assert gap <= 1e-6, gap  # No resize: x / 255 * 2 - 1 vs x / 127.5 - 1.
+      _note("pixel gap without a resize", gap)
     else:  # By design: transformers resizes the uint8 image and rounds.
       assert gap <= 1 / 127.5 + 1e-6, gap
       _note("pixel gap after a resize (uint8 rounding)", gap)
@@ -478,3 +479,9 @@ def test_lora_delta_over_an_imported_checkpoint_exports_merged(tmp_path, tok_pat
   compare(lm, *_hf_load(out))
   theirs = json.loads((out / "config.json").read_text())["text_config"]
   assert theirs["layer_types"] == ["sliding_attention", "full_attention"]
+
+
+def test_a_folder_without_config_is_a_one_line_error(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match=r"empty/config.json: not found"):
+    loader.resolve(str(tmp_path / "empty"), cache_dir=str(tmp_path / "cache"))

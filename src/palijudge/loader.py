@@ -96,7 +96,7 @@ def resolve(model: str | None = None, model_config: str | None = None,
             tokenizer: str | None = None, cache_dir: str = CACHE_DIR,
             base: str | None = None) -> ModelSpec:
   model = model or DEFAULT_MODEL
-  if hf.is_folder(model):  # A transformers checkpoint folder: converted once, cached in cache/hf/.
+  if os.path.isdir(model):  # A transformers checkpoint folder: converted once, cached in cache/hf/.
     model = hf.import_folder(model, cache_dir)
   is_file = model.endswith(".npz") or os.sep in model or os.path.exists(model)
   if not is_file:
