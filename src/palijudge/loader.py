@@ -1,8 +1,9 @@
 """Which model to run: resolve `--model`, `--model-config`, `--tokenizer`, load.
 
 `--model` is a preset name (weights looked up in `cache/`), a checkpoint
-path, or a transformers PaliGemma folder (converted by `hf.import_folder`). A palijudge checkpoint carries the config that rebuilds its model; a
-Kaggle file does not, so its config comes from `--model-config`, or from a
+path, or a transformers PaliGemma folder (converted once by `hf.import_folder`).
+A palijudge checkpoint carries the config that rebuilds its model; a Kaggle
+file does not, so its config comes from `--model-config`, or from a
 preset named in its file name (`paligemma-3b-pt-224.f16.npz`).
 
 Dtypes: trainable leaves are f32; frozen leaves keep the checkpoint's own
