@@ -485,3 +485,24 @@ def test_a_folder_without_config_is_a_one_line_error(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match=r"empty/config.json: not found"):
     loader.resolve(str(tmp_path / "empty"), cache_dir=str(tmp_path / "cache"))
+
+
+def test_bfloat16_checkpoint_round_trips_in_bfloat16(tmp_path, tok_path):
+  """The hub's PaliGemma 2 files are bfloat16: imported as stored (never widened), exported back
+  bit for bit."""
+  from transformers import PaliGemmaForConditionalGeneration
+  f32 = make_hf_model(tmp_path / "f32", "pg2-gqa", tok_path)
+  model = PaliGemmaForConditionalGeneration.from_pretrained(f32, dtype=torch.bfloat16)
+  model.save_pretrained(tmp_path / "bf16")
+  shutil.copyfile(f32 / "tokenizer.model", tmp_path / "bf16" / "tokenizer.model")
+  npz = hf.import_folder(tmp_path / "bf16", tmp_path / "cache")
+  cfg = checkpoint.read_config(npz)
+  params = checkpoint.load_params(npz, model_lib.param_shapes(cfg), lambda _: None)
+  assert {str(a.dtype) for a in flatten(params).values()} == {"bfloat16"}
+  hf_export.export_folder(tmp_path / "out", params, cfg, f32 / "tokenizer.model",
+                          checkpoint.read_meta(npz))
+  a, b = _hf_tensors(tmp_path / "bf16"), _hf_tensors(tmp_path / "out")
+  assert sorted(a) == sorted(b)
+  for k in a:
+    assert str(a[k].dtype) == str(b[k].dtype) == "bfloat16" and np.array_equal(
+        a[k].view(np.uint16), b[k].view(np.uint16)), k
