@@ -81,6 +81,15 @@ def test_rows(experiments):
   assert t1.state == "FAIL" and "RESOURCE_EXHAUSTED" in t1.note
 
 
+def test_html_links_the_tensorboard_events(experiments):
+  built = report.build(experiments)
+  page = built.html.read_text()
+  events = sorted((experiments / "plain-run").glob("events.out.tfevents.*"))
+  assert len(events) == 1
+  assert f'<a href="plain-run/{events[0].name}" title="TensorBoard event file">tensorboard</a>' \
+      in page and "tensorboard --logdir experiments" in page
+
+
 def test_build_markdown_html_history(experiments):
   built = report.build(experiments)
   assert built.rows == 6 and [h.name for h in built.histories] == ["study_history_s1.png"]

@@ -103,3 +103,31 @@ def test_run_summary_says_what_ran_on_what_and_how_it_did(tmp_path):
                "| 1st trained | valid.jsonl | 4 | 1.000 | 1.000 [0.34, 1.00] |", "| 0.0123 |",
                "```\nResult: valid.jsonl\n  Tp=2 Tn=2 Fp=0 Fn=0\n```"):
     assert want in text, want
+
+
+def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar in a folder's event files, read back with TensorBoard's own reader."""
+  accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+  acc = accumulator.EventAccumulator(str(folder), size_guidance={accumulator.SCALARS: 0})
+  acc.Reload()
+  return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_hold_steps_and_stage_metrics(tmp_path):
+  rec = RunRecord(tmp_path, "r1")
+  with rec.running():
+    rec.write_eval("before training", {"valid.jsonl": {"accuracy": 0.5, "tp": 3, "auc": None,
+                                                       "accuracy_ci": [0.2, 0.8], "ok": True}})
+    rec.log_step(1, 0.03, 1.5, 2.0, 0.1, stage="stage 1")
+    rec.log_step(2, 0.02, 0.75, float("nan"), 0.2, stage="stage 1")
+    rec.log_step(1, 0.003, 0.5, None, 0.1, stage="stage 2")
+    rec.write_eval("1st trained", {"valid.jsonl": {"accuracy": 0.875, "tp": 7}})
+  assert len(rec.event_files()) == 1 and rec._events is None  # Closed on the way out.
+  # (tensorboardX writes a tag's spaces as underscores: "stage 1" -> "stage_1".)
+  got = _scalars(rec.path)
+  assert got["stage_1/loss"] == [(1, 1.5), (2, 0.75)]  # Stored as float32.
+  assert got["stage_2/lr"] == [(1, pytest.approx(0.003))]
+  assert got["stage_1/grad_norm"] == [(1, 2.0)]  # nan and None are not plotted.
+  assert got["eval/valid.jsonl/accuracy"] == [(0, 0.5), (1, 0.875)]
+  assert got["eval/valid.jsonl/tp"] == [(0, 3.0), (1, 7.0)]
+  assert not any("ci" in t or "auc" in t or t.endswith("/ok") for t in got)

@@ -15,6 +15,7 @@ LAYERS = [
     {"distributed", "devices"},
     {"model.config", "model.vit", "model.lora", "model.gemma", "model.paligemma"},
     {"checkpoint"},
+    {"hf", "hf_export"},
     {"data.examples", "data.splits", "data.images", "data.tokenizer", "data.batch",
      "data.features", "data.synthetic", "data.audit"},
     {"loader"},

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import http.server
 import re
 import shutil
@@ -336,3 +337,53 @@ def test_hub_last_needs_token_and_licence(monkeypatch, tmp_path, tiny_tok):
   out = download.download_tokenizer(tmp_path, progress=False)
   assert calls[-1] == ("google/paligemma-3b-pt-224", "tokenizer.model", "hf_good")
   assert out.read_bytes() == FIXTURE_TOK.read_bytes()
+
+
+def _fake_hub(monkeypatch, snapshot, sha="0123abcd"):
+  """huggingface_hub stand-in: model_info(...).sha and snapshot_download."""
+  class Api:
+    def __init__(self, token=None):
+      self.token = token
+    def model_info(self, repo, revision=None):
+      return types.SimpleNamespace(sha=sha)
+  monkeypatch.setitem(sys.modules, "huggingface_hub",
+                      types.SimpleNamespace(HfApi=Api, snapshot_download=snapshot))
+
+
+def test_hf_checkpoint_folder_with_its_source(monkeypatch, tmp_path):
+  calls = []
+  def snapshot(repo, revision=None, local_dir=None, token=None, allow_patterns=()):
+    calls.append((repo, revision, token, tuple(allow_patterns)))
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
+    (Path(local_dir) / "config.json").write_text("{}")
+    return str(local_dir)
+  _fake_hub(monkeypatch, snapshot)
+  monkeypatch.setenv("HF_TOKEN", "hf_good")
+  folder = download.download_hf(download.hf_repo("paligemma2-3b-pt-224"), tmp_path)
+  assert folder == tmp_path / "hf" / "google--paligemma2-3b-pt-224"
+  assert calls == [("google/paligemma2-3b-pt-224", "0123abcd", "hf_good",
+                    ("*.json", "*.safetensors", "tokenizer.model"))]
+  assert json.loads((folder / "palijudge_source.json").read_text()) == {
+      "repo": "google/paligemma2-3b-pt-224", "revision": "0123abcd"}
+  assert download.hf_repo("me/my-judge") == "me/my-judge"
+  with pytest.raises(UserError, match="unknown model 'nope'"):
+    download.hf_repo("nope")
+
+
+@pytest.mark.parametrize("token, error, needle", [
+    (None, None, r"no Hugging Face token: accept the licence .* then set HF_TOKEN"),
+    ("hf_x", types.SimpleNamespace(status_code=403), r"access refused \(HTTP 403\)"),
+    ("hf_x", types.SimpleNamespace(status_code=404), r"not found \(HTTP 404\)"),
+])
+def test_hf_checkpoint_errors_are_one_line(monkeypatch, tmp_path, token, error, needle):
+  def snapshot(*args, **kwargs):
+    err = RuntimeError("403 Client Error: Forbidden\nfor url: https://huggingface.co/...")
+    err.response = error
+    raise err
+  _fake_hub(monkeypatch, snapshot)
+  monkeypatch.delenv("HF_TOKEN", raising=False)
+  monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+  with pytest.raises(UserError, match=needle) as info:
+    download.download_hf("google/paligemma-3b-pt-224", tmp_path, token=token)
+  assert "\n" not in str(info.value) and "huggingface.co/google/paligemma-3b-pt-224" in str(info.value)
+  assert not (tmp_path / "hf" / "google--paligemma-3b-pt-224" / "palijudge_source.json").exists()

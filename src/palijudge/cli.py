@@ -225,7 +225,8 @@ def load_model(args: argparse.Namespace, project: Project, model: str | None = N
   import jax
   from palijudge import loader
   lcfg = options.build(loader.LoadConfig, args)
-  path = model or (lcfg.model if lcfg.model.endswith(".npz") else None)  # A preset stays a name.
+  is_path = lcfg.model.endswith(".npz") or os.path.isdir(project.find(lcfg.model))  # .npz or HF dir
+  path = model or (lcfg.model if is_path else None)  # A preset stays a name.
   policy = "fsdp" if tcfg is not None and tcfg.fsdp and lcfg.mesh == "auto" else None
   lm = loader.load_model(lcfg, str(project.cache), trainable,
                          project.find(path) if path else None,

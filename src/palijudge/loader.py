@@ -1,8 +1,9 @@
 """Which model to run: resolve `--model`, `--model-config`, `--tokenizer`, load.
 
-`--model` is a preset name (weights looked up in `cache/`), or a checkpoint
-path. A palijudge checkpoint carries the config that rebuilds its model; a
-Kaggle file does not, so its config comes from `--model-config`, or from a
+`--model` is a preset name (weights looked up in `cache/`), a checkpoint
+path, or a transformers PaliGemma folder (converted once by `hf.import_folder`).
+A palijudge checkpoint carries the config that rebuilds its model; a Kaggle
+file does not, so its config comes from `--model-config`, or from a
 preset named in its file name (`paligemma-3b-pt-224.f16.npz`).
 
 Dtypes: trainable leaves are f32; frozen leaves keep the checkpoint's own
@@ -24,6 +25,7 @@ import numpy as np
 from palijudge import checkpoint
 from palijudge import devices as devices_lib
 from palijudge import files
+from palijudge import hf
 from palijudge.model import lora as lora
 from palijudge.model import config as config_lib
 from palijudge.model import paligemma as model_lib
@@ -102,6 +104,8 @@ def resolve(model: str | None = None, model_config: str | None = None,
             tokenizer: str | None = None, cache_dir: str = CACHE_DIR,
             base: str | None = None) -> ModelSpec:
   model = model or DEFAULT_MODEL
+  if os.path.isdir(model):  # A transformers checkpoint folder: converted once, cached in cache/hf/.
+    model = hf.import_folder(model, cache_dir)
   is_file = model.endswith(".npz") or os.sep in model or os.path.exists(model)
   if not is_file:
     cfg = (config_lib.from_json_file(model_config) if model_config

@@ -53,6 +53,7 @@ class Row:
   model: str = ""
   dataset: str = ""
   evaluated_on: str = ""           # The group: a split's set, or a CV folder.
+  events: str = ""                 # Relative path of the run's TensorBoard event file, if any.
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -160,9 +161,10 @@ def row_of(record: RunRecord, root: Path, metric: str = "f_measure") -> Row:
   rel = record.path.relative_to(root).as_posix()
   link = f"{rel}/summary.md" if record.file("summary.md").exists() else f"{rel}/"
   figs = tuple((k, f"{rel}/{p.name}") for k, p in record.plot_files().items())
+  events = record.event_files()
   return Row(record.name, kind, link, settings_of(cfg), metrics, state, figs, note,
              intervals_of(ev, metric), _text(cfg.get("model")), _text(cfg.get("dataset")),
-             evaluated_on(cfg, ev, kind))
+             evaluated_on(cfg, ev, kind), events=f"{rel}/{events[-1].name}" if events else "")
 
 
 def collect(root: str | Path = "experiments", render_plots: bool = True,
@@ -274,6 +276,10 @@ _INTRO = ("★ marks the best finished row of each group. score = the CV metric'
           "bootstrap for AUC; Student t over the folds for a CV score).")
 
 
+_CURVES = ("tensorboard links a run's TensorBoard event file (loss, lr, grad norm per step; "
+           "eval/<set>/<metric> per stage): view every run with `tensorboard --logdir experiments`.")
+
+
 def markdown(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
   sort_rows(rows, sort)  # Validates the key.
   lines = ["# Leaderboard", "", f"Sorted by {sort}. {_INTRO}", ""]
@@ -340,6 +346,8 @@ def _html_row(r: Row, best: Row | None, varying) -> str:
             for k, _ in varying]
   cells += [_td(_cell_html(r, k), r.metrics.get(k), raw=True) for k, _ in METRIC_COLUMNS]
   figs = " ".join(f'<a href="{html.escape(p)}">{html.escape(k)}</a>' for k, p in r.plots)
+  if r.events:  # The curves in TensorBoard: `tensorboard --logdir experiments`.
+    figs += f' <a href="{html.escape(r.events)}" title="TensorBoard event file">tensorboard</a>'
   cells.append(_td(figs, len(r.plots), left=True, raw=True))
   title = f' title="{html.escape(r.note)}"' if r.note else ""
   cls = " ".join(c for c in ("best" if r is best else "", r.state) if c)
@@ -351,7 +359,7 @@ def html_page(rows: Sequence[Row], sort: str = "score", histories: Sequence[str]
   out = ["<!doctype html><html><head><meta charset=utf-8><title>palijudge leaderboard</title>",
          f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1>",
          f"<p>Generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Click a column to sort. "
-         f"{html.escape(_INTRO)}</p>"]
+         f"{html.escape(_INTRO)} {html.escape(_CURVES)}</p>"]
   for group, members in grouped(rows, sort):
     best = best_of(members, sort)
     varying, common = split_settings(members)

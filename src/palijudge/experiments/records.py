@@ -7,6 +7,8 @@
   experiments/<run>/predictions.jsonl  image, label, p_yes, pred per example
   experiments/<run>/summary.md         a short human summary
   experiments/<run>/*.png              loss, roc, pr, confusion, p_yes_hist
+  experiments/<run>/events.out.tfevents.*  the same curves and metrics for TensorBoard
+                                       (`tensorboard --logdir experiments`), via tensorboardX
 
 Pure file I/O (no jax). Every file but the append-only CSV is written to a
 temp file and renamed over the target. A CV run keeps its folds as nested
@@ -41,6 +43,7 @@ LOG_FIELDS = ("stage", "step", "lr", "loss", "grad_norm", "seconds")
 STATUSES = ("running", "finished", "interrupted", "failed")
 PLOTS = {"loss": "loss.png", "roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png",
          "hist": "p_yes_hist.png"}
+EVENTS = "events.out.tfevents.*"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -94,6 +97,7 @@ class RunRecord:
                _path: Path | None = None):
     self.path = _path if _path is not None else unique_name(Path(root), name)
     self.name = self.path.name
+    self._events = None  # tensorboardX writer, opened on the first scalar.
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> RunRecord:
@@ -125,13 +129,38 @@ class RunRecord:
         w.writerow(LOG_FIELDS)
       w.writerow(row)
       f.flush()
+    self._scalars({f"{stage or 'train'}/{k}": v for k, v in
+                   (("loss", loss), ("lr", lr), ("grad_norm", grad_norm))}, int(step))
+
+  def _scalars(self, values: dict[str, Any], step: int) -> None:
+    """TensorBoard scalars (finite numbers only), flushed at once like the CSV."""
+    values = {k: finite(v) for k, v in values.items() if not isinstance(v, bool)}
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+      return
+    if self._events is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._events = SummaryWriter(os.fspath(self.path))
+    for tag, value in values.items():
+      self._events.add_scalar(tag, value, step)
+    self._events.flush()
+
+  def close(self) -> None:
+    """Closes the TensorBoard writer (`running` does it on the way out)."""
+    if self._events is not None:
+      self._events.close()
+      self._events = None
 
   def write_eval(self, stage: str, metrics: dict[str, Any]) -> Path:
     """Merges {stage: metrics} into eval_metrics.json (a stage written again is replaced)."""
     current = self.eval_metrics()
     current[str(stage)] = plain(metrics)
-    return files.write_text(self.file(METRICS), json.dumps(current, indent=2, ensure_ascii=False)
-                        + "\n")
+    out = files.write_text(self.file(METRICS), json.dumps(current, indent=2, ensure_ascii=False)
+                           + "\n")
+    # TensorBoard: eval/<set>/<metric>, at step = the stage's position (0 = the first written).
+    flat = _flat_numbers(current[str(stage)])
+    self._scalars({f"eval/{k}": v for k, v in flat.items()}, list(current).index(str(stage)))
+    return out
 
   def write_predictions(self, rows: Iterable[dict[str, Any]]) -> Path:
     """predictions.jsonl: one row per example (image, label, p_yes, pred, ...)."""
@@ -168,6 +197,7 @@ class RunRecord:
       with contextlib.suppress(UserError, OSError):  # Never mask the run's own error.
         self.write_config({"status": outcome, "seconds": round(seconds, 1),
                            **({"error": error} if error else {})}, merge=True)
+      self.close()
 
   def status(self) -> str:
     """finished / interrupted / failed / running, or killed (running, its process gone);
@@ -260,6 +290,10 @@ class RunRecord:
                                    f"p(yes) by true class: {about}")]
     return [p for p in made if p is not None]
 
+  def event_files(self) -> list[Path]:
+    """This run's TensorBoard event files (not its folds'), oldest first."""
+    return sorted(self.path.glob(EVENTS), key=lambda p: p.stat().st_mtime_ns)
+
   def plot_files(self) -> dict[str, Path]:
     """The PNGs that exist, by kind (loss, roc, pr, confusion, hist)."""
     return {k: self.file(v) for k, v in PLOTS.items() if self.file(v).exists()}
@@ -328,6 +362,16 @@ def _table(d: dict[str, Any]) -> list[str]:
     text = json.dumps(plain(v), ensure_ascii=False) if isinstance(v, (dict, list)) else str(v)
     rows.append(f"| {k} | {text.replace('|', '/')} |")
   return rows + [""]
+
+
+def _flat_numbers(d: Any, prefix: str = "") -> dict[str, Any]:
+  """{"valid.jsonl/accuracy": 0.9, ...}: the numbers of a nested metrics dict (lists skipped)."""
+  if isinstance(d, dict):
+    out = {}
+    for k, v in d.items():
+      out.update(_flat_numbers(v, f"{prefix}{k}/"))
+    return out
+  return {prefix[:-1]: d} if isinstance(d, (int, float)) and prefix else {}
 
 
 def _num(value: Any) -> float | str:

@@ -11,6 +11,7 @@ the Hugging Face hub (HF_TOKEN); each is checked by sha256 and vocab size.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import shutil
@@ -283,9 +284,8 @@ def fetch_resumable(url: str, dst: Path, progress: bool = True, _retry: bool = T
   return part
 
 
-def _from_hub(token: str | None) -> Path:
-  """tokenizer.model of google/paligemma-3b-pt-224 via huggingface_hub (lazy import)."""
-  at = f"huggingface.co/{HF_REPO}"
+def _hub(at: str, token: str | None):
+  """(huggingface_hub, token): the module (lazy import) and a token, or a one-line UserError."""
   try:
     import huggingface_hub as hub  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -295,18 +295,59 @@ def _from_hub(token: str | None) -> Path:
   if not token:
     raise UserError(f"{at}: no Hugging Face token: accept the licence at https://{at}, "
                     f"then set HF_TOKEN (or run `huggingface-cli login`)")
+  return hub, token
+
+
+def _hub_error(err: Exception, at: str, what: str) -> UserError:
+  """A huggingface_hub failure (HfHubHTTPError, GatedRepoError, network...) as one line."""
+  problem = network_problem(err)
+  if problem:
+    return network_error(f"downloading {what} from {at}", "huggingface.co", problem)
+  code = _status_code(err)
+  if code in (401, 403) or "Gated" in type(err).__name__:
+    return UserError(f"{at}: access refused (HTTP {code or 403}): accept the licence at "
+                     f"https://{at} with the account of your token")
+  if code == 404 or "NotFound" in type(err).__name__:
+    return UserError(f"{at}: not found (HTTP 404): check the repository and revision")
+  return UserError(f"{at}: {' '.join(str(err).split()) or type(err).__name__}")
+
+
+def _from_hub(token: str | None) -> Path:
+  """tokenizer.model of google/paligemma-3b-pt-224 via huggingface_hub."""
+  at = f"huggingface.co/{HF_REPO}"
+  hub, token = _hub(at, token)
   try:
     return Path(hub.hf_hub_download(HF_REPO, HF_FILE, token=token))
   except Exception as e:  # HfHubHTTPError, GatedRepoError, network errors...
-    problem = network_problem(e)
-    if problem:
-      raise network_error(f"downloading the tokenizer from {at}", "huggingface.co",
-                          problem) from None
-    code = _status_code(e)
-    if code in (401, 403) or "Gated" in type(e).__name__:
-      raise UserError(f"{at}: access refused (HTTP {code or 403}): accept the licence at "
-                      f"https://{at} with the account of your token") from None
-    raise UserError(f"{at}: {' '.join(str(e).split()) or type(e).__name__}") from None
+    raise _hub_error(e, at, "the tokenizer") from None
+
+
+def hf_repo(name: str) -> str:
+  """The hub repository of a preset (google/<preset>), or `name` itself when it is owner/repo."""
+  if name in KAGGLE_MODELS:
+    return f"google/{name}"
+  if re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+    return name
+  raise UserError(f"unknown model {name!r}; give a preset ({', '.join(KAGGLE_MODELS)}) or a "
+                  f"Hugging Face repository owner/name")
+
+
+def download_hf(repo: str, cache_dir: str | os.PathLike = "cache", revision: str | None = None,
+                token: str | None = None) -> Path:
+  """cache_dir/hf/<owner>--<name>/: a transformers checkpoint folder (config, safetensors,
+  tokenizer), with palijudge_source.json naming the repo and the commit it came from."""
+  from palijudge import hf  # pylint: disable=import-outside-toplevel
+  at = f"huggingface.co/{repo}"
+  hub, token = _hub(at, token)
+  folder = Path(cache_dir) / "hf" / repo.replace("/", "--")
+  try:
+    sha = hub.HfApi(token=token).model_info(repo, revision=revision).sha
+    hub.snapshot_download(repo, revision=sha, local_dir=folder, token=token,
+                          allow_patterns=["*.json", "*.safetensors", hf.TOKENIZER_FILE])
+  except Exception as e:  # HfHubHTTPError, GatedRepoError, network errors...
+    raise _hub_error(e, at, "the checkpoint") from None
+  files.write_text(folder / hf.SOURCE_FILE, json.dumps({"repo": repo, "revision": sha}) + "\n")
+  return folder
 
 
 def download_tokenizer(cache_dir: str | os.PathLike = "cache",
