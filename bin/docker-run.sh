@@ -93,6 +93,7 @@ while (($#)); do
   esac
 done
 
+[[ -n "$image" ]] || die "--image needs a name, got an empty one (see --help)"
 [[ -d "$project" ]] || die "project folder not found: $project"
 project="$(cd "$project" && pwd)"
 if ((kaggle_given)) && [[ ! -f "$kaggle" ]]; then

@@ -18,10 +18,16 @@ def flags():
 
 
 def main(args, project):
-  from palijudge import checkpoint, files
-  from palijudge.model import lora
-  files.check_writable(args.out, "export")
+  from palijudge import files
   model = project.find(args.checkpoint)
+  files.check_writable(args.out, "export", cli.model_inputs(args, project, [model]))
+  with files.lock(args.out, "export"):
+    _export(args, project, model)
+
+
+def _export(args, project, model):
+  from palijudge import checkpoint
+  from palijudge.model import lora
   lm = cli.load_model(args, project, model=model)
   meta = dict(checkpoint.read_meta(model), delta=False, exported_from=model)
   meta.pop("base_sha256", None)
