@@ -408,7 +408,7 @@ def test_a_hostile_probe_file_is_one_line(script, eval_project, probe_split):
                                          "params/probe/intercept": np.zeros(1),
                                          "palijudge/meta": np.frombuffer(meta, np.uint8)})
   one_line_error(script("04-validate.py", "-m", "evil.npz", probe_split), "evil.npz",
-                 "Object arrays cannot be loaded")
+                 "it holds Python objects (pickled data), which are never loaded")
   one_line_error(script("13-inference.py", "-l", "evil.npz", "-d", probe_split, "-i", "dataset"),
                  "evil.npz")
 
