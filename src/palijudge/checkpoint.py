@@ -43,6 +43,8 @@ def _restore_dtype(a: np.ndarray) -> np.ndarray:
 def _reason(e: Exception) -> str:
   """numpy's error in our words: its advice to load pickled data "unsafely" is never shown."""
   text = str(e).strip()
+  if "contains pickled" in text:  # Neither a zip nor an .npy: numpy would try pickle next.
+    return "not a numpy archive; pickled data is never loaded"
   if "pickle" in text:
     return "it holds Python objects (pickled data), which are never loaded"
   if "header" in text.lower() and "max_header_size" in text:

@@ -342,9 +342,9 @@ def save(lm: LoadedModel, tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: L
 def _prepare_save(save_to: str, log: Log) -> None:
   """Before any work: the checkpoint can be written, a killed save's leftovers are gone, and
   replacing an existing checkpoint is said out loud."""
-  files.check_writable(save_to, "checkpoint")
   for name in files.sweep_stale(os.path.dirname(os.path.abspath(save_to))):
     log(f"removed {name}, left by a save that was killed")
+  files.check_writable(save_to, "checkpoint")
   if os.path.exists(save_to):
     try:
       saved = checkpoint.read_meta(save_to).get("saved")
