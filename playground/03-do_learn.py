@@ -65,6 +65,9 @@ def main(args, project):
     names = tuple(files.shown(folder / n) for n in ("all", "train.jsonl", "valid.jsonl"))
     train_sets = [examples.read_examples(names[1], root)]
     split = (train_sets[0], examples.read_examples(names[2], root), names)
+  if args.record:  # The trial folder must be one, before any work.
+    from palijudge.experiments import records
+    records.RunRecord.load(project.find(args.record))
   tcfg = cli.train_config(args)
   smallest = min(train_sets, key=len)  # Every numeric flag against the data, before any work.
   tcfg.check_data(len(smallest), files.shown(smallest[0].source))

@@ -52,7 +52,8 @@ def main(args, project):
     raise cli.UserError(f"-t/--repeat must be >= 1, got {args.repeat}")
   save_to = cli.checkpoint_path(args.save, project, "-s")
   parent = project.find(args.load) if args.load else None
-  given_steps, args.steps = args.steps, args.steps or 1
+  given_steps = args.steps
+  args.steps = 1 if given_steps is None else given_steps
   tcfg = cli.train_config(args)  # Every flag checked before the data sets the steps.
   data = project.find(args.data)
   rows = examples.read_examples(data, args.root and project.find(args.root))

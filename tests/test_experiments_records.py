@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -103,3 +104,12 @@ def test_run_summary_says_what_ran_on_what_and_how_it_did(tmp_path):
                "| 1st trained | valid.jsonl | 4 | 1.000 | 1.000 [0.34, 1.00] |", "| 0.0123 |",
                "```\nResult: valid.jsonl\n  Tp=2 Tn=2 Fp=0 Fn=0\n```"):
     assert want in text, want
+
+
+def test_a_folder_that_is_not_a_record_is_never_written_into(tmp_path):
+  """03-do_learn.py --record dataset/set1 once wrote config.yaml and plots into the dataset."""
+  (tmp_path / "set1").mkdir()
+  (tmp_path / "set1" / "train.jsonl").write_text("{}\n")
+  with pytest.raises(UserError, match="not a run record"):
+    RunRecord.load(tmp_path / "set1")
+  assert os.listdir(tmp_path / "set1") == ["train.jsonl"]

@@ -46,8 +46,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
   def error(self, message):  # One line, exit 2, like every other bad input.
-    print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+    print(f"{self.prog}: error: {message}{_dash_hint(message)} (see --help)", file=sys.stderr)
     sys.exit(2)
+
+
+def _dash_hint(message: str) -> str:
+  """argparse reads a value such as -1 or -inf as a flag (these scripts have a -2 flag)."""
+  missing = "expected one argument" in message or "arguments are required" in message
+  dashed = [a for a in sys.argv[1:] if a.startswith("-") and _is_number(a)]
+  return (f"; {dashed[0]} is read as a flag: write --flag={dashed[0]}, or put -- before it"
+          if missing and dashed else "")
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
 
 
 def parser(description: str) -> argparse.ArgumentParser:
