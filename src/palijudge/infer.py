@@ -181,6 +181,7 @@ def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
       return InferResult(_stream(score, examples, sys.stdout, fmt, settings, ecfg, progress_bar),
                          0, None)
   check_target(out_path, overwrite)
+  files.sweep_stale(os.path.dirname(os.path.abspath(out_path)), os.path.basename(out_path))
   partial = out_path + ".partial"
   done = resume_point(partial, fmt, examples, settings)
   if done:
