@@ -8,8 +8,9 @@ is also the one error boundary: bad input (`UserError`) and failed file
 operations (`OSError`) print one line and exit with status 2; Ctrl-C exits
 130; a closed stdout (`... | head`) ends the script quietly with 141, as a
 Unix filter ends. `main` runs inside `files.command_inputs`: no file it
-writes may replace one it read. In a multi-process run only process 0 prints to stdout, and a process
-that fails leaves at once, so the others stop too instead of waiting for it.
+writes may replace one it read. In a multi-process run only process 0 prints
+to stdout, and a process that fails leaves at once, so the others stop too
+instead of waiting for it.
 Importing this module does nothing else.
 
 Flags come from the config dataclasses (`options.add`), so each default and

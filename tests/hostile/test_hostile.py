@@ -420,7 +420,7 @@ def distributed_cases() -> list[Case]:
       ("cannot resolve the host",)))
   for flags, says in ((("--num-processes", "0"), "--num-processes must be >= 1"),
                       (("--num-processes", "2", "--process-id=-1"), "--process-id must be"),
-                      (("--num-processes", "2", "--process-id", "2"), "--process-id must be in 0..1"),
+                      (("--num-processes", "2", "--process-id", "2"), "must be in 0..1"),
                       (("--heartbeat-timeout", "0"), "--heartbeat-timeout must be >= 1"),
                       (("--init-timeout", "0"), "--init-timeout must be >= 1")):
     cases.append(Case(f"distributed {' '.join(flags)}", base[0], base[1] + (
