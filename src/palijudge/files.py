@@ -44,7 +44,6 @@ import contextlib
 import contextvars
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import os
 import re
@@ -53,6 +52,11 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator, Mapping, Union
 
 from palijudge.errors import UserError, where
+
+try:
+  import fcntl
+except ImportError:  # Not POSIX: the pid in the lock file decides (see `lock`).
+  fcntl = None
 
 FOLDERS = ("cache", "dataset", "checkpoints", "experiments")
 
@@ -345,6 +349,8 @@ def lock(path: PathLike, what: str = "file") -> Iterator[None]:
 
 def _flock(fd: int) -> bool | None:
   """True: locked; False: another process holds it; None: no flock on this filesystem."""
+  if fcntl is None:
+    return None
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return True
