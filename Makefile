@@ -33,7 +33,7 @@ KEEP ?= errors
 
 DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 
-.PHONY: help setup demo test test-fast download split train validate params plan bench bench-gpu \
+.PHONY: help setup demo test hostile test-fast download split train validate params plan bench bench-gpu \
 	random-checkpoint folds cv tune ask tell status report docker-build docker-run prompts infer \
 	aggregate filter clean audit compare
 
@@ -59,6 +59,9 @@ demo: $(STAMP) ## the main job on the embedded default: tiny model, generated da
 
 test: $(STAMP) ## run the whole test suite
 	$(PY) -m pytest -n auto $(ARGS)
+
+hostile: $(STAMP) ## the hostile corpus: bad input, misuse, kills inside writes (tests/hostile; in make test too)
+	$(PY) -m pytest -n auto tests/hostile $(ARGS)
 
 test-fast: $(STAMP) ## the tests without the whole-script runs (-m "not script")
 	$(PY) -m pytest -n auto -m "not script" $(ARGS)

@@ -100,7 +100,7 @@ while (($#)); do
   esac
 done
 
-[[ -n "$image" ]] || die "--image must not be empty"
+[[ -n "$image" ]] || die "--image needs a name, got an empty one (see --help)"
 case "$memlock" in auto | on | off) ;; *) die "--memlock wants auto, on or off, got: $memlock" ;; esac
 [[ -d "$project" ]] || die "project folder not found: $project"
 project="$(cd "$project" && pwd)"

@@ -31,14 +31,23 @@ def flags():
 
 
 def main(args, project):
-  import os
   from palijudge import files
-  from palijudge.data import examples, splits
   if (args.valid is None) == (args.folds is None):
     raise cli.UserError("give either -v N or --folds K")
   root = cli.data_root(args, project)
   data = project.find(args.data) if args.data else str(project.dataset / "data.jsonl")
-  out = files.inside(args.name, project.dataset, "-n")
+  out = files.inside(args.name, project.dataset, "-n", below=True)
+  if files.is_within(data, out):  # The split is rebuilt from scratch: its files are outputs.
+    raise cli.UserError(f"--data {files.shown(data)}: lies inside {files.shown(out)}, the split "
+                        f"-n {args.name} rebuilds; split from a file outside it")
+  with files.lock(out, "split"):
+    _split(args, project, root, data, out)
+
+
+def _split(args, project, root, data, out):
+  import os
+  from palijudge import files
+  from palijudge.data import examples, splits
   seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
   rows = examples.read_examples(data, root)
   groups = None

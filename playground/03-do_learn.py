@@ -43,12 +43,8 @@ def flags():
 
 def main(args, project):
   import contextlib
-  import dataclasses
-  import shlex
-  import sys
   from palijudge import distributed, files, learn, options
   from palijudge.data import examples, splits
-  from palijudge.experiments import cv, records
   if (args.dataset is None) == (args.cv is None):
     raise cli.UserError("give either -d SET or --cv NAME")
   root = cli.data_root(args, project)
@@ -63,12 +59,38 @@ def main(args, project):
   folder = files.inside(args.dataset or args.cv, root, "-d" if args.dataset else "--cv")
   if args.cv:
     folds = splits.fold_paths(folder)
-    train_set = examples.read_examples(folds[0][0], root)
+    train_sets = [examples.read_examples(tr, root) for tr, _ in folds]
+    split = (train_sets[0], None, None)
   else:
     names = tuple(files.shown(folder / n) for n in ("all", "train.jsonl", "valid.jsonl"))
-    train_set = examples.read_examples(names[1], root)
-    valid_set = examples.read_examples(names[2], root)
+    train_sets = [examples.read_examples(names[1], root)]
+    split = (train_sets[0], examples.read_examples(names[2], root), names)
+  if args.record:  # The trial folder must be one, before any work.
+    from palijudge.experiments import records
+    records.RunRecord.load(project.find(args.record))
   tcfg = cli.train_config(args)
+  smallest = min(train_sets, key=len)  # Every numeric flag against the data, before any work.
+  tcfg.check_data(len(smallest), files.shown(smallest[0].source))
+  if save_to:  # What this run writes may not be what it reads.
+    inputs = cli.model_inputs(args, project) + [("the data file", e[0].source)
+                                                for e in split[:2] if e]
+    for path in learn.outputs_of(save_to, lcfg):
+      files.check_writable(path, "-w checkpoint", inputs)
+  with files.lock(save_to, "checkpoint") if save_to and distributed.is_main() \
+      else contextlib.nullcontext():  # No other run writes NAME meanwhile.
+    _learn(args, project, root, folder, tcfg, ecfg, lcfg, save_to, split,
+           folds if args.cv else None)
+
+
+def _learn(args, project, root, folder, tcfg, ecfg, lcfg, save_to, split, folds):
+  """Loads the model, trains (or cross-validates) and records the run."""
+  import contextlib
+  import dataclasses
+  import shlex
+  import sys
+  from palijudge import distributed, files, learn
+  from palijudge.experiments import cv, records
+  train_set, valid_set, names = split
   phases = learn.Phases() if args.phases else None
   with phases("checkpoint_load") if phases else contextlib.nullcontext():
     lm = cli.load_model(args, project, trainable=tcfg.trainable, tcfg=tcfg)
@@ -84,7 +106,7 @@ def main(args, project):
                          "checkpoint": files.shown(save_to) if save_to else None},
                         merge=bool(args.record))
   with record.running() if record else contextlib.nullcontext():
-    if args.cv:
+    if folds:
       cv.cv_learn(lm, folds, tcfg, ecfg, lcfg, root=root, metric=args.cv_metric, record=record)
       return
     learn.learn(lm, train_set, valid_set, tcfg, ecfg, lcfg, names=names, save_to=save_to,

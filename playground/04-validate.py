@@ -36,11 +36,15 @@ def main(args, project):
   root = cli.data_root(args, project)
   paths = cli.judge_paths(args, project)
   ecfg = cli.judge_config(args, paths)
-  if args.scores:
-    predictions.format_of(args.scores)
-    files.check_writable(args.scores, "--scores file")
   sets = {f: examples.read_examples(project.find(f), root) for f in args.files}
   sets.update(cli.eval_sets(args, root, taken=list(sets)))
+  if args.scores:
+    fmt = predictions.format_of(args.scores)
+    for rows in sets.values():
+      predictions.check_values(rows, fmt)
+    inputs = cli.model_inputs(args, project, paths) + [("a dataset", rows[0].source)
+                                                      for rows in sets.values()]
+    files.check_writable(args.scores, "--scores file", inputs)
   judge = cli.load_judge(args, project, paths, ecfg)
   results = evaluate.report(judge.lm, sets, ecfg, scorer=judge.scorer)
   if args.scores:

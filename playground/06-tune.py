@@ -142,6 +142,10 @@ def main(args, project):
   space = tune.load_space(args.space)
   study = tune.open_study(args.storage, args.study, seed=args.seed, root=experiments,
                           heartbeat=args.heartbeat, grace=args.grace)
+  if args.command in ("run", "ask") and args.cv:  # The folds must exist before a trial binds.
+    from palijudge import files
+    from palijudge.data import splits
+    splits.fold_paths(files.inside(args.cv, cli.data_root(args, project), "--cv"))
   if args.command in ("run", "ask"):
     target = tune.bind(study, tune.Target(args.model, args.cv, space.metric, args.root))
   if args.command == "run":

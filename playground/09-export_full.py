@@ -21,14 +21,20 @@ def flags():
 
 
 def main(args, project):
-  from palijudge import checkpoint, files
-  from palijudge.model import lora
-  from palijudge import hf_export
+  from palijudge import files, hf_export
+  model = project.find(args.checkpoint)
+  inputs = cli.model_inputs(args, project, [model])
   if args.format == "npz":
-    files.check_writable(args.out, "export")
+    files.check_writable(args.out, "export", inputs)
   else:
     hf_export.check_export_folder(args.out)
-  model = project.find(args.checkpoint)
+  with files.lock(args.out, "export"):
+    _export(args, project, model)
+
+
+def _export(args, project, model):
+  from palijudge import checkpoint, hf_export
+  from palijudge.model import lora
   lm = cli.load_model(args, project, model=model)
   meta = dict(checkpoint.read_meta(lm.spec.weights), delta=False, exported_from=model)
   meta.pop("base_sha256", None)

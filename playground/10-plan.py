@@ -29,7 +29,12 @@ def flags():
 
 
 def main(args, project):
+  import math
   from palijudge.model import config
+  if not (math.isfinite(args.budget) and args.budget > 0):
+    raise cli.UserError(f"--budget must be a number of GiB > 0, got {args.budget}")
+  if args.seqlen < 1:
+    raise cli.UserError(f"--seqlen must be >= 1, got {args.seqlen}")
   from palijudge.tools import planner
   cfg = config.from_json_file(args.model_config) if args.model_config else config.preset(args.model)
   for line in planner.report(cfg, args.model_config or args.model, batch=args.batch,

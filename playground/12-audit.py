@@ -74,7 +74,7 @@ def main(args, project):
   if len(set(names)) != len(names):
     raise cli.UserError(f"set names repeat ({', '.join(names)}): name them, e.g. train=FILE")
   html = project.find(args.html) if args.html else str(project.experiments / "audit.html")
-  files.check_writable(html, "--html page")
+  files.check_writable(html, "--html page", [("a dataset", p) for _, p in named])
   root = cli.data_root(args, project)
   found = cli.run_audit(args, project, {n: examples.read_examples(p, root) for n, p in named})
   for line in audit.report(found, limit=args.show):

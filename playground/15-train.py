@@ -10,6 +10,8 @@ paths relative to -i. -t N passes over the data: steps = ceil(rows / batch) x N
 (--steps overrides it). -l continues from a checkpoint instead of the base
 model; the new checkpoint records it as its parent (path and sha256). No
 evaluation here: judge the result with 13-inference.py and 14-validate_outtsv.py.
+--save-every K writes the train state beside -s every K steps; after a kill,
+the same command with --resume continues from it to the same result.
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
@@ -28,6 +30,9 @@ def flags():
                  help="continue from this checkpoint (default: the base model, --model)")
   p.add_argument("-t", "--repeat", type=int, default=1, metavar="N",
                  help="passes over the data (default: 1)")
+  p.add_argument("--resume", action="store_true",
+                 help="continue from the train state a killed run left beside -s "
+                      "(CKPT.state.npz, written every --save-every steps)")
   p.add_argument("--full", action="store_true",
                  help="save every parameter, not a delta over the base")
   cli.add_model_flags(p)
@@ -38,20 +43,33 @@ def flags():
 
 
 def main(args, project):
+  import contextlib
+  import dataclasses
   import math
-  from palijudge import learn
+  from palijudge import distributed, files, learn, train
   from palijudge.data import examples
   if args.repeat < 1:
     raise cli.UserError(f"-t/--repeat must be >= 1, got {args.repeat}")
   save_to = cli.checkpoint_path(args.save, project, "-s")
   parent = project.find(args.load) if args.load else None
-  rows = examples.read_examples(project.find(args.data), args.root and project.find(args.root))
-  if args.steps is None:
-    per_pass = math.ceil(len(rows) / (args.batch_size * args.accum))
-    args.steps = per_pass * args.repeat
-  tcfg = cli.train_config(args)
-  lm = cli.load_model(args, project, model=parent, trainable=tcfg.trainable, tcfg=tcfg)
-  learn.train_file(lm, rows, tcfg, cli.eval_config(args), save_to, parent=parent, full=args.full)
+  given_steps = args.steps
+  args.steps = 1 if given_steps is None else given_steps
+  tcfg = cli.train_config(args)  # Every flag checked before the data sets the steps.
+  data = project.find(args.data)
+  rows = examples.read_examples(data, args.root and project.find(args.root))
+  tcfg.check_data(len(rows), files.shown(data))
+  if given_steps is None:
+    steps = math.ceil(len(rows) / (tcfg.batch_size * tcfg.accum)) * args.repeat
+    if steps > train.MAX_STEPS:
+      raise cli.UserError(f"-t {args.repeat}: {steps} steps, more than {train.MAX_STEPS}")
+    tcfg = dataclasses.replace(tcfg, steps=steps)
+  inputs = cli.model_inputs(args, project, [parent] if parent else ()) + [("-d", data)]
+  for path in (save_to, learn.state_path(save_to)):
+    files.check_writable(path, "-s checkpoint", inputs)
+  with files.lock(save_to, "checkpoint") if distributed.is_main() else contextlib.nullcontext():
+    lm = cli.load_model(args, project, model=parent, trainable=tcfg.trainable, tcfg=tcfg)
+    learn.train_file(lm, rows, tcfg, cli.eval_config(args), save_to, parent=parent,
+                     full=args.full, resume=args.resume)
 
 
 if __name__ == "__main__":

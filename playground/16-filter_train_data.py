@@ -34,7 +34,8 @@ def main(args, project):
     raise cli.UserError(f"--threshold must be in (0, 1), got {args.threshold}")
   fmt = predictions.format_of(args.out)
   if args.out:
-    files.check_writable(args.out, "output")
+    files.check_writable(args.out, "output", [("a prediction file", project.find(f))
+                                              for f in args.files])
   rows = [r for f in args.files for r in predictions.read(project.find(f), args.threshold)]
   res = predictions.select(rows, args.keep, args.max_rows, args.balance, args.seed)
   if not res.rows:

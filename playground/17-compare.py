@@ -6,8 +6,8 @@
   ./17-compare.py -a out-a.tsv -b out-b.tsv                            # every row of both
   ./17-compare.py -a out-a.tsv -b out-b.tsv dataset/set2/valid.jsonl   # that set's rows
 
--a and -b each name a checkpoint (.npz), `base` (the --model itself) or a
-prediction file (.tsv/.jsonl from 13-inference.py or 04-validate.py
+-a and -b each name a checkpoint (.npz; a probe file too), `base` (the --model
+itself) or a prediction file (.tsv/.jsonl from 13-inference.py or 04-validate.py
 --scores). A checkpoint is evaluated on every set at its own threshold (its
 stored one, else 0.5; --threshold sets both); a prediction file is taken as
 written (--threshold re-judges its p_yes). Examples are matched by (image,
@@ -59,10 +59,12 @@ def _judge(source: str, kind: str, sets: dict, args, project) -> dict:
   from palijudge import checkpoint, compare
   if kind == "file":
     return compare.sides_from_file(project.find(source), sets, args.threshold)
-  model = project.find(source) if kind == "checkpoint" else None
-  ecfg = cli.eval_config(args, checkpoint.stored_threshold(model or project.find(args.model)))
-  lm = cli.load_model(args, project, model=model)
-  return compare.judge_sets(lm, sets, ecfg)  # lm goes when this returns: one model at a time.
+  paths = [project.find(source)] if kind == "checkpoint" else []
+  ecfg = cli.eval_config(args, checkpoint.stored_threshold(paths[0] if paths
+                                                           else project.find(args.model)))
+  judge = cli.load_judge(args, project, paths, ecfg)  # A checkpoint, the base, or a probe.
+  # The judge goes when this returns: one model at a time.
+  return compare.judge_sets(judge.lm, sets, ecfg, judge.scorer)
 
 
 def main(args, project):

@@ -188,3 +188,22 @@ def test_hostile_checkpoint_files_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match=name):
       checkpoint.read_meta(tmp_path / name)
       checkpoint.read_config(tmp_path / name)
+
+
+def test_numpys_advice_to_load_unsafely_is_never_shown(tmp_path, pg1_tiny):
+  """A random, text or pickle file named .npz, and an object array inside a real one."""
+  import pickle
+  _, _, shapes = pg1_tiny
+  files_ = {"random.npz": np.random.default_rng(0).bytes(4096),
+            "text.npz": b"just some text, not an archive\n",
+            "pickled.npz": pickle.dumps({"a": 1})}
+  for name, data in files_.items():
+    (tmp_path / name).write_bytes(data)
+  load = lambda p: checkpoint.load_params(p, shapes, f32)  # noqa: E731
+  cases = [(tmp_path / n, fn) for n in files_ for fn in (checkpoint.read_meta, load)]
+  for path, fn in cases + [(_pickle_checkpoint(tmp_path)[0], load)]:
+    with pytest.raises(UserError) as e:
+      fn(path)
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and "\n" not in msg, msg
+    assert "allow_pickle" not in msg and "unsafe" not in msg and "trust" not in msg, msg

@@ -121,3 +121,62 @@ def test_batches_rows_are_this_process_share_of_every_batch(tiny_lm, tiny_exampl
     assert part == chunk[2:4]
     for name in ("text", "mask_ar", "mask_loss", "mask_input", "label", "loss_idx", "image"):
       np.testing.assert_array_equal(getattr(p, name), getattr(b, name)[2:4], err_msg=name)
+
+
+def _eager_stream(examples, steps, batch_size, seed):
+  """The stream as it was built before it was lazy: every element, up front."""
+  out, epoch = [], 0
+  while len(out) < steps * batch_size:
+    out.extend(examples[i] for i in batch_lib.epoch_order(len(examples), seed, epoch))
+    epoch += 1
+  return out[:steps * batch_size]
+
+
+@pytest.mark.parametrize("n, steps, bs, seed", [(12, 7, 4, 0), (5, 9, 2, 3), (3, 4, 3, 1)])
+def test_the_lazy_training_stream_is_the_eager_one(n, steps, bs, seed):
+  examples = [f"ex{i}" for i in range(n)]
+  stream = batch_lib.training_stream(examples, steps, bs, seed)
+  eager = _eager_stream(examples, steps, bs, seed)
+  assert len(stream) == len(eager) and list(stream) == eager
+  for skip in (0, 1, bs, len(eager) - 1, len(eager)):  # --resume continues from a slice.
+    assert list(stream[skip:]) == eager[skip:]
+    assert list(stream[skip:][1:3]) == eager[skip:][1:3]
+  assert stream[-1] == eager[-1] and stream[::2] == eager[::2]
+  flips = np.random.default_rng(seed).random(len(eager)) < 0.5
+  for skip in (0, 3):
+    lazy = batch_lib.Flips(seed, len(eager), skip)
+    assert len(lazy) == len(eager) - skip
+    np.testing.assert_array_equal(lazy[0:len(lazy)], flips[skip:])
+    np.testing.assert_array_equal(lazy[2:5], flips[skip + 2:skip + 5])
+
+
+def test_a_huge_stream_costs_nothing_up_front():
+  """A huge --steps builds no index list; any element is reachable at once (10**6 steps of 8
+  keep the eager list of old, which this would catch, at a bounded 64 MB)."""
+  import time
+  import tracemalloc
+  examples = [f"ex{i}" for i in range(12)]
+  tracemalloc.start()
+  start = time.perf_counter()
+  stream = batch_lib.training_stream(examples, 10 ** 6, 8, 0)
+  tail = stream[len(stream) - 5:]
+  last = list(tail)
+  flips = batch_lib.Flips(0, len(stream), len(stream) - 5)[0:5]
+  peak = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  assert len(stream) == 8 * 10 ** 6 and len(last) == 5 and len(flips) == 5
+  assert peak < 1 << 20 and time.perf_counter() - start < 5
+
+
+def test_batches_cut_a_lazy_stream_batch_by_batch(tiny_lm, tiny_examples):
+  examples = tiny_examples[1][:6]
+  stream = batch_lib.training_stream(examples, 3, 4, 0)
+  kw = dict(tok=tiny_lm.tok, image_size=tiny_lm.cfg.image_size, batch_size=4,
+            prompt=DEFAULT_PROMPT, with_suffix=True)
+  lazy = list(batch_lib.Batches(stream, **kw))
+  eager = list(batch_lib.Batches(list(stream), **kw))
+  assert len(lazy) == len(eager) == 3
+  for (c1, b1), (c2, b2) in zip(lazy, eager):
+    assert c1 == c2
+    np.testing.assert_array_equal(b1.text, b2.text)
+    np.testing.assert_array_equal(b1.image, b2.image)

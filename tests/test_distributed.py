@@ -367,3 +367,15 @@ def test_a_killed_process_stops_the_other(project, victim, when, tmp_path):
   assert any(m in err for m in ("another task died", "detected fatal errors",
                                 "another process has probably stopped")), err
   assert not (project.checkpoints / f"killed{victim}.npz").exists()
+
+
+def test_the_coordinator_address_is_checked_before_any_join():
+  assert distributed.check_address("127.0.0.1:1234") == ("127.0.0.1", 1234)
+  assert distributed.check_address("[::1]:80") == ("::1", 80)
+  assert distributed.check_address("localhost:65535") == ("localhost", 65535)
+  from palijudge.errors import UserError
+  for bad in ("not_a_host", "host:", ":80", "h:0", "h:65536", "h:x", "[::1]"):
+    with pytest.raises(UserError, match="expected HOST:PORT"):
+      distributed.check_address(bad)
+  with pytest.raises(UserError, match="cannot resolve the host 'no-such-host.invalid'"):
+    distributed.check_address("no-such-host.invalid:1")

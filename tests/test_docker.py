@@ -180,11 +180,12 @@ def test_scripts_keep_lf_line_ends_on_windows_checkouts():
 @pytest.mark.parametrize("args, needle", [
     (["--bogus", "true"], "unknown option: --bogus"),
     (["--image"], "--image needs a value"),
+    (["--image", "", "true"], "--image needs a name, got an empty one"),
     (["--kaggle", "/nonexistent/kaggle.json", "true"], "Kaggle credentials not found"),
     (["--project", "/nonexistent/proj", "true"], "project folder not found"),
     (["-v", "/nonexistent/x:/x", "true"], "--volume folder not found"),
     (["-v", "relative", "true"], "--volume wants HOST:CONTAINER"),
-    (["--image", "", "true"], "--image must not be empty"),
+
     (["--memlock", "maybe", "true"], "--memlock wants auto, on or off"),
 ])
 def test_run_bad_arguments(stub, args, needle):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -131,3 +132,12 @@ def test_tensorboard_events_hold_steps_and_stage_metrics(tmp_path):
   assert got["eval/valid.jsonl/accuracy"] == [(0, 0.5), (1, 0.875)]
   assert got["eval/valid.jsonl/tp"] == [(0, 3.0), (1, 7.0)]
   assert not any("ci" in t or "auc" in t or t.endswith("/ok") for t in got)
+
+
+def test_a_folder_that_is_not_a_record_is_never_written_into(tmp_path):
+  """03-do_learn.py --record dataset/set1 once wrote config.yaml and plots into the dataset."""
+  (tmp_path / "set1").mkdir()
+  (tmp_path / "set1" / "train.jsonl").write_text("{}\n")
+  with pytest.raises(UserError, match="not a run record"):
+    RunRecord.load(tmp_path / "set1")
+  assert os.listdir(tmp_path / "set1") == ["train.jsonl"]

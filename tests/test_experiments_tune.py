@@ -203,6 +203,16 @@ def _script(name: str, monkeypatch) -> types.ModuleType:
   return mod
 
 
+def _folds(folder) -> None:
+  """The files `splits.fold_paths` looks for (the objective is faked: no rows are read)."""
+  (folder / splits.MANIFEST).parent.mkdir(parents=True)
+  (folder / splits.MANIFEST).write_text('{"k": 2}')
+  for i in (1, 2):
+    for name in ("train.jsonl", "valid.jsonl"):
+      (folder / splits.fold_name(i) / name).parent.mkdir(exist_ok=True)
+      (folder / splits.fold_name(i) / name).write_text("")
+
+
 def test_tune_script(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   script = _script("06-tune.py", monkeypatch)
@@ -217,6 +227,10 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
     report(0, 0.7)
     return 0.7
   monkeypatch.setattr(cv, "cv_objective", objective)
+  for bad, says in (("nosuchcv", "no fold splits here"), ("../../outside", "leaves")):
+    with pytest.raises(UserError, match=says):  # Refused before the study binds to it.
+      main("ask", "--cv", bad)
+  _folds(tmp_path / "dataset" / "cv5")
   main("run", "--trials", "2", "--cv", "cv5")
   out = capsys.readouterr().out
   assert "study palijudge: 2 trial(s)" in out
@@ -224,6 +238,9 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
           "paligemma-3b-pt-224 --cv cv5 --loss combined") in out  # the model first
   main("ask")
   assert "tell 2 SCORE" in capsys.readouterr().out
+  for score in ("1.7", "-0.1"):  # A CV score is a fraction: never the study's best.
+    with pytest.raises(UserError, match=rf"trial 2: a CV f_measure lies in \[0, 1\], got {score}"):
+      main("tell", "2", score)
   main("tell", "2", "fail", "--reason", "out of memory")
   main("status")
   assert "2  FAIL" in capsys.readouterr().out.replace("    ", " ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -121,6 +122,126 @@ def test_check_writable(tmp_path):
     files.check_writable(tmp_path / "adir", "predictions file")
 
 
+def test_check_writable_sweeps_the_leftovers_of_its_own_file_only(tmp_path):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  mine, other = f".out.npz.{dead.pid}.k2j3h4.tmp", f".keep.npz.{dead.pid}.a1b2c3.tmp"
+  for name in (mine, other):
+    (tmp_path / name).write_bytes(b"half a checkpoint")
+  files.check_writable(tmp_path / "out.npz", "checkpoint")
+  assert os.listdir(tmp_path) == [other]
+
+
+# One command's inputs are never its outputs ------------------------------------------
+
+def test_same_file_sees_through_symbolic_and_hard_links(tmp_path):
+  data = tmp_path / "data.jsonl"
+  data.write_text("x\n")
+  (tmp_path / "sym.jsonl").symlink_to(data)
+  os.link(data, tmp_path / "hard.jsonl")
+  (tmp_path / "sub").mkdir()
+  for alias in ("sym.jsonl", "hard.jsonl", "sub/../data.jsonl", "./data.jsonl"):
+    assert files.same_file(tmp_path / alias, data), alias
+  (tmp_path / "copy.jsonl").write_text("x\n")
+  assert not files.same_file(tmp_path / "copy.jsonl", data)
+  assert not files.same_file(tmp_path / "new.jsonl", data)  # Not there yet: by name.
+  assert files.same_file(tmp_path / "sub" / ".." / "new.jsonl", tmp_path / "new.jsonl")
+
+
+def test_an_output_that_is_an_input_is_refused_before_any_work(tmp_path):
+  data = tmp_path / "data.jsonl"
+  data.write_text("keep me\n")
+  os.link(data, tmp_path / "hard.jsonl")
+  for out in (data, tmp_path / "hard.jsonl"):
+    with pytest.raises(UserError) as e:
+      files.check_writable(out, "--scores file", [("the dataset", data), ("the model", None)])
+    msg = _one_line(e)
+    assert msg.startswith(f"{out}: the --scores file would replace the dataset") and \
+        "choose another name" in msg
+  files.check_writable(tmp_path / "scores.jsonl", "--scores file", {"the dataset": data})
+  assert data.read_text() == "keep me\n"
+
+
+def test_inside_a_command_no_write_replaces_what_it_read(tmp_path):
+  """The backstop in the one writer: whatever a script forgot to check."""
+  data = tmp_path / "data.jsonl"
+  data.write_text("keep me\n")
+  (tmp_path / "link.jsonl").symlink_to(data)
+  with files.command_inputs():
+    files.note_input(data, "a data file")
+    for out in (data, tmp_path / "link.jsonl"):
+      with pytest.raises(UserError, match="would replace a data file"):
+        files.write_text(out, "scores")
+      with pytest.raises(UserError, match="would replace a data file"):
+        files.check_writable(out, "output")
+    files.write_text(tmp_path / "other.jsonl", "fine")
+  assert data.read_text() == "keep me\n"
+  assert sorted(os.listdir(tmp_path)) == ["data.jsonl", "link.jsonl", "other.jsonl"]
+  files.note_input(data)  # Outside a command: remembered nowhere, nothing refused.
+  files.write_text(data, "replaced on purpose")
+  assert data.read_text() == "replaced on purpose"
+
+
+# Locks ---------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from palijudge import files
+with files.lock(sys.argv[1], "checkpoint"):
+  print("held", flush=True)
+  time.sleep(60)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+  target = tmp_path / "x.npz"
+  holder = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], stdout=subprocess.PIPE,
+                            text=True)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(UserError) as e, files.lock(target, "checkpoint"):
+      pass
+    assert _one_line(e) == (f"{target}: another run (pid {holder.pid}) is writing this "
+                            f"checkpoint; wait for it to end, or choose another name")
+  finally:
+    holder.kill()
+    holder.wait()
+  with files.lock(target, "checkpoint"):  # The kernel released the killed holder's lock.
+    assert open(files.lock_path(target)).read() == f"{os.getpid()}\n"
+  assert os.listdir(tmp_path) == []  # Released: the lock file is gone.
+
+
+def test_a_stale_lock_of_a_dead_pid_is_taken_over(tmp_path):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  target = tmp_path / "x.npz"
+  with open(files.lock_path(target), "w") as f:
+    f.write(f"{dead.pid}\n")
+  with files.lock(target):
+    assert open(files.lock_path(target)).read() == f"{os.getpid()}\n"
+  assert not os.path.exists(files.lock_path(target))
+
+
+def test_without_flock_the_pid_in_the_lock_decides(tmp_path, monkeypatch):
+  import fcntl
+
+  def no_flock(fd, op):
+    raise OSError(errno.ENOLCK, "no locks")
+  monkeypatch.setattr(fcntl, "flock", no_flock)
+  live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    target = tmp_path / "x.npz"
+    with open(files.lock_path(target), "w") as f:
+      f.write(f"{live.pid}\n")
+    with pytest.raises(UserError, match=f"pid {live.pid}"), files.lock(target):
+      pass
+  finally:
+    live.kill()
+    live.wait()
+  with files.lock(target):  # Its holder is dead now.
+    pass
+
+
 # Stale temp files ----------------------------------------------------------------
 
 def test_sweep_stale_removes_dead_writers_temp_files_only(tmp_path):
@@ -163,6 +284,13 @@ def test_inside_refuses_escaping_names(tmp_path, name):
   with pytest.raises(UserError) as e:
     files.inside(name, tmp_path, "--name")
   assert _one_line(e).startswith(f"--name {name!r}")
+
+
+def test_inside_below_refuses_the_folder_itself(tmp_path):
+  for name in (".", "a/..", "./"):
+    with pytest.raises(UserError, match="names .* itself; give a name below it"):
+      files.inside(name, tmp_path, "-n", below=True)
+  assert files.inside(".", tmp_path, "-d") == tmp_path.resolve()
 
 
 def test_inside_accepts_names_below(tmp_path):

@@ -408,7 +408,7 @@ def test_a_hostile_probe_file_is_one_line(script, eval_project, probe_split):
                                          "params/probe/intercept": np.zeros(1),
                                          "palijudge/meta": np.frombuffer(meta, np.uint8)})
   one_line_error(script("04-validate.py", "-m", "evil.npz", probe_split), "evil.npz",
-                 "Object arrays cannot be loaded")
+                 "it holds Python objects (pickled data), which are never loaded")
   one_line_error(script("13-inference.py", "-l", "evil.npz", "-d", probe_split, "-i", "dataset"),
                  "evil.npz")
 
@@ -538,3 +538,102 @@ def test_audit_catches_a_planted_leak(dup_project):
   bad = run("12-audit.py", "-d", "leak", "--html", "dataset/data.jsonl/x.html", cwd=dup_project,
             check=False)
   assert_one_line_error(bad, "data.jsonl")
+
+
+# --- Nothing lost: resumable 15-train, probes everywhere, proofs, one writer ------------
+
+def _arrays(path) -> dict:
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files if k.startswith("params/")}
+
+
+def test_train_from_a_file_resumes_after_a_kill(script, eval_project, monkeypatch):
+  """15-train --save-every/--resume: a run killed after its last state continues to the same
+  checkpoint as an uninterrupted run (the state file goes once the checkpoint is saved)."""
+  from palijudge import learn
+  flags = ("--model", "tiny", "-d", "dataset/data.tsv", "-b", "4", "--steps", "4",
+           "--lr", "0.01", "--optimizer", "adam")
+  code, _, err = script("15-train.py", *flags, "-s", "ck/whole.npz")
+  assert code == 0, err
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(learn, "save", killed)
+    code, _, err = script("15-train.py", *flags, "-s", "ck/resumed.npz", "--save-every", "2")
+  assert code == 130 and (eval_project / "ck/resumed.state.npz").is_file(), err
+  code, out, err = script("15-train.py", *flags, "-s", "ck/resumed.npz", "--resume")
+  assert code == 0 and "resumed from" in out and "at step 2" in out, err
+  assert not (eval_project / "ck/resumed.state.npz").exists()
+  whole, resumed = _arrays(eval_project / "ck/whole.npz"), _arrays(eval_project / "ck/resumed.npz")
+  assert whole.keys() == resumed.keys()
+  for k in whole:
+    np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
+  code, _, err = script("15-train.py", *flags, "-s", "ck/whole.npz", "--resume", "--lr", "0.02")
+  assert code == 0, err  # No state left: --resume starts over, as 03's does.
+
+
+def test_compare_takes_a_probe_like_a_checkpoint(script, eval_project, probe_split):
+  code, _, err = script("03-do_learn.py", "-d", "pr", "-w", "cmp", "--model", "tiny",
+                        "--probe-only")
+  assert code == 0, err
+  code, out, err = script("17-compare.py", "-a", "checkpoints/cmp.probe.npz", "-b", "base",
+                          "--model", "tiny", probe_split)
+  assert code == 0, err
+  assert f"Result: {probe_split} (A)\n  Tp=" in out and f"Result: {probe_split} (B)" in out
+
+
+def test_inference_never_mixes_two_models(script, eval_project, monkeypatch):
+  """Killed with -l A, resumed with -l B: refused (the proof is in OUT.partial itself);
+  resumed with -l A: the file is the uninterrupted run's."""
+  spec = loader.resolve("tiny", cache_dir=str(eval_project / "cache"))
+  lm = loader.load(spec)
+  checkpoint.save(eval_project / "ma.npz", lm.params, lm.cfg, {"tokenizer": spec.tokenizer})
+  other = {**lm.params, "llm": {**lm.params["llm"], "final_norm": {
+      "scale": np.asarray(lm.params["llm"]["final_norm"]["scale"]) + 1.0}}}
+  checkpoint.save(eval_project / "mb.npz", other, lm.cfg, {"tokenizer": spec.tokenizer})
+  args = ("-d", "dataset/data.tsv", "-b", "4", "--no-progress")
+  code, _, err = script("13-inference.py", "-l", "ma.npz", *args, "-o", "mix/whole.tsv")
+  assert code == 0, err
+  from palijudge import predictions
+  real, rows = predictions.format_row, []
+
+  def killed_after_5(row, fmt, with_answer=False):
+    rows.append(row)
+    if len(rows) > 5:
+      raise KeyboardInterrupt
+    return real(row, fmt, with_answer)
+  with monkeypatch.context() as m:
+    m.setattr(predictions, "format_row", killed_after_5)
+    code, _, _ = script("13-inference.py", "-l", "ma.npz", *args, "-o", "mix/out.tsv")
+  partial = eval_project / "mix/out.tsv.partial"
+  assert code == 130 and partial.is_file() and not (eval_project / "mix/out.tsv.partial.json"
+                                                    ).exists()
+  before = partial.read_bytes()
+  one_line_error(script("13-inference.py", "-l", "mb.npz", *args, "-o", "mix/out.tsv"),
+                 "mix/out.tsv.partial: its rows came from another model", "delete it")
+  assert partial.read_bytes() == before and not (eval_project / "mix/out.tsv").exists()
+  code, out, err = script("13-inference.py", "-l", "ma.npz", *args, "-o", "mix/out.tsv")
+  assert code == 0 and "(5 resumed)" in out, err  # Every complete line counts.
+  assert (eval_project / "mix/out.tsv").read_text() == (eval_project / "mix/whole.tsv").read_text()
+
+
+def test_two_runs_with_one_name_at_once(project):
+  """Two 03 runs with the same -w started together: one trains and saves, the other is
+  refused at once naming the first one's pid; the checkpoint is the first one's."""
+  cmd = [sys.executable, str(PLAY / "03-do_learn.py"), "--project", str(project), "-d", "set1",
+         "-w", "twice", "--model", "tiny", "--steps", "4", "--batch", "2"]
+  env = dict(__import__("os").environ, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen(cmd + ["--seed", str(s)], cwd=project, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in (1, 2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  codes = sorted(p.returncode for p in procs)
+  assert codes == [0, 2], outs
+  won = next(i for i, p in enumerate(procs) if p.returncode == 0)
+  lost = 1 - won
+  assert "saved checkpoints/twice.npz" in outs[won][0]
+  err = outs[lost][1].strip()
+  assert err == (f"error: {project / 'checkpoints/twice.npz'}: another run (pid {procs[won].pid})"
+                 f" is writing this checkpoint; wait for it to end, or choose another name")
+  seed = checkpoint.read_meta(project / "checkpoints/twice.npz")["train_config"]["seed"]
+  assert seed == won + 1

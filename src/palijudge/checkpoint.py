@@ -18,7 +18,7 @@ import json
 import os
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_dtypes
@@ -40,13 +40,25 @@ def _restore_dtype(a: np.ndarray) -> np.ndarray:
   return a
 
 
+def _reason(e: Exception) -> str:
+  """numpy's error in our words: its advice to load pickled data "unsafely" is never shown."""
+  text = str(e).strip()
+  if "contains pickled" in text:  # Neither a zip nor an .npy: numpy would try pickle next.
+    return "not a numpy archive; pickled data is never loaded"
+  if "pickle" in text:
+    return "it holds Python objects (pickled data), which are never loaded"
+  if "header" in text.lower() and "max_header_size" in text:
+    return "an array header too large for a checkpoint"
+  return text.splitlines()[0] if text else "empty"
+
+
 def _open(path) -> np.lib.npyio.NpzFile:
   if not os.path.exists(path):
     raise UserError(f"{where(path)}: checkpoint not found")
   try:
     npz = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise UserError(f"{where(path)}: not a readable .npz checkpoint ({e or 'empty'})") from None
+    raise UserError(f"{where(path)}: not a readable .npz checkpoint ({_reason(e)})") from None
   if not isinstance(npz, np.lib.npyio.NpzFile):  # A .npy file named .npz.
     raise UserError(f"{where(path)}: not an .npz archive (a single array?)")
   return npz
@@ -86,8 +98,17 @@ def _shape_error(path, name: str, got: tuple, want: tuple) -> str:
 def _read_member(npz, key: str, path) -> np.ndarray:
   try:
     return npz[key]
-  except (OSError, ValueError, zipfile.BadZipFile) as e:  # Object arrays are refused here.
-    raise UserError(f"{where(path)}: cannot read {key}: {e}") from None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # Object arrays too.
+    raise UserError(f"{where(path)}: cannot read {key}: {_reason(e)}") from None
+
+
+def read_arrays(path, keys) -> Iterator[np.ndarray]:
+  """The arrays stored under `keys`, one at a time; a missing or unreadable one is a UserError."""
+  with _open(path) as npz:
+    for key in keys:
+      if key not in npz.files:
+        raise UserError(f"{where(path)}: {key} is missing")
+      yield _read_member(npz, key, path)
 
 
 def param_names(path) -> list[str]:

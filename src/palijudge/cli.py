@@ -6,8 +6,11 @@ the environment already chooses), the persistent compilation cache under the
 project's `cache/`, and `jax.distributed` when `--distributed` asks for it. It
 is also the one error boundary: bad input (`UserError`) and failed file
 operations (`OSError`) print one line and exit with status 2; Ctrl-C exits
-130. In a multi-process run only process 0 prints to stdout, and a process
-that fails leaves at once, so the others stop too instead of waiting for it.
+130; a closed stdout (`... | head`) ends the script quietly with 141, as a
+Unix filter ends. `main` runs inside `files.command_inputs`: no file it
+writes may replace one it read. In a multi-process run only process 0 prints
+to stdout, and a process that fails leaves at once, so the others stop too
+instead of waiting for it.
 Importing this module does nothing else.
 
 Flags come from the config dataclasses (`options.add`), so each default and
@@ -44,8 +47,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
   def error(self, message):  # One line, exit 2, like every other bad input.
-    print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+    print(f"{self.prog}: error: {message}{_dash_hint(message)} (see --help)", file=sys.stderr)
     sys.exit(2)
+
+
+def _dash_hint(message: str) -> str:
+  """argparse reads a value such as -1 or -inf as a flag (these scripts have a -2 flag)."""
+  missing = "expected one argument" in message or "arguments are required" in message
+  dashed = [a for a in sys.argv[1:] if a.startswith("-") and _is_number(a)]
+  return (f"; {dashed[0]} is read as a flag: write --flag={dashed[0]}, or put -- before it"
+          if missing and dashed else "")
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -74,6 +93,9 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
   g.add_argument("--process-id", type=int, metavar="I", help="this process: 0 .. N-1")
   g.add_argument("--heartbeat-timeout", type=int, default=100, metavar="S",
                  help="a process silent for S seconds counts as dead and the run stops")
+  g.add_argument("--init-timeout", type=int, default=300, metavar="S",
+                 help="stop (one line, exit 2) when the processes have not all joined after "
+                      "S seconds; after 3 s a waiting process says what it waits for")
 
 
 def _joined() -> bool:
@@ -105,9 +127,13 @@ def run(main: Callable[[argparse.Namespace, Project], int | None], script: str,
     args = build().parse_args()
     project = Project.at(args.project) if args.project else Project.of_script(script)
     _setup(args, project)
-    code = main(args, project)
+    with files.command_inputs():  # What main reads, none of its writes may replace.
+      code = main(args, project)
+    sys.stdout.flush()  # A closed pipe shows here, inside the boundary.
   except UserError as e:
     _fail(2, f"error: {e}")
+  except BrokenPipeError:  # `... | head` stopped reading: leave quietly, as a Unix filter does.
+    _closed_pipe()
   except OSError as e:  # A write or read the checks before could not foresee.
     name = f"{where(e.filename)}: " if getattr(e, "filename", None) else ""
     _fail(2, f"error: {name}{e.strerror or e}")
@@ -118,6 +144,21 @@ def run(main: Callable[[argparse.Namespace, Project], int | None], script: str,
       raise
     _fail(1, _distributed_failure(e))
   sys.exit(code or 0)
+
+
+def _closed_pipe() -> None:
+  """Exit 141 (128 + SIGPIPE, what a shell reports for `cat | head`), without a word.
+
+  stdout goes to /dev/null first, so the interpreter's own flush at exit does
+  not fail on the closed pipe again.
+  """
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+  except (OSError, ValueError):  # stdout without a file descriptor (a test's capture).
+    pass
+  _fail(128 + 13)
 
 
 def _distributed_failure(e: Exception) -> str:
@@ -144,7 +185,8 @@ def _setup(args: argparse.Namespace, project: Project) -> None:
     distributed.initialize(getattr(args, "coordinator", None),
                            getattr(args, "num_processes", None),
                            getattr(args, "process_id", None),
-                           getattr(args, "heartbeat_timeout", 100))
+                           getattr(args, "heartbeat_timeout", 100),
+                           getattr(args, "init_timeout", 300))
     if not distributed.is_main():  # Process 0 alone prints; errors (stderr) show from all.
       sys.stdout = open(os.devnull, "w")
   elif any(getattr(args, k, None) is not None for k in ("coordinator", "num_processes",
@@ -266,6 +308,26 @@ def announce(lm=None, tcfg=None, spec=None) -> None:
       print(warning, file=sys.stderr)
 
 
+def model_inputs(args: argparse.Namespace, project: Project, paths: Sequence[str] = ()
+                 ) -> list[tuple[str, str]]:
+  """(what, file) of every file the model(s) `paths` (none: --model) are loaded from:
+  weights, a delta's base, the tokenizer, a probe's encoder. Read before any work, so an
+  output that is one of them is refused at once (`files.check_writable(..., inputs)`)."""
+  from palijudge import loader, probe
+  lcfg = options.build(loader.LoadConfig, args)
+  out = [("the --base checkpoint", project.find(lcfg.base))] if lcfg.base else []
+  for path in paths or [lcfg.model]:
+    path = project.find(path) if path.endswith(".npz") else path
+    if probe.is_probe(path):
+      fitted = probe.load(path)
+      out += [("the probe file", path), ("the probe's encoder", fitted.encoder)]
+      out += [("the probe's base", fitted.base)] if fitted.base else []
+      continue
+    out += loader.resolve(path, lcfg.model_config, lcfg.tokenizer, str(project.cache),
+                          lcfg.base).inputs
+  return out
+
+
 def add_judge_flags(p: argparse.ArgumentParser, names: Sequence[str] = ("-m", "--checkpoint")
                     ) -> None:
   """-m CKPT (repeated, or a comma list: an ensemble; or a probe file) and --ensemble."""
@@ -297,7 +359,7 @@ def load_judge(args: argparse.Namespace, project: Project, paths: Sequence[str],
   """ensemble.Judge for `paths`: the --model, one checkpoint, an ensemble or a probe."""
   from palijudge import ensemble, loader
   judge = ensemble.load_judge(paths, options.build(loader.LoadConfig, args), str(project.cache),
-                              ecfg, args.ensemble)
+                              ecfg, getattr(args, "ensemble", "mean"))
   announce(judge.lm)
   return judge
 

@@ -60,10 +60,11 @@ def side_of(result: EvalResult) -> Side:
   return Side(predictions.rows_of(result), result.threshold if result.mode == "score" else None)
 
 
-def judge_sets(lm: LoadedModel, sets: dict[str, Sequence[Example]], ecfg: EvalConfig
-               ) -> dict[str, Side]:
-  """A model's Side on every named set (checkpoints in 17-compare.py)."""
-  return {name: side_of(evaluate(lm, examples, ecfg, desc=name))
+def judge_sets(lm: LoadedModel, sets: dict[str, Sequence[Example]], ecfg: EvalConfig,
+               scorer=None) -> dict[str, Side]:
+  """A model's Side on every named set (checkpoints in 17-compare.py); `scorer` (a probe)
+  judges instead of `lm`'s own scores (see `evaluate.Scorer`)."""
+  return {name: side_of(evaluate(lm, examples, ecfg, desc=name, scorer=scorer))
           for name, examples in sets.items()}
 
 

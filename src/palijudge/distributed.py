@@ -23,7 +23,11 @@ single-process run computes exactly what it did before.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import sys
+import threading
 
 import jax
 import numpy as np
@@ -36,25 +40,100 @@ from palijudge.errors import UserError
 ENV_COUNT, ENV_ID = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 
 
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+INIT_TIMEOUT_S = 300  # JAX's own default.
+QUIET_S = 3           # A join that takes longer says what it waits for.
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, heartbeat_s: int = 100) -> None:
+               process_id: int | None = None, heartbeat_s: int = 100,
+               timeout_s: int = INIT_TIMEOUT_S, log=None) -> None:
   """`jax.distributed.initialize` with the settings given, the environment's, or detected.
 
   CPU processes talk through gloo (GPUs use NCCL whatever this says). A process
   that stops sending heartbeats for `heartbeat_s` seconds is declared dead and
   the others are stopped with an error instead of waiting for it forever.
+
+  Joining is bounded: the coordinator's HOST:PORT is checked first (and its
+  host resolved); a join still waiting after QUIET_S seconds says on stderr
+  what it waits for, at which address and for how long; after `timeout_s`
+  seconds the process stops with one line and exit status 2 (JAX itself would
+  abort with a stack trace, so the line comes from a watchdog that fires
+  before JAX's own limit).
   """
   if heartbeat_s < 1:
     raise UserError(f"--heartbeat-timeout must be >= 1 second, got {heartbeat_s}")
+  if timeout_s < 1:
+    raise UserError(f"--init-timeout must be >= 1 second, got {timeout_s}")
   num_processes = num_processes if num_processes is not None else _env_int(ENV_COUNT)
   process_id = process_id if process_id is not None else _env_int(ENV_ID)
+  flag = "--coordinator" if coordinator else ENV_COORDINATOR
+  coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
+  if coordinator:
+    check_address(coordinator, flag)
+  if num_processes is not None and num_processes < 1:
+    raise UserError(f"--num-processes must be >= 1, got {num_processes}")
+  if process_id is not None and (process_id < 0 or num_processes and process_id >= num_processes):
+    span = f"0..{num_processes - 1}" if num_processes else ">= 0"
+    raise UserError(f"--process-id must be in {span}, got {process_id}")
   if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  what = _waiting_for(coordinator, num_processes, process_id)
+  with _watchdog(what, timeout_s, log or (lambda line: print(line, file=sys.stderr, flush=True))):
+    try:
+      jax.distributed.initialize(coordinator, num_processes, process_id,
+                                 initialization_timeout=timeout_s + 30,
+                                 heartbeat_timeout_seconds=heartbeat_s)
+    except (ValueError, RuntimeError, TypeError, IndexError) as e:
+      raise UserError(f"--distributed: {e}") from None
+
+
+def check_address(address: str, flag: str = "--coordinator") -> tuple[str, int]:
+  """(host, port) of HOST:PORT (IPv6 as [::1]:PORT); the host must resolve."""
+  host, sep, port = address.rpartition(":")
+  host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+  if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise UserError(f"{flag} {address!r}: expected HOST:PORT (process 0's address and a free "
+                    f"port, e.g. 10.0.0.1:12345)")
   try:
-    jax.distributed.initialize(coordinator, num_processes, process_id,
-                               heartbeat_timeout_seconds=heartbeat_s)
-  except (ValueError, RuntimeError, TypeError) as e:
-    raise UserError(f"--distributed: {e}") from None
+    socket.getaddrinfo(host, int(port))
+  except (OSError, UnicodeError) as e:
+    raise UserError(f"{flag} {address!r}: cannot resolve the host {host!r} "
+                    f"({getattr(e, 'strerror', None) or e})") from None
+  return host, int(port)
+
+
+def _waiting_for(coordinator: str | None, n: int | None, i: int | None) -> tuple[str, str]:
+  """('process I of N: ', what it waits for and where), for the watchdog's lines."""
+  at = coordinator or "the address JAX detected"
+  who = f"process {i} of {n}: " if i is not None and n else ""
+  if i == 0:
+    return who, f"the other{f' {n - 1}' if n else ''} process(es) to join the coordinator at {at}"
+  return who, f"the coordinator (process 0) at {at}"
+
+
+@contextlib.contextmanager
+def _watchdog(what: tuple[str, str], timeout_s: int, log):
+  """Says after QUIET_S seconds what a join waits for; stops the process after `timeout_s`."""
+  who, whom = what
+
+  def waiting():
+    log(f"{who}waiting up to {timeout_s} s (--init-timeout) for {whom}")
+
+  def give_up():
+    log(f"error: --distributed: {who}gave up after {timeout_s} s (--init-timeout) waiting for "
+        f"{whom}; start every process with the same --coordinator and --num-processes")
+    os._exit(2)  # The main thread is inside JAX's join and cannot be interrupted.
+  timers = [threading.Timer(min(QUIET_S, timeout_s / 2), waiting),
+            threading.Timer(timeout_s, give_up)]
+  for t in timers:
+    t.daemon = True
+    t.start()
+  try:
+    yield
+  finally:
+    for t in timers:
+      t.cancel()
 
 
 def _env_int(name: str) -> int | None:

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from palijudge import checkpoint, loader
+from palijudge import checkpoint, files, loader
 from palijudge import probe as probe_lib
 from palijudge.data.batch import PixelCache
 from palijudge.errors import UserError, where
@@ -82,6 +82,14 @@ class Judge:
   lm: LoadedModel        # The model (an ensemble's first member; a probe's encoder model).
   scorer: Scorer
   name: str              # What judges, for prediction files' settings.
+  specs: tuple[loader.ModelSpec, ...] = ()  # Every model it loaded.
+  probe_file: str | None = None
+
+  def identity(self) -> str:
+    """The sha256 of every file that decides its scores (weights, a delta's base, the
+    tokenizer, a probe): what a resumed prediction file must have been written by."""
+    probe = [files.sha256(self.probe_file)] if self.probe_file else []
+    return "+".join(probe + [f"{s.weights_id}+{files.sha256(s.tokenizer)}" for s in self.specs])
 
 
 def load_members(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str) -> list[LoadedModel]:
@@ -107,7 +115,7 @@ def _probe_judge(path: str, lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig) 
                    mesh=loader.placement(spec.cfg, lcfg.mesh, param_dtype=lcfg.param_dtype))
   probe_lib.check_model(fitted, lm)
   features = probe_lib.encoder_features(lm, ecfg.gif_frame)
-  return Judge(lm, probe_lib.scorer(fitted, features), path)
+  return Judge(lm, probe_lib.scorer(fitted, features), path, (lm.spec,), path)
 
 
 def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig,
@@ -115,7 +123,7 @@ def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: Eva
   """The judge `paths` name: none = the --model itself, one checkpoint, several, or a probe."""
   if not paths:
     lm = loader.load_model(lcfg, cache_dir)
-    return Judge(lm, functools.partial(iter_scores, lm), lm.spec.weights)
+    return Judge(lm, functools.partial(iter_scores, lm), lm.spec.weights, (lm.spec,))
   probes = [p for p in paths if probe_lib.is_probe(p)]
   if probes and len(paths) > 1:
     raise UserError(f"{where(probes[0])}: a probe file judges alone; it cannot be an "
@@ -128,4 +136,5 @@ def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: Eva
     raise UserError(f"--ensemble must be one of {', '.join(COMBINE)}, got {how!r}")
   members = load_members(paths, lcfg, cache_dir)
   name = " + ".join(m.spec.weights for m in members)
-  return Judge(members[0], scorer(members, how), name + (f" ({how})" if len(paths) > 1 else ""))
+  return Judge(members[0], scorer(members, how), name + (f" ({how})" if len(paths) > 1 else ""),
+               tuple(m.spec for m in members))

@@ -251,7 +251,8 @@ def iter_scores(lm: LoadedModel, examples: Sequence[Example], ecfg: EvalConfig,
 
   `features` (a frozen encoder's cache) replaces images by cached image tokens.
   """
-  bs = ecfg.eval_batch
+  # A batch far above the set's size would only pad: the power of two that holds the set.
+  bs = min(ecfg.eval_batch, 1 << max(0, len(examples) - 1).bit_length())
   if ecfg.gif_frame == "all":
     yield from _iter_all_frames(lm, list(examples), ecfg.prompt, bs, ecfg.frames, ecfg.combine,
                                 cache)

@@ -1,12 +1,17 @@
 """Batch inference over a dataset, streamed to a prediction file, resumable.
 
-Rows are appended to `OUT.partial` batch by batch (flushed each time) next to
-a `OUT.partial.json` holding the run's settings; when every example is done
-the partial file is renamed to OUT, so OUT only ever exists complete. After
-an interruption the same command resumes: the rows already in `OUT.partial`
-are checked against the dataset (same ids, same order, same settings), an
-incomplete last line is dropped, and inference continues from the next
-example. Without OUT the rows go to stdout (not resumable).
+Rows are appended to `OUT.partial` batch by batch (flushed each time). Its
+first line is the proof of what wrote it: the run's settings with the
+model's identity (the sha256 of every weights file, `model_id`) and the
+data's fingerprint (`data_id`), written atomically with the header before
+any row. When every example is done, OUT is written from the rows (through
+the one atomic writer) and the partial file removed, so OUT only ever exists
+complete. After an interruption the same command resumes: the proof must
+match this run exactly (another model, data or setting is refused, saying
+how to start over), the rows already there are checked against the dataset
+(same ids, same order), an incomplete last line is dropped, and inference
+continues from the next example. Without OUT the rows go to stdout (not
+resumable).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import sys
 from typing import Callable, Sequence, TextIO
 
@@ -39,7 +45,12 @@ class InferResult:
 
 @dataclasses.dataclass(frozen=True)
 class InferSettings:
-  """Everything that must match for a partial file to be resumed."""
+  """Everything that must match for a partial file to be resumed (its proof line).
+
+  `model` and `data` are names, for messages; `model_id` and `data_id` are what
+  proves the rows: the sha256 of the judge's weights and the data's fingerprint
+  (`data_id`). Every other field must match too.
+  """
   model: str
   data: str
   n_examples: int
@@ -50,6 +61,43 @@ class InferSettings:
   frames: int
   combine: str
   batch_size: int
+  model_id: str
+  data_id: str
+
+
+PROOF = "#palijudge-partial "  # The partial file's first line: this, then the settings' JSON.
+_NAMES = ("model", "data")     # Shown, not compared: the ids prove what they name.
+
+
+def data_id(examples: Sequence[Example]) -> str:
+  """The fingerprint of a dataset's rows: ids, images (as resolved), labels, prompts."""
+  return files.sha256_text(json.dumps([(e.key, e.image, e.label, e.prefix) for e in examples]))
+
+
+def _proof_line(settings: InferSettings) -> str:
+  return PROOF + json.dumps(dataclasses.asdict(settings), sort_keys=True) + "\n"
+
+
+def _check_proof(first: bytes, partial: str, settings: InferSettings) -> None:
+  """Refuses a partial file whose first line does not prove it was written by this run."""
+  again = "delete it to start over"
+  text = first.decode("utf-8", errors="replace")
+  try:
+    old = json.loads(text[len(PROOF):]) if text.startswith(PROOF) else None
+  except json.JSONDecodeError:
+    old = None
+  if not isinstance(old, dict):
+    raise UserError(f"{partial}: holds no proof of the model, data and settings that wrote its "
+                    f"rows (not written by this version of 13-inference); {again}")
+  new = dataclasses.asdict(settings)
+  diff = [k for k in new if k not in _NAMES and old.get(k) != new[k]]
+  if diff:
+    key = diff[0]
+    what = {"model_id": "another model", "data_id": "other data"}.get(key, "other settings")
+    show = lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else repr(v)
+    raise UserError(f"{partial}: its rows came from {what} ({key}: {show(old.get(key))} != "
+                    f"{show(new[key])}; written with {old.get('model')!r} on "
+                    f"{old.get('data')!r}); {again}, or run that same command again")
 
 
 def _partial_ids(text: str, fmt: str, path: str) -> list[str]:
@@ -68,22 +116,22 @@ def _partial_ids(text: str, fmt: str, path: str) -> list[str]:
 
 def resume_point(partial: str, fmt: str, examples: Sequence[Example],
                  settings: InferSettings) -> int:
-  """Rows already done in `partial` (0 if none); drops an incomplete last line."""
-  meta_path = partial + ".json"
+  """Rows already done in `partial` (0 if none); drops an incomplete last line.
+
+  A partial file is trusted only when its proof line matches `settings` exactly.
+  """
   if not os.path.exists(partial):
     return 0
-  if os.path.exists(meta_path):
-    with open(meta_path, encoding="utf-8") as f:
-      old = json.load(f)
-    new = dataclasses.asdict(settings)
-    diff = [k for k in new if old.get(k) != new[k]]
-    if diff:
-      raise UserError(f"{partial}: left by a run with other settings ({diff[0]}: "
-                      f"{old.get(diff[0])!r} != {new[diff[0]]!r}); delete it to start over")
-  with open(partial, "rb") as f:
-    raw = f.read()
+  try:
+    with open(partial, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    raise UserError(f"{partial}: cannot read: {e.strerror or e}") from None
+  first, sep, _ = raw.partition(b"\n")
+  _check_proof(first if sep else b"", partial, settings)
+  start = len(first) + 1
   keep = raw[:raw.rfind(b"\n") + 1]
-  ids = _partial_ids(keep.decode("utf-8", errors="replace"), fmt, partial)
+  ids = _partial_ids(keep[start:].decode("utf-8", errors="replace"), fmt, partial)
   want = [e.key for e in examples[:len(ids)]]
   if len(ids) > len(examples) or ids != want:
     raise UserError(f"{partial}: its rows do not match the dataset (after {len(ids)} rows); "
@@ -108,6 +156,12 @@ def _stream(score: Scorer, todo: Sequence[Example], out: TextIO, fmt: str,
   return written
 
 
+def check_target(out_path: str, overwrite: bool) -> None:
+  """OUT is never replaced unless asked (--overwrite)."""
+  if os.path.exists(out_path) and not overwrite:
+    raise UserError(f"{out_path}: already exists; delete it or pass --overwrite")
+
+
 def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
         settings: InferSettings, ecfg: EvalConfig, fmt: str | None = None, overwrite: bool = False,
         progress: bool = True, log: Log = lambda m: print(m, file=sys.stderr),
@@ -118,6 +172,7 @@ def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
   """
   score = scorer or functools.partial(iter_scores, lm)
   fmt = fmt or predictions.format_of(out_path)
+  predictions.check_values(examples, fmt)
   head = predictions.header(fmt, settings.mode == "decode")
   bar = lambda: progress_lib.bar(len(examples), "inference", "ex", enabled=progress)
   if out_path is None:
@@ -125,24 +180,43 @@ def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
     with bar() as progress_bar:
       return InferResult(_stream(score, examples, sys.stdout, fmt, settings, ecfg, progress_bar),
                          0, None)
-  if os.path.exists(out_path) and not overwrite:
-    raise UserError(f"{out_path}: already exists; delete it or pass --overwrite")
+  check_target(out_path, overwrite)
+  files.sweep_stale(os.path.dirname(os.path.abspath(out_path)), os.path.basename(out_path))
   partial = out_path + ".partial"
   done = resume_point(partial, fmt, examples, settings)
   if done:
     log(f"resuming {partial}: {done} of {len(examples)} rows already done")
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  files.write_text(partial + ".json", json.dumps(dataclasses.asdict(settings)))
+  else:  # Proof and header first, atomically: a partial file never lacks them.
+    files.write_text(partial, [_proof_line(settings)] + head)
+  _remove_legacy(partial + ".json")
   written = 0
   try:
     with bar() as progress_bar, open(partial, "a", encoding="utf-8", newline="\n") as f:
       progress_bar.update(done)
-      if f.tell() == 0:
-        f.writelines(head)
       written = _stream(score, examples[done:], f, fmt, settings, ecfg, progress_bar)
   except KeyboardInterrupt:
     log(f"interrupted; run the same command again to resume from {partial}")
     raise
-  os.replace(partial, out_path)
-  os.remove(partial + ".json")
+  except OSError as e:  # A full disk, a lost mount: name the file.
+    raise UserError(f"{partial}: cannot write: {e.strerror or e} (the rows so far are kept; "
+                    f"the same command resumes)") from None
+  except BaseException:
+    if not done and not written:  # Nothing to resume: leave nothing behind.
+      files.remove(partial)
+    raise
+  _finish(partial, out_path)
   return InferResult(written, done, out_path)
+
+
+def _finish(partial: str, out_path: str) -> None:
+  """OUT from the partial file's rows (its proof line left out), then the partial removed."""
+  with open(partial, "rb") as src, files.atomic_open(out_path, "wb") as dst:
+    src.readline()
+    shutil.copyfileobj(src, dst, 1 << 20)
+  files.remove(partial)
+
+
+def _remove_legacy(side: str) -> None:
+  """Earlier versions kept the settings in OUT.partial.json; the proof line replaces it."""
+  if os.path.isfile(side):
+    files.remove(side)

@@ -122,7 +122,7 @@ class _Run:
 def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainConfig, run: int,
                r: _Run, log: Log) -> tuple[LoadedModel, dict[str, EvalResult], str]:
   """One run: 1 or 2 stages, evaluated after each. Returns (lm, after-results, diverged)."""
-  state_path = r.save_to[:-len(".npz")] + ".state.npz" if r.save_to else None
+  state = state_path(r.save_to) if r.save_to else None
   stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if r.lcfg.two_stage else [])
   after, diverged = {}, ""
   for i, stage in enumerate(stages):
@@ -132,7 +132,7 @@ def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainC
     name = f"run {run + 1}, stage {i + 1}" if r.lcfg.runs > 1 else f"stage {i + 1}"
     stream = (lambda *row, name=name: r.record.log_step(*row, stage=name)) if r.record else None
     fit_opts = train_lib.FitOptions(prompt=r.ecfg.prompt, gif_frame=r.ecfg.gif_frame,
-                                    state_path=state_path, resume=r.lcfg.resume,
+                                    state_path=state, resume=r.lcfg.resume,
                                     stage=run * 2 + i, on_step=stream)
     result = train_lib.fit(lm, train, stage, fit_opts, log=log, cache=r.cache,
                            features=r.features)
@@ -233,6 +233,24 @@ def _lottery(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainCon
   return best
 
 
+def state_path(save_to: str) -> str:
+  """Where a run saving NAME.npz keeps its periodic train state: NAME.state.npz."""
+  return save_to[:-len(".npz")] + ".state.npz"
+
+
+def outputs_of(save_to: str, lcfg: LearnConfig) -> list[str]:
+  """Every file a run saving `save_to` may write or remove: the checkpoint, its train state,
+  the probe, and with --keep all each run's file and those of a longer earlier lottery."""
+  out = [save_to, state_path(save_to), save_to[:-len(".npz")] + probe_lib.SUFFIX]
+  if lcfg.keep == "all":
+    folder, stem = os.path.dirname(os.path.abspath(save_to)), os.path.basename(save_to)[:-4]
+    earlier = [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+               if re.fullmatch(re.escape(stem) + r"\.run(\d+)\.npz", n)] \
+        if os.path.isdir(folder) else []
+    out += [run_path(save_to, k) for k in range(1, lcfg.runs + 1)] + earlier
+  return out
+
+
 def run_path(save_to: str, run: int) -> str:
   """Where --keep all saves run `run` (1-based): NAME.npz -> NAME.run{run}.npz."""
   return f"{save_to[:-len('.npz')]}.run{run}.npz"
@@ -319,17 +337,17 @@ def save(lm: LoadedModel, tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: L
     earlier = set(checkpoint.param_names(lm.spec.weights)) if lm.spec.base else set()
     keep = lambda name: bool(pattern.search(name)) or name in earlier
     checkpoint.save_delta(path, lm.params, keep, lm.cfg, base, meta, lm.spec.cache_dir)
-  state_path = path[:-len(".npz")] + ".state.npz"
-  if os.path.exists(state_path):
-    os.remove(state_path)  # The run finished: its periodic state is obsolete.
+  state = state_path(path)
+  if os.path.exists(state):
+    os.remove(state)  # The run finished: its periodic state is obsolete.
 
 
 def _prepare_save(save_to: str, log: Log) -> None:
   """Before any work: the checkpoint can be written, a killed save's leftovers are gone, and
   replacing an existing checkpoint is said out loud."""
-  files.check_writable(save_to, "checkpoint")
   for name in files.sweep_stale(os.path.dirname(os.path.abspath(save_to))):
     log(f"removed {name}, left by a save that was killed")
+  files.check_writable(save_to, "checkpoint")
   if os.path.exists(save_to):
     try:
       saved = checkpoint.read_meta(save_to).get("saved")
@@ -341,14 +359,19 @@ def _prepare_save(save_to: str, log: Log) -> None:
 
 def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfig,
                ecfg: EvalConfig, save_to: str, *, parent: str | None = None, full: bool = False,
-               log: Log = print) -> LoadedModel:
-  """15-train.py: one stage on one data file, saved (no evaluation: 13/14 judge it after)."""
+               resume: bool = False, log: Log = print) -> LoadedModel:
+  """15-train.py: one stage on one data file, saved (no evaluation: 13/14 judge it after).
+
+  The train state goes to `state_path(save_to)` every --save-every steps; `resume`
+  continues from it (as 03-do_learn.py --resume does).
+  """
   if distributed.is_main():
     _prepare_save(save_to, log)
   log(f"training on {len(examples)} examples: lr {tcfg.lr:g}, batch {tcfg.batch_size}"
       f"{f' x {tcfg.accum}' if tcfg.accum > 1 else ''}, {tcfg.steps} steps, "
       f"trainable {tcfg.trainable}, {tcfg.optimizer}, seed {tcfg.seed}")
-  opts = train_lib.FitOptions(prompt=ecfg.prompt, gif_frame=ecfg.gif_frame)
+  opts = train_lib.FitOptions(prompt=ecfg.prompt, gif_frame=ecfg.gif_frame,
+                              state_path=state_path(save_to), resume=resume)
   result = train_lib.fit(lm, examples, tcfg, opts, log=log)
   trained = dataclasses.replace(lm, params=result.params,
                                 model=lm.model.clone(lora_alpha=tcfg.lora_alpha))

@@ -89,6 +89,13 @@ class ModelSpec:
   cache_dir: str | None = None  # The project's cache/ (feature cache), if any.
 
   @property
+  def inputs(self) -> list[tuple[str, str]]:
+    """(what, file) of every file loading reads: no output of the command may be one."""
+    pairs = (("the model's weights", self.weights), ("the delta's base", self.base),
+             ("the tokenizer", self.tokenizer))
+    return [(what, path) for what, path in pairs if path]
+
+  @property
   def weights_id(self) -> str:
     """Identifies the weights (for caches): the files' sha256, remembered beside them."""
     return "+".join(files.sha256_remembered(f) for f in (self.base, self.weights) if f)
@@ -201,6 +208,8 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
   `bases` ({path: params}, filled as it goes) lets several deltas over one
   base (an ensemble) share the base's arrays instead of loading it once each.
   """
+  for what, path in spec.inputs:
+    files.note_input(path, what)
   tok = Tokenizer.load(spec.tokenizer)
   if tok.vocab_size > spec.cfg.llm.vocab_size:
     raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "

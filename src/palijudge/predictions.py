@@ -73,6 +73,19 @@ def rows_from(examples: Sequence[Example], p_yes: np.ndarray, pred: np.ndarray,
           for e, p, y, a in zip(examples, p_yes, pred, answers)]
 
 
+def check_values(examples: Sequence[Example], fmt: str) -> None:
+  """Refuses, before any work, an example whose row a TSV file could not hold: a tab or a
+  line break in its id, image or prefix (named by data file and line)."""
+  if fmt != "tsv":
+    return
+  for e in examples:
+    for what, value in (("id", e.key), ("image", e.raw_image), ("prefix", e.prefix)):
+      if "\t" in value or "\n" in value or "\r" in value:
+        raise UserError(f"{where(e.source, e.line)}: its {what} {value[:40]!r} holds a tab or "
+                        f"a line break, which a TSV prediction file cannot hold; write JSONL "
+                        f"instead (.jsonl, or --format jsonl)")
+
+
 def header(fmt: str, with_answer: bool = False) -> list[str]:
   """The header line(s) of a file (none for JSONL)."""
   cols = COLUMNS + (("answer",) if with_answer else ())
@@ -83,8 +96,9 @@ def format_row(row: PredRow, fmt: str, with_answer: bool = False) -> str:
   yn = lambda b: "yes" if b else "no"
   p = "" if row.p_yes is None else f"{row.p_yes:.6f}"
   values = [row.id, row.image, yn(row.label), p, yn(row.pred), row.prefix]
-  if fmt == "tsv":
-    return tsv.format_line(values + ([row.answer] if with_answer else []))
+  if fmt == "tsv":  # A generated answer's tabs and line breaks become spaces.
+    answer = row.answer.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return tsv.format_line(values + ([answer] if with_answer else []))
   obj = dict(zip(COLUMNS, values))
   obj["p_yes"] = None if row.p_yes is None else round(row.p_yes, 6)
   if with_answer:

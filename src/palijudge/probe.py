@@ -34,6 +34,7 @@ import numpy as np
 from scipy.special import expit
 
 from palijudge import checkpoint
+from palijudge import files
 from palijudge import train as train_lib
 from palijudge.data.examples import Example
 from palijudge.data.features import FeatureCache
@@ -219,6 +220,7 @@ def _field(meta: dict, key: str, kind, path, ok=lambda v: True):
 
 def load(path) -> Probe:
   """The probe in `path`; a damaged or hostile file is one UserError naming it."""
+  files.note_input(path, "the probe file")
   meta = checkpoint.read_meta(path)
   if meta.get("kind") != KIND:
     raise UserError(f"{where(path)}: not a probe file (its meta has no kind {KIND!r})")

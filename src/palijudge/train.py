@@ -39,7 +39,7 @@ from palijudge import distributed
 from palijudge import losses
 from palijudge import params as params_lib
 from palijudge import progress
-from palijudge.data.batch import Batch, Batches, PixelCache, training_stream
+from palijudge.data.batch import Batch, Batches, Flips, PixelCache, training_stream
 from palijudge.data.examples import Example
 from palijudge.data.features import FeatureCache
 from palijudge.errors import UserError, where
@@ -52,6 +52,7 @@ from palijudge.options import option
 Params = dict[str, Any]
 
 OPTIMIZERS = ("sgd", "adam")
+MAX_STEPS = 2 ** 31 - 1  # The step counter is an int32 on the device.
 REMAT_POLICIES = tuple(vit.REMAT_POLICIES)
 
 
@@ -88,7 +89,7 @@ class TrainConfig:
         raise UserError(f"training config: {msg}")
     need(self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}")
     need(self.batch_size >= 1, f"--batch must be >= 1, got {self.batch_size}")
-    need(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
+    need(1 <= self.steps <= MAX_STEPS, f"--steps must be in 1..{MAX_STEPS}, got {self.steps}")
     need(self.trainable in params_lib.TRAINABLE, f"--trainable must be one of {', '.join(params_lib.TRAINABLE)}")
     need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
     need(0 <= self.warmup_percent < 1, "warm-up fraction must be in [0, 1)")
@@ -98,8 +99,18 @@ class TrainConfig:
     need(self.diverge_loss >= 0, "--diverge-loss must be >= 0")
     need(self.save_every >= 0, "--save-every must be >= 0")
     need(self.lora_rank >= 1, "--lora-rank must be >= 1")
-    need(self.lora_alpha > 0, "--lora-alpha must be > 0")
+    need(self.lora_alpha > 0 and math.isfinite(self.lora_alpha),
+         f"--lora-alpha must be a finite number > 0, got {self.lora_alpha}")
     need(self.remat in REMAT_POLICIES, f"--remat must be one of {', '.join(REMAT_POLICIES)}")
+
+  def check_data(self, n_examples: int, name: str) -> None:
+    """Refuses, before any work, a step larger than the data: it would only repeat examples
+    inside one step, at the memory cost of the whole batch."""
+    per_step = self.batch_size * self.accum
+    if per_step > n_examples:
+      accum = f" x --accum {self.accum}" if self.accum > 1 else ""
+      raise UserError(f"{name}: --batch {self.batch_size}{accum} takes {per_step} examples per "
+                      f"step, more than its {n_examples}; use at most {n_examples}")
 
 
 def colab_lr(base: float, train_steps: int, warmup_percent: float = 0.10) -> Callable:
@@ -301,14 +312,13 @@ def load_state(path: str, like: TrainState) -> tuple[TrainState, dict]:
   leaves, treedef = jax.tree.flatten(like)
   if info.get("n_leaves") != len(leaves):
     raise UserError(f"{where(path)}: train state does not match this run's configuration")
-  with np.load(path, allow_pickle=False) as npz:
-    new = []
-    for i, ref in enumerate(leaves):
-      a = npz[f"state/{i:05d}"]
-      if a.shape != ref.shape:
-        raise UserError(f"{where(path)}: train state leaf {i} has shape {a.shape}, "
-                        f"expected {ref.shape}")
-      new.append(a.astype(ref.dtype))
+  new = []
+  keys = [f"state/{i:05d}" for i in range(len(leaves))]
+  for i, (ref, a) in enumerate(zip(leaves, checkpoint.read_arrays(path, keys))):
+    if a.shape != ref.shape:
+      raise UserError(f"{where(path)}: train state leaf {i} has shape {a.shape}, "
+                      f"expected {ref.shape}")
+    new.append(a.astype(ref.dtype))
   return jax.tree.unflatten(treedef, new), info
 
 
@@ -408,12 +418,11 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
   frozen = params_lib.place(frozen, frozen_sh)
   step_fn = jit_train_step(model, tx, tcfg.loss, lm.yes_no_ids, mesh, state_sh,
                                      frozen_sh, tcfg.accum)
-  stream = training_stream(examples, tcfg.steps, big_batch, tcfg.seed)
-  flips = (np.random.default_rng(tcfg.seed).random(len(stream)) < 0.5) if tcfg.flip else None
+  stream = training_stream(examples, tcfg.steps, big_batch, tcfg.seed)  # Lazy: any --steps.
   skip = (first - 1) * big_batch
   batches = Batches(stream[skip:], lm.tok, lm.cfg.image_size, big_batch, opts.prompt,
                     with_suffix=True, gif_frame=opts.gif_frame, cache=cache,
-                    flips=None if flips is None else flips[skip:],
+                    flips=Flips(tcfg.seed, len(stream), skip) if tcfg.flip else None,
                     rows=distributed.batch_rows(data, big_batch))  # This process's share.
   if not opts.use_feature_cache:
     features = None

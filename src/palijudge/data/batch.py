@@ -9,6 +9,7 @@ GIL), so decoding overlaps the device work of the previous batch.
 
 from __future__ import annotations
 
+import collections.abc
 import concurrent.futures as futures
 from typing import Iterator, Sequence
 
@@ -131,42 +132,64 @@ def load_pixels(ex: Example, size: int, gif_frame: str) -> np.ndarray:
 class Batches:
   """Iterates collated batches over `examples` in the given order.
 
-  `rows` (a multi-process run, see `distributed.batch_rows`): only these rows
-  of every batch are loaded and yielded, this process's share. Every process
-  tokenizes all texts, so all pad to the same shape.
+  `examples` may be a lazy `TrainingStream`: batches are cut from it as they
+  are needed, never all at once. Texts are tokenized once per distinct
+  example (`distinct`, default: the stream's examples, else `examples`), and
+  all batches pad to the one shape that fits them. `flips` (an array or
+  `Flips`) mirrors the images it marks. `rows` (a multi-process run, see
+  `distributed.batch_rows`): only these rows of every batch are loaded and
+  yielded, this process's share.
   """
 
   def __init__(self, examples: Sequence[Example], tok: tok_lib.Tokenizer, image_size: int,
                batch_size: int, prompt: str, with_suffix: bool, gif_frame: str = "first",
-               workers: int = 4, flips: np.ndarray | None = None,
-               cache: PixelCache | None = None, rows: slice | None = None):
-    self.examples = list(examples)
+               workers: int = 4, flips: Sequence[bool] | None = None,
+               cache: PixelCache | None = None, rows: slice | None = None,
+               distinct: Sequence[Example] | None = None):
+    self.examples = examples if isinstance(examples, TrainingStream) else list(examples)
+    if distinct is None:
+      distinct = examples.examples if isinstance(examples, TrainingStream) else self.examples
     self.rows = rows if rows is not None else slice(0, batch_size)
     self.tok, self.size, self.bs = tok, image_size, batch_size
     self.prompt, self.with_suffix, self.gif_frame = prompt, with_suffix, gif_frame
     self.workers = workers
     self.cache = cache
     self.flips = flips  # Training augmentation: which images to mirror left-right.
-    self.texts = [tok_lib.tokenize(tok, prompt_for(e, prompt), e.suffix if with_suffix else None)
-                  for e in self.examples]
-    self.shape = shape_for(self.texts)
+    self.texts = {id(e): self._tokenize(e) for e in distinct}
+    self.shape = shape_for(list(self.texts.values()))
+
+  def _tokenize(self, e: Example) -> tok_lib.TokenizedText:
+    return tok_lib.tokenize(self.tok, prompt_for(e, self.prompt),
+                            e.suffix if self.with_suffix else None)
+
+  def _text(self, e: Example) -> tok_lib.TokenizedText:
+    text = self.texts.get(id(e))
+    return text if text is not None else self._tokenize(e)
+
+  def __len__(self) -> int:
+    return -(-len(self.examples) // self.bs)
+
+  def _chunk(self, i: int) -> list[Example]:
+    return list(self.examples[i * self.bs:(i + 1) * self.bs])[self.rows]
 
   def __iter__(self) -> Iterator[tuple[list[Example], Batch]]:
     mine = self.rows  # Of each batch: all of it, or this process's share.
-    starts = range(0, len(self.examples), self.bs)
-    chunks = [self.examples[i:i + self.bs][mine] for i in starts]
+    n = len(self)
     with futures.ThreadPoolExecutor(self.workers) as pool:
       get = self.cache.get if self.cache is not None else load_pixels
       load = lambda c: pool.map(lambda e: get(e, self.size, self.gif_frame), c)
-      pending = [load(c) for c in chunks[:2]]  # Two batches in flight.
-      for i, chunk in enumerate(chunks):
+      chunks = [self._chunk(i) for i in range(min(2, n))]
+      pending = [load(c) for c in chunks]  # Two batches in flight.
+      for i in range(n):
+        chunk = chunks.pop(0)
         pixels = np.stack(list(pending.pop(0)))
         if self.flips is not None:
-          flip = self.flips[i * self.bs:(i + 1) * self.bs][mine]
+          flip = np.asarray(self.flips[i * self.bs:(i + 1) * self.bs], bool)[mine]
           pixels[flip] = pixels[flip][:, :, ::-1]
-        if i + 2 < len(chunks):
-          pending.append(load(chunks[i + 2]))
-        texts = self.texts[i * self.bs:(i + 1) * self.bs][mine]
+        if i + 2 < n:
+          chunks.append(self._chunk(i + 2))
+          pending.append(load(chunks[-1]))
+        texts = [self._text(e) for e in chunk]
         yield chunk, collate(texts, [e.label for e in chunk], pixels,
                              batch_size=mine.stop - mine.start, shape=self.shape)
 
@@ -176,12 +199,72 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+class TrainingStream(collections.abc.Sequence):
+  """Exactly steps * batch_size examples: shuffled epochs (`epoch_order`), concatenated.
+
+  Lazy: an element is computed when it is read (one epoch's permutation is
+  kept), and a slice is a view, so a huge --steps costs no memory and no
+  time up front. `examples` are the distinct examples it draws from.
+  """
+
+  def __init__(self, examples: Sequence[Example], steps: int, batch_size: int, seed: int,
+               start: int = 0, stop: int | None = None):
+    if not examples:
+      raise ValueError("a training stream needs examples")
+    self.examples, self.seed = list(examples), seed
+    self.steps, self.batch_size = steps, batch_size
+    self.start = start
+    self.stop = steps * batch_size if stop is None else stop
+    self._order: tuple[int, np.ndarray | None] = (-1, None)
+
+  def __len__(self) -> int:
+    return max(0, self.stop - self.start)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      a, b, step = i.indices(len(self))
+      if step != 1:
+        return [self[k] for k in range(a, b, step)]
+      return TrainingStream(self.examples, self.steps, self.batch_size, self.seed,
+                            self.start + a, self.start + max(a, b))
+    if i < 0:
+      i += len(self)
+    if not 0 <= i < len(self):
+      raise IndexError(i)
+    epoch, k = divmod(self.start + i, len(self.examples))
+    if self._order[0] != epoch:
+      self._order = (epoch, epoch_order(len(self.examples), self.seed, epoch))
+    return self.examples[self._order[1][k]]
+
+
 def training_stream(examples: Sequence[Example], steps: int, batch_size: int,
-                    seed: int) -> list[Example]:
-  """Exactly steps * batch_size examples: shuffled epochs, concatenated."""
-  out: list[Example] = []
-  epoch = 0
-  while len(out) < steps * batch_size:
-    out.extend(examples[i] for i in epoch_order(len(examples), seed, epoch))
-    epoch += 1
-  return out[:steps * batch_size]
+                    seed: int) -> TrainingStream:
+  """Exactly steps * batch_size examples: shuffled epochs, concatenated (lazily)."""
+  return TrainingStream(examples, steps, batch_size, seed)
+
+
+class Flips(collections.abc.Sequence):
+  """Whether to mirror each element of a stream of `n`, from element `start` on: the values
+  of `default_rng(seed).random(n) < 0.5`, drawn per slice (the generator advanced to the
+  slice's start), never all n at once."""
+
+  def __init__(self, seed: int, n: int, start: int = 0):
+    self.seed, self.n, self.start = seed, n, start
+
+  def __len__(self) -> int:
+    return max(0, self.n - self.start)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      a, b, step = i.indices(len(self))
+      return self._draw(a, max(a, b))[::step]
+    if i < 0:
+      i += len(self)
+    if not 0 <= i < len(self):
+      raise IndexError(i)
+    return bool(self._draw(i, i + 1)[0])
+
+  def _draw(self, a: int, b: int) -> np.ndarray:
+    rng = np.random.default_rng(self.seed)
+    rng.bit_generator.advance(self.start + a)  # PCG64: one 64-bit draw per double.
+    return rng.random(b - a) < 0.5

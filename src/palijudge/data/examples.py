@@ -80,6 +80,7 @@ def read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise UserError(f"{path}: file not found" if not os.path.exists(path) else f"{path}: not a file")
+  files.note_input(path, "a data file")
   try:
     with open(path, "rb") as f:
       raw = f.read()

@@ -104,6 +104,9 @@ class RunRecord:
     path = Path(path)
     if not path.is_dir():
       raise UserError(f"{where(path)}: no such run folder")
+    if not any((path / n).is_file() for n in (CONFIG, METRICS)):  # Not any folder (a dataset).
+      raise UserError(f"{where(path)}: not a run record (no {CONFIG}); give the trial folder "
+                      f"`06-tune.py ask` made")
     return cls(_path=path)
 
   def file(self, name: str) -> Path:

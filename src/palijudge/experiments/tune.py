@@ -487,6 +487,9 @@ def tell(study: optuna.Study, number: int, score: float | None, reason: str = ""
                     f"{found[0].state.name if found else 'unknown'}, not waiting for a score")
   if score is not None and not math.isfinite(score):
     raise UserError(f"trial {number}: the score must be finite, got {score}")
+  if score is not None and not 0 <= score <= 1:  # Every CV metric is a fraction (cv.METRICS).
+    metric = study.user_attrs.get("metric", "f_measure")
+    raise UserError(f"trial {number}: a CV {metric} lies in [0, 1], got {score}")
   trial = optuna.Trial(study, found[0]._trial_id)  # pylint: disable=protected-access
   path = found[0].user_attrs.get("record")
   record = RunRecord.load(path) if path and Path(path).is_dir() else None
