@@ -150,7 +150,11 @@ def main(args, project):
     target = tune.bind(study, tune.Target(args.model, args.cv, space.metric, args.root))
   if args.command == "run":
     from palijudge import loader
-    cli.announce(spec=loader.resolve(project.find(target.model), cache_dir=str(project.cache)))
+    try:
+      spec = loader.resolve(project.find(target.model), cache_dir=str(project.cache))
+    except cli.UserError:
+      spec = None  # Each trial says what is missing, as it loads.
+    cli.announce(spec=spec)
     objective = _objective(target.cv, project.find(target.model),
                            cli.data_root(args, project), str(project.cache))
     tune.run_trials(study, space, objective, args.trials, records_root=experiments,
