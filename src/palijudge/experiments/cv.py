@@ -6,8 +6,9 @@ with one run record per fold; `cv_objective` is what `06-tune.py run` calls
 for each trial.
 
 The CV score is the mean of one metric over the folds; its spread is the
-population standard deviation (ddof=0, as `numpy.std`), the lowest and the
-highest fold, and a 95 % Student t interval of the mean (`stats.spread`).
+sample standard deviation (ddof=1, the one the t interval is built from), the
+lowest and the highest fold, and a 95 % Student t interval of the mean
+(`stats.spread`).
 The folds share most of their training data, so the folds' values are not
 independent and the t interval is, if anything, too narrow.
 """
@@ -32,13 +33,14 @@ METRICS = ("accuracy", "precision", "recall", "f_measure", "auc")
 
 
 def cv_score(values: Sequence[float]) -> tuple[float, float]:
-  """(mean, population std) of per-fold values; UserError when empty or non-finite."""
+  """(mean, sample std) of per-fold values (std 0.0 for one value); UserError when empty or
+  non-finite."""
   v = np.asarray([float(x) for x in values], np.float64)
   if v.size == 0:
     raise UserError("CV score of no folds")
   if not np.all(np.isfinite(v)):
     raise UserError(f"CV score: non-finite fold value in {v.tolist()}")
-  return float(v.mean()), float(v.std())
+  return float(v.mean()), stats.sample_std(v)
 
 
 @dataclasses.dataclass(frozen=True)
