@@ -38,7 +38,7 @@ def main(args, project):
     raise cli.UserError("give either -v N or --folds K")
   root = cli.data_root(args, project)
   data = project.find(args.data) if args.data else str(project.dataset / "data.jsonl")
-  out = files.inside(args.name, project.dataset, "-n")
+  out = project.split(args.name, "-n")
   seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
   rows = examples.read_examples(data, root)
   groups = None

@@ -52,7 +52,7 @@ def _split_files(name: str, project) -> list:
   """[(set name, path)] of dataset/NAME: the folds' valid files, or train/valid/test."""
   from palijudge import files
   from palijudge.data import splits
-  folder = files.inside(name, project.dataset, "-d")
+  folder = project.split(name, "-d")
   if (folder / splits.MANIFEST).is_file():
     return [(va.parent.name, va) for _, va in splits.fold_paths(folder)]
   found = [(s, folder / f"{s}.{ext}") for s in ("train", "valid", "test") for ext in ("jsonl", "tsv")

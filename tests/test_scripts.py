@@ -538,3 +538,19 @@ def test_audit_catches_a_planted_leak(dup_project):
   bad = run("12-audit.py", "-d", "leak", "--html", "dataset/data.jsonl/x.html", cwd=dup_project,
             check=False)
   assert_one_line_error(bad, "data.jsonl")
+
+
+def test_a_split_name_is_one_folder_whatever_the_root(tmp_project):
+  """02 -n NAME, 03 -d NAME and 12 -d NAME with --root DIR: the split is dataset/NAME for all
+  three; DIR only says where the images are (it may be read-only)."""
+  ads = tmp_project.root / "ads"
+  synthetic.make_dataset(ads, n=12, seed=4)
+  root = ["--root", "ads"]
+  run_script("02-shuffle_data.py", "--data", "ads/data.jsonl", *root, "-v", "4", "-n", "adsplit",
+             "--seed", "0", project=tmp_project)
+  assert (tmp_project.dataset / "adsplit" / "valid.jsonl").is_file() and not (ads / "adsplit").exists()
+  audit = run_script("12-audit.py", "-d", "adsplit", *root, project=tmp_project)
+  assert "audit: 12 images (train 8, valid 4)" in audit.stdout
+  learn = run_script("03-do_learn.py", "-d", "adsplit", *root, "--model", "tiny", "--steps", "1",
+                     "--experiments", "exp", project=tmp_project)
+  assert "Result: dataset/adsplit/valid.jsonl" in learn.stdout

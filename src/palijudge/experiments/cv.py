@@ -162,12 +162,13 @@ def trial_config(config: dict) -> tuple[train_lib.TrainConfig, str]:
   return tcfg, config["prompt"]
 
 
-def cv_objective(config: dict, cv_name: str, report, *, model: str | None, root: str,
-                 cache_dir: str = loader.CACHE_DIR, log=print) -> float:
-  """One search trial: CV score of `config` on `<root>/<cv_name>`'s folds."""
+def cv_objective(config: dict, folds_dir: str | os.PathLike, report, *, model: str | None,
+                 root: str, cache_dir: str = loader.CACHE_DIR, log=print) -> float:
+  """One search trial: CV score of `config` on the folds in `folds_dir` (`Project.split`);
+  image paths resolve against `root`."""
   tcfg, prompt = trial_config(config)
   lm = loader.load(loader.resolve(model, cache_dir=cache_dir), trainable=tcfg.trainable)
-  folds = splits.fold_paths(os.path.join(root, cv_name))
+  folds = splits.fold_paths(folds_dir)
   summary = cv_learn(lm, folds, tcfg, EvalConfig(prompt=prompt), root=root,
                      metric=report.metric, record=report.record, report=report, log=log)
   if summary.warning():
