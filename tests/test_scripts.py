@@ -479,6 +479,46 @@ def test_learn_phases_and_export(project, tmp_path):
   assert_one_line_error(bad, "data.jsonl")
 
 
+def test_decisions_are_read_by_the_split_and_the_audit(dup_project):
+  """A confirmed pair stays on one side of a split and is a leak across sets; a bad line
+  stops both scripts with one line."""
+  rows = (dup_project / "dataset/data.jsonl").read_text().splitlines()
+  a, b = (json.loads(r)["image"] for r in rows[:2])  # Two different ads.
+  decided = dup_project / "dataset" / "audit-decisions.tsv"
+  decided.write_text(f"# my decisions\nconfirm\t{a}\t{b}\n")
+  try:
+    out = run("02-shuffle_data.py", "-v", "20", "-n", "decided", "--seed", "3",
+              cwd=dup_project).stdout
+    assert "duplicates: 6 group(s) of 12 images kept together (found by sha256 1, pixels 4, " \
+           "confirmed 1)" in out
+    sides = _sides(dup_project, "decided")
+    assert sides[a] == sides[b]
+    _write(dup_project / "dataset/pair/train.jsonl", rows[:1])
+    _write(dup_project / "dataset/pair/valid.jsonl", rows[1:2])
+    leak = run("12-audit.py", "-d", "pair", cwd=dup_project, check=False)
+    assert leak.returncode == 1 and "leak across train/valid, found by confirmed" in leak.stdout
+    other = dup_project / "other.tsv"
+    other.write_text(f"dismiss\t{a}\t{b}\n")  # --decisions names another file.
+    assert run("12-audit.py", "-d", "pair", "--decisions", "other.tsv", cwd=dup_project).returncode == 0
+    decided.write_text(f"confirm {a} {b}\n")
+    for script in (("02-shuffle_data.py", "-v", "20", "-n", "decided"), ("12-audit.py", "-d", "pair")):
+      assert_one_line_error(run(*script, cwd=dup_project, check=False), "audit-decisions.tsv:1")
+  finally:
+    decided.unlink()
+
+
+def test_audit_benchmark_prints_before_and_after(project):
+  out = run("12-audit.py", "--benchmark", "--seeds", "0", cwd=project).stdout.splitlines()
+  assert out[0] == "templated ads, seeds 0: 87 images (1 x 87)"
+  assert "| pairs | planted | before: found | after: duplicate | after: possible " \
+         "| after: missed |" in out
+  assert "| edit: flip | 3 | 0 | 3 | 0 | 0 |" in out  # The former audit missed every flip.
+  assert sum(l.startswith("| edit: ") and l.endswith(" | 0 |") for l in out) == 9  # None missed.
+  assert all(" | 0 false | " in l for l in out if l.startswith("| look-alike: "))
+  bad = run("12-audit.py", "--benchmark", "--seeds", "x", cwd=project, check=False)
+  assert_one_line_error(bad, "--seeds 'x'")
+
+
 def test_scripts_run_from_playground_with_project_paths(project):
   """As the original scripts were run: from playground/, paths as from the project root."""
   proc = subprocess.run([sys.executable, str(PLAY / "04-validate.py"), "--project", str(project),
@@ -507,7 +547,7 @@ def test_shuffle_keeps_duplicates_on_one_side(dup_project):
   out = run("02-shuffle_data.py", "-v", "10", "-n", "set1", "--seed", "0", "--stratify",
             cwd=dup_project).stdout
   assert "duplicates: 5 group(s) of 10 images kept together (found by sha256 1, " \
-         "phash 4)" in out
+         "pixels 4)" in out
   sides = _sides(dup_project, "set1")
   for image, side in sides.items():
     if "-dup-of-" in image:
@@ -517,7 +557,7 @@ def test_shuffle_keeps_duplicates_on_one_side(dup_project):
             cwd=dup_project).stdout
   assert "kept together" in out
   proc = run("12-audit.py", "-d", "cv3", cwd=dup_project)
-  assert "checked by sha256, phash (<= 10 bits)" in proc.stdout
+  assert "checked by sha256, pixels (pHash <= 16 bits, then duplicate: structure <= " in proc.stdout
   assert "0 leak(s) across sets, 5 within a set" in proc.stdout
 
 
@@ -528,7 +568,7 @@ def test_audit_catches_a_planted_leak(dup_project):
   _write(dup_project / "dataset/leak/valid.jsonl", [resized])
   proc = run("12-audit.py", "-d", "leak", "--html", "leak.html", cwd=dup_project, check=False)
   assert proc.returncode == 1, proc.stderr
-  assert re.search(r"group \d: 2 images, leak across train/valid, found by phash\n", proc.stdout)
+  assert re.search(r"group \d: 2 images, leak across train/valid, found by pixels\n", proc.stdout)
   assert "1 leak(s) across sets, 4 within a set, 0 label conflict(s)" in proc.stdout
   assert "page: leak.html" in proc.stdout and "-resized." in (dup_project / "leak.html").read_text()
   clean = run("12-audit.py", "clean=dataset/leak/train.jsonl", cwd=dup_project)  # Within one set.
