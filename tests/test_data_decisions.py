@@ -45,7 +45,7 @@ def test_among_maps_decisions_to_the_first_item_of_each_content(tmp_path):
 
 def test_bad_lines_name_the_file_and_line(tmp_path):
   path = tmp_path / "d.tsv"
-  for text in ("keep\ta.png\tb.png\n", "confirm\ta.png\n", "confirm a.png b.png\n",
+  for text in ("keep\ta.png\tb.png\n", "confirm\ta.png\n", "confirm a.png\n",
                "dismiss\t\tb.png\n"):
     path.write_text("# fine\n" + text)
     with pytest.raises(UserError, match=rf"^{path}:2: expected 'confirm' or 'dismiss', a tab"):
@@ -55,6 +55,14 @@ def test_bad_lines_name_the_file_and_line(tmp_path):
     decisions.read(path, tmp_path)
   with pytest.raises(UserError, match="file not found"):
     decisions.read(tmp_path / "none.tsv", tmp_path)
+
+
+def test_spaces_do_when_no_path_holds_one(tmp_path):
+  _touch(tmp_path, "a.png", "b.png")
+  path = tmp_path / "d.tsv"
+  path.write_text("dismiss  a.png   b.png  copied from the page\n")
+  d = decisions.read(path, tmp_path)
+  assert d.of(str(tmp_path / "a.png"), str(tmp_path / "b.png")) == "dismiss"
 
 
 def test_the_suggested_line_reads_back(tmp_path):

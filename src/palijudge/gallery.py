@@ -117,10 +117,10 @@ def _audit_possible(audit, n: int, pair) -> str:
   from palijudge.data.audit_report import describe, suggestion
   a, b = audit.items[pair.a].set, audit.items[pair.b].set
   kind = f"across {a}/{b}" if audit.across(pair) else f"within {a}"
-  lines = "<br>".join(html.escape(line.replace("\t", "  ")) for line in suggestion(audit, pair))
+  lines = "\n".join(html.escape(line) for line in suggestion(audit, pair))
   head = (f"<h2>Possible duplicate {n}: {html.escape(kind)}</h2><p>{html.escape(describe(pair))}"
-          f"<br>to decide, add one line to {html.escape(files.shown(audit.decisions_file))} "
-          f"(tab-separated):<br><code>{lines}</code></p>")
+          f"<br>to decide, add one of these lines to "
+          f"{html.escape(files.shown(audit.decisions_file))}:</p><pre>{lines}</pre>")
   return head + "".join(_audit_figure(audit, i, k) for k, i in enumerate((pair.a, pair.b), 1))
 
 

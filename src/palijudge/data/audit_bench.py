@@ -14,7 +14,10 @@ result, `12-audit.py --benchmark` being the command:
   others       pairs of ads on different templates: a false duplicate when in
                one group;
   precision, recall  over pairs: of the pairs inside the groups, the share that
-               show one ad; of the pairs that show one ad, the share inside a group.
+               show one ad; of the pairs that show one ad, the share inside a group;
+  closest calls  the largest structure of an edit against its original, and the
+               smallest of a pair of different ads the audit reported: the margin
+               the thresholds have.
 
 "before" is the audit this one replaced, kept here to measure against: the same
 file (sha256), or pHash and dHash (64 bits each, of the grey image) both within
@@ -59,6 +62,10 @@ class Score:
   lookalikes: dict[str, Count]
   others: Count
   pairs: dict[str, list[int]]  # before/after: [grouped, grouped and same ad, same ad]
+  # The closest calls, after: the largest structure of a planted edit against its original,
+  # the smallest of a reported pair of different ads (None: no such pair reported).
+  edit_structure: float = 0.0
+  other_structure: float | None = None
 
 
 def _legacy_hash(path: str) -> np.ndarray | None:
@@ -119,6 +126,17 @@ def _score_one(truth: templated.Truth, found: audit.Audit, before: np.ndarray, s
     count.possible += ids[i] != ids[j] and frozenset((ids[i], ids[j])) in maybe
 
 
+def _closest(truth: templated.Truth, found: audit.Audit, s: Score) -> None:
+  for p in found.pairs:
+    if p.likeness is None:
+      continue
+    x = p.likeness.structure
+    if truth.same_ad(p.a, p.b) and truth.rows[p.b].ad == p.a:
+      s.edit_structure = max(s.edit_structure, x)
+    elif not truth.same_ad(p.a, p.b):
+      s.other_structure = x if s.other_structure is None else min(s.other_structure, x)
+
+
 def run(seeds: Sequence[int], config: audit.AuditConfig = audit.AuditConfig(), **size) -> Score:
   """The audit and the former one on the benchmark of each seed (module docstring); `size`
   goes to `templated.make_benchmark` (templates, ads_per_template, per_kind)."""
@@ -131,6 +149,7 @@ def run(seeds: Sequence[int], config: audit.AuditConfig = audit.AuditConfig(), *
       rows = examples.read_jsonl(truth.data)
       found = audit.find({"ads": rows}, config)
       _score_one(truth, found, legacy_ids(rows), s)
+      _closest(truth, found, s)
       s.images += len(rows)
   return s
 
@@ -159,4 +178,8 @@ def table(s: Score, config: audit.AuditConfig = audit.AuditConfig()) -> list[str
   for name, k in (("precision", 0), ("recall", 2)):
     vals = [_ratio(s.pairs[w][1], s.pairs[w][k]) for w in ("before", "after")]
     out.append(f"| {name} (pairs) | | {vals[0]} | {vals[1]} | | |")
-  return out
+  other = ("none reported" if s.other_structure is None else
+           f"{s.other_structure:.2f}")
+  return out + ["", f"closest calls: the least alike planted edit, structure "
+                    f"{s.edit_structure:.2f}; the most alike pair of different ads reported, "
+                    f"{other}"]

@@ -9,8 +9,9 @@ dataset/audit-decisions.tsv):
   confirm	images/OK_0012.png	images/OK_0340.jpg
   dismiss	images/t03-ad1.png	images/t03-ad2.png	same template, another product
 
-Images are written as in the dataset files (relative to the dataset root, or
-absolute) and matched by the file they name, so one file serves the whole
+Cells are separated by tabs, or by spaces when no image path holds one. Images
+are written as in the dataset files (relative to the dataset root, or absolute)
+and matched by the file they name, so one file serves the whole
 dataset, its splits and its folds; pairs naming images outside the audited
 sets are ignored. Blank lines and lines starting with # are skipped. The
 audit prints, for each possible duplicate, the two lines to choose from.
@@ -76,11 +77,12 @@ def read(path: str | os.PathLike, root: str | os.PathLike) -> Decisions:
   for line, text in examples.read_lines(path):
     if text.lstrip().startswith("#"):
       continue
-    cells = text.rstrip("\r\n").split("\t")
+    cells = text.split("\t") if "\t" in text else text.split()
     if len(cells) < 3 or cells[0].strip() not in DECISIONS or not all(
         c.strip() for c in cells[1:3]):
       raise UserError(f"{where(path, line)}: expected 'confirm' or 'dismiss', a tab, an image, "
-                      f"a tab, another image (and optionally a tab and a note)")
+                      f"a tab, another image (and optionally a tab and a note; spaces do "
+                      f"instead of tabs when no path holds one)")
     a, b = (_resolve(c.strip(), root) for c in cells[1:3])
     if a == b:
       raise UserError(f"{where(path, line)}: both images are {cells[1].strip()!r}")

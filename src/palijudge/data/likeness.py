@@ -11,7 +11,7 @@ the palette but changes the product and the text, locally. So:
   candidates  pairs whose pHash differ in at most `limit` bits under the best
               of those alignments (flip-aware, crop-tolerant).
   compare     aligns the pair at 64 px (mirrored or not, which side is
-              cropped, how much off each side, up to 12 %: the crop that
+              cropped, how much off each side, up to 8 %: the crop that
               correlates best), brings each image's colours to the other's
               through one quadratic colour map fitted over the whole image
               (clipped to 0-1, as a brightened ad clips), and measures:
@@ -43,7 +43,7 @@ ALIGN = 64  # Pixels per side at which the alignment is searched.
 GRID = 8  # Blocks per side (both checks): 16 px blocks at THUMB, 8 px at ALIGN.
 HASH_BITS = 64
 CENTRE = 0.05  # Off each side for the centre hashes.
-MAX_CROP = 0.12  # The most off one side that the alignment tries.
+MAX_CROP = 0.08  # The most off one side that the alignment tries.
 _FLAT_STD = 4.0  # Grey levels (0-255) over a 32x32 thumbnail; below it nothing to compare.
 _FLOOR = 1e-3  # Per-pixel variance (of 0-1 values) below which a block counts as flat.
 _BLUR, _COARSE = 1.0, 4.0  # Pixels (at THUMB): the detail `structure` compares lies between.
