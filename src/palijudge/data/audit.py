@@ -62,9 +62,11 @@ class AuditConfig:
                               "differ in at most this many bits get the close look; -1: only "
                               "identical files", metavar="BITS")
   duplicate: float = option(0.20, "close look: a pair whose worst block differs in structure by "
-                                  "at most this (0-1; and colour at most 0.10) is a duplicate")
+                                  "at most this (0-1; and colour at most 0.10) is a duplicate",
+                            metavar="S")
   possible: float = option(0.35, "close look: up to this structure difference a pair is a "
-                                 "possible duplicate (shown, never fails, not kept together)")
+                                 "possible duplicate (shown, never fails, not kept together)",
+                           metavar="S")
   embeddings: bool = option(False, "also compare the frozen vision encoder's pooled image "
                                    "embeddings (loads --model; cached under cache/features/)")
   cosine: float = option(0.97, "embedding: cosine similarity at least this makes a pair at "
