@@ -514,9 +514,11 @@ def test_decisions_are_read_by_the_split_and_the_audit(dup_project):
     assert leak.returncode == 1 and "leak across train/valid, found by confirmed" in leak.stdout
     other = dup_project / "other.tsv"
     other.write_text(f"dismiss\t{a}\t{b}\n")  # --decisions names another file.
-    assert run("12-audit.py", "-d", "pair", "--decisions", "other.tsv", cwd=dup_project).returncode == 0
+    assert run("12-audit.py", "-d", "pair", "--decisions", "other.tsv",
+               cwd=dup_project).returncode == 0
     decided.write_text(f"keep\t{a}\t{b}\n")
-    for script in (("02-shuffle_data.py", "-v", "20", "-n", "decided"), ("12-audit.py", "-d", "pair")):
+    for script in (("02-shuffle_data.py", "-v", "20", "-n", "decided"),
+                   ("12-audit.py", "-d", "pair")):
       assert_one_line_error(run(*script, cwd=dup_project, check=False), "audit-decisions.tsv:1")
   finally:
     decided.unlink()

@@ -27,8 +27,8 @@ by pair for a person to decide; they neither join groups nor fail. The default
 thresholds are calibrated on templated ads with planted edits (`audit_bench`,
 `12-audit.py --benchmark`); `audit_report` writes the audit as text. Each
 distinct image keeps a 128 px thumbnail while the audit runs (48 KB: half a
-gigabyte for 10,000 images). Animated images are compared by their first frame. No jax here: the embeddings come from
-the caller.
+gigabyte for 10,000 images). Animated images are compared by their first
+frame. No jax here: the embeddings come from the caller.
 """
 
 from __future__ import annotations

@@ -71,8 +71,10 @@ class Likeness:
 def signature(rgb: np.ndarray) -> Signature | None:
   """The signature of a uint8 RGB image; None for a nearly flat one."""
   img = Image.fromarray(rgb)
-  # BOX first: a large ad costs one cheap reduction, the rest works on 128 px.
-  thumb = img.resize((THUMB, THUMB), Image.LANCZOS, reducing_gap=2.0) if img.size != (THUMB, THUMB) else img
+  # Lanczos, not a box average, which aliases fine detail differently at each scale (a
+  # resized copy would differ in every letter); reducing_gap keeps a large ad cheap.
+  thumb = (img.resize((THUMB, THUMB), Image.LANCZOS, reducing_gap=2.0)
+           if img.size != (THUMB, THUMB) else img)
   grey = thumb.convert("L")
   if np.asarray(grey.resize((32, 32), Image.LANCZOS), np.float64).std() < _FLAT_STD:
     return None
@@ -94,7 +96,8 @@ def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def close(score: Callable[[int, int], np.ndarray], n: int, hit: Callable[[np.ndarray], np.ndarray],
-          nearest: Callable[[np.ndarray], float]) -> tuple[list[tuple[int, int, float]], float | None]:
+          nearest: Callable[[np.ndarray], float]
+          ) -> tuple[list[tuple[int, int, float]], float | None]:
   """Pairs (i, j, value), i < j, whose score passes `hit`, and the nearest score that did not.
 
   score(s, e) gives rows s..e-1 against columns s..n-1 (the upper triangle, by blocks);
