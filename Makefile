@@ -35,7 +35,7 @@ DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 
 .PHONY: help setup demo test hostile test-fast download split train validate params plan bench bench-gpu \
 	random-checkpoint folds cv tune ask tell status report docker-build docker-run prompts infer \
-	aggregate filter clean audit compare
+	aggregate filter clean audit audit-bench compare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -114,6 +114,9 @@ folds: $(STAMP) ## FOLDS cross-validation folds of dataset/data.jsonl into datas
 
 audit: $(STAMP) ## duplicates within and across dataset/SET's sets or folds; exit 1 on a leak
 	$(PY) playground/12-audit.py -d $(SET) $(ARGS)
+
+audit-bench: $(STAMP) ## the audit's precision/recall on generated templated ads with planted edits
+	$(PY) playground/12-audit.py --benchmark $(ARGS)
 
 cv: $(STAMP) ## train and evaluate every fold of dataset/SET; prints the CV score
 	$(PY) playground/03-do_learn.py --cv $(SET) --model $(MODEL) $(ARGS)

@@ -4,11 +4,13 @@
   ./02-shuffle_data.py -v 10 -n set1 [--stratify] [--seed S]
   ./02-shuffle_data.py --folds 5 -n cv5 [--stratify]   # dataset/cv5/fold-{1..5}/
 
-Copies and near-duplicates of one image (same file content, or pHash/dHash
-within --hash-bits; add --embeddings to compare the vision encoder's view too)
-stay on one side of the split, and in one fold: one line says how many groups
-were kept together. A group may leave valid a little short of -v N. Without
-duplicates the split is the same as without the check. 12-audit.py shows them.
+Duplicates of one ad (the same file, or the same ad resized, re-encoded,
+cropped, mirrored or recoloured: see 12-audit.py) stay on one side of the split,
+and in one fold, and so do the pairs you confirmed in the decisions file
+(--decisions, default dataset/audit-decisions.tsv); one line says how many
+groups were kept together, and how many possible duplicates were not (12-audit.py
+shows them to decide). A group may leave valid a little short of -v N. Without
+duplicates the split is the same as without the check.
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
@@ -36,7 +38,7 @@ def main(args, project):
     raise cli.UserError("give either -v N or --folds K")
   root = cli.data_root(args, project)
   data = project.find(args.data) if args.data else str(project.dataset / "data.jsonl")
-  out = files.inside(args.name, project.dataset, "-n", below=True)
+  out = project.split(args.name, "-n")
   if files.is_within(data, out):  # The split is rebuilt from scratch: its files are outputs.
     raise cli.UserError(f"--data {files.shown(data)}: lies inside {files.shown(out)}, the split "
                         f"-n {args.name} rebuilds; split from a file outside it")

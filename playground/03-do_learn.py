@@ -21,7 +21,8 @@ from palijudge import cli
 def flags():
   from palijudge.experiments import cv
   p = cli.parser(__doc__)
-  p.add_argument("-d", "--dataset", help="split name under the dataset root (dataset/SET)")
+  p.add_argument("-d", "--dataset", help="split name: dataset/SET/{train,valid}.jsonl (as 02 -n "
+                                          "writes it; --root only places the images)")
   p.add_argument("--cv", help="cross-validate over dataset/NAME/fold-*/ instead of -d")
   p.add_argument("--cv-metric", default="f_measure", choices=cv.METRICS,
                  help="metric of the CV score")
@@ -56,7 +57,7 @@ def main(args, project):
     raise cli.UserError("--probe-only and --keep all work with -d SET, not --cv")
   if (lcfg.resume or args.save_every) and not save_to:
     raise cli.UserError("--resume and --save-every need -w NAME (the state lives beside it)")
-  folder = files.inside(args.dataset or args.cv, root, "-d" if args.dataset else "--cv")
+  folder = project.split(args.dataset or args.cv, "-d" if args.dataset else "--cv")
   if args.cv:
     folds = splits.fold_paths(folder)
     train_sets = [examples.read_examples(tr, root) for tr, _ in folds]

@@ -65,10 +65,10 @@ def _positive(text: str) -> int:
   return value
 
 
-def _objective(cv_name: str, model: str | None, root: str, cache: str):
+def _objective(folds_dir: str, model: str | None, root: str, cache: str):
   from palijudge.experiments import cv
-  return lambda config, report: cv.cv_objective(config, cv_name, report, model=model, root=root,
-                                                cache_dir=cache)
+  return lambda config, report: cv.cv_objective(config, folds_dir, report, model=model,
+                                                root=root, cache_dir=cache)
 
 
 def _why(t, retried: dict[int, int]) -> str:
@@ -143,9 +143,8 @@ def main(args, project):
   study = tune.open_study(args.storage, args.study, seed=args.seed, root=experiments,
                           heartbeat=args.heartbeat, grace=args.grace)
   if args.command in ("run", "ask") and args.cv:  # The folds must exist before a trial binds.
-    from palijudge import files
     from palijudge.data import splits
-    splits.fold_paths(files.inside(args.cv, cli.data_root(args, project), "--cv"))
+    splits.fold_paths(project.split(args.cv, "--cv"))
   if args.command in ("run", "ask"):
     target = tune.bind(study, tune.Target(args.model, args.cv, space.metric, args.root))
   if args.command == "run":
@@ -155,7 +154,7 @@ def main(args, project):
     except cli.UserError:
       spec = None  # Each trial says what is missing, as it loads.
     cli.announce(spec=spec)
-    objective = _objective(target.cv, project.find(target.model),
+    objective = _objective(str(project.split(target.cv, "--cv")), project.find(target.model),
                            cli.data_root(args, project), str(project.cache))
     tune.run_trials(study, space, objective, args.trials, records_root=experiments,
                     target=target)

@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""Leakage audit: the same image (or nearly) within and across sets, before training.
+"""Duplicates and leaks: the same ad within and across sets, before training.
 
   ./12-audit.py -d set1                                 # dataset/set1/{train,valid,test}.jsonl
   ./12-audit.py -d cv5                                  # the folds' valid files, fold-1 ...
   ./12-audit.py train=a.jsonl valid=b.tsv extra=safe.jsonl [--embeddings --model M]
+  ./12-audit.py --benchmark [--seeds 0-4]               # precision/recall on templated ads
 
-Finds copies (same file content, sha256), near-duplicates by perceptual hash
-(pHash and dHash both within --hash-bits) and, with --embeddings, by cosine
-similarity of the frozen vision encoder's pooled image embeddings (--cosine).
-Prints each group (which method joined which pair), writes an HTML page with
-thumbnails (--html), and exits:
-  0  no group spans two sets
+Finds copies (same file content, sha256) and edited copies: pairs whose pHash
+(of the image, its mirror and their centres) are within --hash-bits get a close
+look, aligned for a mirror and a crop, block by block: the same shapes whatever
+the colours (structure <= --duplicate, colour <= 0.10) is a duplicate; up to
+--possible a possible duplicate; another product or other text on the same
+template is neither. --embeddings adds the frozen vision encoder's view.
+Duplicates form groups; a possible duplicate is shown pair by pair with the two
+lines (confirm, dismiss) to copy into the decisions file (--decisions, default
+dataset/audit-decisions.tsv), which this audit and 02-shuffle_data.py read.
+Writes an HTML page with thumbnails (--html) and exits:
+  0  no group of duplicates spans two sets (possible duplicates never fail)
   1  a leak: some group spans two sets (with --strict also any duplicate within
      a set and any group whose labels disagree)
   2  bad input (one line naming the file)
@@ -29,10 +35,41 @@ def flags():
   p.add_argument("--strict", action="store_true",
                  help="exit 1 on any duplicate or label conflict, not only on leaks across sets")
   p.add_argument("--show", type=int, default=30, metavar="N",
-                 help="print at most N groups (leaks first); the page shows all")
+                 help="print at most N groups (leaks first) and N possible pairs; the page "
+                      "shows all")
+  p.add_argument("--benchmark", action="store_true",
+                 help="instead: audit generated templated ads with planted edits (seeded) and "
+                      "print precision and recall, before (the former audit) and now")
+  p.add_argument("--seeds", default="0-4", metavar="A-B",
+                 help="--benchmark: the seeds, A-B or a comma list")
   cli.add_audit_flags(p)
   cli.add_model_flags(p)
   return p
+
+
+def _seeds(text: str) -> list:
+  try:
+    if "-" in text:
+      a, b = (int(v) for v in text.split("-"))
+      seeds = list(range(a, b + 1))
+    else:
+      seeds = [int(v) for v in text.split(",")]
+  except ValueError:
+    seeds = []
+  if not seeds or min(seeds) < 0:
+    raise cli.UserError(f"--seeds {text!r}: expected A-B (e.g. 0-4) or a comma list of seeds")
+  return seeds
+
+
+def benchmark(args) -> int:
+  from palijudge import options
+  from palijudge.data import audit, audit_bench
+  cfg = options.build(audit.AuditConfig, args)
+  if cfg.embeddings:
+    raise cli.UserError("--benchmark measures the checks without the encoder; drop --embeddings")
+  for line in audit_bench.table(audit_bench.run(_seeds(args.seeds), cfg), cfg):
+    print(line)
+  return 0
 
 
 def _named(specs, project) -> list:
@@ -52,7 +89,7 @@ def _split_files(name: str, project) -> list:
   """[(set name, path)] of dataset/NAME: the folds' valid files, or train/valid/test."""
   from palijudge import files
   from palijudge.data import splits
-  folder = files.inside(name, project.dataset, "-d")
+  folder = project.split(name, "-d")
   if (folder / splits.MANIFEST).is_file():
     return [(va.parent.name, va) for _, va in splits.fold_paths(folder)]
   found = [(s, folder / f"{s}.{ext}") for s in ("train", "valid", "test") for ext in ("jsonl", "tsv")
@@ -64,7 +101,9 @@ def _split_files(name: str, project) -> list:
 
 def main(args, project):
   from palijudge import files, gallery
-  from palijudge.data import audit, examples
+  from palijudge.data import audit_report, examples
+  if args.benchmark:
+    return benchmark(args)
   named = (_split_files(args.split, project) if args.split else []) + _named(args.files, project)
   if args.show < 0:
     raise cli.UserError(f"--show {args.show}: expected 0 or more")
@@ -77,7 +116,7 @@ def main(args, project):
   files.check_writable(html, "--html page", [("a dataset", p) for _, p in named])
   root = cli.data_root(args, project)
   found = cli.run_audit(args, project, {n: examples.read_examples(p, root) for n, p in named})
-  for line in audit.report(found, limit=args.show):
+  for line in audit_report.report(found, limit=args.show):
     print(line)
   print(f"page: {files.shown(gallery.write_audit(html, found, 'Duplicate audit: ' + ', '.join(names)))}")
   bad = found.leaks or (args.strict and (found.groups or found.conflicts))

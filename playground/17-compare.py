@@ -15,7 +15,8 @@ label); two sides that hold different examples are refused. Per set: both
 Result blocks, the examples that flipped each way, an exact McNemar test on
 correctness, paired bootstrap intervals of B - A for precision, recall and
 ROC-AUC, and one sentence: which is better, or that no difference is
-detectable.
+detectable, and which comparisons are undefined (the precision of a model
+that never says yes).
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli

@@ -111,3 +111,61 @@ def test_lead_beyond_the_noise():
                                 np.asarray(pred, bool), [""] * 120, 0, 0.5)
   line = compare.lead("run 1", "run 2", res(labels), res([True] * 120), "precision")
   assert line.endswith("beyond the noise on 120 validation examples")
+
+
+def test_a_model_that_never_says_yes_makes_the_precision_comparison_undefined():
+  a = compare.Side(_rows([False] * 10))     # Never says yes: precision n/a in its block.
+  b = compare.Side(_rows(LABELS))           # Always right.
+  c = compare.compare("valid", a, b)
+  d = {x.metric: x for x in c.differences}
+  assert d["precision"].undefined == "A never says yes" and d["precision"].interval is None
+  assert d["recall"].detectable  # Recall is defined for both: 0 against 1.
+  text = compare.format_comparison(c)
+  assert "  precision: A n/a  B 1.0000  B - A undefined (A never says yes)\n" in text
+  sentence = compare.verdict(c)
+  assert "on precision" not in sentence
+  assert sentence.endswith("; precision cannot be compared (A never says yes).")
+  both = compare.verdict(compare.compare("valid", a, a))
+  assert both == ("No difference detectable on 10 examples; precision cannot be compared "
+                  "(A never says yes, B never says yes).")
+
+
+def test_resamples_where_precision_is_undefined_are_left_out():
+  y = np.array(LABELS)
+  pa = np.zeros(10, bool)
+  pa[0] = True                              # One yes: undefined in about a third of resamples.
+  pb = y.copy()
+  d = stats.paired_difference("precision", y, pa, pb, seed=3, resamples=400)
+  diffs = []
+  for w in stats.resample_weights(y, 3, 400):
+    ok = (w @ pa > 0) & (w @ pb > 0)
+    diffs += list((w @ (y & pb) / np.maximum(w @ pb, 1) - w @ (y & pa) / np.maximum(w @ pa, 1))[ok])
+  assert 200 < len(diffs) < 400
+  assert d.undefined is None and d.delta == 0.0  # 1/1 against 6/6.
+  lo, hi = np.percentile(diffs, [2.5, 97.5])
+  assert (d.interval.low, d.interval.high) == pytest.approx((lo, hi))
+
+
+def test_an_auc_lead_is_decided_by_the_auc_bootstrap_not_mcnemar():
+  labels = [True] * 30 + [False] * 30
+  from palijudge.data.examples import Example
+  ex = [Example(f"/d/{i}.png", y, "", "", "v", i + 1, f"{i}.png") for i, y in enumerate(labels)]
+  rng = np.random.default_rng(0)
+  score = np.where(labels, 0.6, 0.4) + rng.normal(0, 0.15, 60)
+  runner_p = np.clip(score + 0.5, 0, 1)     # Nearly always >= 0.5: says yes, wrong on every no.
+  best_p = np.clip(score + rng.normal(0, 0.02, 60), 0, 1)
+  res = lambda p: EvalResult(ex, p.astype(np.float32), p >= 0.5, [""] * 60, 0, 0.5)
+  runner, best = res(runner_p), res(best_p)
+  assert stats.mcnemar(runner.pred == np.array(labels), best.pred == np.array(labels)).pvalue < 0.01
+  line = compare.lead("run 2", "run 1", best, runner, "auc")
+  assert "McNemar p" not in line and "p = " not in line
+  assert "decided by a paired bootstrap of the ROC-AUC difference (2000 resamples; McNemar's " \
+         "test is about correctness at the threshold, not ROC-AUC): 95% interval [" in line
+  assert line.endswith("inside the noise; on 60 validation examples the two runs are "
+                       "indistinguishable by auc")
+  acc = compare.lead("run 2", "run 1", best, runner, "accuracy")
+  assert "decided by the exact McNemar test on the " in acc and "interval" not in acc
+  assert acc.endswith("beyond the noise on 60 validation examples")
+  tie = compare.lead("run 1", "run 2", best, best, "auc")
+  assert tie.startswith("run 1 and run 2 tie on valid auc (")
+  assert "run 1 is kept because it ran first: inside the noise" in tie

@@ -211,3 +211,22 @@ def test_folds_keep_each_group_in_one_fold(tmp_path, stratify):
   assert sizes.max() - sizes.min() <= 3  # Groups of up to 4 still leave the folds even.
   with pytest.raises(UserError, match="--folds 3 is more than the 2 groups"):
     splits.write_folds(_fake(2, 2), 3, 0, False, tmp_path / "x", groups=[0, 0, 1, 1])
+
+
+def test_templated_ads_edits_stay_with_their_original_and_lookalikes_are_free(tmp_path):
+  """The audit's groups on templated ads: every edited copy (flipped, cropped, recoloured, ...)
+  in its original's fold and side; ads on one template are not tied to each other."""
+  from palijudge.data import audit, examples, templated
+  truth = templated.make_benchmark(tmp_path / "ads", seed=6, templates=4, ads_per_template=3,
+                                   per_kind=1)
+  rows = examples.read_jsonl(truth.data)
+  groups = audit.find({"ads": rows}).group_ids()
+  folds = splits.assign_folds([e.label for e in rows], 3, seed=0, stratify=True, groups=groups)
+  train, valid = splits.split(rows, 6, seed=0, groups=groups)
+  side = {e.raw_image: s for s, part in (("train", train), ("valid", valid)) for e in part}
+  for i, r in enumerate(truth.rows):
+    if r.edit:
+      assert folds[i] == folds[r.ad] and side[r.image] == side[truth.rows[r.ad].image], r.edit
+  lookalikes = [(i, j) for i in range(12) for j in range(i + 1, 12) if truth.same_template(i, j)]
+  assert any(folds[i] != folds[j] for i, j in lookalikes)
+  assert len(set(groups.tolist())) == len(rows) - len(templated.EDITS)  # One group per edit.

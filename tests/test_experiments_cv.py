@@ -16,12 +16,14 @@ from palijudge.experiments import cv, tune
 
 
 def test_cv_score_and_summary():
-  assert cv.cv_score([0.5, 0.7, 0.9]) == (pytest.approx(0.7), pytest.approx(math.sqrt(0.08 / 3)))
+  assert cv.cv_score([0.5, 0.7, 0.9]) == (pytest.approx(0.7), pytest.approx(math.sqrt(0.08 / 2)))
+  assert cv.cv_score([0.5]) == (0.5, 0.0)
   with pytest.raises(UserError):
     cv.cv_score([0.5, float("nan")])
   folds = [{"f_measure": 0.8, "auc": 0.9, "precision": 1.0}, {"f_measure": 0.6, "auc": 0.7}]
   s = cv.summarize(folds, "f_measure")
-  assert (s.score, s.std, s.folds) == (pytest.approx(0.7), pytest.approx(0.1), [0.8, 0.6])
+  assert (s.score, s.std, s.folds) == (pytest.approx(0.7), pytest.approx(math.sqrt(0.02)),
+                                       [0.8, 0.6])
   assert set(s.means) == {"f_measure", "auc"} and "CV f_measure (2 folds): 0.7000" in s.format()
   with pytest.raises(UserError, match="missing or not finite in fold"):
     cv.summarize([{"auc": 0.5}], "f_measure")
@@ -53,7 +55,10 @@ def test_cv_spread_over_folds_has_min_max_and_a_t_interval():
   s = cv.summarize([{"accuracy": v} for v in values], "accuracy")
   lo, hi = scipy.stats.t.interval(0.95, 4, loc=np.mean(values), scale=scipy.stats.sem(values))
   assert (s.fold_min, s.fold_max) == (0.6, 0.9) and s.interval == pytest.approx((lo, hi))
-  assert s.std == pytest.approx(np.std(values))  # Population std, as before.
+  # The std printed beside the t interval is the one it is built from: sem = std / sqrt(n).
+  assert s.std == pytest.approx(np.std(values, ddof=1))
+  assert s.std / math.sqrt(len(values)) == pytest.approx(scipy.stats.sem(values))
+  assert s.stds["accuracy"] == s.std and f"0.7500 +- {s.std:.4f}" in s.format()
   assert (f"  spread: min 0.6000  max 0.9000  95% t-interval of the mean [{lo:.4f}, {hi:.4f}]"
           in s.format().splitlines())
   d = json.loads(json.dumps(s.to_dict()))

@@ -83,4 +83,19 @@ def test_audit_page_shows_each_group_leaks_first(tiny_examples, tmp_path):
   leak = _section(page, "Group 2")
   assert leak.count("data:image/jpeg;base64,") == 2 and "copy.png" in leak
   assert "#1 train: " in leak and "#2 valid: " in leak and "#1-#2 sha256" in leak
-  assert "5 images; 2 group(s) holding 4: 1 across sets" in page
+  assert "5 images; 2 group(s) of duplicates holding 4: 1 across sets" in page
+  assert "0 possible duplicate pair(s)" in page and "Possible duplicate" not in page
+
+
+def test_audit_page_shows_possible_duplicates_with_the_lines_that_decide_them(tmp_path):
+  from palijudge.data import audit, examples, templated
+  truth = templated.make_benchmark(tmp_path, seed=0, templates=1, ads_per_template=2,
+                                   per_kind=0)
+  a, b = examples.read_jsonl(truth.data)
+  found = audit.find({"train": [a], "valid": [b]}, audit.AuditConfig(possible=1.0))
+  assert len(found.possible) == 1  # Two ads on one template: at most possible.
+  page = gallery.render_audit(found, "Duplicate audit")
+  assert "<h2>Possible duplicate 1: across train/valid</h2>" in page
+  assert (f"<pre>confirm\t{a.raw_image}\t{b.raw_image}\ndismiss\t{a.raw_image}\t"
+          f"{b.raw_image}</pre>") in page
+  assert _section(page, "Possible duplicate 1").count("data:image/jpeg;base64,") == 2

@@ -39,6 +39,30 @@ def test_prediction_file_round_trip_and_missing_columns(tmp_path):
     predictions.read(bad)
 
 
+def test_p_yes_is_stored_exactly_so_file_metrics_equal_the_printed_ones(tmp_path):
+  """Scores closer than 1e-6 (a confident model's float32 p(yes)) must not become ties."""
+  import numpy as np
+  from palijudge import metrics
+  rng = np.random.default_rng(0)
+  p = (np.float32(0.999) + rng.integers(0, 400, 200).astype(np.float32) * np.float32(6e-8))
+  p = np.concatenate([p, rng.random(40).astype(np.float32)]).astype(np.float32)
+  labels = rng.random(len(p)) < 0.6
+  rows = [predictions.PredRow(str(i), f"img/{i}.png", bool(y), float(q), bool(q >= 0.5))
+          for i, (y, q) in enumerate(zip(labels, p))]
+  printed = metrics.ScoreMetrics.compute(labels.tolist(), p.tolist())
+  for ext in ("tsv", "jsonl"):
+    path = tmp_path / f"p.{ext}"
+    predictions.write(str(path), rows)
+    back = predictions.read(path)
+    _, recomputed = predictions.aggregate(back)
+    assert recomputed.roc_auc == printed.roc_auc and recomputed.pr_auc == printed.pr_auc
+    assert [r.p_yes for r in back] == [float(q) for q in p]  # Bit for bit.
+    assert predictions.format_rows(back, "x") == predictions.format_rows(rows, "x")
+  old = tmp_path / "old.tsv"  # A file written before: 6 decimals. It still reads.
+  old.write_text("id\timage\tlabel\tp_yes\tpred\tprefix\n1\ta.png\tyes\t0.999000\tyes\t\n")
+  assert [r.p_yes for r in predictions.read(old)] == [0.999]
+
+
 def _row(i, label, pred):
   return predictions.PredRow(str(i), f"img/{i}.png", label, 0.5, pred)
 

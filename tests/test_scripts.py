@@ -279,6 +279,21 @@ def test_validate_uses_the_checkpoint_threshold(script, eval_project):
   assert "  threshold: 0.5\n" in out
 
 
+def _assert_no_difference(out: str) -> None:
+  """The verdict of two models one flip apart at most: nothing detectable, and a metric that
+  one of them leaves undefined (the tiny model may never say yes) said to be so."""
+  verdict = out.rstrip("\n").splitlines()[-1]
+  assert verdict.startswith("No difference detectable on 16 examples")
+  never = [side for side in "AB" if re.search(
+      rf"Result: [^\n]* \({side}\)\n  Tp=0 Tn=\d+ Fp=0 ", out)]
+  if never:
+    assert verdict.endswith(f"; precision cannot be compared ("
+                            f"{', '.join(f'{x} never says yes' for x in never)}).")
+    assert "B - A undefined (" in out
+  else:
+    assert verdict == "No difference detectable on 16 examples."
+
+
 def test_compare_two_models_on_the_same_examples(script, eval_project):
   """17-compare.py: checkpoints or prediction files, the flips, McNemar, and the verdict."""
   import shutil
@@ -291,7 +306,7 @@ def test_compare_two_models_on_the_same_examples(script, eval_project):
   assert code == 0, err
   assert "Result: dataset/data.jsonl (A)\n  Tp=" in out and "Result: dataset/data.jsonl (B)" in out
   assert "Disagreements: 0 of 16 examples\n" in out and "p = 1.0000" in out
-  assert out.endswith("No difference detectable on 16 examples.\n")
+  _assert_no_difference(out)
   # Prediction files: B judges one `no` image yes; both are read back and matched by image.
   code, _, err = script("04-validate.py", "-m", "same1.npz", "dataset/data.jsonl",
                         "--scores", "pa.tsv")
@@ -307,7 +322,7 @@ def test_compare_two_models_on_the_same_examples(script, eval_project):
   side = "A right, B wrong: 1" if cells[4] == "no" else "B right, A wrong: 1"
   assert "Disagreements: 1 of 16 examples" in out and side in out
   assert f"    {cells[1]} (no): A {cells[4]}" in out
-  assert out.endswith("No difference detectable on 16 examples.\n")
+  _assert_no_difference(out)
   (eval_project / "pc.tsv").write_text("\n".join(rows[:-1]) + "\n")  # One row short.
   one_line_error(script("17-compare.py", "-a", "pa.tsv", "-b", "pc.tsv"),
                  "all rows: A and B were not judged on the same examples (1 only in A")
@@ -479,6 +494,48 @@ def test_learn_phases_and_export(project, tmp_path):
   assert_one_line_error(bad, "data.jsonl")
 
 
+def test_decisions_are_read_by_the_split_and_the_audit(dup_project):
+  """A confirmed pair stays on one side of a split and is a leak across sets; a bad line
+  stops both scripts with one line."""
+  rows = (dup_project / "dataset/data.jsonl").read_text().splitlines()
+  a, b = (json.loads(r)["image"] for r in rows[:2])  # Two different ads.
+  decided = dup_project / "dataset" / "audit-decisions.tsv"
+  decided.write_text(f"# my decisions\nconfirm\t{a}\t{b}\n")
+  try:
+    out = run("02-shuffle_data.py", "-v", "20", "-n", "decided", "--seed", "3",
+              cwd=dup_project).stdout
+    assert "duplicates: 6 group(s) of 12 images kept together (found by sha256 1, pixels 4, " \
+           "confirmed 1)" in out
+    sides = _sides(dup_project, "decided")
+    assert sides[a] == sides[b]
+    _write(dup_project / "dataset/pair/train.jsonl", rows[:1])
+    _write(dup_project / "dataset/pair/valid.jsonl", rows[1:2])
+    leak = run("12-audit.py", "-d", "pair", cwd=dup_project, check=False)
+    assert leak.returncode == 1 and "leak across train/valid, found by confirmed" in leak.stdout
+    other = dup_project / "other.tsv"
+    other.write_text(f"dismiss\t{a}\t{b}\n")  # --decisions names another file.
+    assert run("12-audit.py", "-d", "pair", "--decisions", "other.tsv",
+               cwd=dup_project).returncode == 0
+    decided.write_text(f"keep\t{a}\t{b}\n")
+    for script in (("02-shuffle_data.py", "-v", "20", "-n", "decided"),
+                   ("12-audit.py", "-d", "pair")):
+      assert_one_line_error(run(*script, cwd=dup_project, check=False), "audit-decisions.tsv:1")
+  finally:
+    decided.unlink()
+
+
+def test_audit_benchmark_prints_before_and_after(project):
+  out = run("12-audit.py", "--benchmark", "--seeds", "0", cwd=project).stdout.splitlines()
+  assert out[0] == "templated ads, seeds 0: 87 images (1 x 87)"
+  assert "| pairs | planted | before: found | after: duplicate | after: possible " \
+         "| after: missed |" in out
+  assert "| edit: flip | 3 | 0 | 3 | 0 | 0 |" in out  # The former audit missed every flip.
+  assert sum(l.startswith("| edit: ") and l.endswith(" | 0 |") for l in out) == 9  # None missed.
+  assert all(" | 0 false | " in l for l in out if l.startswith("| look-alike: "))
+  bad = run("12-audit.py", "--benchmark", "--seeds", "x", cwd=project, check=False)
+  assert_one_line_error(bad, "--seeds 'x'")
+
+
 def test_scripts_run_from_playground_with_project_paths(project):
   """As the original scripts were run: from playground/, paths as from the project root."""
   proc = subprocess.run([sys.executable, str(PLAY / "04-validate.py"), "--project", str(project),
@@ -507,7 +564,7 @@ def test_shuffle_keeps_duplicates_on_one_side(dup_project):
   out = run("02-shuffle_data.py", "-v", "10", "-n", "set1", "--seed", "0", "--stratify",
             cwd=dup_project).stdout
   assert "duplicates: 5 group(s) of 10 images kept together (found by sha256 1, " \
-         "phash 4)" in out
+         "pixels 4)" in out
   sides = _sides(dup_project, "set1")
   for image, side in sides.items():
     if "-dup-of-" in image:
@@ -517,7 +574,7 @@ def test_shuffle_keeps_duplicates_on_one_side(dup_project):
             cwd=dup_project).stdout
   assert "kept together" in out
   proc = run("12-audit.py", "-d", "cv3", cwd=dup_project)
-  assert "checked by sha256, phash (<= 10 bits)" in proc.stdout
+  assert "checked by sha256, pixels (pHash <= 16 bits, then duplicate: structure <= " in proc.stdout
   assert "0 leak(s) across sets, 5 within a set" in proc.stdout
 
 
@@ -528,7 +585,7 @@ def test_audit_catches_a_planted_leak(dup_project):
   _write(dup_project / "dataset/leak/valid.jsonl", [resized])
   proc = run("12-audit.py", "-d", "leak", "--html", "leak.html", cwd=dup_project, check=False)
   assert proc.returncode == 1, proc.stderr
-  assert re.search(r"group \d: 2 images, leak across train/valid, found by phash\n", proc.stdout)
+  assert re.search(r"group \d: 2 images, leak across train/valid, found by pixels\n", proc.stdout)
   assert "1 leak(s) across sets, 4 within a set, 0 label conflict(s)" in proc.stdout
   assert "page: leak.html" in proc.stdout and "-resized." in (dup_project / "leak.html").read_text()
   clean = run("12-audit.py", "clean=dataset/leak/train.jsonl", cwd=dup_project)  # Within one set.
@@ -637,3 +694,19 @@ def test_two_runs_with_one_name_at_once(project):
                  f" is writing this checkpoint; wait for it to end, or choose another name")
   seed = checkpoint.read_meta(project / "checkpoints/twice.npz")["train_config"]["seed"]
   assert seed == won + 1
+
+
+def test_a_split_name_is_one_folder_whatever_the_root(tmp_project):
+  """02 -n NAME, 03 -d NAME and 12 -d NAME with --root DIR: the split is dataset/NAME for all
+  three; DIR only says where the images are (it may be read-only)."""
+  ads = tmp_project.root / "ads"
+  synthetic.make_dataset(ads, n=12, seed=4)
+  root = ["--root", "ads"]
+  run_script("02-shuffle_data.py", "--data", "ads/data.jsonl", *root, "-v", "4", "-n", "adsplit",
+             "--seed", "0", project=tmp_project)
+  assert (tmp_project.dataset / "adsplit" / "valid.jsonl").is_file() and not (ads / "adsplit").exists()
+  audit = run_script("12-audit.py", "-d", "adsplit", *root, project=tmp_project)
+  assert "audit: 12 images (train 8, valid 4)" in audit.stdout
+  learn = run_script("03-do_learn.py", "-d", "adsplit", *root, "--model", "tiny", "--steps", "1",
+                     "--experiments", "exp", project=tmp_project)
+  assert "Result: dataset/adsplit/valid.jsonl" in learn.stdout

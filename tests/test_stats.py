@@ -120,7 +120,9 @@ def test_spread_is_numpy_and_a_student_t_interval():
   values = [0.7, 0.8, 0.75, 0.9, 0.6]
   s = stats.spread(values)
   lo, hi = scipy.stats.t.interval(0.95, 4, loc=np.mean(values), scale=scipy.stats.sem(values))
-  assert (s.n, s.mean, s.std) == (5, pytest.approx(0.75), pytest.approx(np.std(values)))
+  assert (s.n, s.mean, s.std) == (5, pytest.approx(0.75), pytest.approx(np.std(values, ddof=1)))
+  assert s.std / np.sqrt(5) == pytest.approx(scipy.stats.sem(values))  # What the t interval uses.
+  assert stats.spread([0.5]).std == 0.0
   assert (s.low, s.high) == (0.6, 0.9) and s.interval.to_list() == pytest.approx([lo, hi])
   assert stats.spread([0.5]).interval is None
   assert stats.spread([0.9, 0.9]).interval.to_list() == [0.9, 0.9]

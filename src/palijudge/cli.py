@@ -386,13 +386,19 @@ def add_audit_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run_audit(args: argparse.Namespace, project: Project, sets: dict):
-  """data.audit.find over {NAME: examples} with the flags' config; loads the model for --embeddings."""
-  from palijudge.data import audit
+  """data.audit.find over {NAME: examples} with the flags' config and the decisions file
+  (--decisions, else dataset/audit-decisions.tsv when it exists); loads the model for
+  --embeddings."""
+  from palijudge.data import audit, decisions
   acfg = options.build(audit.AuditConfig, args)
+  path = (project.find(acfg.decisions) if acfg.decisions else
+          str(project.dataset / decisions.FILE_NAME))
+  decided = (decisions.read(path, data_root(args, project))
+             if acfg.decisions or os.path.isfile(path) else decisions.NONE)
   embed = None
   if acfg.embeddings:
     from palijudge import train
     lm = load_model(args, project)
     features = train.encoder_cache(lm, "first")  # Frozen encoder: cached on disk.
     embed = lambda exs: features.pooled(exs, lm.cfg.image_size)  # noqa: E731
-  return audit.find(sets, acfg, embed)
+  return audit.find(sets, acfg, embed, decided, path)

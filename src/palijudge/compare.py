@@ -5,7 +5,8 @@ rather than block against block: which examples flipped (right under one
 model, wrong under the other), an exact McNemar test on those flips, and
 paired bootstrap intervals of B - A for precision, recall and ROC-AUC
 (`stats`). A difference counts when its interval excludes 0 (McNemar: p <=
-0.05); the report ends in one plain sentence saying which, if any.
+0.05); the report ends in one plain sentence saying which, if any, and which
+comparisons are undefined (precision of a model that never says yes).
 
 Examples are matched by identity: (image as written in the dataset, label);
 an image listed twice pairs its k-th occurrences.
@@ -146,7 +147,7 @@ def compare(name: str, a: Side, b: Side, seed: int = stats.SEED,
 
 def verdict(c: Comparison) -> str:
   """The one plain sentence the comparison ends with."""
-  parts = []
+  parts, notes = [], []
   m = c.mcnemar
   if m.pvalue <= ALPHA:
     win, lose = ("B", "A") if m.only_b > m.only_a else ("A", "B")
@@ -154,6 +155,8 @@ def verdict(c: Comparison) -> str:
                  f"{min(m.only_a, m.only_b)} of the examples only one gets right (exact McNemar "
                  f"p = {m.pvalue:.3f})")
   for d in c.differences:
+    if d.undefined:
+      notes.append(f"{NAMES[d.metric]} cannot be compared ({d.undefined})")
     if not d.detectable:
       continue
     b_wins = d.interval.low > 0
@@ -163,8 +166,8 @@ def verdict(c: Comparison) -> str:
     parts.append(f"{win} is better than {lose} on {NAMES[d.metric]}: {lead:+.2f}, "
                  f"{stats.CONFIDENCE:.0%} interval {iv.text(2, signed=True)}")
   if not parts:
-    return f"No difference detectable on {c.n} examples."
-  return "; ".join(parts) + "."
+    parts = [f"No difference detectable on {c.n} examples"]
+  return "; ".join(parts + notes) + "."
 
 
 def _flips(c: Comparison, right: str, max_list: int) -> list[str]:
@@ -195,8 +198,9 @@ def format_comparison(c: Comparison, max_list: int = 20) -> str:
             (f"Paired bootstrap of B - A ({c.resamples} resamples of the examples, seed "
              f"{c.seed}; ROC-AUC within each label):")]
   for d in c.differences:
-    if d.a is None or d.b is None:
-      lines.append(f"  {NAMES[d.metric] + ':':11s}n/a")
+    if d.undefined:
+      a, b = (("n/a" if v is None else f"{v:.4f}") for v in (d.a, d.b))
+      lines.append(f"  {NAMES[d.metric] + ':':11s}A {a}  B {b}  B - A undefined ({d.undefined})")
       continue
     lines.append(f"  {NAMES[d.metric] + ':':11s}A {d.a:.4f}  B {d.b:.4f}  B - A {d.delta:+.4f}  "
                  f"{stats.percent()} interval {d.interval.text(4, signed=True)}")
@@ -226,16 +230,36 @@ def lottery(names: Sequence[str], scores: Sequence[float], results: Sequence[Eva
 
 def lead(best_name: str, runner_name: str, best: EvalResult, runner: EvalResult, metric: str,
          seed: int = stats.SEED, resamples: int = stats.RESAMPLES) -> str:
-  """Whether `best`'s lead over `runner` (same examples) is beyond the noise, in one line."""
+  """Whether `best`'s lead over `runner` (same examples) is beyond the noise, in one line.
+
+  One test decides, named in the line, and only its number is printed: the exact
+  McNemar test for accuracy (correctness at the threshold is what it tests), a
+  paired bootstrap of the difference for the others (McNemar says nothing about
+  precision, recall, F1 or ROC-AUC, which the threshold does not even enter).
+  Equal scores are a tie, which run order breaks.
+  """
   y = best.labels
   d = stats.paired_difference(metric, y, runner.pred, best.pred, runner.p_yes, best.p_yes,
-                              seed, resamples)
-  m = stats.mcnemar(runner.pred == y, best.pred == y)
-  delta = "n/a" if d.delta is None else f"{d.delta:+.4f}"
-  iv = "n/a" if d.interval is None else d.interval.text(4, signed=True)
-  head = (f"lead of {best_name} over {runner_name}: {delta} valid {metric} (paired bootstrap "
-          f"{stats.percent()} interval {iv}; exact McNemar p = {m.pvalue:.3f})")
-  if not d.detectable or m.pvalue > ALPHA:
-    return (f"{head}: inside the noise; on {len(y)} validation examples the two runs are "
-            f"indistinguishable by {metric}")
-  return f"{head}: beyond the noise on {len(y)} validation examples"
+                              seed, resamples, (runner_name, best_name))
+  same = (f": inside the noise; on {len(y)} validation examples the two runs are "
+          f"indistinguishable by {metric}")
+  if d.undefined:
+    return (f"lead of {best_name} over {runner_name}: undefined valid {metric} "
+            f"({d.undefined}); the runs cannot be told apart by {metric}")
+  if d.delta == 0:
+    return (f"{best_name} and {runner_name} tie on valid {metric} ({d.b:.4f}); {best_name} "
+            f"is kept because it ran first{same}")
+  head = f"lead of {best_name} over {runner_name}: {d.delta:+.4f} valid {metric}"
+  if metric == "accuracy":
+    m = stats.mcnemar(runner.pred == y, best.pred == y)
+    test = (f"decided by the exact McNemar test on the {m.only_a + m.only_b} examples only "
+            f"one run gets right ({m.only_b} against {m.only_a}): p = {m.pvalue:.3f}")
+    beyond = m.pvalue <= ALPHA
+  else:
+    test = (f"decided by a paired bootstrap of the {NAMES[metric]} difference ({resamples} "
+            f"resamples; McNemar's test is about correctness at the threshold, not "
+            f"{NAMES[metric]}): {stats.percent()} interval {d.interval.text(4, signed=True)}")
+    beyond = d.detectable
+  if not beyond:
+    return f"{head}, {test}{same}"
+  return f"{head}, {test}: beyond the noise on {len(y)} validation examples"

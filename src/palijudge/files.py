@@ -92,6 +92,13 @@ class Project:
   def experiments(self) -> Path:
     return self.root / "experiments"
 
+  def split(self, name: str, flag: str = "-d") -> Path:
+    """A split's folder, for every script: NAME under dataset/, where `02-shuffle_data.py -n
+    NAME` writes it (train/valid/test files or folds). `--root` never moves it: that flag only
+    says where the image paths in the files resolve (a read-only folder of images will do).
+    The dataset folder itself (`.`) is no split."""
+    return inside(name, self.dataset, flag, below=True)
+
   def find(self, path: str | os.PathLike) -> str:
     """A user-given relative path: as given if it exists from the cwd, else under the root.
 

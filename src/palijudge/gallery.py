@@ -104,7 +104,7 @@ def _audit_figure(audit, i: int, k: int) -> str:
 
 
 def _audit_group(audit, n: int, group) -> str:
-  from palijudge.data.audit import describe  # Here: imagehash/scipy only load for an audit.
+  from palijudge.data.audit_report import describe  # Here: imagehash/scipy load for an audit.
   kind = f"leak across {'/'.join(group.sets)}" if group.leak else f"within {group.sets[0]}"
   pos = {i: k for k, i in enumerate(group.members, 1)}
   pairs = "; ".join(f"#{pos[p.a]}-#{pos[p.b]} {describe(p)}" for p in audit.pairs_of(group))
@@ -113,16 +113,33 @@ def _audit_group(audit, n: int, group) -> str:
   return head + "".join(_audit_figure(audit, i, k) for i, k in pos.items())
 
 
+def _audit_possible(audit, n: int, pair) -> str:
+  from palijudge.data.audit_report import describe, suggestion
+  a, b = audit.items[pair.a].set, audit.items[pair.b].set
+  kind = f"across {a}/{b}" if audit.across(pair) else f"within {a}"
+  lines = "\n".join(html.escape(line) for line in suggestion(audit, pair))
+  head = (f"<h2>Possible duplicate {n}: {html.escape(kind)}</h2><p>{html.escape(describe(pair))}"
+          f"<br>to decide, add one of these lines to "
+          f"{html.escape(files.shown(audit.decisions_file))}:</p><pre>{lines}</pre>")
+  return head + "".join(_audit_figure(audit, i, k) for k, i in enumerate((pair.a, pair.b), 1))
+
+
 def render_audit(audit, title: str) -> str:
-  """The page for one `data.audit.Audit`: each group's thumbnails, leaks first."""
+  """The page for one `data.audit.Audit`: each group's thumbnails (leaks first), then each
+  possible duplicate's (across sets first) with the lines that decide it."""
   order = sorted(range(len(audit.groups)), key=lambda n: not audit.groups[n].leak)
+  maybe = audit.possible
+  shown = sorted(range(len(maybe)), key=lambda n: not audit.across(maybe[n]))
   n_in = sum(len(g.members) for g in audit.groups)
   head = (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
           f"<style>{_CSS}</style><h1>{html.escape(title)}</h1>"
-          f"<p>{len(audit.items)} images; {len(audit.groups)} group(s) holding {n_in}: "
-          f"{len(audit.leaks)} across sets, {len(audit.conflicts)} with both labels; "
-          f"checked by {', '.join(audit.config.methods)}</p>")
-  return head + "\n".join(_audit_group(audit, n + 1, audit.groups[n]) for n in order) + "\n"
+          f"<p>{len(audit.items)} images; {len(audit.groups)} group(s) of duplicates holding "
+          f"{n_in}: {len(audit.leaks)} across sets, {len(audit.conflicts)} with both labels; "
+          f"{len(maybe)} possible duplicate pair(s); checked by "
+          f"{', '.join(audit.config.methods)}</p>")
+  body = ([_audit_group(audit, n + 1, audit.groups[n]) for n in order]
+          + [_audit_possible(audit, n + 1, maybe[n]) for n in shown])
+  return head + "\n".join(body) + "\n"
 
 
 def write_audit(path: str, audit, title: str) -> str:

@@ -8,8 +8,10 @@ TSV: a header line, then `id image label p_yes pred prefix [answer]`, tab
 separated. JSONL: one object per line with the same keys. `id` is the row's
 id column / key in the dataset, else its line number; `image` the path as
 written in the dataset (so a filtered file resolves against the same root);
-`label` and `pred` are yes/no; `p_yes` has 6 decimals; `answer` (decode mode)
-the generated text. Readers need `label` and `pred` (or `p_yes` and a
+`label` and `pred` are yes/no; `p_yes` is written exactly (`repr` of the
+float: every float32 score reads back as the same number, so a metric recomputed
+from the file equals the one printed; files with fewer digits still read);
+`answer` (decode mode) the generated text. Readers need `label` and `pred` (or `p_yes` and a
 threshold); other columns are optional, unknown ones ignored.
 """
 
@@ -94,13 +96,13 @@ def header(fmt: str, with_answer: bool = False) -> list[str]:
 
 def format_row(row: PredRow, fmt: str, with_answer: bool = False) -> str:
   yn = lambda b: "yes" if b else "no"
-  p = "" if row.p_yes is None else f"{row.p_yes:.6f}"
+  p = "" if row.p_yes is None else repr(float(row.p_yes))  # Exact: no ties made by rounding.
   values = [row.id, row.image, yn(row.label), p, yn(row.pred), row.prefix]
   if fmt == "tsv":  # A generated answer's tabs and line breaks become spaces.
     answer = row.answer.replace("\t", " ").replace("\r", " ").replace("\n", " ")
     return tsv.format_line(values + ([answer] if with_answer else []))
   obj = dict(zip(COLUMNS, values))
-  obj["p_yes"] = None if row.p_yes is None else round(row.p_yes, 6)
+  obj["p_yes"] = None if row.p_yes is None else float(row.p_yes)
   if with_answer:
     obj["answer"] = row.answer
   return json.dumps(obj, ensure_ascii=False) + "\n"

@@ -16,8 +16,12 @@
 - Several runs or folds: mean, standard deviation, min-max and a Student t
   interval of the mean (scipy).
 
-Undefined ratios count as 0.0 inside a resample, as the Result block prints
-them (precision with no predicted yes).
+Undefined ratios count as 0.0 inside a one-model resample, as the Result
+block prints them (precision with no predicted yes). A paired comparison does
+not: a metric undefined on the whole set for either model (precision of a
+model that never says yes, recall without a yes example) makes the comparison
+undefined (`Difference.undefined` says why), and the resamples where either is
+undefined are left out of its interval.
 """
 
 from __future__ import annotations
@@ -160,6 +164,34 @@ def value(metric: str, labels, pred, p_yes=None) -> float | None:
   return float(statistic(metric, np.ones((1, len(y))), y, np.asarray(pred, bool), p)[0])
 
 
+_SET_REASONS = ("no examples", "no yes example", "one class only")  # About the set, not a model.
+
+
+def undefined(metric: str, labels, pred, p_yes=None) -> str | None:
+  """Why `metric` has no value for this model on this set (a 0/0 ratio), or None."""
+  y, yhat = np.asarray(labels, bool), np.asarray(pred, bool)
+  if len(y) == 0:
+    return "no examples"
+  if metric == "precision" and not yhat.any():
+    return "never says yes"
+  if metric == "recall" and not y.any():
+    return "no yes example"
+  if metric == "auc" and p_yes is None:
+    return "has no p(yes)"
+  if metric == "auc" and not _defined(metric, y):
+    return "one class only"
+  return None
+
+
+def _ratios_defined(metric: str, w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """(b,) bool: the resamples where `metric`'s ratio has a denominator."""
+  if metric == "precision":
+    return w @ pred > 0
+  if metric == "recall":
+    return w @ y > 0
+  return np.ones(len(w), bool)
+
+
 def interval(metric: str, labels, pred, p_yes=None, seed: int = SEED,
              resamples: int = RESAMPLES) -> Interval | None:
   """Wilson for accuracy, precision and recall; the bootstrap for F1 and AUC."""
@@ -223,6 +255,7 @@ class Difference:
   a: float | None
   b: float | None
   interval: Interval | None   # None where the metric is undefined.
+  undefined: str | None = None  # Why the comparison is undefined, e.g. "A never says yes".
 
   @property
   def delta(self) -> float | None:
@@ -235,17 +268,28 @@ class Difference:
 
 
 def paired_difference(metric: str, labels, pred_a, pred_b, p_a=None, p_b=None,
-                      seed: int = SEED, resamples: int = RESAMPLES) -> Difference:
-  """B - A on `metric`, both judged on the same resamples of the examples."""
+                      seed: int = SEED, resamples: int = RESAMPLES,
+                      names: tuple[str, str] = ("A", "B")) -> Difference:
+  """B - A on `metric`, both judged on the same resamples of the examples (`names` name them
+  where the comparison is undefined)."""
   y = np.asarray(labels, bool)
   ya, yb = np.asarray(pred_a, bool), np.asarray(pred_b, bool)
   pa = None if p_a is None else np.asarray(p_a, np.float64)
   pb = None if p_b is None else np.asarray(p_b, np.float64)
-  a, b = value(metric, y, ya, pa), value(metric, y, yb, pb)
-  if a is None or b is None:
-    return Difference(metric, a, b, None)
-  diffs = np.concatenate([statistic(metric, w, y, yb, pb) - statistic(metric, w, y, ya, pa)
-                          for w in resample_weights(y, seed, resamples, metric == "auc")])
+  why = (undefined(metric, y, ya, pa), undefined(metric, y, yb, pb))
+  a = None if why[0] else value(metric, y, ya, pa)
+  b = None if why[1] else value(metric, y, yb, pb)
+  if any(why):
+    text = (why[0] if why[0] == why[1] and why[0] in _SET_REASONS else
+            ", ".join(f"{name} {reason}" for name, reason in zip(names, why) if reason))
+    return Difference(metric, a, b, None, text)
+  diffs = []
+  for w in resample_weights(y, seed, resamples, metric == "auc"):
+    keep = _ratios_defined(metric, w, y, ya) & _ratios_defined(metric, w, y, yb)
+    diffs.append((statistic(metric, w, y, yb, pb) - statistic(metric, w, y, ya, pa))[keep])
+  diffs = np.concatenate(diffs)
+  if not diffs.size:
+    return Difference(metric, a, b, None, "undefined in every resample")
   return Difference(metric, a, b, _percentiles(diffs))
 
 
@@ -256,10 +300,9 @@ def paired_difference(metric: str, labels, pred_a, pred_b, p_a=None, p_b=None,
 class Spread:
   """Values of one metric over runs or folds.
 
-  std is the population standard deviation (ddof=0, as the CV score has
-  always printed it); the interval of the mean is Student's t with the
-  sample standard deviation (ddof=1), clipped to [0, 1] (metrics are
-  proportions); None with one value.
+  std is the sample standard deviation (ddof=1, 0.0 for one value), the one
+  the interval of the mean is built from: Student's t, clipped to [0, 1]
+  (metrics are proportions); None with one value.
   """
   n: int
   mean: float
@@ -274,6 +317,12 @@ class Spread:
             f"  max {self.high:.{digits}f}  {percent()} t-interval of the mean {iv}")
 
 
+def sample_std(values) -> float:
+  """Standard deviation with ddof=1 (what a t interval uses); 0.0 for a single value."""
+  v = np.asarray(values, np.float64)
+  return float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
 def spread(values: Sequence[float]) -> Spread:
   from scipy import stats as st
   v = np.asarray([float(x) for x in values], np.float64)
@@ -286,4 +335,4 @@ def spread(values: Sequence[float]) -> Spread:
     lo, hi = (mean, mean) if sem == 0 else st.t.interval(CONFIDENCE, v.size - 1, loc=mean,
                                                           scale=sem)
     iv = Interval(max(0.0, float(lo)), min(1.0, float(hi)))
-  return Spread(int(v.size), mean, float(v.std()), float(v.min()), float(v.max()), iv)
+  return Spread(int(v.size), mean, sample_std(v), float(v.min()), float(v.max()), iv)

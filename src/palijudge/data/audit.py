@@ -1,26 +1,34 @@
-"""Leakage audit: the same image (or nearly) in two places.
+"""Duplicates and leaks: the same ad within and across sets, sure or possible.
 
-Web ads repeat: one creative at several sizes, re-encoded, cropped. An image in
-both train and valid inflates every validation number. `find` looks for such
-images within and across named sets (train, valid, test, extra, ...) by up to
-three methods, cheapest first:
+Web ads repeat: one creative resized, re-encoded, cropped, mirrored, brightened
+or recoloured. An image in both train and valid inflates every validation
+number. Ads also share templates: another product and another text on the same
+layout and palette, which is another example and must not be taken for a copy.
+`find` looks within and across named sets (train, valid, test, extra, ...):
 
-  sha256     the same file content (`files.sha256`): a copy, or the same row twice.
-  phash      the same picture after resizing, re-encoding or a small crop: the
-             perceptual hash pHash and the gradient hash dHash (64 bits each, the
-             `imagehash` library) both differ in at most `hash_bits` bits. Nearly
-             flat images (grey standard deviation below 4 levels) carry no
-             pattern to hash and are left to the other methods.
-  embedding  the frozen vision encoder sees the same thing: cosine similarity of
-             pooled image embeddings (`FeatureCache.pooled`, given to `find` as a
-             function) at least `cosine`.
+  sha256     the same file content (`files.sha256`): a duplicate.
+  pixels     pairs whose pHash (of the image, its mirror and their centres)
+             differ in at most `hash_bits` bits get a close look
+             (`likeness.compare`: aligned for a mirror and a crop, then the
+             worst block's structure and colour): structure <= `duplicate`
+             and colour <= `COLOUR` is a duplicate, structure <= `possible` a
+             possible duplicate.
+  embedding  (`embeddings`) cosine similarity of the frozen vision encoder's
+             pooled image embeddings at least `cosine`: the pair gets the close
+             look too, and is at least a possible duplicate.
+  decisions  the user's file (`decisions`): confirm makes a pair a duplicate,
+             dismiss drops it (identical files stay duplicates).
 
-Every match is a `Pair` (which method, how close); the groups are the connected
-components of the graph of pairs (scipy), so A~B and B~C put A, B, C together. A
-group spanning two sets is a leak; one holding both labels is a label conflict.
+Duplicates join into groups (the connected components of their pairs, scipy):
+a group spanning two sets is a leak, one holding both labels a label conflict;
 `Audit.group_ids` gives the splits (`splits.split`, `splits.write_folds`) one id
-per example to keep each group on one side. Animated images are compared by
-their first frame. No jax here: the embeddings come from the caller.
+per example to keep each group on one side. Possible duplicates are listed pair
+by pair for a person to decide; they neither join groups nor fail. The default
+thresholds are calibrated on templated ads with planted edits (`audit_bench`,
+`12-audit.py --benchmark`); `audit_report` writes the audit as text. Each
+distinct image keeps a 128 px thumbnail while the audit runs (48 KB: half a
+gigabyte for 10,000 images). Animated images are compared by their first
+frame. No jax here: the embeddings come from the caller.
 """
 
 from __future__ import annotations
@@ -30,43 +38,56 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping, Sequence
 
-import imagehash
 import numpy as np
-from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from palijudge import files, progress
-from palijudge.data import images
+from palijudge.data import decisions as decisions_lib
+from palijudge.data import images, likeness
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
 from palijudge.options import option
 
-METHODS = ("sha256", "phash", "embedding")
-HASH_BITS = 64  # Per hash: imagehash's default 8x8.
-_FLAT_STD = 4.0  # Grey levels (0-255) over a 32x32 thumbnail; below it the hashes are noise.
-_BLOCK_CELLS = 1 << 23  # Pairs scored at once (32 MiB of float32 per temporary).
+METHODS = ("sha256", "pixels", "embedding", "confirmed")
+DUPLICATE, POSSIBLE = "duplicate", "possible"
+COLOUR = 0.10  # Worst block's error after one global colour map; above it never sure.
+_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class AuditConfig:
-  """How near counts as a duplicate (the audit's flags)."""
-  hash_bits: int = option(10, "perceptual near-duplicates: pHash and dHash (64 bits each) both "
-                              "differ in at most this many bits; -1 turns the check off",
-                          metavar="BITS")
+  """What counts as a duplicate or a possible one (the audit's flags)."""
+  hash_bits: int = option(16, "pairs whose pHash (of the image, its mirror and their centres) "
+                              "differ in at most this many bits get the close look; -1: only "
+                              "identical files", metavar="BITS")
+  duplicate: float = option(0.20, "close look: a pair whose worst block differs in structure by "
+                                  "at most this (0-1; and colour at most 0.10) is a duplicate",
+                            metavar="S")
+  possible: float = option(0.35, "close look: up to this structure difference a pair is a "
+                                 "possible duplicate (shown, never fails, not kept together)",
+                           metavar="S")
   embeddings: bool = option(False, "also compare the frozen vision encoder's pooled image "
                                    "embeddings (loads --model; cached under cache/features/)")
-  cosine: float = option(0.97, "embedding near-duplicates: cosine similarity at least this")
+  cosine: float = option(0.97, "embedding: cosine similarity at least this makes a pair at "
+                               "least a possible duplicate")
+  decisions: str | None = option(None, "your confirm/dismiss file (default: "
+                                       "dataset/audit-decisions.tsv when it exists)",
+                                 metavar="FILE")
 
   def __post_init__(self):
-    if not -1 <= self.hash_bits < HASH_BITS:
-      raise UserError(f"--hash-bits {self.hash_bits}: expected -1 (off) or 0..{HASH_BITS - 1}")
+    if not -1 <= self.hash_bits < likeness.HASH_BITS:
+      raise UserError(f"--hash-bits {self.hash_bits}: expected -1 (off) or "
+                      f"0..{likeness.HASH_BITS - 1}")
+    if not 0.0 <= self.duplicate <= self.possible <= 1.0:
+      raise UserError(f"--duplicate {self.duplicate} and --possible {self.possible}: expected "
+                      f"0 <= duplicate <= possible <= 1")
     if not -1.0 <= self.cosine <= 1.0:
       raise UserError(f"--cosine {self.cosine}: expected a cosine similarity in [-1, 1]")
 
   @property
   def methods(self) -> tuple[str, ...]:
-    return ("sha256",) + (("phash",) if self.hash_bits >= 0 else ()) + (
+    return ("sha256",) + (("pixels",) if self.hash_bits >= 0 else ()) + (
         ("embedding",) if self.embeddings else ())
 
 
@@ -79,20 +100,22 @@ class Item:
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
-  """Items a and b (indices into Audit.items, a < b) matched by `method`.
+  """Items a and b (indices into Audit.items, a < b): a duplicate or a possible one.
 
-  distance: 0 for sha256; for phash the larger of the pHash and dHash bit
-  differences; for embedding the cosine similarity (higher is closer).
+  method: sha256, pixels (the close look decided), embedding (the encoder saw
+  the same, the close look did not agree) or confirmed (your decisions file).
   """
   a: int
   b: int
+  level: str  # DUPLICATE or POSSIBLE
   method: str
-  distance: float
+  likeness: likeness.Likeness | None = None
+  cosine: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """Items that must stay on one side: a connected component of the pairs."""
+  """Items that must stay on one side: a connected component of the duplicate pairs."""
   members: tuple[int, ...]  # Item indices, ascending.
   methods: tuple[str, ...]  # The methods whose pairs joined it, in METHODS order.
   sets: tuple[str, ...]  # The set names it touches, in input order.
@@ -105,15 +128,18 @@ class Group:
 
 @dataclasses.dataclass(frozen=True)
 class Audit:
-  """What `find` saw: the items, every matching pair and the groups they form."""
+  """What `find` saw: the items, the pairs, the groups of duplicates and the possible ones."""
   items: tuple[Item, ...]
   config: AuditConfig
-  pairs: tuple[Pair, ...]
+  pairs: tuple[Pair, ...]  # Duplicates (in groups) and possible duplicates.
   groups: tuple[Group, ...]
-  unreadable: tuple[tuple[int, str], ...] = ()  # (item, why): skipped by phash.
-  flat: tuple[int, ...] = ()  # Items too flat for the perceptual hashes.
-  # The closest pair that did not count (for choosing thresholds): phash bits, cosine.
+  unreadable: tuple[tuple[int, str], ...] = ()  # (item, why): left to sha256.
+  flat: tuple[int, ...] = ()  # Items too flat for the close look.
+  dismissed: int = 0  # Found pairs your decisions file dismissed.
+  decisions_file: str = ""  # The decisions file read, or where one would be read.
+  # The closest pair that did not count (to choose thresholds by): pHash bits, structure, cosine.
   nearest_bits: int | None = None
+  nearest_structure: float | None = None
   nearest_cosine: float | None = None
 
   @property
@@ -124,6 +150,15 @@ class Audit:
   def conflicts(self) -> list[Group]:
     return [g for g in self.groups if g.conflict]
 
+  @property
+  def possible(self) -> list[Pair]:
+    """Possible duplicates whose items are not already in one group."""
+    ids = self.group_ids()
+    return [p for p in self.pairs if p.level == POSSIBLE and ids[p.a] != ids[p.b]]
+
+  def across(self, pair: Pair) -> bool:
+    return self.items[pair.a].set != self.items[pair.b].set
+
   def group_ids(self) -> np.ndarray:
     """(N,) int: one id per item, equal for items of one group (what the splits take)."""
     ids = np.arange(len(self.items))
@@ -133,19 +168,23 @@ class Audit:
 
   def pairs_of(self, group: Group) -> list[Pair]:
     members = set(group.members)
-    return [p for p in self.pairs if p.a in members]
+    return [p for p in self.pairs if p.level == DUPLICATE and p.a in members]
 
   def kept_line(self) -> str:
-    """The one line the splits print: how many groups were kept together."""
+    """The one line the splits print: how many groups were kept together, what was not."""
     checked = ", ".join(self.config.methods)
+    maybe = (f"; {len(self.possible)} possible duplicate pair(s) not kept together "
+             f"(12-audit.py shows them; confirm or dismiss them in "
+             f"{files.shown(self.decisions_file)})" if self.possible else "")
     if not self.groups:
-      return f"duplicates: none found (checked by {checked})"
+      return f"duplicates: none found (checked by {checked}){maybe}"
     n = sum(len(g.members) for g in self.groups)
-    by = ", ".join(f"{m} {sum(m in g.methods for g in self.groups)}" for m in self.config.methods)
+    used = [m for m in METHODS if any(m in g.methods for g in self.groups)]
+    by = ", ".join(f"{m} {sum(m in g.methods for g in self.groups)}" for m in used)
     conflicts = (f"; {len(self.conflicts)} with both labels (see 12-audit.py)"
                  if self.conflicts else "")
     return (f"duplicates: {len(self.groups)} group(s) of {n} images kept together "
-            f"(found by {by}){conflicts}")
+            f"(found by {by}){conflicts}{maybe}")
 
 
 def flatten(sets: Mapping[str, Sequence[Example]]) -> list[Item]:
@@ -153,88 +192,101 @@ def flatten(sets: Mapping[str, Sequence[Example]]) -> list[Item]:
   return [Item(name, e) for name, exs in sets.items() for e in exs]
 
 
-def _digests(items: Sequence[Item], bar) -> list[str]:
+def _digests(items: Sequence[Item]) -> list[str]:
   """sha256 of each item's image, each file read once."""
   seen: dict[str, str] = {}
   out = []
-  for it in items:
-    path = it.example.image
-    if path not in seen:
-      try:
-        seen[path] = files.sha256(path)
-      except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-    out.append(seen[path])
-    bar.update(1)
+  with progress.bar(len(items), "sha256", "img") as bar:
+    for it in items:
+      path = it.example.image
+      if path not in seen:
+        try:
+          seen[path] = files.sha256(path)
+        except OSError as e:
+          raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+      out.append(seen[path])
+      bar.update(1)
   return out
 
 
-def perceptual_hash(rgb: np.ndarray) -> np.ndarray | None:
-  """(128,) bool: pHash then dHash of a uint8 RGB image; None for a nearly flat image.
-
-  The image is first averaged down to 128 x 128 (the hashes look at 32 x 32 and
-  9 x 8), so a large ad costs one cheap resize instead of three.
-  """
-  img = Image.fromarray(rgb).convert("L").resize((128, 128), Image.BOX)
-  if np.asarray(img.resize((32, 32), Image.LANCZOS), np.float64).std() < _FLAT_STD:
-    return None
-  return np.concatenate([imagehash.phash(img).hash.ravel(), imagehash.dhash(img).hash.ravel()])
-
-
-def _hash_file(path: str) -> np.ndarray | None | str:
-  """perceptual_hash of an image file, or why it cannot be decoded."""
+def _sign(path: str) -> likeness.Signature | None | str:
+  """The signature of an image file (None: nearly flat), or why it cannot be decoded."""
   try:
-    return perceptual_hash(images.decode_rgb(path))
+    return likeness.signature(images.decode_rgb(path))
   except UserError as e:
     return str(e)
 
 
-def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Bit differences between the rows of two 0/1 float32 matrices: |a| + |b| - 2 a.b (BLAS)."""
-  return a.sum(1)[:, None] + b.sum(1)[None, :] - 2 * (a @ b.T)
+def _signatures(items: Sequence[Item], reps: Sequence[int]):
+  """({rep: Signature}, unreadable [(item, why)], flat items)."""
+  signed, unreadable, flat = {}, [], []
+  # Threads: Pillow decodes without holding the GIL, so the cores share the decoding.
+  with progress.bar(len(reps), "signatures", "img") as bar, ThreadPoolExecutor(_THREADS) as pool:
+    for i, s in zip(reps, pool.map(_sign, [items[i].example.image for i in reps])):
+      bar.update(1)
+      if isinstance(s, str):
+        unreadable.append((i, s))
+      elif s is None:
+        flat.append(i)
+      else:
+        signed[i] = s
+  return signed, unreadable, flat
 
 
-def _close(score: Callable[[int, int], np.ndarray], n: int, hit: Callable[[np.ndarray], np.ndarray],
-           nearest: Callable[[np.ndarray], float]) -> tuple[list[tuple[int, int, float]], float | None]:
-  """Pairs (i, j, value), i < j, whose score passes `hit`, and the nearest score that did not.
-
-  score(s, e) gives rows s..e-1 against columns s..n-1 (the upper triangle, by blocks);
-  nearest is np.min for distances, np.max for similarities.
-  """
-  out, best = [], []
-  rows = max(16, _BLOCK_CELLS // max(n, 1))
-  for s in range(0, n, rows):
-    e = min(n, s + rows)
-    v = score(s, e)
-    upper = np.arange(s, n)[None, :] > np.arange(s, e)[:, None]
-    ok = upper & hit(v)
-    out += [(s + int(i), s + int(j), float(v[i, j])) for i, j in zip(*np.nonzero(ok))]
-    rest = v[upper & ~ok]
-    if rest.size:
-      best.append(float(nearest(rest)))
-  return out, float(nearest(best)) if best else None
-
-
-def _close_hashes(h: np.ndarray, limit: int) -> tuple[list[tuple[int, int, float]], int | None]:
-  """Pairs (i < j) of rows of `h` whose pHash and dHash halves both differ in <= limit bits.
-
-  Also returns the smallest such difference above the limit (None: no other pair).
-  """
-  p, d = (np.ascontiguousarray(h[:, k:k + HASH_BITS], np.float32) for k in (0, HASH_BITS))
-  pairs, near = _close(lambda s, e: np.maximum(_hamming(p[s:e], p[s:]), _hamming(d[s:e], d[s:])),
-                       len(h), lambda v: v <= limit, np.min)
-  return pairs, None if near is None else int(near)
-
-
-def _close_vectors(x: np.ndarray, cosine: float) -> tuple[list[tuple[int, int, float]], float | None]:
+def _vectors(x: np.ndarray, cosine: float) -> tuple[list[tuple[int, int, float]], float | None]:
   """Pairs (i < j) of rows of `x` with cosine similarity >= cosine, and the closest other one."""
   x = np.asarray(x, np.float32)
   x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-  return _close(lambda s, e: x[s:e] @ x[s:].T, len(x), lambda v: v >= cosine, np.max)
+  return likeness.close(lambda s, e: x[s:e] @ x[s:].T, len(x), lambda v: v >= cosine, np.max)
+
+
+def _decide(config: AuditConfig, lk: likeness.Likeness | None, cos: float | None
+            ) -> tuple[str, str] | None:
+  """(level, method) of a looked-at pair, or None when it does not count."""
+  if lk is not None and lk.structure <= config.duplicate and lk.colour <= COLOUR:
+    return DUPLICATE, "pixels"
+  if lk is not None and lk.structure <= config.possible:
+    return POSSIBLE, "pixels"
+  if cos is not None:
+    return POSSIBLE, "embedding"
+  return None
+
+
+def _looked(config: AuditConfig, items, reps, embed):
+  """The close look over the candidates: (pairs, unreadable, flat, nearest bits/structure/cos)."""
+  signed, unreadable, flat = _signatures(items, reps) if config.hash_bits >= 0 or \
+      config.embeddings else ({}, [], [])
+  keys = list(signed)
+  cand: dict[tuple[int, int], float | None] = {}
+  bits = cos = None
+  if config.hash_bits >= 0 and keys:
+    close, bits = likeness.candidates(np.stack([signed[i].hashes for i in keys]),
+                                      config.hash_bits)
+    cand = {(keys[i], keys[j]): None for i, j, _ in close}
+  if config.embeddings:
+    bad = {i for i, _ in unreadable}
+    seen = [i for i in reps if i not in bad]
+    x = np.asarray(embed([items[i].example for i in seen])) if seen else np.zeros((0, 1))
+    close, cos = _vectors(x, config.cosine)
+    cand.update({(seen[i], seen[j]): s for i, j, s in close})
+  todo = sorted(cand)
+  looks = lambda ij: (likeness.compare(signed[ij[0]], signed[ij[1]])  # noqa: E731
+                      if ij[0] in signed and ij[1] in signed else None)
+  pairs, near = [], []
+  with progress.bar(len(todo), "close look", "pair") as bar, ThreadPoolExecutor(_THREADS) as pool:
+    for (a, b), lk in zip(todo, pool.map(looks, todo)):
+      bar.update(1)
+      decided = _decide(config, lk, cand[(a, b)])
+      if decided:
+        pairs.append(Pair(a, b, *decided, lk, cand[(a, b)]))
+      elif lk is not None:
+        near.append(lk.structure)
+  return pairs, unreadable, flat, bits, (min(near) if near else None), cos
 
 
 def _groups(items: Sequence[Item], pairs: Sequence[Pair]) -> list[Group]:
-  """Connected components with two or more items, ordered by their first item."""
+  """Connected components of the duplicate pairs with two or more items, by first item."""
+  pairs = [p for p in pairs if p.level == DUPLICATE]
   n = len(items)
   if not pairs:
     return []
@@ -260,128 +312,42 @@ def _groups(items: Sequence[Item], pairs: Sequence[Pair]) -> list[Group]:
   return sorted(out, key=lambda g: g.members[0])
 
 
-def _exact_pairs(items: Sequence[Item]) -> tuple[list[Pair], list[int]]:
-  """Pairs of items with the same file content, and the first item of each content (reps)."""
-  with progress.bar(len(items), "sha256", "img") as bar:
-    digests = _digests(items, bar)
-  first: dict[str, int] = {}
-  pairs = []
-  for i, d in enumerate(digests):
-    if d in first:
-      pairs.append(Pair(first[d], i, "sha256", 0.0))
+def _apply(pairs: list[Pair], decided: dict[tuple[int, int], str]) -> tuple[list[Pair], int]:
+  """Your decisions over the found pairs: (pairs, how many found ones were dismissed)."""
+  found = {(p.a, p.b): p for p in pairs}
+  dismissed = 0
+  for ab, decision in decided.items():
+    old = found.pop(ab, None)
+    if decision == "confirm":
+      found[ab] = Pair(*ab, DUPLICATE, "confirmed", old.likeness if old else None,
+                       old.cosine if old else None)
     else:
-      first[d] = i
-  return pairs, list(first.values())
-
-
-def _hash_pairs(items: Sequence[Item], reps: Sequence[int], bits: int):
-  """(phash pairs, unreadable [(item, why)], flat items, nearest other bits) over `reps`."""
-  hashed, rows, unreadable, flat = [], [], [], []
-  # Threads: Pillow decodes without holding the GIL, so the cores share the decoding.
-  with progress.bar(len(reps), "perceptual hashes", "img") as bar, \
-      ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-    for i, h in zip(reps, pool.map(_hash_file, [items[i].example.image for i in reps])):
-      bar.update(1)
-      if isinstance(h, str):
-        unreadable.append((i, h))
-      elif h is None:
-        flat.append(i)
-      else:
-        hashed.append(i)
-        rows.append(h)
-  close, nearest = _close_hashes(np.array(rows, bool).reshape(len(rows), 2 * HASH_BITS), bits)
-  pairs = [Pair(hashed[i], hashed[j], "phash", d) for i, j, d in close]
-  return pairs, unreadable, flat, nearest
+      dismissed += old is not None
+  return list(found.values()), dismissed
 
 
 def find(sets: Mapping[str, Sequence[Example]], config: AuditConfig = AuditConfig(),
-         embed: Callable[[list[Example]], np.ndarray] | None = None) -> Audit:
-  """Duplicates within and across the named sets by config's methods (module docstring).
+         embed: Callable[[list[Example]], np.ndarray] | None = None,
+         decided: decisions_lib.Decisions = decisions_lib.NONE,
+         decisions_file: str = decisions_lib.FILE_NAME) -> Audit:
+  """Duplicates and possible duplicates within and across the named sets (module docstring).
 
   embed: examples -> (N, D) embeddings (e.g. `FeatureCache.pooled`), needed when
   config.embeddings. Each file content is decoded and embedded once. An image
-  that cannot be decoded is reported in `unreadable` by the phash check and left
-  out of the embeddings; with phash off, embedding it fails (UserError).
+  that cannot be decoded is reported in `unreadable` and left out of the
+  embeddings. `decided`: the decisions file's content (`decisions.read`), read from
+  `decisions_file` (or where one would be: the report names it).
   """
   if config.embeddings and embed is None:
     raise ValueError("config.embeddings needs an embed function")
   items = flatten(sets)
-  pairs, reps = _exact_pairs(items)
-  unreadable, flat, bits, cos = [], [], None, None
-  if config.hash_bits >= 0:
-    found, unreadable, flat, bits = _hash_pairs(items, reps, config.hash_bits)
-    pairs += found
-  if config.embeddings:
-    bad = {i for i, _ in unreadable}
-    seen = [i for i in reps if i not in bad]
-    x = np.asarray(embed([items[i].example for i in seen])) if seen else np.zeros((0, 1))
-    close, cos = _close_vectors(x, config.cosine)
-    pairs += [Pair(seen[i], seen[j], "embedding", s) for i, j, s in close]
-  pairs.sort(key=lambda p: (p.a, p.b, METHODS.index(p.method)))
+  digests = _digests(items)
+  first: dict[str, int] = {}
+  rep_of = [first.setdefault(d, i) for i, d in enumerate(digests)]
+  exact = [Pair(r, i, DUPLICATE, "sha256") for i, r in enumerate(rep_of) if r != i]
+  reps = list(first.values())
+  looked, unreadable, flat, bits, structure, cos = _looked(config, items, reps, embed)
+  pairs, dismissed = _apply(looked, decided.among([it.example.image for it in items], rep_of))
+  pairs = sorted(exact + pairs, key=lambda p: (p.a, p.b))
   return Audit(tuple(items), config, tuple(pairs), tuple(_groups(items, pairs)),
-               tuple(unreadable), tuple(flat), bits, cos)
-
-
-def describe(pair: Pair) -> str:
-  """'sha256', 'phash 4 bits' or 'embedding 0.9912'."""
-  if pair.method == "phash":
-    return f"phash {pair.distance:.0f} bits"
-  if pair.method == "embedding":
-    return f"embedding {pair.distance:.4f}"
-  return pair.method
-
-
-def _where(it: Item) -> str:
-  return f"{files.shown(it.example.source)}:{it.example.line}"
-
-
-def _group_lines(audit: Audit, n: int, g: Group) -> list[str]:
-  kind = f"leak across {'/'.join(g.sets)}" if g.leak else f"within {g.sets[0]}"
-  head = (f"group {n}: {len(g.members)} images, {kind}, found by {', '.join(g.methods)}"
-          f"{'; labels disagree' if g.conflict else ''}")
-  width = max(len(audit.items[i].set) for i in g.members)
-  rows = [f"  #{k} {audit.items[i].set:<{width}}  {audit.items[i].example.suffix:<3}  "
-          f"{audit.items[i].example.raw_image}  ({_where(audit.items[i])})"
-          for k, i in enumerate(g.members, 1)]
-  pos = {i: k for k, i in enumerate(g.members, 1)}
-  links = "; ".join(f"#{pos[p.a]}-#{pos[p.b]} {describe(p)}" for p in audit.pairs_of(g))
-  return [head] + rows + [f"  pairs: {links}"]
-
-
-def report(audit: Audit, limit: int | None = None) -> list[str]:
-  """The audit as text lines: what was checked, the groups, and a closing count.
-
-  Leaks come first, then label conflicts, then duplicates within a set; at most
-  `limit` groups are shown (None: all). Numbers are positions in audit.groups.
-  """
-  c = audit.config
-  sizes = ", ".join(f"{name} {n}" for name, n in _set_sizes(audit).items())
-  how = ", ".join({"sha256": "sha256", "phash": f"phash (<= {c.hash_bits} bits)",
-                   "embedding": f"embedding (cosine >= {c.cosine:g})"}[m] for m in c.methods)
-  out = [f"audit: {len(audit.items)} images ({sizes}); checked by {how}"]
-  order = sorted(range(len(audit.groups)),
-                 key=lambda n: (not audit.groups[n].leak, not audit.groups[n].conflict))
-  for n in order[:limit]:
-    out += _group_lines(audit, n + 1, audit.groups[n])
-  if limit is not None and len(order) > limit:
-    out.append(f"... and {len(order) - limit} more group(s) (the HTML page shows all)")
-  out += [f"unreadable, skipped by phash: {audit.items[i].example.raw_image} "
-          f"({_where(audit.items[i])}): {why}" for i, why in audit.unreadable]
-  if audit.flat:
-    out.append(f"{len(audit.flat)} nearly flat image(s) left to sha256 and embedding")
-  near = [f"phash {audit.nearest_bits} bits" if audit.nearest_bits is not None else "",
-          f"embedding {audit.nearest_cosine:.4f}" if audit.nearest_cosine is not None else ""]
-  if any(near):
-    out.append(f"closest pair not counted: {', '.join(x for x in near if x)}")
-  n_in = sum(len(g.members) for g in audit.groups)
-  out.append(f"result: {len(audit.groups)} group(s) of {n_in} images: {len(audit.leaks)} "
-             f"leak(s) across sets, {len(audit.groups) - len(audit.leaks)} within a set, "
-             f"{len(audit.conflicts)} label conflict(s)")
-  return out
-
-
-def _set_sizes(audit: Audit) -> dict[str, int]:
-  sizes: dict[str, int] = {}
-  for it in audit.items:
-    sizes[it.set] = sizes.get(it.set, 0) + 1
-  return sizes
+               tuple(unreadable), tuple(flat), dismissed, decisions_file, bits, structure, cos)

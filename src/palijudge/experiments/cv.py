@@ -6,8 +6,9 @@ with one run record per fold; `cv_objective` is what `06-tune.py run` calls
 for each trial.
 
 The CV score is the mean of one metric over the folds; its spread is the
-population standard deviation (ddof=0, as `numpy.std`), the lowest and the
-highest fold, and a 95 % Student t interval of the mean (`stats.spread`).
+sample standard deviation (ddof=1, the one the t interval is built from), the
+lowest and the highest fold, and a 95 % Student t interval of the mean
+(`stats.spread`).
 The folds share most of their training data, so the folds' values are not
 independent and the t interval is, if anything, too narrow.
 """
@@ -32,13 +33,14 @@ METRICS = ("accuracy", "precision", "recall", "f_measure", "auc")
 
 
 def cv_score(values: Sequence[float]) -> tuple[float, float]:
-  """(mean, population std) of per-fold values; UserError when empty or non-finite."""
+  """(mean, sample std) of per-fold values (std 0.0 for one value); UserError when empty or
+  non-finite."""
   v = np.asarray([float(x) for x in values], np.float64)
   if v.size == 0:
     raise UserError("CV score of no folds")
   if not np.all(np.isfinite(v)):
     raise UserError(f"CV score: non-finite fold value in {v.tolist()}")
-  return float(v.mean()), float(v.std())
+  return float(v.mean()), stats.sample_std(v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,12 +162,13 @@ def trial_config(config: dict) -> tuple[train_lib.TrainConfig, str]:
   return tcfg, config["prompt"]
 
 
-def cv_objective(config: dict, cv_name: str, report, *, model: str | None, root: str,
-                 cache_dir: str = loader.CACHE_DIR, log=print) -> float:
-  """One search trial: CV score of `config` on `<root>/<cv_name>`'s folds."""
+def cv_objective(config: dict, folds_dir: str | os.PathLike, report, *, model: str | None,
+                 root: str, cache_dir: str = loader.CACHE_DIR, log=print) -> float:
+  """One search trial: CV score of `config` on the folds in `folds_dir` (`Project.split`);
+  image paths resolve against `root`."""
   tcfg, prompt = trial_config(config)
   lm = loader.load(loader.resolve(model, cache_dir=cache_dir), trainable=tcfg.trainable)
-  folds = splits.fold_paths(os.path.join(root, cv_name))
+  folds = splits.fold_paths(folds_dir)
   summary = cv_learn(lm, folds, tcfg, EvalConfig(prompt=prompt), root=root,
                      metric=report.metric, record=report.record, report=report, log=log)
   if summary.warning():
