@@ -18,11 +18,12 @@ def flags():
 
 
 def main(args, project):
-  from palijudge import checkpoint, files
+  from palijudge import checkpoint, files, quantize
   from palijudge.model import lora
   files.check_writable(args.out, "export")
   model = project.find(args.checkpoint)
   lm = cli.load_model(args, project, model=model)
+  quantize.check_full_save(lm.quantize, "export")
   meta = dict(checkpoint.read_meta(model), delta=False, exported_from=model)
   meta.pop("base_sha256", None)
   dtype = None if args.dtype == "keep" else args.dtype

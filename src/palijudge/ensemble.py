@@ -91,7 +91,7 @@ def load_members(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str) -> list
   for path in paths:
     spec = loader.resolve(path, lcfg.model_config, lcfg.tokenizer, cache_dir, lcfg.base)
     out.append(loader.load(spec, param_dtype=lcfg.param_dtype, compute=lcfg.compute_dtype,
-                           bases=bases))
+                           bases=bases, quantize=lcfg.quantize))
   return out
 
 
@@ -102,7 +102,8 @@ def _probe_judge(path: str, lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig) 
   model = fitted.encoder if os.path.isfile(fitted.encoder) else lcfg.model
   base = fitted.base if fitted.base and os.path.isfile(fitted.base) else lcfg.base
   spec = loader.resolve(model, lcfg.model_config, lcfg.tokenizer, cache_dir, base)
-  lm = loader.load(spec, param_dtype=lcfg.param_dtype, compute=lcfg.compute_dtype)
+  lm = loader.load(spec, param_dtype=lcfg.param_dtype, compute=lcfg.compute_dtype,
+                   quantize=lcfg.quantize)
   probe_lib.check_model(fitted, lm)
   features = probe_lib.encoder_features(lm, ecfg.gif_frame)
   return Judge(lm, probe_lib.scorer(fitted, features), path)

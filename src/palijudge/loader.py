@@ -30,6 +30,7 @@ from palijudge.model import paligemma as model_lib
 from palijudge.errors import UserError, where
 from palijudge.data.tokenizer import Tokenizer
 from palijudge import params as params_lib
+from palijudge import quantize as quantize_lib
 from palijudge.options import option
 
 DEFAULT_MODEL = "paligemma-3b-pt-224"
@@ -58,6 +59,8 @@ class LoadConfig:
                             choices=params_lib.PARAM_DTYPES)
   compute_dtype: str = option("auto", "activation dtype (auto: bfloat16 on GPU, float32 on CPU)",
                               choices=COMPUTE_DTYPES)
+  quantize: str | None = option(None, "quantize the frozen matrices when loading (default: as "
+                                "the checkpoint records, else none)", choices=quantize_lib.MODES)
 
 
 def weights_file(preset: str, cache_dir: str = CACHE_DIR) -> str:
@@ -135,10 +138,16 @@ class LoadedModel:
   model: model_lib.PaliGemma
   params: dict[str, Any]
   tok: Tokenizer
+  quantize: dict | None = None  # How the frozen matrices were quantized (quantize.describe).
 
   @property
   def cfg(self) -> config_lib.ModelConfig:
     return self.spec.cfg
+
+  @property
+  def weights_id(self) -> str:
+    """The weights as loaded: the files' sha256 and the quantization, if any (for caches)."""
+    return self.spec.weights_id + quantize_lib.id_suffix(self.quantize)
 
   @property
   def yes_no_ids(self) -> tuple[int, int]:
@@ -156,18 +165,25 @@ def enable_compile_cache(cache_dir: str | os.PathLike) -> None:
 
 
 def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
-         compute: str = "auto", remat: str = "none", bases: dict | None = None) -> LoadedModel:
-  """The model `spec` names. `bases` ({path: params}, filled as it goes) lets several deltas
-  over one base (an ensemble) share the base's arrays instead of loading it once each."""
+         compute: str = "auto", remat: str = "none", bases: dict | None = None,
+         quantize: str | None = None) -> LoadedModel:
+  """The model `spec` names. `bases` ({key: params}, filled as it goes) lets several deltas
+  over one base (an ensemble) share the base's arrays instead of loading it once each.
+
+  `quantize` (`--quantize`): the frozen matrices of recipe `trainable` are
+  quantized leaf by leaf as they are read; a delta checkpoint loads as it
+  records (see `quantize.for_checkpoint`).
+  """
   tok = Tokenizer.load(spec.tokenizer)
   if tok.vocab_size > spec.cfg.llm.vocab_size:
     raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "
                     f"model only {spec.cfg.llm.vocab_size}")
   shapes = model_lib.param_shapes(spec.cfg)
   rule = params_lib.dtype_rule(trainable, param_dtype)
-  put = lambda _, a: jax.device_put(a)
+  quant = _quantization(spec, shapes, trainable, quantize)
+  put = quantize_lib.loading_put(quant, lambda _, a: jax.device_put(a))
   if spec.base:  # A delta: the base first, then the leaves the run trained.
-    key = os.path.abspath(spec.base)
+    key = (os.path.abspath(spec.base), quantize_lib.id_suffix(quant))
     shared = bases if bases is not None else {}
     if key not in shared:
       shared[key] = checkpoint.load_params(spec.base, shapes, dtype_for=rule, put=put)
@@ -185,7 +201,17 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
     params = checkpoint.load_params(spec.weights, shapes, dtype_for=rule, put=put)
   alpha = _lora_alpha(spec.weights) if lora.rank_of(params) is not None else lora.DEFAULT_ALPHA
   model = model_lib.build(spec.cfg, compute_dtype(compute), remat, alpha)
-  return LoadedModel(spec, model, params, tok)
+  return LoadedModel(spec, model, params, tok, quant)
+
+
+def _quantization(spec: ModelSpec, shapes, trainable: str, mode: str | None) -> dict | None:
+  """`--quantize` resolved against what the checkpoint records; refuses one that quantizes nothing."""
+  meta = checkpoint.read_meta(spec.weights) if spec.weights.endswith(".npz") else {}
+  quant = quantize_lib.for_checkpoint(meta, mode, trainable, where(spec.weights))
+  if quant and not quantize_lib.frozen_matrices(params_lib.flatten(shapes), quant["trainable"]):
+    raise UserError(f"--quantize {quant['mode']}: --trainable {quant['trainable']} trains every "
+                    f"matrix, so none is frozen to quantize")
+  return quant
 
 
 def _lora_alpha(path: str) -> float:
@@ -200,7 +226,7 @@ def load_model(lcfg: LoadConfig, cache_dir: str = CACHE_DIR, trainable: str = "a
   """resolve + load from the --model flags (`model` overrides --model, e.g. -m CKPT)."""
   spec = resolve(model or lcfg.model, lcfg.model_config, lcfg.tokenizer, cache_dir, lcfg.base)
   return load(spec, trainable=trainable, param_dtype=lcfg.param_dtype,
-              compute=lcfg.compute_dtype)
+              compute=lcfg.compute_dtype, quantize=lcfg.quantize)
 
 
 def write_random_model(preset: str, cache_dir: str = CACHE_DIR, seed: int = 0) -> ModelSpec:

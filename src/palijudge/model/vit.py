@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from palijudge import quantize
 from palijudge.model.config import ImgConfig
 
 Dtype = Any
@@ -45,7 +46,8 @@ class _Dense(nn.Module):
                         in_shape + self.out_shape)
     bias = self.param("bias", nn.initializers.zeros, self.out_shape)
     axes = (tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (axes, ((), ())))
+    y = jax.lax.dot_general(x.astype(self.dtype), quantize.weight(kernel, self.dtype),
+                            (axes, ((), ())))
     return y + bias.astype(self.dtype)
 
 
@@ -139,7 +141,7 @@ class _PatchEmbed(nn.Module):
                         (p, p, 3, self.width))
     bias = self.param("bias", nn.initializers.zeros, (self.width,))
     y = jax.lax.conv_general_dilated(
-        image_BxSxSx3.astype(self.dtype), kernel.astype(self.dtype), (p, p), "VALID",
+        image_BxSxSx3.astype(self.dtype), quantize.weight(kernel, self.dtype), (p, p), "VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = y + bias.astype(self.dtype)
     b, h, w, d = y.shape
