@@ -23,6 +23,8 @@ SORT ?= score
 CMD ?=
 OUT ?=
 KEEP ?= errors
+QUANTIZE ?=
+Q := $(if $(QUANTIZE),--quantize $(QUANTIZE))
 
 DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 
@@ -33,6 +35,7 @@ DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: MODEL=$(MODEL) SET=$(SET) VALID=$(VALID) NAME=$(NAME) DATA=... ARGS=..."
+	@echo "  QUANTIZE=int8|int4|nf4 (demo, train, validate, infer, plan): quantized frozen weights"
 
 # An environment marked .frozen (the container's) is used as it is.
 $(STAMP): $(if $(wildcard $(VENV)/.frozen),,pyproject.toml)
@@ -44,7 +47,7 @@ $(STAMP): $(if $(wildcard $(VENV)/.frozen),,pyproject.toml)
 setup: $(STAMP) ## create .venv and install palijudge with test extras
 
 demo: $(STAMP) ## the main job on the embedded default: tiny model, generated data (DATA=file.jsonl for yours; MODEL_FAMILY=gemma2)
-	$(PY) playground/00-demo.py --preset $(DEMO_PRESET) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(PY) playground/00-demo.py --preset $(DEMO_PRESET) $(if $(DATA),--data $(DATA)) $(Q) $(ARGS)
 
 test: $(STAMP) ## run the whole test suite
 	$(PY) -m pytest -n auto $(ARGS)
@@ -59,10 +62,10 @@ split: $(STAMP) ## shuffle dataset/data.jsonl into dataset/SET/{train,valid}.jso
 	$(PY) playground/02-shuffle_data.py -v $(VALID) -n $(SET) $(ARGS)
 
 train: $(STAMP) ## evaluate, train on dataset/SET, evaluate, save checkpoints/NAME.npz
-	$(PY) playground/03-do_learn.py -d $(SET) -w $(NAME) --model $(MODEL) $(ARGS)
+	$(PY) playground/03-do_learn.py -d $(SET) -w $(NAME) --model $(MODEL) $(Q) $(ARGS)
 
 validate: $(STAMP) ## confusion blocks of MODEL (preset or checkpoint) on FILES
-	$(PY) playground/04-validate.py --model $(MODEL) $(FILES) $(ARGS)
+	$(PY) playground/04-validate.py --model $(MODEL) $(FILES) $(Q) $(ARGS)
 
 params: $(STAMP) ## every parameter of MODEL (a preset) by jax.eval_shape, no allocation
 	$(PY) playground/00-params.py --model $(MODEL) $(ARGS)
@@ -71,7 +74,7 @@ prompts: $(STAMP) ## rank prompts on FILES: ARGS='--prompt "..." --prompt "..."'
 	$(PY) playground/05-rank_prompts.py --model $(MODEL) $(FILES) $(ARGS)
 
 infer: $(STAMP) ## one prediction row per example: MODEL DATA=data.tsv OUT=out.tsv (resumable)
-	$(PY) playground/13-inference.py --model $(MODEL) -d $(DATA) -o $(OUT) $(ARGS)
+	$(PY) playground/13-inference.py --model $(MODEL) -d $(DATA) -o $(OUT) $(Q) $(ARGS)
 
 aggregate: $(STAMP) ## Aggregate blocks of prediction FILES
 	$(PY) playground/14-validate_outtsv.py $(FILES) $(ARGS)
@@ -82,9 +85,9 @@ filter: $(STAMP) ## next training set from predictions: FILES KEEP=errors OUT=da
 compare: $(STAMP) ## two models on the same FILES: A=CKPT|base|PRED B=... (flips, McNemar, paired intervals)
 	$(PY) playground/17-compare.py -a $(A) -b $(B) $(FILES) --model $(MODEL) $(ARGS)
 
-plan: $(STAMP) ## memory plan of a recipe without allocating: MODEL BATCH ACCUM TRAINABLE BUDGET (GiB)
+plan: $(STAMP) ## memory plan of a recipe without allocating: MODEL BATCH ACCUM TRAINABLE BUDGET (GiB) QUANTIZE
 	$(PY) playground/10-plan.py --model $(MODEL) --batch $(BATCH) --accum $(ACCUM) \
-	  --trainable $(TRAINABLE) --budget $(BUDGET) --fsdp-table $(ARGS)
+	  --trainable $(TRAINABLE) --budget $(BUDGET) --fsdp-table $(Q) $(ARGS)
 
 bench: $(STAMP) ## speed benchmark, ours vs the colab's plain approach (JSON lines; see BENCHMARKS.md)
 	$(PY) playground/08-bench.py $(ARGS)

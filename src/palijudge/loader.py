@@ -179,8 +179,9 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
     raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "
                     f"model only {spec.cfg.llm.vocab_size}")
   shapes = model_lib.param_shapes(spec.cfg)
-  rule = params_lib.dtype_rule(trainable, param_dtype)
   quant = _quantization(spec, shapes, trainable, quantize)
+  # A quantized checkpoint loads as it was trained, whatever `trainable` the caller names.
+  rule = params_lib.dtype_rule(quant["trainable"] if quant else trainable, param_dtype)
   put = quantize_lib.loading_put(quant, lambda _, a: jax.device_put(a))
   if spec.base:  # A delta: the base first, then the leaves the run trained.
     key = (os.path.abspath(spec.base), quantize_lib.id_suffix(quant))

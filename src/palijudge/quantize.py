@@ -1,9 +1,14 @@
 """Quantized frozen weights (`--quantize int8|int4|nf4`), with qwix's QArray.
 
 Which leaves: the matrices (`_CONTRACTED` below: the vision encoder's
-kernels, its projection head, the decoder's einsum weights and the token
-embedding) that the training recipe freezes. Norms, biases and the position
+kernels and patch embedding, its projection head, the decoder's einsum
+weights) that the training recipe freezes. Norms, biases and the position
 embedding stay as stored; trainable leaves (attention, adapters) stay f32.
+The token embedding stays as stored too: it is also the output layer, and
+the default loss reads the whole vocabulary from it, so a quantized table
+would be dequantized whole in every step and kept for the backward pass
+(1 GiB in bf16 for the 3B model, more than int8 or int4 saves on it;
+BENCHMARKS.md, "Quantized frozen weights").
 
 How: each matrix becomes a `qwix.QArray` when it is loaded (the `put` hook of
 `checkpoint.load_params`, one leaf at a time, so the half-precision tree and
@@ -15,9 +20,10 @@ divisor of the axis not below that). The depth axis of stacked layers is
 always a channel axis, so `nn.scan` and `Gemma.hidden_at` slice the scales
 with the values.
 
-Use: the model dequantizes a weight where an einsum reads it (`weight`,
-`rows`), inside the jitted step; XLA fuses the conversion into its consumer
-(as qwix's own `einsum` does for a float operand: it dequantizes first).
+Use: the model dequantizes a weight where an einsum reads it (`weight`),
+inside the jitted step, one layer at a time, so XLA can fuse the conversion
+into its consumer (qwix's own `einsum` does the same for a float operand:
+it dequantizes first).
 
 Why not qwix's model-level API (`qwix.quantize_model` with `PtqProvider`, or
 `LoraProvider` for QLoRA): it finds a weight by looking for the einsum's
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import re
 from typing import Any, Callable
 
@@ -70,7 +77,6 @@ _CONTRACTED = {
     r"img/Transformer/encoderblock/MultiHeadDotProductAttention_0/out/kernel": (1, 2),
     r"img/Transformer/encoderblock/MlpBlock_0/Dense_[01]/kernel": (1,),
     r"img/head/kernel": (0,),
-    r"llm/embedder/input_embedding": (1,),
     r"llm/layers/attn/q_einsum/w": (2,),
     r"llm/layers/attn/(kv|qkv)_einsum/w": (3,),
     r"llm/layers/attn/attn_vec_einsum/w": (1, 2),
@@ -117,25 +123,31 @@ def _quantize(x, channels: tuple, tiled: tuple, qtype) -> qwix.QArray:
 
 
 def quantize_array(a, axes: tuple[int, ...], s: Scheme) -> qwix.QArray:
-  """One leaf as a QArray of host (numpy) arrays, in slices of whole channels along axis 0.
+  """One leaf as a QArray of host (numpy) arrays, quantized in slices of whole channels.
 
   Every scale covers whole channels or tiles, so slicing along a channel axis
-  gives the same integers as quantizing the whole leaf at once. Host arrays,
-  because `jax.device_put` of one gives the device's default layout (4-bit
-  values packed), which a compiled step requires; the CPU computation's own
-  output may be laid out unpacked.
+  (axis 0: the depth of stacked layers, the embedding's rows) gives the same
+  integers as quantizing the whole leaf at once; the slices are written into
+  the result in place, so the host holds the leaf, one slice's temporaries and
+  the result. Host arrays, because `jax.device_put` of one gives the device's
+  default layout (4-bit values packed on a GPU).
   """
   a = np.asarray(a)
   how = _how(a.shape, axes, s)
   tiled = tuple(sorted((how["tiled_axes"] or {}).items()))
   n = a.shape[0] if 0 in how["channelwise_axes"] else 1
   step = n if n == 1 else max(1, min(n, _CHUNK // max(1, a[0].size)))
+  out = None
   with jax.default_device(jax.devices("cpu")[0]):
-    parts = [jax.tree.map(np.asarray, _quantize(a if n == 1 else a[i:i + step],
-                                                how["channelwise_axes"], tiled, s.qtype))
-             for i in range(0, n, step)]
-  return parts[0] if len(parts) == 1 else jax.tree.map(
-      lambda *xs: np.concatenate(xs, axis=0), *parts)
+    for i in range(0, n, step):
+      part = _quantize(a if n == 1 else a[i:i + step], how["channelwise_axes"], tiled, s.qtype)
+      if n == 1 or step >= n:
+        return jax.tree.map(np.asarray, part)
+      if out is None:  # Shapes along axis 0 scale with the slice: the leaf's, in full.
+        out = jax.tree.map(lambda x: np.empty((n, *x.shape[1:]), x.dtype), part)
+      for whole, piece in zip(jax.tree.leaves(out), jax.tree.leaves(part)):
+        whole[i:i + step] = np.asarray(piece)
+  return out
 
 
 def loading_put(quant: dict | None, put: Callable[[str, Any], Any]
@@ -188,18 +200,6 @@ def weight(w, dtype):
   return (qwix.dequantize(w) if is_quantized(w) else w).astype(dtype)
 
 
-def rows(table, ids, dtype):
-  """table[ids] (along axis 0) in `dtype`; of a QArray only those rows are dequantized."""
-  if is_quantized(table):  # Axis 0 is a channel axis: its scales are taken with the rows.
-    table = jax.tree.map(lambda x: jnp.take(x, ids, axis=0), table)
-    return qwix.dequantize(table).astype(dtype)
-  return jnp.take(table, ids, axis=0).astype(dtype)
-
-
-def any_quantized(tree) -> bool:
-  return any(map(is_quantized, jax.tree.leaves(tree, is_leaf=is_quantized)))
-
-
 # --- What a checkpoint records, and loading it again -----------------------------
 
 def describe(mode: str | None, trainable: str) -> dict | None:
@@ -213,7 +213,7 @@ def describe(mode: str | None, trainable: str) -> dict | None:
   if s is None:
     return None
   return {"mode": s.mode, "tile": s.tile, "scale": jnp.dtype(SCALE_DTYPE).name,
-          "trainable": trainable, "qwix": qwix.__version__}
+          "trainable": trainable, "qwix": importlib.metadata.version("qwix")}
 
 
 def for_checkpoint(meta: dict, mode: str | None, trainable: str, where_: str) -> dict | None:

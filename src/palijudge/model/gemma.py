@@ -187,15 +187,13 @@ class Embedder(nn.Module):
 
   def encode(self, tokens_BxT, dtype):
     # Text embeddings are scaled by sqrt(width); image tokens never are.
-    x = quantize.rows(self.input_embedding, tokens_BxT, dtype)
+    x = jnp.take(self.input_embedding, tokens_BxT, axis=0).astype(dtype)
     return x * jnp.asarray(math.sqrt(self.width), dtype)
 
   def decode(self, x_BxTxD, ids=None):
     """Logits in f32 over the vocabulary, or over the rows `ids` only."""
-    dtype = x_BxTxD.dtype
-    table = (quantize.weight(self.input_embedding, dtype) if ids is None
-             else quantize.rows(self.input_embedding, ids, dtype))
-    return jnp.einsum("...D,VD->...V", x_BxTxD, table,
+    table = self.input_embedding if ids is None else jnp.take(self.input_embedding, ids, axis=0)
+    return jnp.einsum("...D,VD->...V", x_BxTxD, table.astype(x_BxTxD.dtype),
                       preferred_element_type=jnp.float32)
 
 
