@@ -113,9 +113,9 @@ def test_forward_error_is_bounded_on_the_tiny_model(tiny_project, tiny_lm, tiny_
   ref = evaluate.evaluate(tiny_lm, every, ecfg).p_yes
   got = evaluate.evaluate(lm, every, ecfg).p_yes
   diff = np.abs(got - ref)
-  # Measured on this random model: 0.0009, 0.025, 0.072 (NF4's smaller weight error
-  # happens to move this model's answer more); the bounds leave room for other BLAS builds.
-  assert 0 < diff.max() < {"int8": 0.003, "int4": 0.05, "nf4": 0.12}[mode], diff.max()
+  # Measured on this random model: 0.00017, 0.0020, 0.0015; the bounds leave room for other
+  # BLAS builds; 0 would mean nothing was quantized.
+  assert 0 < diff.max() < {"int8": 0.001, "int4": 0.01, "nf4": 0.01}[mode], diff.max()
 
 
 def test_decode_mode_reads_quantized_weights_and_adapters(tiny_project, tiny_examples):
@@ -220,6 +220,7 @@ def test_the_quantization_is_part_of_the_weights_identity(tiny_project, tiny_lm)
   assert len(keys) == 3  # Image tokens of one encoder are never served for another.
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # qwix's own use of nnx.VariableState.
 def test_qwix_model_level_api_misses_this_models_weights():
   """Why palijudge applies qwix's QArray itself (quantize.py's docstring): re-check it here."""
   cfg = config_lib.preset("tiny")

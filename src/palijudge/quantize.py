@@ -46,10 +46,11 @@ import importlib.metadata
 import re
 from typing import Any, Callable
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import qwix
 
 from palijudge import params as params_lib
 from palijudge.errors import UserError
@@ -57,6 +58,13 @@ from palijudge.errors import UserError
 MODES = ("none", "int8", "int4", "nf4")
 SCALE_DTYPE = jnp.float32
 _CHUNK = 1 << 24  # Elements quantized at once (bounds the host's temporaries).
+
+
+def _qwix():
+  """qwix, imported on first use: it imports flax.nnx and so optax, which a plain load
+  (and the layering test) keeps out."""
+  import qwix
+  return qwix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +126,7 @@ def _how(shape: tuple[int, ...], axes: tuple[int, ...], s: Scheme) -> dict:
 
 @functools.partial(jax.jit, static_argnames=("channels", "tiled", "qtype"))
 def _quantize(x, channels: tuple, tiled: tuple, qtype) -> qwix.QArray:
-  return qwix.quantize(x.astype(jnp.float32), qtype, channelwise_axes=channels,
+  return _qwix().quantize(x.astype(jnp.float32), qtype, channelwise_axes=channels,
                        tiled_axes=dict(tiled) or None, scale_dtype=SCALE_DTYPE)
 
 
@@ -179,7 +187,7 @@ def abstract(shapes, quant: dict | None):
       continue
     how = _how(tuple(sd.shape), axes, s)
     out[name] = jax.eval_shape(
-        lambda x, how=how: qwix.quantize(x.astype(jnp.float32), s.qtype, **how), sd)
+        lambda x, how=how: _qwix().quantize(x.astype(jnp.float32), s.qtype, **how), sd)
   return params_lib.unflatten(out)
 
 
@@ -192,12 +200,13 @@ def frozen_matrices(names, trainable: str) -> list[str]:
 # --- In the model: dequantize where a weight is read --------------------------
 
 def is_quantized(x) -> bool:
-  return isinstance(x, qwix.QArray)
+  qwix = sys.modules.get("qwix")  # No QArray exists before qwix is imported.
+  return qwix is not None and isinstance(x, qwix.QArray)
 
 
 def weight(w, dtype):
   """A weight in `dtype`, dequantized first if it is a QArray."""
-  return (qwix.dequantize(w) if is_quantized(w) else w).astype(dtype)
+  return (_qwix().dequantize(w) if is_quantized(w) else w).astype(dtype)
 
 
 # --- What a checkpoint records, and loading it again -----------------------------

@@ -29,10 +29,12 @@ from palijudge import train
 from palijudge import params as params_lib
 from palijudge import quantize as quantize_lib
 from palijudge.params import flatten, unflatten
+from palijudge.model import lora
 from palijudge.model import paligemma as model_lib
 from palijudge.data.batch import Batch
 
 GIB = 1024 ** 3
+_WIDE = {jnp.dtype(jnp.int4): jnp.dtype(jnp.int8), jnp.dtype(jnp.uint4): jnp.dtype(jnp.uint8)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +71,14 @@ def _abstract_batch(cfg: config_lib.ModelConfig, batch: int, seqlen: int, cached
                image=None if cached else f32(batch, s, s, 3))
 
 
-def _split(cfg, trainable: str, param_dtype, quantize: str | None = None):
+def _split(cfg, trainable: str, param_dtype, quantize: str | None = None, lora_rank: int = 8):
+  """(trainable f32, frozen) abstract trees of the recipe; `lora` adds its adapters."""
   pattern = params_lib.trainable_pattern(trainable)
-  flat = flatten(model_lib.param_shapes(cfg))
+  shapes = model_lib.param_shapes(cfg)
+  flat = flatten(shapes)
+  if trainable == "lora":
+    extra = lora.adapter_shapes(shapes["llm"]["layers"], lora_rank)
+    flat.update({"llm/layers/" + k: v for k, v in extra.items()})
   t = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in flat.items()
        if pattern.search(k)}
   f = {k: jax.ShapeDtypeStruct(v.shape, param_dtype) for k, v in flat.items() if k not in t}
@@ -86,6 +93,9 @@ def activation_bytes(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, com
   XLA's CPU backend has no 16-bit matmuls: it converts every half-precision
   weight to f32 up front, which a GPU never does. On CPU a 16-bit recipe is
   therefore compiled in f32 and its temporaries scaled by the size ratio.
+  Likewise it widens every 4-bit matrix (int4, NF4) to 8 bits up front, a
+  copy of all of them: on CPU their values are planned in 8-bit containers
+  (the same scales and dequantization), and `Plan.frozen` counts them packed.
   """
   scale = 1.0
   if jax.default_backend() == "cpu" and jnp.dtype(compute).itemsize < 4:
@@ -97,7 +107,10 @@ def activation_bytes(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, com
 @functools.lru_cache(maxsize=None)  # A compile per call: the batch search repeats batches.
 def _temporaries(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, compute,
                  quantize: str | None = None) -> int:
-  trainable, frozen = _split(cfg, tcfg.trainable, param_dtype, quantize)
+  trainable, frozen = _split(cfg, tcfg.trainable, param_dtype, quantize, tcfg.lora_rank)
+  if jax.default_backend() == "cpu":  # See `activation_bytes`.
+    frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, _WIDE.get(x.dtype, x.dtype)),
+                          frozen)
   tx = train.make_optimizer(tcfg)
   state = jax.eval_shape(lambda t: train.init_state(t, tx), trainable)
   cached = not params_lib.trains_encoder(tcfg.trainable)
@@ -114,7 +127,7 @@ def _temporaries(cfg, tcfg: train.TrainConfig, seqlen: int, param_dtype, compute
 def plan(cfg: config_lib.ModelConfig, tcfg: train.TrainConfig, seqlen: int = 64,
          param_dtype=jnp.bfloat16, compute=jnp.bfloat16, quantize: str | None = None) -> Plan:
   """`quantize`: the frozen matrices as `--quantize` loads them (None: `param_dtype`)."""
-  trainable, frozen = _split(cfg, tcfg.trainable, param_dtype, quantize)
+  trainable, frozen = _split(cfg, tcfg.trainable, param_dtype, quantize, tcfg.lora_rank)
   t = params_lib.nbytes(trainable)
   moments = 2 if tcfg.optimizer == "adam" else 0
   return Plan(frozen=params_lib.nbytes(frozen), trainable=t, gradients=t, optimizer=moments * t,
