@@ -176,7 +176,7 @@ def test_another_mode_than_the_checkpoints_is_refused(deltas):
   assert loader.load(loader.resolve(deltas["int8"])).quantize["mode"] == "int8"
   with pytest.raises(UserError, match=r"int8\.npz: trained over int8 .*--quantize int4"):
     loader.load(loader.resolve(deltas["int8"]), quantize="int4")
-  with pytest.raises(UserError, match=r"trained over none .*--quantize int8"):
+  with pytest.raises(UserError, match=r"trained over unquantized weights; --quantize int8"):
     loader.load(loader.resolve(deltas["none"]), quantize="int8")
   assert loader.load(loader.resolve(deltas["none"]), quantize="none").quantize is None
 
@@ -185,7 +185,8 @@ def test_a_recorded_scheme_this_version_does_not_reproduce_is_refused(deltas, tm
   with np.load(deltas["int8"]) as npz:
     arrays = {k: npz[k] for k in npz.files if k != checkpoint.META_KEY}
   meta = checkpoint.read_meta(deltas["int8"])
-  for bad in ({**meta["quantize"], "tile": 32}, {**meta["quantize"], "mode": "int3"}, "int8"):
+  for bad in ({**meta["quantize"], "tile": 32}, {**meta["quantize"], "mode": "int3"}, "int8",
+              {**meta["quantize"], "trainable": "(attn"}, {**meta["quantize"], "trainable": 3}):
     path = tmp_path / "tampered.npz"
     checkpoint.write_npz(path, arrays.items(), {**meta, "quantize": bad})
     with pytest.raises(UserError, match="does not reproduce"):

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from palijudge import checkpoint, loader
+from palijudge import checkpoint, loader, quantize
 from palijudge import probe as probe_lib
 from palijudge.data.batch import PixelCache
 from palijudge.errors import UserError, where
@@ -109,12 +109,17 @@ def _probe_judge(path: str, lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig) 
   return Judge(lm, probe_lib.scorer(fitted, features), path)
 
 
+def _name(lm: LoadedModel) -> str:
+  """The weights file, and how it was quantized (a resumed 13-inference must match it)."""
+  return lm.spec.weights + quantize.id_suffix(lm.quantize)
+
+
 def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig,
                how: str = "mean") -> Judge:
   """The judge `paths` name: none = the --model itself, one checkpoint, several, or a probe."""
   if not paths:
     lm = loader.load_model(lcfg, cache_dir)
-    return Judge(lm, functools.partial(iter_scores, lm), lm.spec.weights)
+    return Judge(lm, functools.partial(iter_scores, lm), _name(lm))
   probes = [p for p in paths if probe_lib.is_probe(p)]
   if probes and len(paths) > 1:
     raise UserError(f"{where(probes[0])}: a probe file judges alone; it cannot be an "
@@ -126,5 +131,5 @@ def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: Eva
   if how not in COMBINE:
     raise UserError(f"--ensemble must be one of {', '.join(COMBINE)}, got {how!r}")
   members = load_members(paths, lcfg, cache_dir)
-  name = " + ".join(m.spec.weights for m in members)
+  name = " + ".join(_name(m) for m in members)
   return Judge(members[0], scorer(members, how), name + (f" ({how})" if len(paths) > 1 else ""))

@@ -184,7 +184,8 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
   rule = params_lib.dtype_rule(quant["trainable"] if quant else trainable, param_dtype)
   put = quantize_lib.loading_put(quant, lambda _, a: jax.device_put(a))
   if spec.base:  # A delta: the base first, then the leaves the run trained.
-    key = (os.path.abspath(spec.base), quantize_lib.id_suffix(quant))
+    # The base as this delta loads it: the quantized leaves follow its recorded recipe.
+    key = (os.path.abspath(spec.base), quant and (quant["mode"], quant["trainable"]))
     shared = bases if bases is not None else {}
     if key not in shared:
       shared[key] = checkpoint.load_params(spec.base, shapes, dtype_for=rule, put=put)

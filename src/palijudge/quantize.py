@@ -44,9 +44,8 @@ import dataclasses
 import functools
 import importlib.metadata
 import re
-from typing import Any, Callable
-
 import sys
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -118,37 +117,37 @@ def _tile(size: int, target: int) -> int:
 
 
 def _how(shape: tuple[int, ...], axes: tuple[int, ...], s: Scheme) -> dict:
-  """qwix.quantize's keyword arguments for a leaf of `shape` contracting `axes`."""
+  """`_quantize`'s static arguments for a leaf of `shape` contracting `axes`."""
   channels = tuple(a for a in range(len(shape)) if a not in axes)
-  tiled = {axes[-1]: _tile(shape[axes[-1]], s.tile)} if s.tile else None
-  return dict(channelwise_axes=channels, tiled_axes=tiled, scale_dtype=SCALE_DTYPE)
+  tiled = ((axes[-1], _tile(shape[axes[-1]], s.tile)),) if s.tile else ()
+  return dict(channels=channels, tiled=tiled, qtype=s.qtype)
 
 
 @functools.partial(jax.jit, static_argnames=("channels", "tiled", "qtype"))
 def _quantize(x, channels: tuple, tiled: tuple, qtype) -> qwix.QArray:
   return _qwix().quantize(x.astype(jnp.float32), qtype, channelwise_axes=channels,
-                       tiled_axes=dict(tiled) or None, scale_dtype=SCALE_DTYPE)
+                          tiled_axes=dict(tiled) or None, scale_dtype=SCALE_DTYPE)
 
 
 def quantize_array(a, axes: tuple[int, ...], s: Scheme) -> qwix.QArray:
   """One leaf as a QArray of host (numpy) arrays, quantized in slices of whole channels.
 
   Every scale covers whole channels or tiles, so slicing along a channel axis
-  (axis 0: the depth of stacked layers, the embedding's rows) gives the same
-  integers as quantizing the whole leaf at once; the slices are written into
-  the result in place, so the host holds the leaf, one slice's temporaries and
-  the result. Host arrays, because `jax.device_put` of one gives the device's
-  default layout (4-bit values packed on a GPU).
+  (axis 0, the depth of stacked layers) gives the same integers as quantizing
+  the whole leaf at once; the slices are written into the result in place, so
+  the host holds the leaf, one slice's temporaries and the result. Host
+  arrays, because `jax.device_put` of one gives the device's default layout,
+  which a compiled step expects (the CPU computation's own 4-bit output may
+  be laid out otherwise).
   """
   a = np.asarray(a)
   how = _how(a.shape, axes, s)
-  tiled = tuple(sorted((how["tiled_axes"] or {}).items()))
-  n = a.shape[0] if 0 in how["channelwise_axes"] else 1
+  n = a.shape[0] if 0 in how["channels"] else 1
   step = n if n == 1 else max(1, min(n, _CHUNK // max(1, a[0].size)))
   out = None
   with jax.default_device(jax.devices("cpu")[0]):
     for i in range(0, n, step):
-      part = _quantize(a if n == 1 else a[i:i + step], how["channelwise_axes"], tiled, s.qtype)
+      part = _quantize(a if n == 1 else a[i:i + step], **how)
       if n == 1 or step >= n:
         return jax.tree.map(np.asarray, part)
       if out is None:  # Shapes along axis 0 scale with the slice: the leaf's, in full.
@@ -185,9 +184,8 @@ def abstract(shapes, quant: dict | None):
     if axes is None:
       out[name] = sd
       continue
-    how = _how(tuple(sd.shape), axes, s)
-    out[name] = jax.eval_shape(
-        lambda x, how=how: _qwix().quantize(x.astype(jnp.float32), s.qtype, **how), sd)
+    out[name] = jax.eval_shape(functools.partial(_quantize, **_how(tuple(sd.shape), axes, s)),
+                               sd)
   return params_lib.unflatten(out)
 
 
@@ -236,19 +234,28 @@ def for_checkpoint(meta: dict, mode: str | None, trainable: str, where_: str) ->
   recorded = meta.get("quantize")
   if recorded is None and not meta.get("delta"):
     return describe(mode, trainable)
-  saved = None
-  if recorded is not None:
-    mode_ok = isinstance(recorded, dict) and recorded.get("mode") in _SCHEMES
-    saved = describe(recorded["mode"], recorded.get("trainable")) if mode_ok else None
-    same = saved is not None and isinstance(recorded.get("trainable"), str) and all(
-        recorded.get(k) == v for k, v in saved.items() if k != "qwix")
-    if not same:
-      raise UserError(f"{where_}: records a quantization this palijudge does not reproduce "
-                      f"({recorded}); train it again, or judge it with the version that saved it")
+  saved = None if recorded is None else _reproducible(recorded, where_)
   was = saved["mode"] if saved else "none"
   if mode is not None and mode != was:
-    raise UserError(f"{where_}: trained over {was} frozen weights (--quantize {was}); "
-                    f"--quantize {mode} would change the model it was fitted to")
+    over = f"{was} frozen weights (--quantize {was})" if saved else "unquantized weights"
+    raise UserError(f"{where_}: trained over {over}; --quantize {mode} would change the model "
+                    f"it was fitted to")
+  return saved
+
+
+def _reproducible(recorded: Any, where_: str) -> dict:
+  """A checkpoint's recorded quantization, if this version quantizes the same way."""
+  saved = None
+  if isinstance(recorded, dict) and recorded.get("mode") in _SCHEMES:
+    trainable = recorded.get("trainable")
+    try:
+      ok = isinstance(trainable, str) and params_lib.trainable_pattern(trainable) is not None
+    except re.error:
+      ok = False
+    saved = describe(recorded["mode"], trainable) if ok else None
+  if saved is None or any(recorded.get(k) != v for k, v in saved.items() if k != "qwix"):
+    raise UserError(f"{where_}: records a quantization this palijudge does not reproduce "
+                    f"({recorded}); train it again, or judge it with the version that saved it")
   return saved
 
 

@@ -5,8 +5,9 @@ Parameter paths (under `img/`) match the official checkpoint:
 (stacked on a leading depth axis by `nn.scan`), `Transformer/encoder_norm`,
 and `head` projecting every patch token to the LLM width.
 
-Weights may be stored in any dtype; every op casts them to `dtype` at use, so
-frozen half-precision weights and f32 trainable ones mix freely.
+Weights may be stored in any dtype, or quantized (`--quantize`: qwix QArrays);
+every op casts or dequantizes them to `dtype` at use, so frozen half-precision
+or quantized weights and f32 trainable ones mix freely.
 """
 
 from __future__ import annotations
