@@ -30,6 +30,8 @@ SORT ?= score
 CMD ?=
 OUT ?=
 KEEP ?= errors
+QUANTIZE ?=
+Q := $(if $(QUANTIZE),--quantize $(QUANTIZE))
 
 DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 
@@ -40,13 +42,14 @@ DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: MODEL=$(MODEL) SET=$(SET) VALID=$(VALID) NAME=$(NAME) ACCEL=$(ACCEL) DATA=... ARGS=..."
+	@echo "  QUANTIZE=int8|int4|nf4 (demo, train, validate, infer, plan): quantized frozen weights"
 
 $(VENV)/.installed-%: pyproject.toml
 	@case " $(ACCELS) " in *" $* "*) ;; *) echo "ACCEL=$*: use one of $(ACCELS)" >&2; exit 2;; esac
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(filter cpu,$*),-$(PY) -m pip uninstall -q -y jax-cuda12-plugin jax-cuda12-pjrt jax-cuda13-plugin jax-cuda13-pjrt 2>/dev/null)
-	$(PY) -m pip install -q -e '.[test,download$(if $(filter-out cpu,$*),$(comma)$*)]'
+	$(PY) -m pip install -q -e '.[test,download,quantize$(if $(filter-out cpu,$*),$(comma)$*)]'
 	rm -f $(VENV)/.installed-*
 	echo $* > $(VENV)/.accel
 	@$(PY) -c "import jax; print(f'jax {jax.__version__} ($*) runs on: {jax.default_backend()}, {len(jax.devices())} device(s)')"
@@ -55,7 +58,7 @@ $(VENV)/.installed-%: pyproject.toml
 setup: $(STAMP) ## create .venv with palijudge and test extras (ACCEL=cpu|cuda12|cuda13; default: cuda12 on an NVIDIA host)
 
 demo: $(STAMP) ## the main job on the embedded default: tiny model, generated data (DATA=file.jsonl for yours; MODEL_FAMILY=gemma2)
-	$(PY) playground/00-demo.py --preset $(DEMO_PRESET) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(PY) playground/00-demo.py --preset $(DEMO_PRESET) $(if $(DATA),--data $(DATA)) $(Q) $(ARGS)
 
 test: $(STAMP) ## run the whole test suite
 	$(PY) -m pytest -n auto $(ARGS)
@@ -73,10 +76,10 @@ split: $(STAMP) ## shuffle dataset/data.jsonl into dataset/SET/{train,valid}.jso
 	$(PY) playground/02-shuffle_data.py -v $(VALID) -n $(SET) $(ARGS)
 
 train: $(STAMP) ## evaluate, train on dataset/SET, evaluate, save checkpoints/NAME.npz
-	$(PY) playground/03-do_learn.py -d $(SET) -w $(NAME) --model $(MODEL) $(ARGS)
+	$(PY) playground/03-do_learn.py -d $(SET) -w $(NAME) --model $(MODEL) $(Q) $(ARGS)
 
 validate: $(STAMP) ## confusion blocks of MODEL (preset or checkpoint) on FILES
-	$(PY) playground/04-validate.py --model $(MODEL) $(FILES) $(ARGS)
+	$(PY) playground/04-validate.py --model $(MODEL) $(FILES) $(Q) $(ARGS)
 
 params: $(STAMP) ## every parameter of MODEL (a preset) by jax.eval_shape, no allocation
 	$(PY) playground/00-params.py --model $(MODEL) $(ARGS)
@@ -85,7 +88,7 @@ prompts: $(STAMP) ## rank prompts on FILES: ARGS='--prompt "..." --prompt "..."'
 	$(PY) playground/05-rank_prompts.py --model $(MODEL) $(FILES) $(ARGS)
 
 infer: $(STAMP) ## one prediction row per example: MODEL DATA=data.tsv OUT=out.tsv (resumable)
-	$(PY) playground/13-inference.py --model $(MODEL) -d $(DATA) -o $(OUT) $(ARGS)
+	$(PY) playground/13-inference.py --model $(MODEL) -d $(DATA) -o $(OUT) $(Q) $(ARGS)
 
 aggregate: $(STAMP) ## Aggregate blocks of prediction FILES
 	$(PY) playground/14-validate_outtsv.py $(FILES) $(ARGS)
@@ -96,9 +99,9 @@ filter: $(STAMP) ## next training set from predictions: FILES KEEP=errors OUT=da
 compare: $(STAMP) ## two models on the same FILES: A=CKPT|base|PRED B=... (flips, McNemar, paired intervals)
 	$(PY) playground/17-compare.py -a $(A) -b $(B) $(FILES) --model $(MODEL) $(ARGS)
 
-plan: $(STAMP) ## memory plan of a recipe without allocating: MODEL BATCH ACCUM TRAINABLE BUDGET (GiB)
+plan: $(STAMP) ## memory plan of a recipe without allocating: MODEL BATCH ACCUM TRAINABLE BUDGET (GiB) QUANTIZE
 	$(PY) playground/10-plan.py --model $(MODEL) --batch $(BATCH) --accum $(ACCUM) \
-	  --trainable $(TRAINABLE) --budget $(BUDGET) --fsdp-table $(ARGS)
+	  --trainable $(TRAINABLE) --budget $(BUDGET) --fsdp-table $(Q) $(ARGS)
 
 bench: $(STAMP) ## speed benchmark, ours vs the colab's plain approach (JSON lines; see BENCHMARKS.md)
 	$(PY) playground/08-bench.py $(ARGS)

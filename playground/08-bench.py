@@ -4,6 +4,8 @@
   ./08-bench.py [--steps 256] [--workdir cache/bench]     # ours vs the colab's plain path
   ./08-bench.py --gpu [--set default|recipes] [--budget-s 600]   # full-size models on a GPU
   ./08-bench.py --curves [--seeds 10] [--lrs 0.03,1] [--models small]   # the guard's evidence
+  ./08-bench.py --quantize-cost checkpoints/demo.npz --data dataset/demo/data.jsonl
+  ./08-bench.py --quantize-memory cache/random/paligemma-3b-pt-224.f16.npz
 
 --gpu builds full-size models with random weights on the device and measures
 step time, MFU, peak memory, the emulated 12 GiB card and scoring throughput
@@ -26,6 +28,14 @@ def flags():
   g.add_argument("--lrs", default="0.03,0.1,0.3,1.0", help="learning rates, comma-separated")
   g.add_argument("--models", default="tiny,small", help="tiny and/or small, comma-separated")
   g.add_argument("--save", help="also write the curves to this JSON file")
+  g = p.add_argument_group("--quantize-cost / --quantize-memory: what --quantize costs and saves")
+  g.add_argument("--quantize-cost", metavar="MODEL",
+                 help="p(yes) of MODEL (checkpoint, preset, or small: the bench's model) loaded "
+                      "plain and quantized, on the same images: max/mean difference, flips")
+  g.add_argument("--data", help="with --quantize-cost: the images (default: 96 generated)")
+  g.add_argument("--quantize-memory", metavar="NPZ",
+                 help="bytes of the frozen tree and peak host RSS of loading NPZ per mode")
+  g.add_argument("--modes", default="int8,int4,nf4", help="--quantize modes, comma-separated")
   g = p.add_argument_group("--gpu: full-size models")
   g.add_argument("--gpu", action="store_true", help="the full-size GPU benchmark instead")
   g.add_argument("--set", default="default", choices=("default", "recipes"),
@@ -53,6 +63,13 @@ def main(args, project):
     return
   from palijudge.tools import bench
   workdir = args.workdir or str(project.cache / "bench")
+  if args.quantize_cost or args.quantize_memory:
+    from palijudge.tools import quantbench
+    quantbench.main(args.quantize_cost and project.find(args.quantize_cost),
+                    args.quantize_memory and project.find(args.quantize_memory),
+                    args.data and project.find(args.data), args.modes.split(","), workdir,
+                    str(project.cache))
+    return
   if args.curves:
     import json
     lrs = tuple(float(x) for x in args.lrs.split(","))

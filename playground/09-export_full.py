@@ -36,6 +36,7 @@ def _export(args, project, model):
   from palijudge import checkpoint, hf_export
   from palijudge.model import lora
   lm = cli.load_model(args, project, model=model)
+  quantize.check_full_save(lm.quantize, "export")
   meta = dict(checkpoint.read_meta(lm.spec.weights), delta=False, exported_from=model)
   meta.pop("base_sha256", None)
   dtype = None if args.dtype == "keep" else args.dtype

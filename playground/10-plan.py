@@ -2,13 +2,14 @@
 """Memory plan of a training recipe, without allocating anything.
 
   ./10-plan.py --model paligemma-3b-pt-224 --batch 4 --accum 1 --trainable attn [--budget 12]
+  ./10-plan.py --model paligemma2-10b-pt-224 --trainable lora --quantize int4
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
 
 
 def flags():
-  from palijudge import params, train
+  from palijudge import params, quantize, train
   p = cli.parser(__doc__)
   p.add_argument("--model", default="paligemma-3b-pt-224", help="preset name")
   p.add_argument("--model-config", help="model config JSON instead of a preset")
@@ -22,6 +23,8 @@ def flags():
   p.add_argument("--seqlen", type=int, default=64, help="text tokens (prompt + answer)")
   p.add_argument("--param-dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                  help="dtype of the frozen parameters")
+  p.add_argument("--quantize", default="none", choices=quantize.MODES,
+                 help="frozen matrices as --quantize loads them (int8, or 4-bit with scales)")
   p.add_argument("--budget", type=float, default=12.0, help="GiB per device")
   p.add_argument("--fsdp-table", action="store_true",
                  help="also: devices needed with FSDP for 12, 24 and 80 GiB")
@@ -41,7 +44,7 @@ def main(args, project):
                              accum=args.accum, trainable=args.trainable,
                              optimizer=args.optimizer, remat=args.remat, seqlen=args.seqlen,
                              param_dtype=args.param_dtype, budget_gib=args.budget,
-                             fsdp_table=args.fsdp_table):
+                             fsdp_table=args.fsdp_table, quantize=args.quantize):
     print(line)
 
 

@@ -12,6 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "palijudge"
 LAYERS = [
     {"errors", "files", "options", "metrics", "progress", "stats"},
     {"params"},
+    {"quantize"},
     {"distributed", "devices"},
     {"model.config", "model.vit", "model.lora", "model.gemma", "model.paligemma"},
     {"checkpoint"},
@@ -27,7 +28,7 @@ LAYERS = [
     {"experiments.records", "experiments.plots", "experiments.cv", "experiments.tune",
      "experiments.leaderboard"},
     {"tools.bench", "tools.gpubench", "tools.fullsize", "tools.planner", "tools.download",
-     "tools.demo"},
+     "tools.demo", "tools.quantbench"},
     {"cli"},
 ]
 LEVEL = {m: i for i, layer in enumerate(LAYERS) for m in layer}

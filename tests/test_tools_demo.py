@@ -39,3 +39,16 @@ def test_the_demo_recipe_learns_the_generated_rule(tmp_path):
                    log=logs.append)
   assert (tmp_path / "checkpoints" / "demo.npz").is_file()
   assert valid.confusion.accuracy >= 0.9, "\n".join(logs)
+
+
+@pytest.mark.script
+def test_the_demo_learns_over_a_quantized_encoder(tmp_path):
+  """--quantize int4: the encoder and projection frozen in 4 bits, the decoder learns the cue."""
+  from palijudge import checkpoint
+  recipe = dataclasses.replace(demo.DEMO_RECIPE, steps=200, print_every=1000)
+  logs = []
+  valid = demo.run(Project.at(tmp_path), recipe=recipe, seed=0, save=True, n_images=100,
+                   quantize="int4", log=logs.append)
+  meta = checkpoint.read_meta(tmp_path / "checkpoints" / "demo.npz")
+  assert meta["quantize"]["mode"] == "int4" and meta["train_config"]["trainable"] == "llm"
+  assert valid.confusion.accuracy >= 0.9, "\n".join(logs)

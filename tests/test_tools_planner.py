@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -65,3 +66,41 @@ def test_full_size_state_by_shape(name):
   # state = frozen bf16 + trainable f32 + its f32 gradient (SGD: no moments).
   state = 2 * n_frozen + 8 * n_train
   assert 6.0 < state / planner.GIB < 7.0
+
+
+def test_lora_plans_its_adapters():
+  from palijudge.model import lora
+  p = planner.plan(TINY, train.TrainConfig(batch_size=2, trainable="lora", lora_rank=4), 64,
+                   jnp.bfloat16)
+  adapters = lora.adapter_shapes(model_lib.param_shapes(TINY)["llm"]["layers"], 4)
+  assert p.trainable == p.gradients == 4 * params_lib.count(adapters) > 0
+  assert p.frozen == 2 * params_lib.count(model_lib.param_shapes(TINY))
+
+
+def test_quantized_frozen_matrices_shrink_the_plan():
+  """--quantize: the frozen tree as the loader holds it (int8 / packed 4-bit, f32 scales)."""
+  tcfg = train.TrainConfig(batch_size=2, trainable="lora")
+  none = planner.plan(TINY, tcfg, 64, jnp.bfloat16)
+  int8 = planner.plan(TINY, tcfg, 64, jnp.bfloat16, quantize="int8")
+  int4 = planner.plan(TINY, tcfg, 64, jnp.bfloat16, quantize="int4")
+  assert int4.frozen < int8.frozen < 0.7 * none.frozen  # The embedding (a quarter) stays bf16.
+  assert int8.trainable == none.trainable and int8.activations > 0
+  lines = planner.report(TINY, "tiny", batch=2, accum=1, trainable="lora", optimizer="sgd",
+                         remat="none", seqlen=64, param_dtype="bfloat16", budget_gib=12,
+                         fsdp_table=False, quantize="int4")
+  assert "frozen params bfloat16, matrices int4" in lines[0]
+
+
+def test_full_size_quantized_frozen_bytes_by_shape():
+  """The 3B QLoRA recipe's frozen tree: matrices quantized, the token embedding kept bf16."""
+  from palijudge import quantize
+  cfg = config.preset("paligemma-3b-pt-224")
+  frozen = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.bfloat16),
+                        model_lib.param_shapes(cfg))  # LoRA trains adapters only.
+  table = 2 * cfg.llm.vocab_size * cfg.llm.width
+  matrices = params_lib.nbytes(frozen) - table  # Less a little: norms, biases, positions.
+  got = {m: params_lib.nbytes(quantize.abstract(frozen, quantize.describe(m, "lora"))) - table
+         for m in ("int8", "int4", "nf4")}
+  assert 0.50 < got["int8"] / matrices < 0.51  # 1 byte a value, f32 scales per channel.
+  assert 0.25 < got["int4"] / matrices < 0.27  # Half a byte, an f32 scale per 128 values.
+  assert got["int4"] < got["nf4"] < 0.29 * matrices  # NF4's 64-value blocks: more scales.

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from palijudge import checkpoint, files, loader
+from palijudge import checkpoint, files, loader, quantize
 from palijudge import probe as probe_lib
 from palijudge.data.batch import PixelCache
 from palijudge.errors import UserError, where
@@ -100,7 +100,7 @@ def load_members(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str) -> list
     spec = loader.resolve(path, lcfg.model_config, lcfg.tokenizer, cache_dir, lcfg.base)
     out.append(loader.load(spec, param_dtype=lcfg.param_dtype, compute=lcfg.compute_dtype,
                            mesh=loader.placement(spec.cfg, lcfg.mesh, param_dtype=lcfg.param_dtype),
-                           bases=bases))
+                           bases=bases, quantize=lcfg.quantize))
   return out
 
 
@@ -112,10 +112,16 @@ def _probe_judge(path: str, lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig) 
   base = fitted.base if fitted.base and os.path.isfile(fitted.base) else lcfg.base
   spec = loader.resolve(model, lcfg.model_config, lcfg.tokenizer, cache_dir, base)
   lm = loader.load(spec, param_dtype=lcfg.param_dtype, compute=lcfg.compute_dtype,
-                   mesh=loader.placement(spec.cfg, lcfg.mesh, param_dtype=lcfg.param_dtype))
+                   mesh=loader.placement(spec.cfg, lcfg.mesh, param_dtype=lcfg.param_dtype),
+                   quantize=lcfg.quantize)
   probe_lib.check_model(fitted, lm)
   features = probe_lib.encoder_features(lm, ecfg.gif_frame)
   return Judge(lm, probe_lib.scorer(fitted, features), path, (lm.spec,), path)
+
+
+def _name(lm: LoadedModel) -> str:
+  """The weights file, and how it was quantized (a resumed 13-inference must match it)."""
+  return lm.spec.weights + quantize.id_suffix(lm.quantize)
 
 
 def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig,
@@ -123,7 +129,7 @@ def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: Eva
   """The judge `paths` name: none = the --model itself, one checkpoint, several, or a probe."""
   if not paths:
     lm = loader.load_model(lcfg, cache_dir)
-    return Judge(lm, functools.partial(iter_scores, lm), lm.spec.weights, (lm.spec,))
+    return Judge(lm, functools.partial(iter_scores, lm), _name(lm), (lm.spec,))
   probes = [p for p in paths if probe_lib.is_probe(p)]
   if probes and len(paths) > 1:
     raise UserError(f"{where(probes[0])}: a probe file judges alone; it cannot be an "
@@ -135,6 +141,6 @@ def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: Eva
   if how not in COMBINE:
     raise UserError(f"--ensemble must be one of {', '.join(COMBINE)}, got {how!r}")
   members = load_members(paths, lcfg, cache_dir)
-  name = " + ".join(m.spec.weights for m in members)
+  name = " + ".join(_name(m) for m in members)
   return Judge(members[0], scorer(members, how), name + (f" ({how})" if len(paths) > 1 else ""),
                tuple(m.spec for m in members))

@@ -33,6 +33,7 @@ from palijudge import metrics
 from palijudge import params as params_lib
 from palijudge import predictions
 from palijudge import probe as probe_lib
+from palijudge import quantize
 from palijudge import train as train_lib
 from palijudge.data.batch import PixelCache
 from palijudge.data.examples import Example
@@ -164,6 +165,8 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   `phases`, if given, times each phase (evaluation, compilation, training, save).
   """
   ph = phases if phases is not None else _NoPhases()
+  if lcfg.full and save_to:
+    quantize.check_full_save(lm.quantize)
   all_name, train_name, valid_name = names
   sets = {all_name: [train_name, valid_name], train_name: train, valid_name: valid,
           **(extra_sets or {})}
@@ -329,8 +332,11 @@ def save(lm: LoadedModel, tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: L
           "saved": datetime.datetime.now(datetime.timezone.utc).isoformat()}
   if parent:
     meta["parent"] = {"path": os.path.abspath(parent), "sha256": files.sha256_remembered(parent)}
+  if lm.quantize:  # Re-validation quantizes the base as this run did (quantize.for_checkpoint).
+    meta["quantize"] = lm.quantize
   base = lm.spec.base or lm.spec.weights
   if lcfg.full or params_lib.saves_everything(tcfg.trainable):
+    quantize.check_full_save(lm.quantize)
     checkpoint.save(path, lora.merge(lm.params, lm.model.lora_alpha), lm.cfg, meta)
   else:  # A delta: the trained leaves (and those of a delta it continued) and the base's sha256.
     pattern = params_lib.trainable_pattern(tcfg.trainable)
@@ -365,6 +371,8 @@ def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.Tra
   The train state goes to `state_path(save_to)` every --save-every steps; `resume`
   continues from it (as 03-do_learn.py --resume does).
   """
+  if full:
+    quantize.check_full_save(lm.quantize)
   if distributed.is_main():
     _prepare_save(save_to, log)
   log(f"training on {len(examples)} examples: lr {tcfg.lr:g}, batch {tcfg.batch_size}"

@@ -33,6 +33,7 @@ from palijudge.model import paligemma as model_lib
 from palijudge.errors import UserError, where
 from palijudge.data.tokenizer import Tokenizer
 from palijudge import params as params_lib
+from palijudge import quantize as quantize_lib
 from palijudge.options import option
 
 DEFAULT_MODEL = "paligemma-3b-pt-224"
@@ -61,6 +62,8 @@ class LoadConfig:
                             choices=params_lib.PARAM_DTYPES)
   compute_dtype: str = option("auto", "activation dtype (auto: bfloat16 on GPU, float32 on CPU)",
                               choices=COMPUTE_DTYPES)
+  quantize: str | None = option(None, "quantize the frozen matrices when loading (default: as "
+                                "the checkpoint records, else none)", choices=quantize_lib.MODES)
   mesh: str = option("auto", "how parameters lie over the devices: auto (replicated when the "
                      "model fits one device, else FSDP inside each host), fsdp, replicated, "
                      "or DATAxFSDP such as 2x4", metavar="POLICY")
@@ -153,10 +156,16 @@ class LoadedModel:
   model: model_lib.PaliGemma
   params: dict[str, Any]
   tok: Tokenizer
+  quantize: dict | None = None  # How the frozen matrices were quantized (quantize.describe).
 
   @property
   def cfg(self) -> config_lib.ModelConfig:
     return self.spec.cfg
+
+  @property
+  def weights_id(self) -> str:
+    """The weights as loaded: the files' sha256 and the quantization, if any (for caches)."""
+    return self.spec.weights_id + quantize_lib.id_suffix(self.quantize)
 
   @property
   def yes_no_ids(self) -> tuple[int, int]:
@@ -200,13 +209,16 @@ def placement(cfg: config_lib.ModelConfig, policy: str = "auto", trainable: str 
 
 def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
          compute: str = "auto", remat: str = "none", bases: dict | None = None,
-         mesh: jax.sharding.Mesh | None = None) -> LoadedModel:
+         mesh: jax.sharding.Mesh | None = None, quantize: str | None = None) -> LoadedModel:
   """The model `spec` names, every leaf read into its place on `mesh` (default: `placement`).
 
   Each array goes from host memory straight into its sharding (under FSDP
   each device receives only its slice; nothing is ever whole on one device).
-  `bases` ({path: params}, filled as it goes) lets several deltas over one
+  `bases` ({key: params}, filled as it goes) lets several deltas over one
   base (an ensemble) share the base's arrays instead of loading it once each.
+  `quantize` (`--quantize`): the frozen matrices of recipe `trainable` are
+  quantized leaf by leaf as they are read (before placement); a delta
+  checkpoint loads as it records (see `quantize.for_checkpoint`).
   """
   for what, path in spec.inputs:
     files.note_input(path, what)
@@ -215,11 +227,15 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
     raise UserError(f"{where(spec.tokenizer)}: tokenizer has {tok.vocab_size} tokens but the "
                     f"model only {spec.cfg.llm.vocab_size}")
   shapes = model_lib.param_shapes(spec.cfg)
-  rule = params_lib.dtype_rule(trainable, param_dtype)
+  quant = _quantization(spec, shapes, trainable, quantize)
+  # A quantized checkpoint loads as it was trained, whatever `trainable` the caller names.
+  rule = params_lib.dtype_rule(quant["trainable"] if quant else trainable, param_dtype)
   mesh = mesh if mesh is not None else placement(spec.cfg, "auto", trainable, param_dtype)
-  put = lambda _, a: params_lib.put(a, params_lib.leaf_sharding(mesh, a.shape))
+  put = quantize_lib.loading_put(
+      quant, lambda _, a: params_lib.put(a, params_lib.leaf_sharding(mesh, a.shape)))
   if spec.base:  # A delta: the base first, then the leaves the run trained.
-    key = os.path.abspath(spec.base)
+    # The base as this delta loads it: the quantized leaves follow its recorded recipe.
+    key = (os.path.abspath(spec.base), quant and (quant["mode"], quant["trainable"]))
     shared = bases if bases is not None else {}
     if key not in shared:
       shared[key] = checkpoint.load_params(spec.base, shapes, dtype_for=rule, put=put)
@@ -237,7 +253,17 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
     params = checkpoint.load_params(spec.weights, shapes, dtype_for=rule, put=put)
   alpha = _lora_alpha(spec.weights) if lora.rank_of(params) is not None else lora.DEFAULT_ALPHA
   model = model_lib.build(spec.cfg, compute_dtype(compute), remat, alpha)
-  return LoadedModel(spec, model, params, tok)
+  return LoadedModel(spec, model, params, tok, quant)
+
+
+def _quantization(spec: ModelSpec, shapes, trainable: str, mode: str | None) -> dict | None:
+  """`--quantize` resolved against what the checkpoint records; refuses one that quantizes nothing."""
+  meta = checkpoint.read_meta(spec.weights) if spec.weights.endswith(".npz") else {}
+  quant = quantize_lib.for_checkpoint(meta, mode, trainable, where(spec.weights))
+  if quant and not quantize_lib.frozen_matrices(params_lib.flatten(shapes), quant["trainable"]):
+    raise UserError(f"--quantize {quant['mode']}: --trainable {quant['trainable']} trains every "
+                    f"matrix, so none is frozen to quantize")
+  return quant
 
 
 def _lora_alpha(path: str) -> float:
@@ -258,7 +284,7 @@ def load_model(lcfg: LoadConfig, cache_dir: str = CACHE_DIR, trainable: str = "a
   spec = resolve(model or lcfg.model, lcfg.model_config, lcfg.tokenizer, cache_dir, lcfg.base)
   mesh = placement(spec.cfg, policy or lcfg.mesh, trainable, lcfg.param_dtype, devices)
   return load(spec, trainable=trainable, param_dtype=lcfg.param_dtype,
-              compute=lcfg.compute_dtype, mesh=mesh)
+              compute=lcfg.compute_dtype, mesh=mesh, quantize=lcfg.quantize)
 
 
 def write_random_model(preset: str, cache_dir: str = CACHE_DIR, seed: int = 0) -> ModelSpec:

@@ -103,7 +103,9 @@ def count(tree) -> int:
 
 
 def nbytes(tree) -> int:
-  return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+  """Bytes of a tree of arrays or ShapeDtypeStructs as a device holds them (4-bit types packed)."""
+  return sum(-(-int(np.prod(x.shape)) * jax.dtypes.itemsize_bits(x.dtype) // 8)
+             for x in jax.tree.leaves(tree))
 
 
 # --- Shardings ---------------------------------------------------------------

@@ -57,7 +57,7 @@ class Probe:
   intercept: float
   C: float                  # The chosen inverse regularisation strength.
   folds: int                # Inner-CV folds that chose C (0: too few examples, C fixed).
-  weights_id: str           # The encoder's model (loader.ModelSpec.weights_id).
+  weights_id: str           # The encoder's model as loaded (loader.LoadedModel.weights_id).
   model_config: dict        # That model's config (ModelConfig.to_dict()).
   encoder: str              # That model's weights file (a delta's own file) ...
   base: str | None = None   # ... and its base, for a delta.
@@ -120,7 +120,7 @@ def fit(lm: LoadedModel, features: FeatureCache, train: Sequence[Example], gif_f
   """A probe on `train`'s pooled embeddings from `lm`'s frozen encoder (`features`)."""
   x = features.pooled(list(train), lm.cfg.image_size, eval_batch)
   coef, intercept, c, folds = fit_arrays(x, np.array([e.label for e in train], bool), seed)
-  return Probe(coef, intercept, c, folds, lm.spec.weights_id, lm.cfg.to_dict(),
+  return Probe(coef, intercept, c, folds, lm.weights_id, lm.cfg.to_dict(),
                os.path.abspath(lm.spec.weights),
                os.path.abspath(lm.spec.base) if lm.spec.base else None,
                "first" if gif_frame == "all" else gif_frame, len(train))
@@ -167,7 +167,7 @@ def scorer(probe: Probe, features: FeatureCache) -> Scorer:
 def check_model(probe: Probe, lm: LoadedModel) -> None:
   """The probe reads `lm`'s encoder only if it was fitted on it (same weights' sha256)."""
   name = where(probe.source) if probe.source else "the probe"
-  if probe.weights_id != lm.spec.weights_id or probe.model_config != lm.cfg.to_dict():
+  if probe.weights_id != lm.weights_id or probe.model_config != lm.cfg.to_dict():
     raise UserError(f"{name}: fitted on the encoder of {probe.encoder}, not of "
                     f"{lm.spec.weights} (weights differ); pass --model with the model it was "
                     f"fitted on")

@@ -39,6 +39,7 @@ from palijudge import distributed
 from palijudge import losses
 from palijudge import params as params_lib
 from palijudge import progress
+from palijudge import quantize
 from palijudge.data.batch import Batch, Batches, Flips, PixelCache, training_stream
 from palijudge.data.examples import Example
 from palijudge.data.features import FeatureCache
@@ -342,6 +343,7 @@ def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig,
 
   `features`: a frozen-encoder cache shared with evaluation (made here if None).
   """
+  quantize.check_trainable(lm.params, tcfg.trainable, lm.quantize)
   n_yes = sum(e.label for e in examples)
   tcfg = dataclasses.replace(tcfg, loss=tcfg.loss.resolved(n_yes, len(examples) - n_yes))
   seed, start = tcfg.seed, time.time()
@@ -381,7 +383,7 @@ def encoder_cache(lm: LoadedModel, gif_frame: str) -> FeatureCache:
   """The cache of `lm`'s encoder as loaded (on disk under the project's cache/features/)."""
   disk = os.path.join(lm.spec.cache_dir, "features") if lm.spec.cache_dir else None
   # Each process embeds its own images, on its own devices (its view of the encoder).
-  return FeatureCache(lm.model, distributed.local(lm.params["img"]), lm.spec.weights_id,
+  return FeatureCache(lm.model, distributed.local(lm.params["img"]), lm.weights_id,
                       gif_frame, disk)
 
 
@@ -411,7 +413,7 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
   state = init_state(trainable, tx)
   state_sh = params_lib.tree_shardings(mesh, state)
   frozen_sh = params_lib.tree_shardings(mesh, frozen)
-  first, rec = 1, recipe(tcfg, examples, opts, lm.spec.weights_id)
+  first, rec = 1, recipe(tcfg, examples, opts, lm.weights_id)
   if opts.resume and opts.state_path and os.path.exists(opts.state_path):
     state, first = _resume(opts, tcfg, state, rec, log)
   state = params_lib.place(state, state_sh)
@@ -491,7 +493,9 @@ def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, dat
       c0 = time.time()
       compiled = step_fn.lower(state, batch, frozen).compile()
       compile_s = time.time() - c0
-    state, metrics = compiled(state, batch, frozen)
+    # Through the jitted function, which reuses `compiled`: the executable itself refuses
+    # the CPU's 4-bit arrays (--quantize int4/nf4), laid out unpacked by JAX 0.10's CPU client.
+    state, metrics = step_fn(state, batch, frozen)
     loss, lr = float(metrics["loss"]), float(sched(step))
     history.append((step, lr, loss, float(metrics["grad_norm"]), time.time() - t0))
     if opts.on_step is not None:

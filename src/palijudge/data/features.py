@@ -5,7 +5,7 @@ When the vision encoder and its projection are frozen, an image's tokens
 preprocessing. They are kept in memory and, when the model came from a
 project, on disk under `cache/features/`, keyed by all three, and reused across steps, epochs,
 seeds, folds, trials and runs. Images are keyed by their bytes, weights by
-their files' sha256 (`loader.ModelSpec.weights_id`). Training with
+their files' sha256 and quantization (`loader.LoadedModel.weights_id`). Training with
 `--trainable all` changes the encoder, so no cache is used then.
 """
 

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from palijudge import quantize
 from palijudge.model import lora as lora
 from palijudge.model.config import LlmConfig
 from palijudge.model.vit import remat_policy
@@ -91,12 +92,12 @@ class Attention(nn.Module):
     x = x.astype(self.dtype)
     xq = x if query_idx is None else _gather(x, query_idx)
     if n == k:  # big_vision stores one fused weight when there is no sharing.
-      w = _Weight((3, n, d, h), name="qkv_einsum")().astype(self.dtype)
+      w = quantize.weight(_Weight((3, n, d, h), name="qkv_einsum")(), self.dtype)
       q = jnp.einsum("BTD,NDH->BTNH", xq, w[0])
       kk, v = jnp.einsum("BSD,CNDH->CBSNH", x, w[1:])
     else:
-      wq = _Weight((n, d, h), name="q_einsum")().astype(self.dtype)
-      wkv = _Weight((2, k, d, h), name="kv_einsum")().astype(self.dtype)
+      wq = quantize.weight(_Weight((n, d, h), name="q_einsum")(), self.dtype)
+      wkv = quantize.weight(_Weight((2, k, d, h), name="kv_einsum")(), self.dtype)
       q = jnp.einsum("BTD,NDH->BTNH", xq, wq)
       kk, v = jnp.einsum("BSD,CKDH->CBSKH", x, wkv)
     return q, kk, v
@@ -127,7 +128,7 @@ class Attention(nn.Module):
     logits = jnp.where(mask_BxTxS[:, None, None], logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     enc = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(self.dtype)).reshape(b, t, n, h)
-    w_out = _Weight((n, h, c.width), name="attn_vec_einsum")().astype(self.dtype)
+    w_out = quantize.weight(_Weight((n, h, c.width), name="attn_vec_einsum")(), self.dtype)
     out = jnp.einsum("BTNH,NHD->BTD", enc, w_out)
     return out, (k, v) if cache_k is not None else None
 
@@ -143,10 +144,10 @@ class FeedForward(nn.Module):
     w = self.param("gating_einsum", nn.initializers.normal(stddev=0.02), (2, d, f))
     w_out = self.param("linear", nn.initializers.normal(stddev=0.02), (f, d))
     x = x.astype(self.dtype)
-    w = w.astype(self.dtype)
+    w = quantize.weight(w, self.dtype)
     gate = jax.nn.gelu(jnp.einsum("BTD,DF->BTF", x, w[0]), approximate=True)
     return jnp.einsum("BTF,FD->BTD", gate * jnp.einsum("BTD,DF->BTF", x, w[1]),
-                      w_out.astype(self.dtype))
+                      quantize.weight(w_out, self.dtype))
 
 
 class Block(nn.Module):
@@ -241,12 +242,13 @@ class Gemma(nn.Module):
     @functools.partial(jax.checkpoint, policy=policy, prevent_cse=False)
     def layer(x, i):
       params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
-      params = lora.merge_layer(params, self.lora_alpha)  # Adapters, if any, folded in one layer at a time.
+      # Adapters, if any, folded in one layer at a time.
+      params = lora.merge_layer(params, self.lora_alpha, self.dtype)
       return block.apply({"params": params}, x, None, positions_BxS, mask_BxSxS, None)[0]
 
     x = x_BxSxD.astype(self.dtype)
     x, _ = jax.lax.scan(lambda x, i: (layer(x, i), None), x, jnp.arange(self.cfg.depth - 1))
-    last = lora.merge_layer(jax.tree.map(lambda a: a[-1], stacked), self.lora_alpha)
+    last = lora.merge_layer(jax.tree.map(lambda a: a[-1], stacked), self.lora_alpha, self.dtype)
     x, _ = block.apply({"params": last}, x, None, positions_BxS, mask_BxSxS, None, query_idx_BxT)
     return self.final_norm(x)
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from palijudge import quantize
 from palijudge.params import flatten, unflatten
 
 PREFIX = "llm/layers/lora/"
@@ -76,8 +77,12 @@ def rank_of(params: dict) -> int | None:
   return int(flatten(layers["lora"])["mlp/linear/a"].shape[-1])
 
 
-def merge_layer(layer: dict, alpha: float = DEFAULT_ALPHA) -> dict:
-  """One layer's (or the stacked) params with its adapters folded in, `lora` removed."""
+def merge_layer(layer: dict, alpha: float = DEFAULT_ALPHA, dtype=None) -> dict:
+  """One layer's (or the stacked) params with its adapters folded in, `lora` removed.
+
+  A merged weight keeps its dtype; a quantized one (--quantize) becomes a plain
+  array in `dtype` (the compute dtype; f32 if None).
+  """
   if "lora" not in layer:
     return layer
   adapters = flatten(layer["lora"])
@@ -91,14 +96,15 @@ def merge_layer(layer: dict, alpha: float = DEFAULT_ALPHA) -> dict:
     lead = "l" if stacked else ""
     delta = jnp.einsum(f"{lead}{a_ax},{lead}{b_ax}->{lead}{w_ax}", a, b) * (alpha / r)
     w = flat[name]
-    flat[name] = (w.astype(jnp.float32) + delta).astype(w.dtype)
+    out = (dtype or jnp.float32) if quantize.is_quantized(w) else w.dtype
+    flat[name] = (quantize.weight(w, jnp.float32) + delta).astype(out)
   return unflatten(flat)
 
 
-def merge(params: dict, alpha: float = DEFAULT_ALPHA) -> dict:
-  """The full tree with every adapter folded into its weight."""
+def merge(params: dict, alpha: float = DEFAULT_ALPHA, dtype=None) -> dict:
+  """The full tree with every adapter folded into its weight (see `merge_layer` for `dtype`)."""
   if rank_of(params) is None:
     return params
   llm = dict(params["llm"])
-  llm["layers"] = merge_layer(params["llm"]["layers"], alpha)
+  llm["layers"] = merge_layer(params["llm"]["layers"], alpha, dtype)
   return {**params, "llm": llm}

@@ -287,6 +287,7 @@ def greedy_decode(model, params, x: Inputs, max_new: int, eos_id: int,
 
 
 def decode(model, params, x: Inputs, max_new: int, eos_id: int, cache_dtype=jnp.float32):
-  params = lora.merge(params, model.lora_alpha)  # The cached decoder path takes plain weights.
+  # The cached decoder path takes plain weights (quantized ones merge into the compute dtype).
+  params = lora.merge(params, model.lora_alpha, model.dtype)
   tokens, logps, first = greedy_decode(model, params, x, max_new, eos_id, cache_dtype)
   return DecodeOut(np.asarray(tokens), np.asarray(logps), np.asarray(first))

@@ -5,8 +5,9 @@ Parameter paths (under `img/`) match the official checkpoint:
 (stacked on a leading depth axis by `nn.scan`), `Transformer/encoder_norm`,
 and `head` projecting every patch token to the LLM width.
 
-Weights may be stored in any dtype; every op casts them to `dtype` at use, so
-frozen half-precision weights and f32 trainable ones mix freely.
+Weights may be stored in any dtype, or quantized (`--quantize`: qwix QArrays);
+every op casts or dequantizes them to `dtype` at use, so frozen half-precision
+or quantized weights and f32 trainable ones mix freely.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from palijudge import quantize
 from palijudge.model.config import ImgConfig
 
 Dtype = Any
@@ -45,7 +47,8 @@ class _Dense(nn.Module):
                         in_shape + self.out_shape)
     bias = self.param("bias", nn.initializers.zeros, self.out_shape)
     axes = (tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (axes, ((), ())))
+    y = jax.lax.dot_general(x.astype(self.dtype), quantize.weight(kernel, self.dtype),
+                            (axes, ((), ())))
     return y + bias.astype(self.dtype)
 
 
@@ -139,7 +142,7 @@ class _PatchEmbed(nn.Module):
                         (p, p, 3, self.width))
     bias = self.param("bias", nn.initializers.zeros, (self.width,))
     y = jax.lax.conv_general_dilated(
-        image_BxSxSx3.astype(self.dtype), kernel.astype(self.dtype), (p, p), "VALID",
+        image_BxSxSx3.astype(self.dtype), quantize.weight(kernel, self.dtype), (p, p), "VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = y + bias.astype(self.dtype)
     b, h, w, d = y.shape

@@ -7,11 +7,16 @@ before, training, evaluation after, checkpoint saved.
 
 The tiny model starts from random weights, so the colab's recipe (attention
 only, SGD 0.03) cannot teach it anything; the demo recipe trains every
-parameter with Adam instead.
+parameter with Adam instead. With `--quantize`, the vision encoder and its
+projection are frozen and quantized, and the decoder trains over their image
+tokens (`--trainable llm`, Adam): the visual rule must be learned from the
+quantized encoder's features. (LoRA over a random decoder is a lottery on
+this model; BENCHMARKS.md, "Quantized frozen weights".)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from palijudge import files, learn, loader
@@ -28,8 +33,13 @@ GATE = 0.9  # The demo fails (exit 1) below this validation accuracy.
 
 def run(project: Project, data: str | None = None, preset: str = "tiny",
         recipe: TrainConfig = DEMO_RECIPE, valid_fraction: float = 0.2, seed: int = 0,
-        save: bool = True, n_images: int = 200, log=print) -> EvalResult:
-  """Returns the validation EvalResult after training."""
+        save: bool = True, n_images: int = 200, quantize: str | None = None,
+        log=print) -> EvalResult:
+  """Returns the validation EvalResult after training.
+
+  `quantize` (int8, int4, nf4): the frozen matrices quantized; a recipe that
+  trains everything trains the decoder only (`llm`), so the encoder is frozen.
+  """
   if data is None:
     data = str(synthetic.make_dataset(project.dataset / "demo", n=n_images, seed=seed))
     log(f"generated {data}")
@@ -42,7 +52,9 @@ def run(project: Project, data: str | None = None, preset: str = "tiny",
   log(f"train {len(train)} {splits.class_counts(train)}, "
       f"valid {len(valid)} {splits.class_counts(valid)}")
   spec = loader.write_random_model(preset, str(project.cache), seed)
-  lm = loader.load(spec, trainable=recipe.trainable)
+  if quantize not in (None, "none") and recipe.trainable == "all":
+    recipe = dataclasses.replace(recipe, trainable="llm")
+  lm = loader.load(spec, trainable=recipe.trainable, quantize=quantize)
   base = files.shown(os.path.splitext(data)[0])
   names = (f"{base} (all)", f"{base} (train split)", f"{base} (valid split)")
   save_to = str(project.checkpoints / "demo.npz") if save else None
