@@ -33,7 +33,7 @@ def main(args, project):
 
 
 def _export(args, project, model):
-  from palijudge import checkpoint, hf_export
+  from palijudge import checkpoint, hf_export, quantize
   from palijudge.model import lora
   lm = cli.load_model(args, project, model=model)
   quantize.check_full_save(lm.quantize, "export")

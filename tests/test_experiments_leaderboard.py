@@ -73,7 +73,8 @@ def test_rows(experiments):
   assert [k for k, _ in plain.plots] == ["loss"]  # drawn from train_log.csv
   c = rows["cv--b-run-b"]
   assert c.kind == "cv" and c.metrics["score"] == pytest.approx(0.85)
-  assert c.metrics["std"] == pytest.approx(0.05) and c.metrics["auc"] == pytest.approx(0.9)
+  # The sample std (ddof=1) of the folds 0.8 and 0.9, the one the t interval is made from.
+  assert c.metrics["std"] == pytest.approx(0.05 * 2 ** 0.5) and c.metrics["auc"] == pytest.approx(0.9)
   assert c.link == "cv--b-run-b/summary.md"
   t0, t1 = rows["s1-trial-000"], rows["s1-trial-001"]
   assert (t0.kind, t0.state, t0.metrics["score"]) == ("trial", "COMPLETE", 0.75)
@@ -102,7 +103,7 @@ def test_build_markdown_html_history(experiments):
   assert [re.search(r"\[?([\w-]+)", l.split("|")[2]).group(1) for l in lines] == [
       "cv--b-run-b", "s1-trial-000", "s1-trial-001", "s1-trial-002", "stopped", "plain-run"]
   assert lines[0].startswith("| ★ | [cv--b-run-b](cv--b-run-b/summary.md) | cv |")
-  assert "0.8500 ± 0.0500 [0.21, 1.00]" in lines[0] and "[loss](plain-run/loss.png)" in md
+  assert "0.8500 ± 0.0707 [0.21, 1.00]" in lines[0] and "[loss](plain-run/loss.png)" in md
   plain = next(l for l in lines if "plain-run" in l)
   assert plain.startswith("| ★ | [plain-run](plain-run/) | run | finished | tiny |")
   assert "| 0.8300 [0.44, 0.97] | 0.8300 | 0.7000 | 0.9000 [0.50, 1.00] | 0.8000 |" in plain

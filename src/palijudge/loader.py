@@ -231,8 +231,9 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
   # A quantized checkpoint loads as it was trained, whatever `trainable` the caller names.
   rule = params_lib.dtype_rule(quant["trainable"] if quant else trainable, param_dtype)
   mesh = mesh if mesh is not None else placement(spec.cfg, "auto", trainable, param_dtype)
-  put = quantize_lib.loading_put(
-      quant, lambda _, a: params_lib.put(a, params_lib.leaf_sharding(mesh, a.shape)))
+  # Each array (a quantized leaf's values and scales alike) straight into its sharding.
+  place = lambda a: params_lib.put(a, params_lib.leaf_sharding(mesh, a.shape))
+  put = quantize_lib.loading_put(quant, lambda _, a: jax.tree.map(place, a))
   if spec.base:  # A delta: the base first, then the leaves the run trained.
     # The base as this delta loads it: the quantized leaves follow its recorded recipe.
     key = (os.path.abspath(spec.base), quant and (quant["mode"], quant["trainable"]))

@@ -250,8 +250,8 @@ def bench_start(b: Bench, steps: int = 4) -> list[dict]:
   """A real `03-do_learn.py -2 --phases` run twice: compilation cold, then from the cache."""
   project = os.path.join(b.workdir, "project")
   shutil.rmtree(os.path.join(project, "cache"), ignore_errors=True)  # Cold means cold.
-  root = os.path.dirname(b.examples[0].source)  # The generated data's folder.
-  splits_dir = os.path.join(root, "s")
+  root = os.path.dirname(b.examples[0].source)  # The generated data's folder: --root.
+  splits_dir = os.path.join(project, "dataset", "s")  # -d s: the project's dataset/s.
   tr, va = splits.split(b.examples, 10, 0)
   data_lib.write_jsonl(os.path.join(splits_dir, "train.jsonl"), tr)
   data_lib.write_jsonl(os.path.join(splits_dir, "valid.jsonl"), va)
