@@ -147,19 +147,17 @@ HELPERS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.script
-def test_two_processes_share_batches_and_gather_sets(tmp_path):
-  script = tmp_path / "helpers.py"
-  script.write_text(HELPERS)
+def _two_processes(script: Path, arg, timeout: float) -> list[dict]:
+  """Runs `script COORDINATOR INDEX ARG` as processes 0 and 1 (2 devices each) and returns
+  the JSON each prints on its `OUT ` line, in process order."""
   port = _free_port()
-  saved = tmp_path / "state.npz"
-  procs = [subprocess.Popen([sys.executable, str(script), f"127.0.0.1:{port}", str(i), saved],
+  procs = [subprocess.Popen([sys.executable, str(script), f"127.0.0.1:{port}", str(i), str(arg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(2)) for i in range(2)]
   outs = []
   try:
     for p in procs:
-      stdout, stderr = p.communicate(timeout=120)
+      stdout, stderr = p.communicate(timeout=timeout)
       line = next((x for x in stdout.splitlines() if x.startswith("OUT ")), None)
       assert p.returncode == 0 and line, stdout + stderr
       outs.append(json.loads(line[4:]))
@@ -167,6 +165,15 @@ def test_two_processes_share_batches_and_gather_sets(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
+  return outs
+
+
+@pytest.mark.script
+def test_two_processes_share_batches_and_gather_sets(tmp_path):
+  script = tmp_path / "helpers.py"
+  script.write_text(HELPERS)
+  saved = tmp_path / "state.npz"
+  outs = _two_processes(script, saved, timeout=120)
   assert [o["rows"] for o in outs] == [[0, 4], [4, 8]]
   for o in outs:
     assert o["total"] == float(np.arange(24).sum())
@@ -215,21 +222,7 @@ def test_two_processes_lay_parameters_on_a_2d_mesh(tiny_project, tmp_path):
   local view then gathers."""
   script = tmp_path / "meshes.py"
   script.write_text(MESHES)
-  port = _free_port()
-  procs = [subprocess.Popen([sys.executable, str(script), f"127.0.0.1:{port}", str(i),
-                             str(tiny_project.cache)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(2)) for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      stdout, stderr = p.communicate(timeout=LIMIT)
-      line = next((x for x in stdout.splitlines() if x.startswith("OUT ")), None)
-      assert p.returncode == 0 and line, stdout + stderr
-      outs.append(json.loads(line[4:]))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  outs = _two_processes(script, tiny_project.cache, timeout=LIMIT)
   for o in outs:
     # FSDP groups are a process's own devices; the data axis runs across processes.
     assert o["fsdp"]["mesh"] == [2, 2] and o["fsdp"]["rows"] == [[0, 0], [1, 1]]

@@ -10,7 +10,6 @@ this version does not reproduce, a recipe with nothing frozen, --full.
 from __future__ import annotations
 
 import dataclasses
-import runpy
 import sys
 
 import jax
@@ -27,7 +26,7 @@ from palijudge.errors import UserError
 from palijudge.model import config as config_lib
 from palijudge.model import lora
 from palijudge.model import paligemma as model_lib
-from testing import PLAY
+from testing import in_process
 
 MODES = ("int8", "int4", "nf4")
 # Largest dequantization error per element, in units of the element's scale: half a step
@@ -240,19 +239,12 @@ def test_qwix_model_level_api_misses_this_models_weights():
 
 @pytest.fixture
 def script(tiny_project, monkeypatch, capsys):
-  monkeypatch.chdir(tiny_project.root)
-  monkeypatch.syspath_prepend(str(PLAY))
+  run = in_process(tiny_project.root, monkeypatch, capsys)
 
-  def run(name, *args):
-    monkeypatch.setattr(sys, "argv", [name, "--project", str(tiny_project.root), *map(str, args)])
-    code = 0
-    try:
-      runpy.run_path(str(PLAY / name), run_name="__main__")
-    except SystemExit as e:
-      code = e.code or 0
-    out, err = capsys.readouterr()
+  def without_bars(name, *args):  # Progress bars' lines are not errors.
+    code, out, err = run(name, *args)
     return code, out, [l for l in err.strip().splitlines() if "%|" not in l]
-  return run
+  return without_bars
 
 
 def test_scripts_refuse_a_bad_mode_and_another_mode_in_one_line(script, deltas):

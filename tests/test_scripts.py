@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import runpy
 import subprocess
 import sys
 
@@ -22,7 +21,7 @@ from palijudge.params import flatten
 from palijudge.data import examples as data
 from palijudge.data import synthetic
 from palijudge.files import Project
-from testing import PLAY, ROOT, assert_one_line_error, run_script
+from testing import PLAY, ROOT, assert_one_line_error, in_process, run_script
 
 pytestmark = pytest.mark.script
 
@@ -197,19 +196,7 @@ def eval_project(tmp_path_factory):
 
 @pytest.fixture
 def script(eval_project, monkeypatch, capsys):
-  monkeypatch.chdir(eval_project)
-  monkeypatch.syspath_prepend(str(PLAY))
-
-  def run(name, *args):
-    monkeypatch.setattr(sys, "argv", [name, "--project", str(eval_project), *map(str, args)])
-    code = 0
-    try:
-      runpy.run_path(str(PLAY / name), run_name="__main__")
-    except SystemExit as e:
-      code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-  return run
+  return in_process(eval_project, monkeypatch, capsys)
 
 
 def one_line_error(result, *needles):

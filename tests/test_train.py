@@ -62,9 +62,11 @@ def test_accumulation_matches_the_large_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params1, other)
 
 
-ACCUM_SCRIPT = textwrap.dedent("""
+# The start of the multi-device scripts below (each runs in a fresh process, where
+# XLA_FLAGS can still force several CPU devices): the fixture model in f32 and its batch.
+FIXTURE_PRELUDE = """
   import json, re
-  import jax, jax.numpy as jnp, numpy as np, optax
+  import jax, numpy as np, optax
   from palijudge import checkpoint, losses, train
   from palijudge import params as params_lib
   from palijudge.model import config
@@ -75,6 +77,10 @@ ACCUM_SCRIPT = textwrap.dedent("""
   params = checkpoint.load_params(FX + "/params.npz", model_lib.param_shapes(cfg),
                                   lambda _: np.float32)
   ref = np.load(FX + "/reference.npz")
+"""
+
+
+ACCUM_SCRIPT = textwrap.dedent(FIXTURE_PRELUDE + """
   rows = np.arange(16) % 4
   batch = {{k[6:]: ref[k][rows] for k in ref.files if k.startswith("batch/")}}
   batch["loss_idx"], batch["loss_w"] = loss_index(batch["mask_loss"])
@@ -254,18 +260,7 @@ def _state_like(root):
   return train.init_state(trainable, train.make_optimizer(train.TrainConfig(steps=12)))
 
 
-SHARDING_SCRIPT = textwrap.dedent("""
-  import jax, numpy as np, optax
-  from palijudge import checkpoint, losses, train
-  from palijudge.model import config as config
-  from palijudge import params as params_lib
-  from palijudge.model import paligemma as model_lib
-  from palijudge.data.batch import Batch, loss_index
-  FX = "{fx}"
-  cfg = config.from_json_file(FX + "/config.json")
-  params = checkpoint.load_params(FX + "/params.npz", model_lib.param_shapes(cfg),
-                                  lambda _: np.float32)
-  ref = np.load(FX + "/reference.npz")
+SHARDING_SCRIPT = textwrap.dedent(FIXTURE_PRELUDE + """
   batch = {{k[6:]: np.concatenate([ref[k]] * 2) for k in ref.files if k.startswith("batch/")}}
   batch["loss_idx"], batch["loss_w"] = loss_index(batch["mask_loss"])
   batch["label"] = np.array([1, 0, 0, 0] * 2, np.int32)
