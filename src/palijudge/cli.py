@@ -173,6 +173,10 @@ def _distributed_failure(e: Exception) -> str:
 
 
 def _setup(args: argparse.Namespace, project: Project) -> None:
+  # Each line of output leaves as it is written, as at a terminal: a summary on stderr
+  # then follows the rows it sums up, and `| head` ends the script at its first line.
+  if hasattr(sys.stdout, "reconfigure"):
+    sys.stdout.reconfigure(line_buffering=True)
   for key, value in _ENV_DEFAULTS.items():
     os.environ.setdefault(key, value)
   progress.set_mode(getattr(args, "progress", "auto"))

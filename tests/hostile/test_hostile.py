@@ -694,9 +694,11 @@ PIPES = [
 def test_a_closed_pipe_ends_quietly(script, args, root):
   """As `SCRIPT | head` when head has read enough: exit 141 (128 + SIGPIPE), stderr silent."""
   before = snapshot(root)
+  # Block-buffered stdout, as in a user's shell (PYTHONUNBUFFERED would hide the order).
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
   proc = subprocess.Popen([sys.executable, str(PLAY / script), "--project", str(root), *args],
                           cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                          env=dict(env, JAX_PLATFORMS="cpu"))
   proc.stdout.close()  # The reader is gone before the first line.
   err = proc.stderr.read()
   assert proc.wait(timeout=300) == 141, err
