@@ -42,7 +42,7 @@ DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: MODEL=$(MODEL) SET=$(SET) VALID=$(VALID) NAME=$(NAME) ACCEL=$(ACCEL) DATA=... ARGS=..."
-	@echo "  QUANTIZE=int8|int4|nf4 (demo, train, validate, infer, plan): quantized frozen weights"
+	@echo "  QUANTIZE=int8|int4|nf4 (demo, train, validate, infer, plan, tune, ask): quantized frozen weights"
 
 $(VENV)/.installed-%: pyproject.toml
 	@case " $(ACCELS) " in *" $* "*) ;; *) echo "ACCEL=$*: use one of $(ACCELS)" >&2; exit 2;; esac
@@ -125,10 +125,10 @@ cv: $(STAMP) ## train and evaluate every fold of dataset/SET; prints the CV scor
 	$(PY) playground/03-do_learn.py --cv $(SET) --model $(MODEL) $(ARGS)
 
 tune: $(STAMP) ## TRIALS more search trials on dataset/SET's folds (experiments/study.db)
-	$(PY) playground/06-tune.py run --trials $(TRIALS) --cv $(SET) --model $(MODEL) $(ARGS)
+	$(PY) playground/06-tune.py run --trials $(TRIALS) --cv $(SET) --model $(MODEL) $(Q) $(ARGS)
 
 ask: $(STAMP) ## the next configuration to try by hand, as a command line
-	$(PY) playground/06-tune.py ask --cv $(SET) --model $(MODEL) $(ARGS)
+	$(PY) playground/06-tune.py ask --cv $(SET) --model $(MODEL) $(Q) $(ARGS)
 
 tell: $(STAMP) ## record a hand-run trial: TRIAL=N SCORE=0.81 (or SCORE=fail)
 	$(PY) playground/06-tune.py tell $(TRIAL) $(SCORE) $(ARGS)

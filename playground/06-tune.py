@@ -10,9 +10,10 @@
 
 The study lives in experiments/study.db (--storage: another file or a database URL such as
 postgresql://USER@HOST:5432/DB, shared by several workers: one `run` per GPU). It records
-its model, CV set and metric, and refuses another. The first trial is the space's baseline;
-then TPE after 3 random start-up trials. A `run` trial whose worker stops sending heartbeats
-(--heartbeat) for --grace seconds is marked FAIL by the next worker and run again.
+its model, quantization, CV set and metric, and refuses another. The first trial is the
+space's baseline; then TPE after 3 random start-up trials. A `run` trial whose worker stops
+sending heartbeats (--heartbeat) for --grace seconds is marked FAIL by the next worker and
+run again.
 """
 import argparse
 
@@ -23,6 +24,7 @@ KEYS = ("lr", "loss", "focal_alpha", "focal_gamma", "bce_weight", "focal_weight"
 
 
 def _parser():
+  from palijudge import quantize
   from palijudge.experiments import tune
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("--storage", default=None,
@@ -48,6 +50,9 @@ def _parser():
   for p_ in (run, ask):
     p_.add_argument("--model", default=None, help="base model: preset or checkpoint "
                     "(default: the study's, else paligemma-3b-pt-224)")
+    p_.add_argument("--quantize", default=None, choices=quantize.MODES,
+                    help="quantize the model's frozen matrices, as 03's --quantize (default: "
+                    "the study's, else as the checkpoint records)")
     cli.add_root_flag(p_)
   tell = sub.add_parser("tell", parents=[common], formatter_class=fmt, help="record a trial's CV score")
   tell.add_argument("trial", type=int, help="trial number (from ask)")
@@ -65,10 +70,10 @@ def _positive(text: str) -> int:
   return value
 
 
-def _objective(folds_dir: str, model: str | None, root: str, cache: str):
+def _objective(folds_dir: str, model: str | None, root: str, cache: str, quantize: str | None):
   from palijudge.experiments import cv
   return lambda config, report: cv.cv_objective(config, folds_dir, report, model=model,
-                                                root=root, cache_dir=cache)
+                                                root=root, cache_dir=cache, quantize=quantize)
 
 
 def _why(t, retried: dict[int, int]) -> str:
@@ -105,7 +110,7 @@ def status_text(study, now=None) -> str:
     best = max(done, key=lambda t: t.value)
     attrs = study.user_attrs
     target = tune.Target(attrs.get("model"), attrs.get("cv") or best.user_attrs.get("cv"),
-                         attrs.get("metric", "f_measure"))
+                         attrs.get("metric", "f_measure"), quantize=attrs.get("quantize") or None)
     command = (tune.to_command(best.user_attrs["config"], target)  # older studies: as stored
                if "config" in best.user_attrs and "model" in attrs
                else best.user_attrs.get("command", ""))
@@ -146,7 +151,8 @@ def main(args, project):
     from palijudge.data import splits
     splits.fold_paths(project.split(args.cv, "--cv"))
   if args.command in ("run", "ask"):
-    target = tune.bind(study, tune.Target(args.model, args.cv, space.metric, args.root))
+    target = tune.bind(study, tune.Target(args.model, args.cv, space.metric, args.root,
+                                          args.quantize))
   if args.command == "run":
     from palijudge import loader
     try:
@@ -155,7 +161,7 @@ def main(args, project):
       spec = None  # Each trial says what is missing, as it loads.
     cli.announce(spec=spec)
     objective = _objective(str(project.split(target.cv, "--cv")), project.find(target.model),
-                           cli.data_root(args, project), str(project.cache))
+                           cli.data_root(args, project), str(project.cache), target.quantize)
     tune.run_trials(study, space, objective, args.trials, records_root=experiments,
                     target=target)
     print(status_text(study))

@@ -40,12 +40,15 @@ def test_a_constant_answer_is_flagged_in_the_summary_and_the_trial(monkeypatch):
   assert cv.summarize(one_no).one_class is None and "warning" not in cv.summarize(one_no).format()
   warned = []
   report = type("Report", (), {"metric": "f_measure", "record": None, "warn": warned.append})()
-  for name in ("resolve", "load"):
-    monkeypatch.setattr(cv.loader, name, lambda *a, **k: None)
+  loads = []
+  monkeypatch.setattr(cv.loader, "resolve", lambda *a, **k: None)
+  monkeypatch.setattr(cv.loader, "load", lambda *a, **k: loads.append(k))
   monkeypatch.setattr(cv.splits, "fold_paths", lambda folder: [])
   monkeypatch.setattr(cv, "cv_learn", lambda *a, **k: s)
-  score = cv.cv_objective(dict(tune.DEFAULTS), "cv2", report, model="tiny", root="dataset")
+  score = cv.cv_objective(dict(tune.DEFAULTS), "cv2", report, model="tiny", root="dataset",
+                          quantize="nf4")
   assert score == s.score and warned == [s.warning()]
+  assert loads == [{"trainable": "attn", "quantize": "nf4"}]  # The trial's weights as asked.
 
 
 def test_cv_spread_over_folds_has_min_max_and_a_t_interval():

@@ -224,6 +224,7 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
   def objective(cfg, folds_dir, report, **kw):  # The real one trains: see the script tests.
     if folds_dir != str(project.split("cv5")):  # dataset/cv5, as 03-do_learn.py --cv cv5 reads.
       return 0
+    assert kw["quantize"] == "int8"  # Each trial loads the weights the study records.
     report(0, 0.7)
     return 0.7
   monkeypatch.setattr(cv, "cv_objective", objective)
@@ -231,11 +232,11 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match=says):  # Refused before the study binds to it.
       main("ask", "--cv", bad)
   _folds(tmp_path / "dataset" / "cv5")
-  main("run", "--trials", "2", "--cv", "cv5")
+  main("run", "--trials", "2", "--cv", "cv5", "--quantize", "int8")
   out = capsys.readouterr().out
   assert "study palijudge: 2 trial(s)" in out
   assert ("best: trial 0 with 0.7000: python playground/03-do_learn.py --model "
-          "paligemma-3b-pt-224 --cv cv5 --loss combined") in out  # the model first
+          "paligemma-3b-pt-224 --cv cv5 --quantize int8 --loss combined") in out  # model first
   main("ask")
   assert "tell 2 SCORE" in capsys.readouterr().out
   for score in ("1.7", "-0.1"):  # A CV score is a fraction: never the study's best.
@@ -321,6 +322,26 @@ def test_the_study_records_its_model_cv_set_and_metric(tmp_path):
   assert study.user_attrs["model"] == "checkpoints/base.npz"
   fresh = tune.open_study(str(tmp_path / "s.db"), "fresh")
   assert tune.bind(fresh, tune.Target()).model == "paligemma-3b-pt-224"
+
+
+def test_the_study_records_its_quantization(tmp_path):
+  """Scores over int4 weights do not compare with scores over the stored ones: the first
+  bind records the quantization, an unset one takes it, another is refused."""
+  study = tune.open_study(str(tmp_path / "s.db"), "q")
+  bound = tune.bind(study, tune.Target("tiny", "cv5", quantize="int4"))
+  assert bound.quantize == "int4" and study.user_attrs["quantize"] == "int4"
+  assert tune.bind(study, tune.Target(None, None)).quantize == "int4"  # the study's
+  for other in ("int8", "none"):
+    with pytest.raises(UserError, match=f"searches tiny quantized int4 on cv5 by f_measure, "
+                                        f"not quantize {'as recorded' if other == 'none' else other}"):
+      tune.bind(study, tune.Target(None, None, quantize=other))
+  assert tune.to_command(tune.DEFAULTS, bound).endswith("--cv cv5 --quantize int4")
+  # A study made before --quantize ran its trials on the weights as stored.
+  old = tune.open_study(str(tmp_path / "s.db"), "old")
+  old.set_user_attr("model", "tiny")
+  assert tune.bind(old, tune.Target(quantize="none")).quantize is None
+  with pytest.raises(UserError, match="not quantize int8"):
+    tune.bind(old, tune.Target(quantize="int8"))
 
 
 def test_a_trial_warning_is_kept_and_shown(tmp_path, monkeypatch, capsys):
@@ -516,7 +537,7 @@ def test_a_real_study_shared_by_two_workers_resumes_records_and_reports(tmp_proj
   run = lambda *a, **kw: run_script("06-tune.py", *a, project=tmp_project, **kw)
   workers = [subprocess.Popen(  # two GPUs' workers, started together
       [sys.executable, str(PLAY / "06-tune.py"), "--project", str(proj), "run", "--trials", n,
-       "--cv", "cv2", "--model", "tiny", *args], cwd=proj, stdout=subprocess.PIPE,
+       "--cv", "cv2", "--model", "tiny", "--quantize", "int8", *args], cwd=proj, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
       for n in ("2", "1")]
   outs = [p.communicate(timeout=600)[0] for p in workers]
@@ -527,12 +548,12 @@ def test_a_real_study_shared_by_two_workers_resumes_records_and_reports(tmp_proj
   assert status.count("FAIL") == 1
   best = next(line for line in status.splitlines() if line.startswith("best: "))
   assert ": python playground/03-do_learn.py --model tiny --cv cv2 --cv-metric accuracy " \
-         "--steps 2" in best
+         "--quantize int8 --steps 2" in best
   proc = run("ask", "--model", "paligemma-3b-pt-224", *args, check=False)  # make ask's default
-  assert_one_line_error(proc, "study 's' searches tiny on cv2 by accuracy, not model "
-                        "paligemma-3b-pt-224")
+  assert_one_line_error(proc, "study 's' searches tiny quantized int8 on cv2 by accuracy, "
+                        "not model paligemma-3b-pt-224")
   asked = run("ask", *args).stdout  # the study's model and folds
-  assert "03-do_learn.py --model tiny --cv cv2 --cv-metric accuracy" in asked
+  assert "03-do_learn.py --model tiny --cv cv2 --cv-metric accuracy --quantize int8" in asked
   number = int(next(l for l in asked.splitlines() if "trial" in l.lower()).split()[1].strip(":#"))
   run("tell", number, "0.5", *args)
   assert "4 trial(s)" in run("status", *args).stdout

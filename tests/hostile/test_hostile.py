@@ -381,6 +381,8 @@ def numeric_cases() -> list[Case]:
            ("--trials must be >= 1",)),
       Case("06 --heartbeat 0", "06-tune.py", ("status", "--heartbeat", "0"), ("must be >= 1",)),
       Case("06 --grace -1", "06-tune.py", ("status", "--grace=-1"), ("must be >= 1",)),
+      Case("06 --quantize int3", "06-tune.py", ("ask", "--cv", "cv2", "--quantize", "int3"),
+           ("--quantize", "int3")),
   ]
   for v in ("1.7", "-0.1", "100"):
     cases.append(Case(f"06 tell {v}", "06-tune.py", ("tell", "0", "--", v), ("lies in [0, 1]",)))

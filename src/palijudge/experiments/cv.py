@@ -163,11 +163,13 @@ def trial_config(config: dict) -> tuple[train_lib.TrainConfig, str]:
 
 
 def cv_objective(config: dict, folds_dir: str | os.PathLike, report, *, model: str | None,
-                 root: str, cache_dir: str = loader.CACHE_DIR, log=print) -> float:
+                 root: str, cache_dir: str = loader.CACHE_DIR, quantize: str | None = None,
+                 log=print) -> float:
   """One search trial: CV score of `config` on the folds in `folds_dir` (`Project.split`);
-  image paths resolve against `root`."""
+  image paths resolve against `root`; `quantize` as 03's --quantize."""
   tcfg, prompt = trial_config(config)
-  lm = loader.load(loader.resolve(model, cache_dir=cache_dir), trainable=tcfg.trainable)
+  lm = loader.load(loader.resolve(model, cache_dir=cache_dir), trainable=tcfg.trainable,
+                   quantize=quantize)
   folds = splits.fold_paths(folds_dir)
   summary = cv_learn(lm, folds, tcfg, EvalConfig(prompt=prompt), root=root,
                      metric=report.metric, record=report.record, report=report, log=log)

@@ -180,12 +180,14 @@ def suggest(trial: optuna.trial.BaseTrial, space: Space) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  """What every trial of a study trains and scores: the base model, the CV folds and metric
-  (recorded in the study), and the dataset root (`--root`, None: the project's dataset/)."""
+  """What every trial of a study trains and scores: the base model, its quantization, the CV
+  folds and metric (recorded in the study), and the dataset root (`--root`, None: the
+  project's dataset/)."""
   model: str | None = None  # None: DEFAULT_MODEL, or the study's
   cv: str | None = None
   metric: str = "f_measure"
   root: str | None = None
+  quantize: str | None = None  # --quantize; None: as the model's checkpoint records
 
 
 def to_command(config: dict[str, Any], target: Target = Target(),
@@ -196,26 +198,36 @@ def to_command(config: dict[str, Any], target: Target = Target(),
   args += ["--cv", target.cv] if target.cv else []
   args += ["--cv-metric", target.metric] if target.cv and target.metric != "f_measure" else []
   args += ["--root", target.root] if target.root else []
+  args += ["--quantize", target.quantize] if target.quantize else []
   for key in (k for k in FLAGS if k in config and config[k] != DEFAULTS[k]):
     args += [FLAGS[key], repr(config[key]) if isinstance(config[key], float) else str(config[key])]
   return shlex.join(args)
 
 
 def bind(study: optuna.Study, target: Target) -> Target:
-  """`target` checked against the study's model, CV set and metric (recorded by its first run
-  or ask; an unset model or CV set is taken from the study): scores on other folds, of another
-  model or by another metric would not compare, so a mismatch is refused."""
+  """`target` checked against the study's model, quantization, CV set and metric (recorded by
+  its first run or ask; an unset model, quantization or CV set is taken from the study): scores
+  on other folds, of another model or weights, or by another metric would not compare, so a
+  mismatch is refused."""
   attrs = study.user_attrs
   model = os.path.normpath(target.model) if target.model else attrs.get("model", DEFAULT_MODEL)
   cv = target.cv or attrs.get("cv")
-  for key, value in (("model", model), ("cv", cv), ("metric", target.metric)):
-    if attrs.get(key) not in (None, value):
-      raise UserError(f"study {study.study_name!r} searches {attrs.get('model')} on "
+  # "": as the checkpoint records (what a study made before --quantize existed ran), which
+  # for an unquantized checkpoint is `none`; unset: the study's.
+  quantize = attrs.get("quantize", "") if target.quantize is None else target.quantize
+  quantize = "" if quantize == "none" else quantize
+  recorded = {**attrs, "quantize": attrs.get("quantize", "" if "model" in attrs else None)}
+  for key, value in (("model", model), ("quantize", quantize), ("cv", cv),
+                     ("metric", target.metric)):
+    if recorded.get(key) not in (None, value):
+      weights = f" quantized {recorded['quantize']}" if recorded["quantize"] else ""
+      raise UserError(f"study {study.study_name!r} searches {attrs.get('model')}{weights} on "
                       f"{attrs.get('cv')} by {attrs.get('metric', 'f_measure')}, not {key} "
-                      f"{value}: use its --model/--cv/space, or another --study")
+                      f"{value or 'as recorded'}: use its --model/--quantize/--cv/space, "
+                      "or another --study")
     if value is not None and key not in attrs:
       study.set_user_attr(key, value)
-  return dataclasses.replace(target, model=model, cv=cv)
+  return dataclasses.replace(target, model=model, cv=cv, quantize=quantize or None)
 
 
 def storage_url(storage: str | None, root: str | os.PathLike = "experiments") -> str:
