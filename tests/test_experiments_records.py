@@ -108,7 +108,7 @@ def test_run_summary_says_what_ran_on_what_and_how_it_did(tmp_path):
 
 def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
   """Every scalar in a folder's event files, read back with TensorBoard's own reader."""
-  accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+  from tensorboard.backend.event_processing import event_accumulator as accumulator
   acc = accumulator.EventAccumulator(str(folder), size_guidance={accumulator.SCALARS: 0})
   acc.Reload()
   return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

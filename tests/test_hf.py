@@ -32,23 +32,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from palijudge import checkpoint, files, hf, hf_export, loader
+from palijudge.data import images, synthetic
+from palijudge.data.tokenizer import pad_batch, tokenize
+from palijudge.errors import UserError
+from palijudge.model import config as config_lib
+from palijudge.model import lora
+from palijudge.model import paligemma as model_lib
+from palijudge.params import flatten, unflatten
 
-from PIL import Image  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-
-from palijudge import checkpoint, files, hf, hf_export, loader  # noqa: E402
-from palijudge.data import images, synthetic  # noqa: E402
-from palijudge.data.tokenizer import pad_batch, tokenize  # noqa: E402
-from palijudge.errors import UserError  # noqa: E402
-from palijudge.model import config as config_lib  # noqa: E402
-from palijudge.model import lora  # noqa: E402
-from palijudge.model import paligemma as model_lib  # noqa: E402
-from palijudge.params import flatten, unflatten  # noqa: E402
-
-from testing import assert_one_line_error, forward_logits, run_script  # noqa: E402
+from testing import assert_one_line_error, forward_logits, run_script
 
 PROMPTS = ("Is this image appropriate based on Federal Food, Drug, and Cosmetic Act?",
            "Is this a safe product?", "caption en")

@@ -10,7 +10,6 @@ this version does not reproduce, a recipe with nothing frozen, --full.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import jax
 import jax.numpy as jnp

@@ -99,6 +99,19 @@ def in_process(root, monkeypatch, capsys):
   return run
 
 
+def tool_path(name: str) -> str:
+  """A binary the `test` extra installs (shellcheck, hadolint): beside this Python (a venv's
+  bin/), in its scripts folder, or on PATH. Missing, it is a broken install: the test fails."""
+  import shutil
+  import sysconfig
+  for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+    if (folder / name).is_file() and os.access(folder / name, os.X_OK):
+      return str(folder / name)
+  found = shutil.which(name)
+  assert found, f"{name} not found: it comes with the test extra (make test installs it)"
+  return found
+
+
 def assert_one_line_error(proc, *needles) -> None:
   """Exit status 2, one line on stderr naming each needle, no traceback."""
   assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
