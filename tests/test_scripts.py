@@ -656,6 +656,10 @@ def test_inference_never_mixes_two_models(script, eval_project, monkeypatch):
   before = partial.read_bytes()
   one_line_error(script("13-inference.py", "-l", "mb.npz", *args, "-o", "mix/out.tsv"),
                  "mix/out.tsv.partial: its rows came from another model", "delete it")
+  # The same file quantized scores otherwise: another model too.
+  one_line_error(script("13-inference.py", "-l", "ma.npz", *args, "-o", "mix/out.tsv",
+                        "--quantize", "int8"),
+                 "mix/out.tsv.partial: its rows came from another model", "delete it")
   assert partial.read_bytes() == before and not (eval_project / "mix/out.tsv").exists()
   code, out, err = script("13-inference.py", "-l", "ma.npz", *args, "-o", "mix/out.tsv")
   assert code == 0 and "(5 resumed)" in out, err  # Every complete line counts.

@@ -45,10 +45,10 @@ def _reason(e: Exception) -> str:
   text = str(e).strip()
   if "contains pickled" in text:  # Neither a zip nor an .npy: numpy would try pickle next.
     return "not a numpy archive; pickled data is never loaded"
+  if "max_header_size" in text:  # Before "pickle": numpy's advice here also names it.
+    return "an array header too large for a checkpoint"
   if "pickle" in text:
     return "it holds Python objects (pickled data), which are never loaded"
-  if "header" in text.lower() and "max_header_size" in text:
-    return "an array header too large for a checkpoint"
   return text.splitlines()[0] if text else "empty"
 
 

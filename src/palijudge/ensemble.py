@@ -82,26 +82,22 @@ class Judge:
   lm: LoadedModel        # The model (an ensemble's first member; a probe's encoder model).
   scorer: Scorer
   name: str              # What judges, for prediction files' settings.
-  specs: tuple[loader.ModelSpec, ...] = ()  # Every model it loaded.
+  members: tuple[LoadedModel, ...] = ()  # Every model it loaded.
   probe_file: str | None = None
 
   def identity(self) -> str:
     """The sha256 of every file that decides its scores (weights, a delta's base, the
-    tokenizer, a probe): what a resumed prediction file must have been written by."""
+    tokenizer, a probe) and the weights' quantization: what a resumed prediction file must
+    have been written by."""
     probe = [files.sha256(self.probe_file)] if self.probe_file else []
-    return "+".join(probe + [f"{s.weights_id}+{files.sha256(s.tokenizer)}" for s in self.specs])
+    return "+".join(probe + [f"{m.weights_id}+{files.sha256(m.spec.tokenizer)}"
+                             for m in self.members])
 
 
 def load_members(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str) -> list[LoadedModel]:
   """Each checkpoint loaded; deltas over one base share it."""
   bases: dict = {}
-  out = []
-  for path in paths:
-    spec = loader.resolve(path, lcfg.model_config, lcfg.tokenizer, cache_dir, lcfg.base)
-    out.append(loader.load(spec, param_dtype=lcfg.param_dtype, compute=lcfg.compute_dtype,
-                           mesh=loader.placement(spec.cfg, lcfg.mesh, param_dtype=lcfg.param_dtype),
-                           bases=bases, quantize=lcfg.quantize))
-  return out
+  return [loader.load_model(lcfg, cache_dir, model=path, bases=bases) for path in paths]
 
 
 def _probe_judge(path: str, lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig) -> Judge:
@@ -110,17 +106,14 @@ def _probe_judge(path: str, lcfg: LoadConfig, cache_dir: str, ecfg: EvalConfig) 
   fitted = probe_lib.load(path)
   model = fitted.encoder if os.path.isfile(fitted.encoder) else lcfg.model
   base = fitted.base if fitted.base and os.path.isfile(fitted.base) else lcfg.base
-  spec = loader.resolve(model, lcfg.model_config, lcfg.tokenizer, cache_dir, base)
-  lm = loader.load(spec, param_dtype=lcfg.param_dtype, compute=lcfg.compute_dtype,
-                   mesh=loader.placement(spec.cfg, lcfg.mesh, param_dtype=lcfg.param_dtype),
-                   quantize=lcfg.quantize)
+  lm = loader.load_model(dataclasses.replace(lcfg, base=base), cache_dir, model=model)
   probe_lib.check_model(fitted, lm)
   features = probe_lib.encoder_features(lm, ecfg.gif_frame)
-  return Judge(lm, probe_lib.scorer(fitted, features), path, (lm.spec,), path)
+  return Judge(lm, probe_lib.scorer(fitted, features), path, (lm,), path)
 
 
 def _name(lm: LoadedModel) -> str:
-  """The weights file, and how it was quantized (a resumed 13-inference must match it)."""
+  """The weights file, and how it was quantized (shown in prediction files' settings)."""
   return lm.spec.weights + quantize.id_suffix(lm.quantize)
 
 
@@ -129,7 +122,7 @@ def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: Eva
   """The judge `paths` name: none = the --model itself, one checkpoint, several, or a probe."""
   if not paths:
     lm = loader.load_model(lcfg, cache_dir)
-    return Judge(lm, functools.partial(iter_scores, lm), _name(lm), (lm.spec,))
+    return Judge(lm, functools.partial(iter_scores, lm), _name(lm), (lm,))
   probes = [p for p in paths if probe_lib.is_probe(p)]
   if probes and len(paths) > 1:
     raise UserError(f"{where(probes[0])}: a probe file judges alone; it cannot be an "
@@ -143,4 +136,4 @@ def load_judge(paths: Sequence[str], lcfg: LoadConfig, cache_dir: str, ecfg: Eva
   members = load_members(paths, lcfg, cache_dir)
   name = " + ".join(_name(m) for m in members)
   return Judge(members[0], scorer(members, how), name + (f" ({how})" if len(paths) > 1 else ""),
-               tuple(m.spec for m in members))
+               tuple(members))

@@ -60,11 +60,6 @@ TEXT_DEFAULTS = {
 }
 
 
-def is_folder(path: str | os.PathLike) -> bool:
-  """A folder with a config.json: what `--model` takes for a transformers checkpoint."""
-  return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
-
-
 def _json(path: Path) -> Any:
   try:
     return json.loads(path.read_text(encoding="utf-8"))

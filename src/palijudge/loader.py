@@ -275,17 +275,17 @@ def _lora_alpha(path: str) -> float:
 
 
 def load_model(lcfg: LoadConfig, cache_dir: str = CACHE_DIR, trainable: str = "attn",
-               model: str | None = None, devices=None, policy: str | None = None
-               ) -> LoadedModel:
+               model: str | None = None, devices=None, policy: str | None = None,
+               bases: dict | None = None) -> LoadedModel:
   """resolve + load from the --model flags (`model` overrides --model, e.g. -m CKPT).
 
   `devices`: where the parameters go (default: this process's devices; a
-  training run passes every process's); `policy` overrides `--mesh`.
+  training run passes every process's); `policy` overrides `--mesh`; `bases` as `load`'s.
   """
   spec = resolve(model or lcfg.model, lcfg.model_config, lcfg.tokenizer, cache_dir, lcfg.base)
   mesh = placement(spec.cfg, policy or lcfg.mesh, trainable, lcfg.param_dtype, devices)
   return load(spec, trainable=trainable, param_dtype=lcfg.param_dtype,
-              compute=lcfg.compute_dtype, mesh=mesh, quantize=lcfg.quantize)
+              compute=lcfg.compute_dtype, mesh=mesh, bases=bases, quantize=lcfg.quantize)
 
 
 def write_random_model(preset: str, cache_dir: str = CACHE_DIR, seed: int = 0) -> ModelSpec:
