@@ -188,7 +188,7 @@ def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
     log(f"resuming {partial}: {done} of {len(examples)} rows already done")
   else:  # Proof and header first, atomically: a partial file never lacks them.
     files.write_text(partial, [_proof_line(settings)] + head)
-  _remove_legacy(partial + ".json")
+  files.remove(partial + ".json")  # Where earlier versions kept the settings.
   written = 0
   try:
     with bar() as progress_bar, open(partial, "a", encoding="utf-8", newline="\n") as f:
@@ -214,9 +214,3 @@ def _finish(partial: str, out_path: str) -> None:
     src.readline()
     shutil.copyfileobj(src, dst, 1 << 20)
   files.remove(partial)
-
-
-def _remove_legacy(side: str) -> None:
-  """Earlier versions kept the settings in OUT.partial.json; the proof line replaces it."""
-  if os.path.isfile(side):
-    files.remove(side)

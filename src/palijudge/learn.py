@@ -241,16 +241,18 @@ def state_path(save_to: str) -> str:
   return save_to[:-len(".npz")] + ".state.npz"
 
 
+def probe_path(save_to: str) -> str:
+  """Where --probe with -w saves the fitted probe: NAME.probe.npz."""
+  return save_to[:-len(".npz")] + probe_lib.SUFFIX
+
+
 def outputs_of(save_to: str, lcfg: LearnConfig) -> list[str]:
   """Every file a run saving `save_to` may write or remove: the checkpoint, its train state,
   the probe, and with --keep all each run's file and those of a longer earlier lottery."""
-  out = [save_to, state_path(save_to), save_to[:-len(".npz")] + probe_lib.SUFFIX]
+  out = [save_to, state_path(save_to), probe_path(save_to)]
   if lcfg.keep == "all":
-    folder, stem = os.path.dirname(os.path.abspath(save_to)), os.path.basename(save_to)[:-4]
-    earlier = [os.path.join(folder, n) for n in sorted(os.listdir(folder))
-               if re.fullmatch(re.escape(stem) + r"\.run(\d+)\.npz", n)] \
-        if os.path.isdir(folder) else []
-    out += [run_path(save_to, k) for k in range(1, lcfg.runs + 1)] + earlier
+    out += [run_path(save_to, k) for k in range(1, lcfg.runs + 1)]
+    out += [path for _, path in _run_files(save_to)]
   return out
 
 
@@ -259,19 +261,25 @@ def run_path(save_to: str, run: int) -> str:
   return f"{save_to[:-len('.npz')]}.run{run}.npz"
 
 
+def _run_files(save_to: str) -> list[tuple[int, str]]:
+  """(run, path) of every NAME.run{run}.npz beside `save_to` now, by name."""
+  stem = re.escape(os.path.basename(save_to)[:-len(".npz")])
+  folder = os.path.dirname(os.path.abspath(save_to))
+  names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+  return [(int(m.group(1)), os.path.join(folder, n)) for n in names
+          if (m := re.fullmatch(stem + r"\.run(\d+)\.npz", n))]
+
+
 def _prepare_run_files(save_to: str | None, runs: int, log: Log) -> None:
   """--keep all needs -w; run files of an earlier, longer lottery under NAME are removed."""
   if not save_to:
     raise UserError("--keep all needs -w NAME (every run is saved beside NAME.npz)")
   if not distributed.is_main():
     return
-  stem = os.path.basename(save_to)[:-len(".npz")]
-  folder = os.path.dirname(os.path.abspath(save_to))
-  for name in sorted(os.listdir(folder)):
-    m = re.fullmatch(re.escape(stem) + r"\.run(\d+)\.npz", name)
-    if m and int(m.group(1)) > runs:
-      os.remove(os.path.join(folder, name))
-      log(f"removed {name}, left by an earlier lottery with more runs")
+  for run, path in _run_files(save_to):
+    if run > runs:
+      os.remove(path)
+      log(f"removed {os.path.basename(path)}, left by an earlier lottery with more runs")
 
 
 def _probe(lm: LoadedModel, train: Sequence[Example], sets: dict, ecfg: EvalConfig,
@@ -281,7 +289,7 @@ def _probe(lm: LoadedModel, train: Sequence[Example], sets: dict, ecfg: EvalConf
     fitted, results = probe_lib.fit_and_report(lm, train, sets, ecfg, features, log,
                                                strict=False)
   if save_to and distributed.is_main():
-    path = save_to[:-len(".npz")] + probe_lib.SUFFIX
+    path = probe_path(save_to)
     probe_lib.save(path, fitted)
     log(f"saved {files.shown(path)}")
   return results

@@ -14,6 +14,7 @@ nothing is lost and the host never holds an f32 copy of the frozen model).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from typing import Any
@@ -171,7 +172,7 @@ class LoadedModel:
   def yes_no_ids(self) -> tuple[int, int]:
     return (self.tok.yes_id, self.tok.no_id)
 
-  @property
+  @functools.cached_property  # Read per evaluated batch; `params` is replaced, never set.
   def mesh(self) -> jax.sharding.Mesh | None:
     """The devices the parameters lie on (see `params` shardings)."""
     return params_lib.mesh_of(self.params)

@@ -173,8 +173,7 @@ def _spec(shape: tuple[int, ...], n: int) -> P:
 
 def tree_shardings(mesh: Mesh, tree):
   """A NamedSharding per leaf of `tree` (arrays or ShapeDtypeStructs): split along "fsdp"."""
-  n = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, _spec(tuple(x.shape), n)), tree)
+  return jax.tree.map(lambda x: leaf_sharding(mesh, x.shape), tree)
 
 
 def leaf_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:

@@ -156,10 +156,10 @@ def quantize_array(a, axes: tuple[int, ...], s: Scheme) -> qwix.QArray:
   step = n if n == 1 else max(1, min(n, _CHUNK // max(1, a[0].size)))
   out = None
   with jax.default_device(jax.devices("cpu")[0]):
+    if step >= n:  # In one piece.
+      return jax.tree.map(np.asarray, _quantize(a, **how))
     for i in range(0, n, step):
-      part = _quantize(a if n == 1 else a[i:i + step], **how)
-      if n == 1 or step >= n:
-        return jax.tree.map(np.asarray, part)
+      part = _quantize(a[i:i + step], **how)
       if out is None:  # Shapes along axis 0 scale with the slice: the leaf's, in full.
         out = jax.tree.map(lambda x: np.empty((n, *x.shape[1:]), x.dtype), part)
       for whole, piece in zip(jax.tree.leaves(out), jax.tree.leaves(part)):

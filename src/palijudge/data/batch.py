@@ -134,8 +134,7 @@ class Batches:
 
   `examples` may be a lazy `TrainingStream`: batches are cut from it as they
   are needed, never all at once. Texts are tokenized once per distinct
-  example (`distinct`, default: the stream's examples, else `examples`), and
-  all batches pad to the one shape that fits them. `flips` (an array or
+  example (a stream's `examples`), and all batches pad to the one shape that fits them. `flips` (an array or
   `Flips`) mirrors the images it marks. `rows` (a multi-process run, see
   `distributed.batch_rows`): only these rows of every batch are loaded and
   yielded, this process's share.
@@ -144,11 +143,9 @@ class Batches:
   def __init__(self, examples: Sequence[Example], tok: tok_lib.Tokenizer, image_size: int,
                batch_size: int, prompt: str, with_suffix: bool, gif_frame: str = "first",
                workers: int = 4, flips: Sequence[bool] | None = None,
-               cache: PixelCache | None = None, rows: slice | None = None,
-               distinct: Sequence[Example] | None = None):
+               cache: PixelCache | None = None, rows: slice | None = None):
     self.examples = examples if isinstance(examples, TrainingStream) else list(examples)
-    if distinct is None:
-      distinct = examples.examples if isinstance(examples, TrainingStream) else self.examples
+    distinct = examples.examples if isinstance(examples, TrainingStream) else self.examples
     self.rows = rows if rows is not None else slice(0, batch_size)
     self.tok, self.size, self.bs = tok, image_size, batch_size
     self.prompt, self.with_suffix, self.gif_frame = prompt, with_suffix, gif_frame
@@ -162,15 +159,13 @@ class Batches:
     return tok_lib.tokenize(self.tok, prompt_for(e, self.prompt),
                             e.suffix if self.with_suffix else None)
 
-  def _text(self, e: Example) -> tok_lib.TokenizedText:
-    text = self.texts.get(id(e))
-    return text if text is not None else self._tokenize(e)
-
   def __len__(self) -> int:
     return -(-len(self.examples) // self.bs)
 
   def _chunk(self, i: int) -> list[Example]:
-    return list(self.examples[i * self.bs:(i + 1) * self.bs])[self.rows]
+    # Indexed, not sliced: a stream then keeps its epoch's permutation from batch to batch.
+    rows = range(i * self.bs, min((i + 1) * self.bs, len(self.examples)))[self.rows]
+    return [self.examples[k] for k in rows]
 
   def __iter__(self) -> Iterator[tuple[list[Example], Batch]]:
     mine = self.rows  # Of each batch: all of it, or this process's share.
@@ -189,7 +184,7 @@ class Batches:
         if i + 2 < n:
           chunks.append(self._chunk(i + 2))
           pending.append(load(chunks[-1]))
-        texts = [self._text(e) for e in chunk]
+        texts = [self.texts[id(e)] for e in chunk]
         yield chunk, collate(texts, [e.label for e in chunk], pixels,
                              batch_size=mine.stop - mine.start, shape=self.shape)
 
