@@ -163,3 +163,28 @@ def test_shared_flag_defaults_are_the_config_defaults(helps):
   learn = helps["03-do_learn.py"].parser.parse_args([])
   assert cli.train_config(learn) == train.TrainConfig()
   assert cli.eval_config(learn) == evaluate.EvalConfig().resolved()
+
+
+def test_a_model_folder_is_found_in_the_project_wherever_the_command_runs(
+    tmp_path, monkeypatch):
+  """--model NAME: a .npz or a folder (transformers) under the project root is a file, from
+  any cwd, for loading and for the inputs an output may not replace alike; a preset is a name."""
+  from palijudge import loader
+  from palijudge.files import Project
+  project = Project.at(tmp_path / "project")
+  (project.root / "models" / "hf").mkdir(parents=True)
+  (tmp_path / "elsewhere").mkdir()
+  monkeypatch.chdir(tmp_path / "elsewhere")
+  assert cli.model_file("models/hf", project) == str(project.root / "models" / "hf")
+  assert cli.model_file("paligemma-3b-pt-224", project) is None
+  assert cli.model_file("checkpoints/x.npz", project) == "checkpoints/x.npz"  # Not there (yet).
+  seen = []
+
+  def resolve(path, *a, **k):
+    seen.append(path)
+    return type("Spec", (), {"inputs": []})()
+  monkeypatch.setattr(loader, "resolve", resolve)
+  args = argparse.Namespace(**{f.name: f.default for f in options.flags(loader.LoadConfig)})
+  args.model = "models/hf"
+  assert cli.model_inputs(args, project) == []
+  assert seen == [str(project.root / "models" / "hf")]

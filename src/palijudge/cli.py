@@ -271,11 +271,9 @@ def load_model(args: argparse.Namespace, project: Project, model: str | None = N
   import jax
   from palijudge import loader
   lcfg = options.build(loader.LoadConfig, args)
-  is_path = lcfg.model.endswith(".npz") or os.path.isdir(project.find(lcfg.model))  # .npz or HF dir
-  path = model or (lcfg.model if is_path else None)  # A preset stays a name.
+  path = project.find(model) if model else model_file(lcfg.model, project)
   policy = "fsdp" if tcfg is not None and tcfg.fsdp and lcfg.mesh == "auto" else None
-  lm = loader.load_model(lcfg, str(project.cache), trainable,
-                         project.find(path) if path else None,
+  lm = loader.load_model(lcfg, str(project.cache), trainable, path,
                          devices=jax.devices() if tcfg is not None else None, policy=policy)
   announce(lm, tcfg)
   return lm
@@ -312,6 +310,13 @@ def announce(lm=None, tcfg=None, spec=None) -> None:
       print(warning, file=sys.stderr)
 
 
+def model_file(name: str, project: Project) -> str | None:
+  """--model as a file, found in the project: a .npz, or a folder (a transformers
+  checkpoint); None for a preset's name (its files are in cache/)."""
+  found = project.find(name)
+  return found if name.endswith(".npz") or os.path.isdir(found) else None
+
+
 def model_inputs(args: argparse.Namespace, project: Project, paths: Sequence[str] = ()
                  ) -> list[tuple[str, str]]:
   """(what, file) of every file the model(s) `paths` (none: --model) are loaded from:
@@ -321,7 +326,7 @@ def model_inputs(args: argparse.Namespace, project: Project, paths: Sequence[str
   lcfg = options.build(loader.LoadConfig, args)
   out = [("the --base checkpoint", project.find(lcfg.base))] if lcfg.base else []
   for path in paths or [lcfg.model]:
-    path = project.find(path) if path.endswith(".npz") else path
+    path = model_file(path, project) or path
     if probe.is_probe(path):
       fitted = probe.load(path)
       out += [("the probe file", path), ("the probe's encoder", fitted.encoder)]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from palijudge.data.tokenizer import Tokenizer
 from palijudge.errors import UserError, where
 from palijudge.hf import CONFIG_FILE, INDEX_FILE, TOKENIZER_FILE, config_to_hf, hub_name, rules
 from palijudge.model import config as config_lib
@@ -23,36 +24,29 @@ from palijudge.params import Params, flatten
 SHARD_BYTES = 2 << 30  # At most this many bytes per safetensors shard.
 
 
-def hf_tensors(params: Params, cfg: config_lib.ModelConfig):
-  """(hub name, getter) of every transformers tensor, in a stable order; each getter builds
-  one tensor from `params` (numpy) when called, so a shard's tensors exist only while written."""
-  flat = flatten(params)
+def _plan(flat: dict, cfg: config_lib.ModelConfig, dtype, shard_bytes: int):
+  """[[(hub name, getter), ...] per shard], each shard under shard_bytes (one tensor at
+  least), in a stable order. A getter builds its transformers tensor from `flat` (numpy)
+  when called, so a shard's tensors exist only while it is written."""
+  plan, size = [[]], 0
   for canon, slot in rules(cfg).items():
     def get(slot=slot):
       return np.ascontiguousarray(slot.to_hf(np.asarray(flat[slot.name][slot.index])))
-    yield hub_name(canon), get
-
-
-def _plan(params: Params, cfg: config_lib.ModelConfig, dtype, shard_bytes: int):
-  """[[(name, getter), ...] per shard] with each shard under shard_bytes (one tensor at least)."""
-  flat, plan, size = flatten(params), [[]], 0
-  for (name, get), slot in zip(hf_tensors(params, cfg), rules(cfg).values()):
     leaf = flat[slot.name]
     n = int(np.prod(leaf.shape[len(slot.index):])) * np.dtype(dtype or leaf.dtype).itemsize
     if plan[-1] and size + n > shard_bytes:
       plan.append([])
       size = 0
-    plan[-1].append((name, get))
+    plan[-1].append((hub_name(canon), get))
     size += n
   return plan
 
 
 def _tokenizer_files(tok_path: str, cfg: config_lib.ModelConfig) -> tuple[dict, dict[str, int]]:
   """{file name: JSON} for GemmaTokenizer / PaliGemmaProcessor, and the special ids."""
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-  sp = spm.SentencePieceProcessor(model_file=os.fspath(tok_path))
-  ids = dict(pad=sp.pad_id(), eos=sp.eos_id(), bos=sp.bos_id(), unk=sp.unk_id())
-  pieces = {f"{k}_token": sp.id_to_piece(i) for k, i in ids.items()}
+  tok = Tokenizer.load(tok_path)
+  ids = dict(pad=tok.pad_id, eos=tok.eos_id, bos=tok.bos_id, unk=tok.sp.unk_id())
+  pieces = {f"{k}_token": tok.sp.id_to_piece(i) for k, i in ids.items()}
   # mask_token None: GemmaTokenizer would otherwise add a "<mask>" the vocabulary may lack,
   # moving "<image>" (added by the processor after the vocabulary) off image_token_index.
   tok_cfg = dict(tokenizer_class="GemmaTokenizer", processor_class="PaliGemmaProcessor",
@@ -66,7 +60,7 @@ def _tokenizer_files(tok_path: str, cfg: config_lib.ModelConfig) -> tuple[dict, 
   gen = dict(bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
   out = {"tokenizer_config.json": tok_cfg, "special_tokens_map.json": pieces,
          "preprocessor_config.json": pre, "generation_config.json": gen}
-  return out, {**ids, "vocab": sp.vocab_size()}
+  return out, {**ids, "vocab": tok.vocab_size}
 
 
 def check_export_folder(out_dir: str | os.PathLike) -> None:
@@ -94,8 +88,9 @@ def export_folder(out_dir: str | os.PathLike, params: Params, cfg: config_lib.Mo
     docs, ids = _tokenizer_files(tokenizer, cfg)
     base = ((meta or {}).get("hf") or {}).get("config")
     docs[CONFIG_FILE] = config_to_hf(cfg, ids["vocab"], ids, base)
-    docs[CONFIG_FILE]["dtype"] = str(np.dtype(dtype or flatten(params)["llm/embedder/input_embedding"].dtype))
-    plan = _plan(params, cfg, dtype, shard_bytes)
+    flat = flatten(params)
+    docs[CONFIG_FILE]["dtype"] = str(np.dtype(dtype or flat["llm/embedder/input_embedding"].dtype))
+    plan = _plan(flat, cfg, dtype, shard_bytes)
     weight_map, total = {}, 0
     for i, group in enumerate(plan):
       shard = "model.safetensors" if len(plan) == 1 else f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors"

@@ -49,6 +49,8 @@ class Decisions:
     A decision applies to the first item of each image's content (rep_of[i]: the first item
     with item i's file content); pairs naming an image not among them are left out.
     """
+    if not self.by_pair:  # No decisions file (the usual case): nothing to resolve.
+      return {}
     first: dict[str, int] = {}
     for i, path in enumerate(images):
       first.setdefault(os.path.realpath(path), rep_of[i])

@@ -131,8 +131,12 @@ def cv_learn(lm: loader.LoadedModel, folds, tcfg: train_lib.TrainConfig, ecfg: E
     log(f"fold {i}/{len(folds)}")
     names = (str(tr.parent / "all"), str(tr), str(va))
     rec = records.RunRecord(record.path, f"fold-{i}") if record else None
-    res = learn.learn(lm, examples.read_examples(tr, root), examples.read_examples(va, root),
-                      tcfg, ecfg, lcfg, names=names, record=rec, log=log)
+    try:
+      res = learn.learn(lm, examples.read_examples(tr, root), examples.read_examples(va, root),
+                        tcfg, ecfg, lcfg, names=names, record=rec, log=log)
+    finally:
+      if rec:
+        rec.close()  # The fold's TensorBoard writer; a search runs many folds in one process.
     if res.diverged:  # A CV score over a diverged fold would mean nothing.
       raise UserError(f"fold {i}: training diverged ({res.diverged})")
     valid = res.after[str(va)]

@@ -254,8 +254,10 @@ def _on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
   optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
   path = trial.user_attrs.get("record")
   if path and Path(path).is_dir():
-    RunRecord.load(path).write_eval("trial", {"number": trial.number, "state": "FAIL",
-                                              "value": None, "reason": STALE_REASON})
+    record = RunRecord.load(path)
+    record.write_eval("trial", {"number": trial.number, "state": "FAIL", "value": None,
+                                "reason": STALE_REASON})
+    record.close()
 
 
 def _storage(url: str, heartbeat: int, grace: int) -> optuna.storages.RDBStorage:
@@ -433,6 +435,7 @@ def _finish(study: optuna.Study, trial, value, state, reason: str, record) -> Ou
   if record is not None:
     record.write_eval("trial", {"number": trial.number, "state": frozen.state.name,
                                 "value": frozen.value, "reason": reason})
+    record.close()  # Its TensorBoard writer (a file and a thread): one per trial otherwise.
   return Outcome(trial.number, frozen.state.name, frozen.value, trial.user_attrs["config"],
                  reason, frozen.user_attrs.get("warning", ""))
 

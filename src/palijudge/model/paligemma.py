@@ -174,7 +174,14 @@ def build(cfg: ModelConfig, dtype=jnp.float32, remat: str = "none",
 
 
 def param_shapes(cfg: ModelConfig) -> Params:
-  """The full parameter tree as ShapeDtypeStructs; allocates nothing."""
+  """The full parameter tree as ShapeDtypeStructs; allocates nothing. A fresh tree per call
+  (the caller may change it); the trace behind it runs once per config."""
+  return jax.tree.map(lambda x: x, _traced_shapes(cfg))
+
+
+@functools.lru_cache(maxsize=8)
+def _traced_shapes(cfg: ModelConfig) -> Params:
+  # Loading reads these shapes several times (placement, the loader, the device line).
   model = build(cfg)
   s = cfg.image_size
   image = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
