@@ -245,9 +245,7 @@ def load(spec: ModelSpec, trainable: str = "attn", param_dtype: str = "auto",
     names = set(checkpoint.param_names(spec.weights))
     if any(n.startswith(lora.PREFIX) for n in names):  # An adapter-only delta.
       rank = checkpoint.read_meta(spec.weights)["train_config"]["lora_rank"]
-      extra = lora.adapter_shapes(shapes["llm"]["layers"], rank)
-      shapes = params_lib.unflatten({**params_lib.flatten(shapes),
-                                     **{"llm/layers/" + k: v for k, v in extra.items()}})
+      shapes = lora.with_adapter_shapes(shapes, rank)
     delta = checkpoint.load_params(spec.weights, shapes, dtype_for=rule, put=put,
                                    subset=names.__contains__)
     params = params_lib.merge(params, delta)

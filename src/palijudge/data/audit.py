@@ -34,6 +34,7 @@ frame. No jax here: the embeddings come from the caller.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping, Sequence
@@ -150,7 +151,7 @@ class Audit:
   def conflicts(self) -> list[Group]:
     return [g for g in self.groups if g.conflict]
 
-  @property
+  @functools.cached_property  # Read by each report line and the page; the audit is frozen.
   def possible(self) -> list[Pair]:
     """Possible duplicates whose items are not already in one group."""
     ids = self.group_ids()

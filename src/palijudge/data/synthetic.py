@@ -189,10 +189,11 @@ def make_image(rng: np.random.Generator, violation: bool) -> Image.Image:
   return img
 
 
-def _encode(img: Image.Image, fmt: str) -> bytes:
+def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
+  """The image file's bytes: jpg (at `quality`), gif or png."""
   buf = io.BytesIO()
   if fmt == "jpg":
-    img.save(buf, format="JPEG", quality=90)
+    img.save(buf, format="JPEG", quality=quality)
   elif fmt == "gif":
     img.save(buf, format="GIF")
   else:
@@ -225,7 +226,7 @@ def make_dataset(out_dir: str | os.PathLike, n: int = 160, seed: int = 0,
     rng = np.random.default_rng((seed, 2, i))
     fmt = ("png", "jpg", "gif")[rng.choice(3, p=(0.75, 0.2, 0.05))]
     name = f"images/{'OK' if yes else 'NG'}_{i + 1:05d}.{fmt}"
-    files.write_bytes(out / name, _encode(make_image(rng, not yes), fmt))
+    files.write_bytes(out / name, encode(make_image(rng, not yes), fmt))
     rows.append(json.dumps({"prefix": "", "suffix": "yes" if yes else "no",
                             "image": name}, separators=(",", ":")))
   rows += _duplicate_rows(out, rows, duplicates, seed)

@@ -24,7 +24,6 @@ same arguments give the same files for a given Pillow version.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from palijudge import files
+from palijudge.data.synthetic import encode
 
 EDITS = ("copy", "resize", "jpeg", "gif", "crop", "flip", "brightness", "colour", "combined")
 _SIZES = ((300, 250), (336, 280), (250, 250), (300, 300), (320, 240), (240, 320))
@@ -164,17 +164,6 @@ def ad(t: Template, product: np.random.Generator, text: np.random.Generator) -> 
   return img
 
 
-def _encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
-  buf = io.BytesIO()
-  if fmt == "jpg":
-    img.save(buf, format="JPEG", quality=quality)
-  elif fmt == "gif":
-    img.save(buf, format="GIF")
-  else:
-    img.save(buf, format="PNG")
-  return buf.getvalue()
-
-
 def _crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
   """3-6 % off each side, drawn per side."""
   w, h = img.size
@@ -200,25 +189,25 @@ def edit(img: Image.Image, kind: str, rng: np.random.Generator, original: bytes
   w, h = img.size
   if kind == "resize":
     s = rng.uniform(0.45, 0.8)
-    return _encode(img.resize((round(w * s), round(h * s)), Image.LANCZOS), "png"), "png"
+    return encode(img.resize((round(w * s), round(h * s)), Image.LANCZOS), "png"), "png"
   if kind == "jpeg":
-    return _encode(img, "jpg", int(rng.integers(15, 35))), "jpg"
+    return encode(img, "jpg", int(rng.integers(15, 35))), "jpg"
   if kind == "gif":
-    return _encode(img, "gif"), "gif"
+    return encode(img, "gif"), "gif"
   if kind == "crop":
-    return _encode(_crop(img, rng), "png"), "png"
+    return encode(_crop(img, rng), "png"), "png"
   if kind == "flip":
-    return _encode(img.transpose(Image.FLIP_LEFT_RIGHT), "png"), "png"
+    return encode(img.transpose(Image.FLIP_LEFT_RIGHT), "png"), "png"
   if kind == "brightness":
     f = rng.uniform(0.7, 0.85) if rng.integers(2) else rng.uniform(1.15, 1.35)
-    return _encode(ImageEnhance.Brightness(img).enhance(f), "jpg", 85), "jpg"
+    return encode(ImageEnhance.Brightness(img).enhance(f), "jpg", 85), "jpg"
   if kind == "colour":
-    return _encode(_recolour(img, rng), "png"), "png"
+    return encode(_recolour(img, rng), "png"), "png"
   if kind == "combined":  # Mirrored, cropped, shrunk and re-encoded.
     out = _crop(img.transpose(Image.FLIP_LEFT_RIGHT), rng)
     s = rng.uniform(0.6, 0.9)
     out = out.resize((round(out.width * s), round(out.height * s)), Image.LANCZOS)
-    return _encode(out, "jpg", int(rng.integers(40, 70))), "jpg"
+    return encode(out, "jpg", int(rng.integers(40, 70))), "jpg"
   raise ValueError(f"edit kind must be one of {EDITS}, got {kind!r}")
 
 
@@ -237,7 +226,7 @@ def make_benchmark(out_dir: str | os.PathLike, seed: int = 0, templates: int = 1
       img = ad(tpl, product, np.random.default_rng((seed, 2, t, a)))
       rng = np.random.default_rng((seed, 3, t, a))
       fmt = "jpg" if rng.random() < 0.3 else "png"
-      data = _encode(img, fmt)
+      data = encode(img, fmt)
       name = f"images/t{t:02d}-ad{a}.{fmt}"
       files.write_bytes(out / name, data)
       originals.append((img, data, fmt))

@@ -54,6 +54,12 @@ def adapter_shapes(layer_shapes: dict, rank: int) -> dict:
   return out
 
 
+def with_adapter_shapes(shapes: dict, rank: int) -> dict:
+  """A model's shape tree with its rank-`rank` adapters' shapes added (a LoRA recipe's tree)."""
+  extra = adapter_shapes(shapes["llm"]["layers"], rank)
+  return unflatten({**flatten(shapes), **{"llm/layers/" + k: v for k, v in extra.items()}})
+
+
 def add_adapters(params: dict, rank: int, seed: int) -> dict:
   """params with fresh adapters (A ~ N(0, 1/in), B = 0) under llm/layers/lora."""
   shapes = adapter_shapes(params["llm"]["layers"], rank)

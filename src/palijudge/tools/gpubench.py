@@ -371,11 +371,9 @@ def _uniform(shape: tuple[int, ...], seed: int, dtype: str):
 def param_shapes(cfg: config_lib.ModelConfig, spec: Spec) -> dict:
   """Flat {path: ShapeDtypeStruct} of the recipe's tree (LoRA adapters added)."""
   shapes = model_lib.param_shapes(cfg)
-  flat = params_lib.flatten(shapes)
   if spec.trainable == "lora":
-    extra = lora.adapter_shapes(shapes["llm"]["layers"], spec.lora_rank)
-    flat.update({"llm/layers/" + k: v for k, v in extra.items()})
-  return flat
+    shapes = lora.with_adapter_shapes(shapes, spec.lora_rank)
+  return params_lib.flatten(shapes)
 
 
 def _random_tree(cfg: config_lib.ModelConfig, spec: Spec, seed: int, frozen_only: bool) -> dict:

@@ -78,10 +78,9 @@ def _split(cfg, trainable: str, param_dtype, quantize: str | None = None, lora_r
   """(trainable f32, frozen) abstract trees of the recipe; `lora` adds its adapters."""
   pattern = params_lib.trainable_pattern(trainable)
   shapes = model_lib.param_shapes(cfg)
-  flat = flatten(shapes)
   if trainable == "lora":
-    extra = lora.adapter_shapes(shapes["llm"]["layers"], lora_rank)
-    flat.update({"llm/layers/" + k: v for k, v in extra.items()})
+    shapes = lora.with_adapter_shapes(shapes, lora_rank)
+  flat = flatten(shapes)
   t = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in flat.items()
        if pattern.search(k)}
   f = {k: jax.ShapeDtypeStruct(v.shape, param_dtype) for k, v in flat.items() if k not in t}
