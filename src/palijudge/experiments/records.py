@@ -34,6 +34,7 @@ import yaml
 from palijudge.experiments import plots as plots
 from palijudge.errors import UserError, where
 from palijudge import files
+from palijudge import params as params_lib
 from palijudge.data.examples import parse_yes_no
 from palijudge.metrics import DEFAULT_THRESHOLD
 
@@ -161,7 +162,8 @@ class RunRecord:
     out = files.write_text(self.file(METRICS), json.dumps(current, indent=2, ensure_ascii=False)
                            + "\n")
     # TensorBoard: eval/<set>/<metric>, at step = the stage's position (0 = the first written).
-    flat = _flat_numbers(current[str(stage)])
+    flat = {k: v for k, v in params_lib.flatten(current[str(stage)]).items()
+            if isinstance(v, (int, float))}  # Lists (curves, intervals) stay in the JSON.
     self._scalars({f"eval/{k}": v for k, v in flat.items()}, list(current).index(str(stage)))
     return out
 
@@ -365,16 +367,6 @@ def _table(d: dict[str, Any]) -> list[str]:
     text = json.dumps(plain(v), ensure_ascii=False) if isinstance(v, (dict, list)) else str(v)
     rows.append(f"| {k} | {text.replace('|', '/')} |")
   return rows + [""]
-
-
-def _flat_numbers(d: Any, prefix: str = "") -> dict[str, Any]:
-  """{"valid.jsonl/accuracy": 0.9, ...}: the numbers of a nested metrics dict (lists skipped)."""
-  if isinstance(d, dict):
-    out = {}
-    for k, v in d.items():
-      out.update(_flat_numbers(v, f"{prefix}{k}/"))
-    return out
-  return {prefix[:-1]: d} if isinstance(d, (int, float)) and prefix else {}
 
 
 def _num(value: Any) -> float | str:
