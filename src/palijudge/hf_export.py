@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from palijudge.data.tokenizer import Tokenizer
 from palijudge.errors import UserError, where
 from palijudge.hf import CONFIG_FILE, INDEX_FILE, TOKENIZER_FILE, config_to_hf, hub_name, rules
 from palijudge.model import config as config_lib
@@ -44,9 +43,12 @@ def _plan(flat: dict, cfg: config_lib.ModelConfig, dtype, shard_bytes: int):
 
 def _tokenizer_files(tok_path: str, cfg: config_lib.ModelConfig) -> tuple[dict, dict[str, int]]:
   """{file name: JSON} for GemmaTokenizer / PaliGemmaProcessor, and the special ids."""
-  tok = Tokenizer.load(tok_path)
-  ids = dict(pad=tok.pad_id, eos=tok.eos_id, bos=tok.bos_id, unk=tok.sp.unk_id())
-  pieces = {f"{k}_token": tok.sp.id_to_piece(i) for k, i in ids.items()}
+  # sentencepiece itself: data.tokenizer sits above this layer (tests/test_layers.py), and
+  # the model this tokenizer belongs to was loaded through Tokenizer.load already.
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  sp = spm.SentencePieceProcessor(model_file=os.fspath(tok_path))
+  ids = dict(pad=sp.pad_id(), eos=sp.eos_id(), bos=sp.bos_id(), unk=sp.unk_id())
+  pieces = {f"{k}_token": sp.id_to_piece(i) for k, i in ids.items()}
   # mask_token None: GemmaTokenizer would otherwise add a "<mask>" the vocabulary may lack,
   # moving "<image>" (added by the processor after the vocabulary) off image_token_index.
   tok_cfg = dict(tokenizer_class="GemmaTokenizer", processor_class="PaliGemmaProcessor",
@@ -60,7 +62,7 @@ def _tokenizer_files(tok_path: str, cfg: config_lib.ModelConfig) -> tuple[dict, 
   gen = dict(bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
   out = {"tokenizer_config.json": tok_cfg, "special_tokens_map.json": pieces,
          "preprocessor_config.json": pre, "generation_config.json": gen}
-  return out, {**ids, "vocab": tok.vocab_size}
+  return out, {**ids, "vocab": sp.vocab_size()}
 
 
 def check_export_folder(out_dir: str | os.PathLike) -> None:
