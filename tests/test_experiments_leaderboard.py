@@ -106,7 +106,9 @@ def test_build_markdown_html_history(experiments):
   assert "0.8500 ± 0.0707 [0.21, 1.00]" in lines[0] and "[loss](plain-run/loss.png)" in md
   plain = next(l for l in lines if "plain-run" in l)
   assert plain.startswith("| ★ | [plain-run](plain-run/) | run | finished | tiny |")
-  assert "| 0.8300 [0.44, 0.97] | 0.8300 | 0.7000 | 0.9000 [0.50, 1.00] | 0.8000 |" in plain
+  # The score column names its metric (F1), so F1 is not shown twice.
+  assert "| score (F1) | precision | recall | AUC | accuracy | vs ★ | plots |" in md
+  assert "| 0.7000 | 0.8300 [0.44, 0.97] | 0.8300 | 0.9000 [0.50, 1.00] | 0.8000 |" in plain
   assert "| interrupted |" in next(l for l in lines if "stopped" in l)
   # Settings equal in every row of a group are said once, not repeated in a column.
   assert "Same in every row: lr 0.01, steps 64, batch 4, loss focal, gamma 2." in md
