@@ -336,9 +336,15 @@ def split_settings(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], dict[str
   return varying, common
 
 
+_SAID = {k for k, _ in SETTINGS} | {"prompt"}  # Equal settings said by name above a table.
+
+
 def _common_line(common: dict[str, Any]) -> str:
-  return ("Same in every row: " + ", ".join(f"{title(k)} {fmt(k, v)}"
-                                             for k, v in common.items()) + ".") if common else ""
+  """The main settings equal in every row by name; how many others are equal too."""
+  said = [f"{title(k)} {fmt(k, v)}" for k, v in common.items() if k in _SAID]
+  rest = len(common) - len(said)
+  more = f" ({rest} other setting{'s' if rest > 1 else ''} too: see config.yaml)" if rest else ""
+  return f"Same in every row: {', '.join(said) or 'nothing named'}{more}." if common else ""
 
 
 def noise_marks(rows: Sequence[Row], best: Row | None, resamples: int = 2000
