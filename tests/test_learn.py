@@ -84,6 +84,23 @@ def test_a_two_stage_record_keeps_its_stages_in_order_tagged_and_once(tiny_lm, t
   assert row.metrics["accuracy"] == second["accuracy"] and row.evaluated_on.endswith(" valid")
 
 
+def test_a_lottery_record_heads_with_the_kept_run(tiny_lm, tiny_examples, tmp_path):
+  """--runs: every run's stage in eval_metrics.json, in order; final_stage names the kept
+  run's, and the leaderboard's numbers are that run's, not the last one's."""
+  from palijudge.experiments import leaderboard, records
+  _, tr, va = tiny_examples
+  rec = records.RunRecord(tmp_path / "exp", "r")
+  res = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2, lr=0.3),
+                    evaluate.EvalConfig().resolved(), learn.LearnConfig(runs=2, select="auc"),
+                    names=NAMES, record=rec, log=_quiet)
+  ev = rec.eval_metrics()
+  assert list(ev) == ["before training", "run 1, 1st trained", "run 2, 1st trained"]
+  final = rec.config()["final_stage"]
+  assert final in ev and ev[final]["valid"]["accuracy"] == res.after["valid"].metrics()["accuracy"]
+  row = leaderboard.row_of(records.RunRecord.load(rec.path), tmp_path / "exp")
+  assert row.metrics["auc"] == ev[final]["valid"]["auc"]
+
+
 def test_two_stages_run_the_second_at_a_tenth_of_the_rate(tiny_lm, tiny_examples):
   _, tr, va = tiny_examples
   logs = []

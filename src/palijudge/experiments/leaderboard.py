@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import html
 from pathlib import Path
 from typing import Any, Sequence
@@ -406,7 +407,7 @@ class Table:
     """The score, its metric named in the cell when the rows' metrics differ."""
     return _score(r) if self.metric else f"{_METRIC_NAMES.get(r.metric, r.metric)} {_score(r)}"
 
-  @property
+  @functools.cached_property
   def codes(self) -> dict[str, dict[Any, str]]:
     """Long text settings that differ (a prompt) as short codes, #1, #2, ..., by setting:
     the cells show the code, `legend` the text, so a table still fits a laptop screen."""
@@ -451,11 +452,17 @@ _CURVES = ("tensorboard links a run's TensorBoard event file (loss, lr, grad nor
            "eval/<set>/<metric> per stage): view every run with `tensorboard --logdir experiments`.")
 
 
-def markdown(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
+def tables(rows: Sequence[Row], sort: str = "score") -> list[tuple[str, Table]]:
+  """(evaluated on, Table) per group: made once for both pages (the noise tests take time)."""
+  return [(group, Table.of(members, sort)) for group, members in grouped(rows, sort)]
+
+
+def markdown(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = (),
+             made: list[tuple[str, Table]] | None = None) -> str:
   sort_rows(rows, sort)  # Validates the key.
   lines = ["# Leaderboard", "", f"Sorted by {sort}. {_INTRO}", ""]
-  for group, members in grouped(rows, sort):
-    t = Table.of(members, sort)
+  for group, t in made if made is not None else tables(rows, sort):
+    members = t.rows
     head = t.head()
     lines += [f"## Evaluated on {group}", ""] + ([_common_line(t.common), ""] if t.common else [])
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -531,14 +538,15 @@ def _html_row(r: Row, t: Table) -> str:
   return f'<tr class="{cls}"{title_}>' + "".join(cells) + "</tr>"
 
 
-def html_page(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
+def html_page(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = (),
+              made: list[tuple[str, Table]] | None = None) -> str:
   sort_rows(rows, sort)  # Validates the key.
   out = ["<!doctype html><html><head><meta charset=utf-8><title>palijudge leaderboard</title>",
          f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1>",
          f"<p>Generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Click a column to sort. "
          f"{html.escape(_INTRO)} {html.escape(_CURVES)}</p>"]
-  for group, members in grouped(rows, sort):
-    t = Table.of(members, sort)
+  for group, t in made if made is not None else tables(rows, sort):
+    members = t.rows
     out.append(f"<h2>Evaluated on {html.escape(group)}</h2>")
     if t.common:
       out.append(f"<p>{html.escape(_common_line(t.common))}</p>")
@@ -601,7 +609,8 @@ def build(root: str | Path = "experiments", sort: str = "score", storage: str | 
     if study.get_trials(deepcopy=False):
       histories.append(history_png(study, root))
   rel = [h.relative_to(root).as_posix() for h in histories]
-  md = files.write_text(root / "leaderboard.md", markdown(rows, sort, rel))
-  page = files.write_text(root / "leaderboard.html", html_page(rows, sort, rel))
+  made = tables(rows, sort)
+  md = files.write_text(root / "leaderboard.md", markdown(rows, sort, rel, made))
+  page = files.write_text(root / "leaderboard.html", html_page(rows, sort, rel, made))
   return Built(md, page, histories, len(rows))
 
