@@ -413,7 +413,8 @@ def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.Tra
          parent=parent)
     log(f"saved {files.shown(save_to)}")
   if record:
-    record.write_config({"diverged": result.diverged} if result.diverged else {}, merge=True)
+    if result.diverged:
+      record.write_config({"diverged": result.diverged}, merge=True)
     record.write_run_summary()
     record.plots()
   return trained
