@@ -264,8 +264,10 @@ def test_a_difference_from_the_best_inside_the_noise_is_marked(tmp_path):
   _run(root, "elsewhere", f1=0.4, preds=_preds(labels, labels, [f"x/{i}.png" for i in range(40)]))
   _run(root, "unsaved", f1=0.3)
   md = report.markdown(report.collect(root, render_plots=False))
-  head = [c.strip() for c in next(l for l in md.splitlines() if l.startswith("|  | run")).split("|")]
-  mark = {n: next(l for l in md.splitlines() if f"[{n}]" in l).split("|")[head.index("vs ★")].strip()
+  lines = md.splitlines()
+  head = [c.strip() for c in next(l for l in lines if l.startswith("|  | run")).split("|")]
+  at = head.index("vs ★")
+  mark = {n: next(l for l in lines if f"[{n}]" in l).split("|")[at].strip()
           for n in ("best", "close", "far", "elsewhere", "unsaved")}
   assert mark == {"best": "", "close": "noise", "far": "beyond", "elsewhere": "n/a",
                   "unsaved": ""}

@@ -326,7 +326,8 @@ def grouped(rows: Sequence[Row], sort: str = "score") -> list[tuple[str, list[Ro
 def split_settings(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
   """(settings that differ between rows, as columns; those equal in every row, said once):
   every setting any row has, SETTINGS first, so none that differs is hidden."""
-  keys = [k for k, _ in SETTINGS] + sorted({k for r in rows for k in r.settings} - set(dict(SETTINGS)))
+  named = [k for k, _ in SETTINGS]
+  keys = named + sorted({k for r in rows for k in r.settings} - set(named))
   varying, common = [], {}
   for key in keys:
     values = {repr(r.settings.get(key)) for r in rows}
