@@ -139,9 +139,10 @@ def _train_batch(b: Bench) -> tuple[list, Batch]:
 
 def _our_step(lm):
   trainable, frozen = params_lib.split(lm.params, "attn")
-  tx = train.make_optimizer(train.TrainConfig())
+  tcfg = train.TrainConfig()
+  tx = train.make_optimizer(tcfg)
   mesh = params_lib.make_mesh(jax.devices()[:1])
-  state = train.init_state(jax.tree.map(jnp.array, trainable), tx)
+  state = train.init_state(jax.tree.map(jnp.array, trainable), tx, tcfg.lr)
   ssh = params_lib.tree_shardings(mesh, state)
   fsh = params_lib.tree_shardings(mesh, frozen)
   step = train.jit_train_step(lm.model, tx, losses.LossConfig(), lm.yes_no_ids, mesh, ssh, fsh)
