@@ -501,11 +501,9 @@ def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, dat
     if compiled is None:  # Ahead of time, so the wait is announced and measured.
       progress.write(log, "compiling the train step ...")
       c0 = time.time()
-      compiled = step_fn.lower(state, batch, frozen).compile()
+      compiled = _compiled(step_fn, state, batch, frozen)
       w.compile_s = time.time() - c0
-    # Through the jitted function, which reuses `compiled`: the executable itself refuses
-    # the CPU's 4-bit arrays (--quantize int4/nf4), laid out unpacked by JAX 0.10's CPU client.
-    state, metrics = step_fn(state, batch, frozen)
+    state, metrics = compiled(state, batch, frozen)
     if pending is not None:
       w.read(*pending)
     pending = (step, float(lr), metrics)
@@ -527,6 +525,31 @@ def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, dat
   # (the same arrays with one process). The trained leaves stay on the devices.
   params = params_lib.merge(distributed.local(trained), distributed.local(frozen))
   return params, w.history, w.compile_s, kept
+
+
+# The train steps compiled in this process, by their program and devices: a later stage,
+# fold, trial or run with the same program (any --steps, --lr, --warmup, seed: they are
+# data) reuses the executable without compiling or reading the persistent cache.
+_EXECUTABLES: collections.OrderedDict = collections.OrderedDict()
+_KEEP_EXECUTABLES = 4
+
+
+def _compiled(step_fn, state, batch, frozen) -> Callable:
+  """The step compiled ahead of time (or this process's earlier compilation of the same
+  program), called as such: the jitted function would compile it a second time (its cache
+  is not the AOT one). Except with 4-bit frozen arrays on the CPU (--quantize int4/nf4),
+  laid out unpacked by JAX 0.10's CPU client, which the executable refuses: there the
+  jitted function runs (compiling at its first call)."""
+  lowered = step_fn.lower(state, batch, frozen)
+  devices = sorted(d.id for d in state.step.sharding.device_set)
+  key = files.sha256_text(f"{devices}|{lowered.as_text()}")
+  compiled = _EXECUTABLES.pop(key, None) or lowered.compile()
+  _EXECUTABLES[key] = compiled  # Most recent last; the oldest go first.
+  while len(_EXECUTABLES) > _KEEP_EXECUTABLES:
+    _EXECUTABLES.popitem(last=False)
+  four_bit = any(jnp.issubdtype(x.dtype, jnp.integer) and jnp.iinfo(x.dtype).bits == 4
+                 for x in jax.tree.leaves(frozen))
+  return step_fn if four_bit and jax.default_backend() == "cpu" else compiled
 
 
 @dataclasses.dataclass(frozen=True)
