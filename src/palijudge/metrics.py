@@ -78,6 +78,32 @@ class Confusion:
             "recall": self.recall, "f_measure": self.f_measure}
 
 
+def constant_answer(confusion: Confusion) -> str | None:
+  """"yes" or "no" when every prediction counted is that answer, else None."""
+  said_yes, said_no = confusion.tp + confusion.fp, confusion.tn + confusion.fn
+  return "yes" if said_yes and not said_no else "no" if said_no and not said_yes else None
+
+
+def constant_warning(confusion: Confusion, subject: str = "valid is") -> str:
+  """One line when every prediction was the same answer ("" otherwise), with what that
+  answer scores on this data's own class balance: a model that learned nothing but the
+  majority class can look good (e.g. on 85 % yes data, always 'yes' scores F 0.92).
+  The one warning of every training run, cross-validation and the search."""
+  answer = constant_answer(confusion)
+  if answer is None:
+    return ""
+  n_yes = confusion.tp + confusion.fn
+  share = n_yes if answer == "yes" else confusion.total - n_yes
+  always = Confusion(tp=n_yes, tn=0, fp=confusion.total - n_yes, fn=0) if answer == "yes" \
+      else Confusion(tp=0, tn=confusion.total - n_yes, fp=0, fn=n_yes)
+  scores = f"accuracy {always.accuracy:.2f}"
+  if answer == "yes":
+    scores += f" and F-measure {always.f_measure:.2f}"
+  return (f"every prediction was {answer!r}, a constant answer whatever the image (the model "
+          f"learned nothing of the images): {subject} {100 * share / confusion.total:.0f} % "
+          f"{answer}, and answering {answer} to everything scores {scores}")
+
+
 def format_block(confusion: Confusion, name: str, heading: str = "Result"
                  ) -> str:
   """The human-readable report (no trailing newline); floats use str()."""

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from palijudge import learn, loader, losses, predictions, stats
+from palijudge import learn, loader, losses, metrics, predictions, stats
 from palijudge import train as train_lib
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
@@ -56,6 +56,7 @@ class CVSummary:
   fold_max: float | None = None
   interval: tuple[float, float] | None = None  # 95 % t interval of the mean; None: 1 fold.
   one_class: str | None = None  # "yes"/"no": every prediction of every fold was that answer
+  counts: dict[str, int] | None = None  # tp/tn/fp/fn summed over the folds, when known
 
   def to_dict(self) -> dict[str, Any]:
     """The `cv` block of eval_metrics.json (what the report reads)."""
@@ -79,10 +80,10 @@ class CVSummary:
 
   def warning(self) -> str:
     """Why the score may flatter the model ("" when nothing is suspect)."""
-    if not self.one_class:
+    if not self.one_class or not self.counts:
       return ""
-    return (f"every prediction was {self.one_class!r}, a constant answer whatever the score "
-            f"(on 85% yes data, always 'yes' scores F-measure 0.92)")
+    return metrics.constant_warning(metrics.Confusion(**self.counts),
+                                    "the folds' valid sets are")
 
 
 def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure") -> CVSummary:
@@ -103,17 +104,18 @@ def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure")
     if all(v is not None for v in vals):
       means[name], stds[name] = cv_score(vals)
   iv = None if spread.interval is None else (spread.interval.low, spread.interval.high)
+  counts = _counts(fold_metrics)
+  one_class = None if counts is None else metrics.constant_answer(metrics.Confusion(**counts))
   return CVSummary(metric, score, std, values, means, stds, spread.low, spread.high, iv,
-                   _one_class(fold_metrics))
+                   one_class, counts)
 
 
-def _one_class(fold_metrics: Sequence[dict[str, Any]]) -> str | None:
-  """"yes" or "no" when the folds' confusion counts hold predictions of that class only."""
-  if not all({"tp", "fp", "tn", "fn"} <= set(m) for m in fold_metrics):
+def _counts(fold_metrics: Sequence[dict[str, Any]]) -> dict[str, int] | None:
+  """The folds' confusion counts summed (None unless every fold has them)."""
+  keys = ("tp", "tn", "fp", "fn")
+  if not all(set(keys) <= set(m) for m in fold_metrics):
     return None
-  yes = sum(m["tp"] + m["fp"] for m in fold_metrics)
-  no = sum(m["tn"] + m["fn"] for m in fold_metrics)
-  return "yes" if yes and not no else "no" if no and not yes else None
+  return {k: int(sum(m[k] for m in fold_metrics)) for k in keys}
 
 
 

@@ -69,9 +69,11 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 def render_loss(steps: Sequence[int], loss: Sequence[float], lr: Sequence[float],
                 grad_norm: Sequence[float], path: str | os.PathLike, title: str = "",
-                stages: Sequence[str] | None = None) -> Path:
+                stages: Sequence[str] | None = None,
+                valid: Sequence[tuple[float, float]] | None = None) -> Path:
   """Loss per step, one colour per stage (legend), log scale when it spans decades;
-  lr and grad norm below."""
+  lr and grad norm below; `valid`: (step, valid metric) of evaluations during training,
+  as points on their own axis beside the loss."""
   plt = _pyplot()
   fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
                                  gridspec_kw={"height_ratios": [2, 1]})
@@ -89,6 +91,11 @@ def render_loss(steps: Sequence[int], loss: Sequence[float], lr: Sequence[float]
   ax1.grid(alpha=0.3)
   if any(names):
     ax1.legend(title="stage", fontsize=8)
+  if valid:
+    ax4 = ax1.twinx()
+    vx, vy = zip(*valid)
+    ax4.plot(vx, vy, "o-", ms=3, lw=0.8, color="black", alpha=0.7)
+    ax4.set_ylabel("valid metric")
   ax2.set_ylabel("lr")
   ax2.set_xlabel("step")
   _integer_ticks(ax2.xaxis)

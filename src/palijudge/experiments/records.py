@@ -40,7 +40,9 @@ from palijudge.metrics import DEFAULT_THRESHOLD
 
 CONFIG, LOG, METRICS, PREDICTIONS, SUMMARY = (
     "config.yaml", "train_log.csv", "eval_metrics.json", "predictions.jsonl", "summary.md")
-LOG_FIELDS = ("stage", "step", "lr", "loss", "grad_norm", "seconds")
+# valid: the --select metric of an evaluation during training (--eval-every), in rows of
+# its own (no loss).
+LOG_FIELDS = ("stage", "step", "lr", "loss", "grad_norm", "seconds", "valid")
 STATUSES = ("running", "finished", "interrupted", "failed")
 PLOTS = {"loss": "loss.png", "roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png",
          "hist": "p_yes_hist.png"}
@@ -124,17 +126,24 @@ class RunRecord:
                seconds: float | None = None, stage: str = "") -> None:
     """Appends one row to train_log.csv (header first) and flushes: called as steps happen,
     so a killed run keeps its log up to the last step."""
+    self._log_row([stage, int(step), _num(lr), _num(loss), _num(grad_norm), _num(seconds), ""])
+    self._scalars({f"{stage or 'train'}/{k}": v for k, v in
+                   (("loss", loss), ("lr", lr), ("grad_norm", grad_norm))}, int(step))
+
+  def log_valid(self, step: int, value: float, stage: str = "") -> None:
+    """One evaluation during training (--eval-every): a train_log.csv row with only `valid`."""
+    self._log_row([stage, int(step), "", "", "", "", _num(value)])
+    self._scalars({f"{stage or 'train'}/valid": value}, int(step))
+
+  def _log_row(self, row: list) -> None:
     path = self.file(LOG)
     new = not path.exists() or path.stat().st_size == 0
-    row = [stage, int(step), _num(lr), _num(loss), _num(grad_norm), _num(seconds)]
     with open(path, "a", encoding="utf-8", newline="") as f:
       w = csv.writer(f)
       if new:
         w.writerow(LOG_FIELDS)
       w.writerow(row)
       f.flush()
-    self._scalars({f"{stage or 'train'}/{k}": v for k, v in
-                   (("loss", loss), ("lr", lr), ("grad_norm", grad_norm))}, int(step))
 
   def _scalars(self, values: dict[str, Any], step: int) -> None:
     """TensorBoard scalars (finite numbers only), flushed at once like the CSV."""
@@ -263,12 +272,14 @@ class RunRecord:
   def plots(self, threshold: float | None = None) -> list[Path]:
     """Renders every PNG the logged data allows; returns the paths written."""
     out: list[Path] = []
-    log = [r for r in self.steps() if r["loss"] is not None]
+    rows = self.steps()
+    log = [r for r in rows if r["loss"] is not None]
+    valid = [(r["step"], r["valid"]) for r in rows if r["valid"] is not None]
     if log:
       col = lambda k: [r[k] if r[k] is not None else math.nan for r in log]
       out.append(plots.render_loss(col("step"), col("loss"), col("lr"), col("grad_norm"),
                                    self.file(PLOTS["loss"]), f"training loss: {self.name}",
-                                   stages=[r["stage"] for r in log]))
+                                   stages=[r["stage"] for r in log], valid=valid or None))
     rows = [r for r in self.predictions() if finite(r.get("p_yes")) is not None]
     if rows:
       out += self._prediction_plots(rows, threshold)
