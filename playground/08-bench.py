@@ -20,6 +20,8 @@ def flags():
   p.add_argument("--steps", type=int, default=256,
                  help="training steps in the whole iteration (the users run 256)")
   p.add_argument("--workdir", default=None, help="generated model and data (default: cache/bench)")
+  p.add_argument("--rows", default="load,step,classify,iteration,start",
+                 help="measurements, comma-separated: load, step, classify, iteration, start")
   g = p.add_argument_group("--curves: the divergence guard's evidence")
   g.add_argument("--curves", action="store_true",
                  help="record the default recipe's loss curves (tiny and small models, batch 2, "
@@ -84,7 +86,10 @@ def main(args, project):
     for row in bench.guard_table(curves):
       print(json.dumps(row))
     return
-  bench.main(workdir, args.steps)
+  rows = tuple(r.strip() for r in args.rows.split(","))
+  if not set(rows) <= set(bench.ROWS):
+    raise cli.UserError(f"--rows takes {', '.join(bench.ROWS)}, got {args.rows!r}")
+  bench.main(workdir, args.steps, rows=rows)
 
 
 if __name__ == "__main__":

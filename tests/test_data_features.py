@@ -141,3 +141,24 @@ def test_pooled_embeddings_are_mean_tokens_and_hit_the_cache(tiny_lm, tiny_examp
   np.testing.assert_allclose(fresh.pooled(some, lm.cfg.image_size, BS), pooled, rtol=1e-6)
   assert (fresh.hits, fresh.misses) == (5, 0)  # And from disk in a new process's cache.
   assert cache.pooled([], lm.cfg.image_size).shape == (0, lm.cfg.llm.width)
+
+
+def test_each_image_is_hashed_once_per_run_not_per_step(tiny_lm, tiny_examples, tmp_path,
+                                                        monkeypatch):
+  """Training on 3 epochs of the set reads each image's bytes for its key once; a later
+  cache (the next fold or trial) re-hashes only a file whose size or mtime changed."""
+  from palijudge.data import features as features_lib
+  hashed = []
+  real = features_lib.files.sha256
+  monkeypatch.setattr(features_lib.files, "sha256", lambda p: hashed.append(p) or real(p))
+  monkeypatch.setattr(features_lib, "_DIGESTS", {})
+  tr = [dataclasses.replace(e, image=shutil.copy(e.image, tmp_path)) for e in tiny_examples[1]]
+  cache = _cache(tiny_lm)
+  tcfg = fit.TrainConfig(steps=3 * len(tr) // 2, batch_size=2)
+  fit.fit(tiny_lm, tr, tcfg, fit.FitOptions(prompt=DEFAULT_PROMPT), log=lambda _: None,
+          features=cache)
+  assert sorted(hashed) == sorted({e.image for e in tr})
+  hashed.clear()
+  os.utime(tr[0].image, ns=(1, 1))  # Touched: another modification time.
+  _attach(_cache(tiny_lm), tiny_lm, tr)
+  assert hashed == [tr[0].image]

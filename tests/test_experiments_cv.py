@@ -35,6 +35,12 @@ def test_a_constant_answer_is_flagged_in_the_summary_and_the_trial(monkeypatch):
   s = cv.summarize(yes_85)
   assert s.score == pytest.approx(0.92, abs=0.005) and s.one_class == "yes"
   assert "  warning: every prediction was 'yes', a constant answer" in s.format()
+  # The share and scores quoted are the folds' own (85 % yes here; 70 % below).
+  assert "the folds' valid sets are 85 % yes, and answering yes to everything scores " \
+         "accuracy 0.85 and F-measure 0.92" in s.warning()
+  yes_70 = cv.summarize([Confusion(tp=7, tn=0, fp=3, fn=0).to_dict()], "accuracy")
+  assert "are 70 % yes, and answering yes to everything scores accuracy 0.70 and " \
+         "F-measure 0.82" in yes_70.warning()
   assert cv.summarize([Confusion(0, 3, 0, 17).to_dict()], "accuracy").one_class == "no"
   one_no = [yes_85[0], Confusion(tp=16, tn=1, fp=3, fn=0).to_dict()]
   assert cv.summarize(one_no).one_class is None and "warning" not in cv.summarize(one_no).format()

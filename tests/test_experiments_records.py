@@ -39,9 +39,12 @@ def test_files_round_trip(tmp_path):
   with open(rec.file("train_log.csv")) as f:
     rows = list(csv.reader(f))
   assert rows[0] == list(records.LOG_FIELDS)
-  assert rows[1] == ["stage 1", "1", "0.001", "2.5", "10.0", "0.5"]
+  assert rows[1] == ["stage 1", "1", "0.001", "2.5", "10.0", "0.5", ""]
   assert rec.steps()[1] == {"stage": "stage 2", "step": 2.0, "lr": 0.002, "loss": None,
-                            "grad_norm": None, "seconds": 1.0}
+                            "grad_norm": None, "seconds": 1.0, "valid": None}
+  rec.log_valid(2, 0.75, stage="stage 2")  # --eval-every: a row of its own, no loss.
+  assert rec.steps()[2] == {"stage": "stage 2", "step": 2.0, "lr": None, "loss": None,
+                            "grad_norm": None, "seconds": None, "valid": 0.75}
   rec.write_eval("before training", {"valid": {"accuracy": 0.5}})
   rec.write_eval("1st trained", {"valid": {"accuracy": np.float32(0.75)}})
   rec.write_eval("before training", {"valid": {"accuracy": 0.6}})

@@ -295,3 +295,51 @@ def test_replacing_a_checkpoint_is_announced_before_the_work(tmp_path):
   target.write_bytes(b"not a checkpoint")
   learn._prepare_save(str(target), logs.append)
   assert logs[-1].startswith("warning: ") and "(saved" not in logs[-1]
+
+
+def test_eval_every_logs_the_valid_metric_and_keeps_the_best_step(tiny_lm, tiny_examples,
+                                                                  tmp_path):
+  from palijudge.experiments import records
+  _, tr, va = tiny_examples
+  rec = records.RunRecord(tmp_path / "exp", "r")
+  logs = []
+  res = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=4, batch_size=2, lr=0.3),
+                    evaluate.EvalConfig().resolved(), learn.LearnConfig(eval_every=2, select="auc"),
+                    names=NAMES, record=rec, save_to=str(tmp_path / "m.npz"), log=logs.append)
+  valid = [(r["step"], r["valid"]) for r in rec.steps() if r["valid"] is not None]
+  assert [s for s, _ in valid] == [2, 4] and all(r["stage"] == "stage 1" for r in rec.steps())
+  best_step, best = max(valid, key=lambda sv: (sv[1], -sv[0]))  # The first of equals.
+  assert f"keeping the state of step {int(best_step)}, where valid auc was best " \
+         f"({best:.4f})" in logs
+  # The kept state is what was evaluated after training and saved.
+  assert learn.selection_score(res.after["valid"], "auc") == pytest.approx(best, abs=1e-5)
+  assert any("loss" in p.name for p in rec.plots())  # The curve with the valid points.
+  with pytest.raises(UserError, match="--patience counts evaluations"):
+    learn.LearnConfig(patience=2)
+
+
+def test_a_run_answering_one_thing_says_so_with_the_data_s_balance(tiny_lm, tiny_examples,
+                                                                   tmp_path):
+  """At a threshold near 0 every answer is yes: the warning quotes the valid set's share."""
+  from palijudge.experiments import records
+  _, tr, va = tiny_examples
+  rec = records.RunRecord(tmp_path / "exp", "r")
+  logs = []
+  learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
+              evaluate.EvalConfig(threshold=1e-9).resolved(), names=NAMES, record=rec,
+              log=logs.append)
+  share = sum(e.label for e in va) / len(va)
+  warned = [l for l in logs if l.startswith("warning: 1st trained on valid: every prediction "
+                                            "was 'yes'")]
+  assert len(warned) == 1, logs
+  assert f"valid is {100 * share:.0f} % yes, and answering yes to everything scores accuracy " \
+         f"{share:.2f}" in warned[0]
+  after = rec.eval_metrics()["after training"]
+  assert after["valid"]["constant_answer"] == "yes"
+  # 15-train.py, which has no valid set, judges a sample of its training data.
+  learn.train_file(tiny_lm, tr, train.TrainConfig(steps=1, batch_size=2),
+                        evaluate.EvalConfig(threshold=1e-9).resolved(),
+                        str(tmp_path / "t.npz"), log=logs.append)
+  n_yes = sum(e.label for e in tr)
+  assert f"the training data is {100 * n_yes / len(tr):.0f} % yes" in logs[-1]
+  assert logs[-1].startswith(f"warning: on {min(len(tr), 64)} of its training examples, ")

@@ -20,10 +20,24 @@ def test_bench_reports_every_row_on_a_tiny_model(tmp_path, capsys, monkeypatch):
                       "yes_no_classification", "do_learn_iteration", "start_cold_warm"]
   for r in rows[:-1]:
     assert r["ours"] > 0 and r["plain"] > 0 and r["speedup"] > 0
+  for r in rows[:-1]:  # CPU seconds beside wall seconds (loaded machines: the steadier one).
+    if r["measure"] != "train_step" and r["measure"] != "train_step_cached":
+      assert r["ours_cpu_s"] > 0 and r["plain_cpu_s"] > 0
+      assert r["speedup_cpu"] == pytest.approx(r["plain_cpu_s"] / r["ours_cpu_s"], abs=0.02,
+                                               rel=0.02)  # Both rounded to 0.01.
+  assert rows[-1]["cold_cpu_s"] > 0  # The scripts' own CPU time (children).
   start = rows[-1]
   assert len(start["compile_cold_s"]) == 2 and len(start["compile_warm_s"]) == 2
   # The second stage (lr/10) reuses the first stage's compiled step.
   assert start["compile_cold_s"][1] < start["compile_cold_s"][0]
+
+
+def test_rows_pick_the_measurements(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(bench, "PLAIN_MAX_NEW", 8)
+  rows = bench.main(str(tmp_path), steps=2, n_images=12, model_config=config.PRESETS["tiny"],
+                    rows=("iteration",))
+  assert [r["measure"] for r in rows] == ["do_learn_iteration"]
+  assert rows[0]["ours_cpu_s"] > 0 and rows[0]["plain_cpu_s"] > 0
 
 
 def test_recorded_curves_have_every_step(tmp_path):

@@ -370,3 +370,93 @@ def test_resume_refuses_a_state_saved_by_another_recipe(tiny_lm, tiny_examples, 
   logs = []  # The same recipe (progress lines aside) resumes.
   train.fit(tiny_lm, tr, dataclasses.replace(tcfg, print_every=1), opts, log=logs.append)
   assert any(l.startswith("resumed from") and l.endswith("at step 2") for l in logs)
+
+
+# --- The step loop: metrics one step late, the schedule as data, evaluations ---------------
+
+
+def _compiles(fn) -> int:
+  """How many XLA backend compilations `fn()` runs (jax's own compile event)."""
+  from jax._src import dispatch
+  seen = []
+  listener = lambda event, *_a, **_k: seen.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return seen.count(dispatch.BACKEND_COMPILE_EVENT)
+
+
+def test_another_step_count_lr_or_warmup_compiles_no_new_train_step(tiny_lm, tiny_examples):
+  """The schedule is data: a search trial or stage with other --steps reuses the step."""
+  tr = tiny_examples[1]
+  fit = lambda tcfg: train.fit(tiny_lm, tr, tcfg, _opts(), log=lambda _: None)
+  fit(train.TrainConfig(steps=3, batch_size=2))
+  other = train.TrainConfig(steps=5, batch_size=2, lr=0.01, warmup_percent=0.3, seed=4)
+  assert _compiles(lambda: fit(other)) == 0
+  # The counter counts: another batch size is another program.
+  assert _compiles(lambda: fit(train.TrainConfig(steps=2, batch_size=4))) >= 1
+
+
+def test_metrics_read_a_step_late_are_those_read_at_once(tiny_lm, tiny_examples, tmp_path):
+  """History (lr, loss, grad norm per step) as when every step was read before the next:
+  --save-every 1 makes the loop read each step at once (it needs each state)."""
+  tr = tiny_examples[1]
+  tcfg = train.TrainConfig(steps=7, batch_size=2, seed=2)
+  rows, lines = [], []
+  late = train.fit(tiny_lm, tr, tcfg, _opts(on_step=lambda *r: rows.append(r)),
+                   log=lines.append)
+  at_once = train.fit(tiny_lm, tr, dataclasses.replace(tcfg, save_every=1),
+                      _opts(state_path=str(tmp_path / "s.npz")), log=lambda _: None)
+  assert [h[:4] for h in late.history] == [h[:4] for h in at_once.history]
+  assert rows == late.history and [h[0] for h in rows] == list(range(1, 8))
+  want = train.colab_lr(tcfg.lr, 7, tcfg.warmup_percent)(np.arange(1, 8))
+  assert [h[1] for h in rows] == [float(x) for x in want]
+  assert [l for l in lines if l.startswith("step:")] == [
+      train.progress_line(s, 7, lr, loss) for s, lr, loss, *_ in rows if s in (1, 7)]
+
+
+def test_a_divergence_read_a_step_late_keeps_the_snapshot_state(tiny_lm, tiny_examples,
+                                                               tmp_path, monkeypatch):
+  """Diverged at step 40 (seen after step 41 was dispatched): the state kept is the one of
+  step 32, the guard's snapshot, exactly as the train state saved at step 32."""
+  check = train.Guard.check
+  monkeypatch.setattr(train.Guard, "check", lambda self, step, loss: (
+      "forced at step 40" if step == 40 else check(self, step, loss)))
+  tcfg = train.TrainConfig(steps=48, batch_size=2, diverge_loss=100.0, save_every=32)
+  state = str(tmp_path / "s.npz")
+  logs = []
+  res = train.fit(tiny_lm, tiny_examples[1], tcfg, _opts(state_path=state), log=logs.append)
+  assert res.diverged == "forced at step 40" and res.kept_step == 32
+  assert [h[0] for h in res.history] == list(range(1, 41))
+  saved, _ = train.load_state(state, train.init_state(
+      params_lib.split(tiny_lm.params, "attn")[0], train.make_optimizer(tcfg)))
+  kept = params_lib.split(res.params, "attn")[0]
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               saved.params, kept)
+
+
+def test_evaluations_keep_the_best_state_and_stop_early(tiny_lm, tiny_examples):
+  scores = {2: 0.5, 4: 0.9, 6: 0.7, 8: 0.6, 10: 0.95}
+  seen = {}
+
+  def score(step, params):
+    seen[step] = jax.device_get(params_lib.split(params, "attn")[0])
+    return scores[step]
+  tcfg = train.TrainConfig(steps=12, batch_size=2)
+  logs = []
+  ev = train.Evaluation(2, score, "f1", patience=2)
+  res = train.fit(tiny_lm, tiny_examples[1], tcfg, _opts(evaluation=ev), log=logs.append)
+  assert sorted(seen) == [2, 4, 6, 8] and len(res.history) == 8  # Stopped after 2 worse.
+  assert res.kept_step == 4
+  assert "early stop at step 8: valid f1 did not improve for 2 evaluations" in logs
+  assert "keeping the state of step 4, where valid f1 was best (0.9000)" in logs
+  jax.tree.map(np.testing.assert_array_equal, seen[4],
+               jax.device_get(params_lib.split(res.params, "attn")[0]))
+  # Without patience every evaluation runs, the last step's included.
+  seen.clear()
+  scores[12] = 0.1
+  res = train.fit(tiny_lm, tiny_examples[1], tcfg, _opts(evaluation=train.Evaluation(
+      2, score, "f1")), log=lambda _: None)
+  assert sorted(seen) == [2, 4, 6, 8, 10, 12] and res.kept_step == 10

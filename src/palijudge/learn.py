@@ -38,7 +38,8 @@ from palijudge import train as train_lib
 from palijudge.data.batch import PixelCache
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig, EvalResult, format_result, report, shared_threshold
+from palijudge.evaluate import (EvalConfig, EvalResult, evaluate, format_result, report,
+                                shared_threshold)
 from palijudge.loader import LoadedModel
 from palijudge.model import lora
 from palijudge.options import option
@@ -66,10 +67,18 @@ class LearnConfig:
                        "Result blocks beside the fine-tune's; with -w saved as NAME.probe.npz")
   probe_only: bool = option(False, "fit and report only the probe (seconds): no model "
                             "evaluation, no training")
+  eval_every: int = option(0, "evaluate the valid set every N steps (and at the last) and keep "
+                           "the state with the best --select metric, not the last (0: never)")
+  patience: int = option(0, "with --eval-every: stop a stage after this many evaluations "
+                         "without a better valid metric (0: never stop early)")
 
   def __post_init__(self):
     if self.runs < 1:
       raise UserError("--runs must be >= 1")
+    if self.eval_every < 0 or self.patience < 0:
+      raise UserError("--eval-every and --patience must be >= 0")
+    if self.patience and not self.eval_every:
+      raise UserError("--patience counts evaluations: give --eval-every N too")
     if self.probe_only and self.keep == "all":
       raise UserError("--keep all keeps trained runs; --probe-only trains none")
 
@@ -79,6 +88,7 @@ class Recorder(Protocol):
 
   def log_step(self, step: int, lr: float, loss: float, grad_norm: float | None = None,
                seconds: float | None = None, stage: str = "") -> None: ...
+  def log_valid(self, step: int, value: float, stage: str = "") -> None: ...
   def write_eval(self, stage: str, metrics: dict) -> object: ...
   def write_predictions(self, rows) -> object: ...
   def write_config(self, config: dict, merge: bool = False) -> object: ...
@@ -118,6 +128,7 @@ class _Run:
   features: object
   before: dict
   phases: Phases | _NoPhases
+  valid_name: str = ""
 
 
 def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainConfig, run: int,
@@ -134,7 +145,8 @@ def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainC
     stream = (lambda *row, name=name: r.record.log_step(*row, stage=name)) if r.record else None
     fit_opts = train_lib.FitOptions(prompt=r.ecfg.prompt, gif_frame=r.ecfg.gif_frame,
                                     state_path=state, resume=r.lcfg.resume,
-                                    stage=run * 2 + i, on_step=stream)
+                                    stage=run * 2 + i, on_step=stream,
+                                    evaluation=_evaluation(lm, stage, r, name))
     result = train_lib.fit(lm, train, stage, fit_opts, log=log, cache=r.cache,
                            features=r.features)
     r.phases.add("compilation", result.compile_seconds)
@@ -149,6 +161,9 @@ def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainC
       tag = _TAGS[i]
       after = report(lm, r.sets, r.ecfg, tag, log, r.cache, r.features, baseline=r.before,
                      strict=False)
+    warning = metrics.constant_warning(after[r.valid_name].confusion)
+    if warning:  # A run that learned nothing says so (the record flags it: constant_answer).
+      log(f"warning: {tag} on {os.path.basename(r.valid_name)}: {warning}")
     if r.record:  # Every stage of every run, not only the kept one.
       r.record.write_eval(stage_name(run, i, r.lcfg.runs), _by_name(after))
   return lm, after, diverged
@@ -161,6 +176,25 @@ def stage_name(run: int, stage: int, runs: int) -> str:
   """A trained stage's name in the run record (0-based run and stage): `1st trained`, or
   `run 2, 2nd trained` in a lottery of several runs."""
   return f"run {run + 1}, {_TAGS[stage]}" if runs > 1 else _TAGS[stage]
+
+
+def _evaluation(lm: LoadedModel, tcfg: train_lib.TrainConfig, r: _Run, stage: str
+                ) -> train_lib.Evaluation | None:
+  """--eval-every: the valid set's --select metric on the trained parameters, every N steps
+  (logged to the run record beside the loss)."""
+  if not r.lcfg.eval_every:
+    return None
+  valid = r.sets[r.valid_name]
+  model = lm.model.clone(lora_alpha=tcfg.lora_alpha)  # As the stage's result is evaluated.
+
+  def score(step: int, params) -> float:
+    trained = dataclasses.replace(lm, params=params, model=model)
+    result = evaluate(trained, valid, r.ecfg, r.cache, r.features, desc="eval during training")
+    value = selection_score(result, r.lcfg.select)
+    if r.record:
+      r.record.log_valid(step, value, stage=stage)
+    return value
+  return train_lib.Evaluation(r.lcfg.eval_every, score, r.lcfg.select, r.lcfg.patience)
 
 
 def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
@@ -198,7 +232,7 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
     before = report(view, sets, ecfg, "before training", log, cache, features, strict=False)
   if record:  # At once, in the order things happen (and kept if the run is killed).
     record.write_eval("before training", _by_name(before))
-  r = _Run(sets, ecfg, lcfg, save_to, record, cache, features, before, ph)
+  r = _Run(sets, ecfg, lcfg, save_to, record, cache, features, before, ph, valid_name)
   score, run, trained, after, cfg, diverged = _lottery(lm, train, tcfg, r, valid_name, log)
   if lcfg.runs > 1:
     log(f"best run: {run + 1}/{lcfg.runs} (seed {cfg.seed}), valid {lcfg.select} = {score:.4f}")
@@ -337,7 +371,10 @@ def _write_record(record: Recorder, after, final: str, valid_name: str, probed=N
 
 
 def _by_name(results: dict[str, EvalResult]) -> dict[str, dict]:
-  return {os.path.basename(n): res.metrics() for n, res in results.items()}
+  """Each set's metrics, with `constant_answer` ("yes"/"no"/None: every prediction the same)."""
+  return {os.path.basename(n): dict(res.metrics(),
+                                    constant_answer=metrics.constant_answer(res.confusion))
+          for n, res in results.items()}
 
 
 def save(lm: LoadedModel, tcfg: train_lib.TrainConfig, ecfg: EvalConfig, lcfg: LearnConfig,
@@ -412,6 +449,9 @@ def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.Tra
     save(trained, tcfg, ecfg, LearnConfig(full=full), save_to, ecfg.decision, result.diverged,
          parent=parent)
     log(f"saved {files.shown(save_to)}")
+  warning = constant_on_sample(trained, examples, ecfg)
+  if warning:
+    log(f"warning: {warning}")
   if record:
     if result.diverged:
       record.write_config({"diverged": result.diverged}, merge=True)
@@ -435,6 +475,25 @@ def resumed_checkpoint(save_to: str | None, resume: bool) -> str | None:
   if save_to and resume and os.path.exists(state_path(save_to)):
     return files.shown(save_to)
   return None
+
+
+CONSTANT_SAMPLE = 64  # Training examples 15-train.py scores to tell a run that learned nothing.
+
+
+def constant_on_sample(lm: LoadedModel, examples: Sequence[Example], ecfg: EvalConfig) -> str:
+  """The constant-answer warning for a run with no valid set (15-train.py): judged on
+  `CONSTANT_SAMPLE` training examples spread over the file (seconds), the class balance
+  quoted being the whole file's."""
+  sample = list(examples[::max(1, len(examples) // CONSTANT_SAMPLE)])[:CONSTANT_SAMPLE]
+  answer = metrics.constant_answer(evaluate(lm, sample, ecfg, desc="constant check").confusion)
+  if answer is None:
+    return ""
+  n_yes = sum(bool(e.label) for e in examples)
+  said = dict(tp=n_yes, fp=len(examples) - n_yes) if answer == "yes" else \
+      dict(tn=len(examples) - n_yes, fn=n_yes)
+  every = metrics.Confusion(**{"tp": 0, "tn": 0, "fp": 0, "fn": 0, **said})
+  return (f"on {len(sample)} of its training examples, "
+          + metrics.constant_warning(every, "the training data is"))
 
 
 # --- Phase timing (03-do_learn.py --phases) ------------------------------------

@@ -78,16 +78,46 @@ class Confusion:
             "recall": self.recall, "f_measure": self.f_measure}
 
 
-def one_class(blocks: Sequence[dict[str, Any]]) -> str | None:
-  """"yes" or "no" when the confusion counts of `blocks` (Confusion.to_dict(): metrics of
-  one set, or of every CV fold) hold predictions of that answer only: a judge that learned
-  nothing but a constant answer, whatever its score. None when both answers occur, or a
-  block has no counts. The one test for it (CV summaries, the leaderboard)."""
-  if not blocks or not all({"tp", "fp", "tn", "fn"} <= set(m) for m in blocks):
+def constant_answer(confusion: Confusion) -> str | None:
+  """"yes" or "no" when every prediction counted is that answer, else None."""
+  said_yes, said_no = confusion.tp + confusion.fp, confusion.tn + confusion.fn
+  return "yes" if said_yes and not said_no else "no" if said_no and not said_yes else None
+
+
+def constant_warning(confusion: Confusion, subject: str = "valid is") -> str:
+  """One line when every prediction was the same answer ("" otherwise), with what that
+  answer scores on this data's own class balance: a model that learned nothing but the
+  majority class can look good (e.g. on 85 % yes data, always 'yes' scores F 0.92).
+  The one warning of every training run, cross-validation and the search."""
+  answer = constant_answer(confusion)
+  if answer is None:
+    return ""
+  n_yes = confusion.tp + confusion.fn
+  share = n_yes if answer == "yes" else confusion.total - n_yes
+  always = Confusion(tp=n_yes, tn=0, fp=confusion.total - n_yes, fn=0) if answer == "yes" \
+      else Confusion(tp=0, tn=confusion.total - n_yes, fp=0, fn=n_yes)
+  scores = f"accuracy {always.accuracy:.2f}"
+  if answer == "yes":
+    scores += f" and F-measure {always.f_measure:.2f}"
+  return (f"every prediction was {answer!r}, a constant answer whatever the image (the model "
+          f"learned nothing of the images): {subject} {100 * share / confusion.total:.0f} % "
+          f"{answer}, and answering {answer} to everything scores {scores}")
+
+
+def summed(blocks: Sequence[dict[str, Any]]) -> Confusion | None:
+  """The confusion counts of `blocks` (Confusion.to_dict(): metrics of one set, or of every
+  CV fold) added up; None when there are none or a block has no counts."""
+  keys = ("tp", "tn", "fp", "fn")
+  if not blocks or not all(set(keys) <= set(m) for m in blocks):
     return None
-  yes = sum(m["tp"] + m["fp"] for m in blocks)
-  no = sum(m["tn"] + m["fn"] for m in blocks)
-  return "yes" if yes and not no else "no" if no and not yes else None
+  return Confusion(**{k: int(sum(m[k] for m in blocks)) for k in keys})
+
+
+def one_class(blocks: Sequence[dict[str, Any]]) -> str | None:
+  """`constant_answer` of stored metrics (`summed`): "yes"/"no" for a judge that learned
+  nothing but a constant answer, whatever its score (CV summaries, the leaderboard)."""
+  total = summed(blocks)
+  return None if total is None else constant_answer(total)
 
 
 def format_block(confusion: Confusion, name: str, heading: str = "Result"

@@ -1,7 +1,8 @@
 """Training, top to bottom: recipe, optimizer, the pure train step, the loop around it.
 
 - `TrainConfig`: one recipe; its defaults are big_vision's fine-tuning colab.
-- `make_optimizer`: SGD or Adam on the colab's schedule (linear warm-up, cosine).
+- `make_optimizer`: SGD or Adam; the colab's schedule (linear warm-up, cosine) is
+  computed on the host once per step and passed to the step as data.
 - `train_step`: pure, jitted once by `jit_train_step` with the state donated
   and explicit shardings. Parameters are split by a path regex (`params.split`)
   into a trainable tree (f32, updated by optax) and a frozen tree (half
@@ -115,36 +116,37 @@ class TrainConfig:
 
 
 def colab_lr(base: float, train_steps: int, warmup_percent: float = 0.10) -> Callable:
-  """lr(s) for s = 1..train_steps: linear warm-up, then cosine decay to 0.
+  """lr(s) for s = 1..train_steps (float32, on the host): linear warm-up, then cosine decay to 0.
 
   As big_vision's `create_learning_rate_schedule(total_steps=train_steps + 1,
   decay_type="cosine", warmup_percent=...)`: warm-up steps are rounded
   (65 total -> 6; 257 total -> 26, which reproduces the users' logged rates).
+  Plain numpy: the loop computes each step's value once and passes it to the
+  device as data (`TrainState.lr`), so no schedule is compiled into the step.
   """
   total = train_steps + 1
   warmup = round(warmup_percent * total)
+  f32 = np.float32
 
   def lr(s):
-    s = jnp.asarray(s, jnp.float32)
-    progress = jnp.clip((s - warmup) / max(total - warmup, 1), 0.0, 1.0)
-    value = base * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return value * jnp.minimum(1.0, s / warmup) if warmup else value
+    s = np.asarray(s, f32)
+    progress = np.clip((s - f32(warmup)) / f32(max(total - warmup, 1)), f32(0), f32(1))
+    value = f32(base) * f32(0.5) * (f32(1) + np.cos(f32(np.pi) * progress))
+    return value * np.minimum(f32(1), s / f32(warmup)) if warmup else value
   return lr
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """SGD or Adam on the colab's schedule, its peak lr a value in the optimizer state.
+  """SGD or Adam at learning rate 1: the update's direction, which `train_step` scales by
+  the step's learning rate (`TrainState.lr`, data set by the loop from `colab_lr`).
 
-  The schedule's shape (warm-up, cosine over `steps`) is compiled in; the peak
-  lr is injected as state, so a second stage at lr/10 (or another --lr) reuses
-  the compiled step and the persistent compilation cache instead of compiling
-  again. Update = -peak * shape(step) * direction, as the colab's.
+  Neither the schedule's shape (warm-up, cosine over `steps`) nor the peak lr is
+  compiled in, so another --steps, --lr, --warmup or a second stage at lr/10
+  reuses the compiled step and the persistent compilation cache. Update =
+  -lr(step) * direction, as the colab's (SGD(lr) = -lr * g; Adam(lr) = -lr * Adam's
+  direction).
   """
-  shape = colab_lr(1.0, cfg.steps, cfg.warmup_percent)
-  # optax counts updates from 0; the colab's first step is s = 1.
-  unit = lambda count: shape(count + 1)
-  base = optax.adam(unit) if cfg.optimizer == "adam" else optax.sgd(unit)
-  return optax.chain(base, optax.inject_hyperparams(optax.scale)(step_size=cfg.lr))
+  return optax.adam(1.0) if cfg.optimizer == "adam" else optax.sgd(1.0)
 
 
 @flax.struct.dataclass
@@ -152,11 +154,13 @@ class TrainState:
   step: jax.Array
   params: Params  # The trainable leaves only, f32.
   opt_state: Any
+  lr: Any = 1.0   # This step's learning rate: data, set by the loop before each step.
 
 
-def init_state(trainable: Params, tx: optax.GradientTransformation) -> TrainState:
+def init_state(trainable: Params, tx: optax.GradientTransformation, lr: float = 1.0
+               ) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
-                    opt_state=tx.init(trainable))
+                    opt_state=tx.init(trainable), lr=jnp.asarray(lr, jnp.float32))
 
 
 def _grads(trainable: Params, frozen: Params, batch: Batch, model, loss, yes_no_ids):
@@ -204,9 +208,10 @@ def train_step(state: TrainState, batch: Batch, frozen: Params, *, model, tx,
   else:
     value, grads = _grads(state.params, frozen, batch, **kw)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda u: state.lr * u, updates)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": value, "grad_norm": optax.tree.norm(grads)}
-  return TrainState(state.step + 1, params, opt_state), metrics
+  return TrainState(state.step + 1, params, opt_state, state.lr), metrics
 
 
 def jit_train_step(model, tx, loss: losses.LossConfig, yes_no_ids, mesh: jax.sharding.Mesh,
@@ -245,7 +250,7 @@ class FitResult:
   seconds: float
   compile_seconds: float = 0.0  # Of the train step, inside `seconds`.
   diverged: str = ""            # Why the last attempt stopped early ("" if it did not).
-  kept_step: int = 0            # With `diverged`: the step whose state `params` holds.
+  kept_step: int = 0            # With `diverged` or an evaluation: the step `params` holds.
 
 
 class Diverged(Exception):
@@ -334,6 +339,7 @@ class FitOptions:
   # Called with each history row (step, lr, loss, grad_norm, seconds) as it happens:
   # run records stream train_log.csv, so a killed run keeps its log.
   on_step: Callable[..., None] | None = None
+  evaluation: "Evaluation | None" = None  # --eval-every: score, keep the best, stop early.
 
 
 def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig,
@@ -349,9 +355,10 @@ def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig,
   seed, start = tcfg.seed, time.time()
   for attempt in range(tcfg.max_restarts + 1):
     try:
-      params, history, compile_s = _attempt(lm, examples, dataclasses.replace(tcfg, seed=seed),
-                                            opts, log, cache, features)
-      return FitResult(params, history, seed, attempt, time.time() - start, compile_s)
+      params, history, compile_s, kept = _attempt(
+          lm, examples, dataclasses.replace(tcfg, seed=seed), opts, log, cache, features)
+      return FitResult(params, history, seed, attempt, time.time() - start, compile_s,
+                       kept_step=kept)
     except Diverged as d:
       if attempt == tcfg.max_restarts:
         return _kept(lm, d, tcfg, seed, attempt, time.time() - start, log)
@@ -479,48 +486,159 @@ def _resume(opts: FitOptions, tcfg: TrainConfig, state, rec: dict, log: Log):
 
 
 def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, data, rec):
+  """The steps. Each step's metrics are read one step late, after the next step is
+  dispatched, so the host never waits for the device between steps; a step whose
+  state is needed (a guard snapshot, a save, an evaluation, the last) is read at once."""
   sched = colab_lr(tcfg.lr, tcfg.steps, tcfg.warmup_percent)
-  history, guard, t0 = [], Guard(tcfg.diverge_loss), time.time()
-  best = (math.inf, 0, None)  # (median loss, step, host copy of the trainable params)
-  compiled, compile_s = None, 0.0
-  bar = None  # Made after the first step, so rate and ETA leave compilation out.
+  w = _Watch(tcfg, opts, log, rec)
+  compiled, pending = None, None
   for step, (chunk, batch) in enumerate(batches, start=first):
     if features is not None:
       batch = features.attach(chunk, batch)
     batch = distributed.global_batch(batch, data, tcfg.batch_size * tcfg.accum)
+    lr = sched(step)  # Once per step, on the host; data to the device (no recompilation).
+    state = state.replace(lr=jax.device_put(lr, state.lr.sharding))
     if compiled is None:  # Ahead of time, so the wait is announced and measured.
       progress.write(log, "compiling the train step ...")
       c0 = time.time()
-      compiled = step_fn.lower(state, batch, frozen).compile()
-      compile_s = time.time() - c0
-    # Through the jitted function, which reuses `compiled`: the executable itself refuses
-    # the CPU's 4-bit arrays (--quantize int4/nf4), laid out unpacked by JAX 0.10's CPU client.
-    state, metrics = step_fn(state, batch, frozen)
-    loss, lr = float(metrics["loss"]), float(sched(step))
-    history.append((step, lr, loss, float(metrics["grad_norm"]), time.time() - t0))
-    if opts.on_step is not None:
-      opts.on_step(*history[-1])
-    if bar is None:
-      bar = progress.bar(tcfg.steps, f"train (stage {opts.stage + 1})", "step", initial=step)
-    else:
-      _advance(bar, history, tcfg.batch_size * tcfg.accum)
-    why = guard.check(step, loss)
-    if why:
-      bar.close()
-      raise Diverged(step, why, history, best[2], best[1])
-    if step % GUARD_WINDOW == 0 and guard.median < best[0]:
-      best = (guard.median, step, distributed.host(state.params))
-    if step == 1 or step % tcfg.print_every == 0 or step == tcfg.steps:
-      progress.write(log, progress_line(step, tcfg.steps, lr, loss))
-    if tcfg.save_every and opts.state_path and step % tcfg.save_every == 0 and step < tcfg.steps:
-      save_state(opts.state_path, state, {"stage": opts.stage, "seed": tcfg.seed, "step": step,
-                                          "recipe": rec})
-  if bar is not None:
-    bar.close()
+      compiled = _compiled(step_fn, state, batch, frozen)
+      w.compile_s = time.time() - c0
+    state, metrics = compiled(state, batch, frozen)
+    if pending is not None:
+      w.read(*pending)
+    pending = (step, float(lr), metrics)
+    if w.needs_state(step):
+      w.read(*pending)
+      pending = None
+      if w.at_state(step, state, frozen):
+        break  # Early stopping.
+  if pending is not None:
+    w.read(*pending)
+  w.close()
+  trained, kept = state.params, 0
+  if w.evaluated is not None:  # --eval-every: the best evaluated state, back on the devices.
+    kept = w.evaluated.step
+    trained = jax.device_put(w.evaluated.params, jax.tree.map(lambda a: a.sharding, trained))
+    progress.write(log, f"keeping the state of step {kept}, where valid "
+                   f"{opts.evaluation.metric} was best ({w.evaluated.score:.4f})")
   # Evaluation runs on each process's own devices: `local` gives each leaf's view there
   # (the same arrays with one process). The trained leaves stay on the devices.
-  params = params_lib.merge(distributed.local(state.params), distributed.local(frozen))
-  return params, history, compile_s
+  params = params_lib.merge(distributed.local(trained), distributed.local(frozen))
+  return params, w.history, w.compile_s, kept
+
+
+# The train steps compiled in this process, by their program and devices: a later stage,
+# fold, trial or run with the same program (any --steps, --lr, --warmup, seed: they are
+# data) reuses the executable without compiling or reading the persistent cache.
+_EXECUTABLES: collections.OrderedDict = collections.OrderedDict()
+_KEEP_EXECUTABLES = 4
+
+
+def _compiled(step_fn, state, batch, frozen) -> Callable:
+  """The step compiled ahead of time (or this process's earlier compilation of the same
+  program), called as such: the jitted function would compile it a second time (its cache
+  is not the AOT one). Except with 4-bit frozen arrays on the CPU (--quantize int4/nf4),
+  laid out unpacked by JAX 0.10's CPU client, which the executable refuses: there the
+  jitted function runs (compiling at its first call)."""
+  lowered = step_fn.lower(state, batch, frozen)
+  devices = sorted(d.id for d in state.step.sharding.device_set)
+  key = files.sha256_text(f"{devices}|{lowered.as_text()}")
+  compiled = _EXECUTABLES.pop(key, None) or lowered.compile()
+  _EXECUTABLES[key] = compiled  # Most recent last; the oldest go first.
+  while len(_EXECUTABLES) > _KEEP_EXECUTABLES:
+    _EXECUTABLES.popitem(last=False)
+  four_bit = any(jnp.issubdtype(x.dtype, jnp.integer) and jnp.iinfo(x.dtype).bits == 4
+                 for x in jax.tree.leaves(frozen))
+  return step_fn if four_bit and jax.default_backend() == "cpu" else compiled
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """--eval-every: a validation score every `every` steps (higher is better); the state with
+  the best score is what the stage returns, and with `patience` > 0 training stops after that
+  many evaluations without a better score."""
+  every: int
+  score: Callable[[int, Params], float]  # (step, every parameter) -> score.
+  metric: str = "score"
+  patience: int = 0
+
+
+@dataclasses.dataclass
+class _Best:
+  score: float
+  step: int
+  params: Any  # A host copy of the trainable leaves of that step.
+
+
+class _Watch:
+  """What the loop does with each step's metrics: history, guard, progress lines, saves,
+  and the evaluations of --eval-every."""
+
+  def __init__(self, tcfg: TrainConfig, opts: FitOptions, log: Log, rec: dict):
+    self.tcfg, self.opts, self.log, self.rec = tcfg, opts, log, rec
+    self.history, self.guard, self.t0 = [], Guard(tcfg.diverge_loss), time.time()
+    self.best = (math.inf, 0, None)  # (median loss, step, host copy of the trainable params)
+    self.evaluated: _Best | None = None  # The best evaluated state (--eval-every).
+    self.stale = 0  # Evaluations since the best one.
+    self.compile_s, self.bar = 0.0, None  # Bar made after the first step (rate w/o compile).
+
+  def read(self, step: int, lr: float, metrics: dict) -> None:
+    """One step's row: waits for its metrics; raises Diverged when the guard says so."""
+    loss = float(metrics["loss"])
+    self.history.append((step, lr, loss, float(metrics["grad_norm"]), time.time() - self.t0))
+    if self.opts.on_step is not None:
+      self.opts.on_step(*self.history[-1])
+    if self.bar is None:
+      self.bar = progress.bar(self.tcfg.steps, f"train (stage {self.opts.stage + 1})", "step",
+                              initial=step)
+    else:
+      _advance(self.bar, self.history, self.tcfg.batch_size * self.tcfg.accum)
+    why = self.guard.check(step, loss)
+    if why:
+      self.close()
+      raise Diverged(step, why, self.history, self.best[2], self.best[1])
+    if step == 1 or step % self.tcfg.print_every == 0 or step == self.tcfg.steps:
+      progress.write(self.log, progress_line(step, self.tcfg.steps, lr, loss))
+
+  def needs_state(self, step: int) -> bool:
+    """Whether `at_state` must see the state of this step (so its metrics are read now)."""
+    ev, t = self.opts.evaluation, self.tcfg
+    return (step % GUARD_WINDOW == 0 or step == t.steps
+            or bool(t.save_every and self.opts.state_path and step % t.save_every == 0)
+            or bool(ev and step % ev.every == 0))
+
+  def at_state(self, step: int, state: TrainState, frozen: Params) -> bool:
+    """Snapshot, save and evaluate the state after `step`; True to stop early."""
+    t, opts = self.tcfg, self.opts
+    if step % GUARD_WINDOW == 0 and self.guard.median < self.best[0]:
+      self.best = (self.guard.median, step, distributed.host(state.params))
+    if t.save_every and opts.state_path and step % t.save_every == 0 and step < t.steps:
+      save_state(opts.state_path, state, {"stage": opts.stage, "seed": t.seed, "step": step,
+                                          "recipe": self.rec})
+    ev = opts.evaluation
+    if ev is None or (step % ev.every and step != t.steps):
+      return False
+    return self._evaluate(ev, step, state, frozen)
+
+  def _evaluate(self, ev: Evaluation, step: int, state: TrainState, frozen: Params) -> bool:
+    params = params_lib.merge(distributed.local(state.params), distributed.local(frozen))
+    score = float(ev.score(step, params))
+    better = self.evaluated is None or score > self.evaluated.score
+    if better:  # A host copy: the state's arrays are donated to the next step, and device
+      self.evaluated = _Best(score, step, distributed.host(state.params))  # memory is scarce.
+    self.stale = 0 if better else self.stale + 1
+    best = self.evaluated
+    progress.write(self.log, f"eval at step {step}: valid {ev.metric} {score:.4f} "
+                   f"(best {best.score:.4f} at step {best.step})")
+    if ev.patience and self.stale >= ev.patience and step < self.tcfg.steps:
+      progress.write(self.log, f"early stop at step {step}: valid {ev.metric} did not improve "
+                     f"for {ev.patience} evaluations")
+      return True
+    return False
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
 
 
 def _advance(bar, history: list, examples_per_step: int) -> None:

@@ -25,6 +25,11 @@ from palijudge.model.paligemma import PaliGemma
 from palijudge import files, progress
 from palijudge import params as params_lib
 
+# sha256 of image files by (absolute path, size, mtime): caches made later in this process
+# (folds, trials) re-hash no unchanged file.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _embed_jit(model: PaliGemma, img_params, image_BxSxSx3):
   return model.apply({"params": {"img": img_params}}, image_BxSxSx3,
@@ -47,13 +52,27 @@ class FeatureCache:
     self.gif_frame = gif_frame
     self.memory: dict[str, np.ndarray] = {}
     self.hits = self.misses = 0
+    self.keys: dict[str, str] = {}  # Image path -> key, for this cache's lifetime.
     self.disk_dir = disk_dir  # None: memory only.
     self.model_key = files.sha256_text(json.dumps(
         [model.cfg.to_dict(), str(model.dtype), weights_id]))[:16]
 
   def _key(self, ex: Example) -> str:
-    raw = f"{self.model_key}|{files.sha256(ex.image)}|{self.gif_frame}"
-    return files.sha256_text(raw)
+    """The image's entry, its bytes hashed once per file for this cache's lifetime (a run):
+    every later step, epoch and evaluation looks the key up by path, touching no disk."""
+    key = self.keys.get(ex.image)
+    if key is None:
+      key = self.keys[ex.image] = self._content_key(ex.image)
+    return key
+
+  def _content_key(self, image: str) -> str:
+    """By content; a file seen before in this process with the same path, size and
+    modification time is not read again."""
+    st = os.stat(image)
+    stamp = (os.path.abspath(image), st.st_size, st.st_mtime_ns)
+    digest = _DIGESTS.get(stamp) or files.sha256(image)
+    _DIGESTS[stamp] = digest
+    return files.sha256_text(f"{self.model_key}|{digest}|{self.gif_frame}")
 
   def _disk(self, key: str) -> str | None:
     return os.path.join(self.disk_dir, key[:2], key + ".npy") if self.disk_dir else None

@@ -56,6 +56,7 @@ class CVSummary:
   fold_max: float | None = None
   interval: tuple[float, float] | None = None  # 95 % t interval of the mean; None: 1 fold.
   one_class: str | None = None  # "yes"/"no": every prediction of every fold was that answer
+  counts: dict[str, int] | None = None  # tp/tn/fp/fn summed over the folds, when known
 
   def to_dict(self) -> dict[str, Any]:
     """The `cv` block of eval_metrics.json (what the report reads)."""
@@ -79,10 +80,10 @@ class CVSummary:
 
   def warning(self) -> str:
     """Why the score may flatter the model ("" when nothing is suspect)."""
-    if not self.one_class:
+    if not self.one_class or not self.counts:
       return ""
-    return (f"every prediction was {self.one_class!r}, a constant answer whatever the score "
-            f"(on 85% yes data, always 'yes' scores F-measure 0.92)")
+    return metrics.constant_warning(metrics.Confusion(**self.counts),
+                                    "the folds' valid sets are")
 
 
 def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure") -> CVSummary:
@@ -103,9 +104,10 @@ def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure")
     if all(v is not None for v in vals):
       means[name], stds[name] = cv_score(vals)
   iv = None if spread.interval is None else (spread.interval.low, spread.interval.high)
+  total = metrics.summed(fold_metrics)
+  counts = None if total is None else dict(tp=total.tp, tn=total.tn, fp=total.fp, fn=total.fn)
   return CVSummary(metric, score, std, values, means, stds, spread.low, spread.high, iv,
-                   metrics.one_class(fold_metrics))
-
+                   metrics.one_class(fold_metrics), counts)
 
 
 # --- Cross-validation runs and the search objective -----------------------

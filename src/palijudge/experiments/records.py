@@ -47,7 +47,9 @@ from palijudge.metrics import DEFAULT_THRESHOLD
 
 CONFIG, LOG, METRICS, PREDICTIONS, SUMMARY = (
     "config.yaml", "train_log.csv", "eval_metrics.json", "predictions.jsonl", "summary.md")
-LOG_FIELDS = ("stage", "step", "lr", "loss", "grad_norm", "seconds")
+# valid: the --select metric of an evaluation during training (--eval-every), in rows of
+# its own (no loss).
+LOG_FIELDS = ("stage", "step", "lr", "loss", "grad_norm", "seconds", "valid")
 STATUSES = ("running", "finished", "interrupted", "failed")
 PLOTS = {"loss": "loss.png", "roc": "roc.png", "pr": "pr.png", "confusion": "confusion.png",
          "hist": "p_yes_hist.png"}
@@ -135,21 +137,29 @@ class RunRecord:
     so a killed run keeps its log up to the last step. A step at or before the stage's last
     logged one (a resumed run, a restart after divergence) first drops that stage's rows from
     this step on, so the log holds each step once."""
+    self._log_row(stage, int(step), [_num(lr), _num(loss), _num(grad_norm), _num(seconds), ""])
+    self._scalars({f"{stage or 'train'}/{k}": v for k, v in
+                   (("loss", loss), ("lr", lr), ("grad_norm", grad_norm))}, int(step))
+
+  def log_valid(self, step: int, value: float, stage: str = "") -> None:
+    """One evaluation during training (--eval-every): a train_log.csv row with only `valid`,
+    after the step's own row."""
+    self._log_row(stage, int(step), ["", "", "", "", _num(value)], replace=False)
+    self._scalars({f"{stage or 'train'}/valid": value}, int(step))
+
+  def _log_row(self, stage: str, step: int, values: list, replace: bool = True) -> None:
     path = self.file(LOG)
     last = self._logged_steps()
-    if stage in last and step <= last[stage]:
+    if replace and stage in last and step <= last[stage]:
       self._drop_steps(stage, step)
     new = not path.exists() or path.stat().st_size == 0
-    row = [stage, int(step), _num(lr), _num(loss), _num(grad_norm), _num(seconds)]
     with open(path, "a", encoding="utf-8", newline="") as f:
       w = csv.writer(f)
       if new:
         w.writerow(LOG_FIELDS)
-      w.writerow(row)
+      w.writerow([stage, step, *values])
       f.flush()
     last[stage] = step
-    self._scalars({f"{stage or 'train'}/{k}": v for k, v in
-                   (("loss", loss), ("lr", lr), ("grad_norm", grad_norm))}, int(step))
 
   def _logged_steps(self) -> dict[str, float]:
     """{stage: last step} of train_log.csv, read once (a reopened record has rows)."""
@@ -305,11 +315,17 @@ class RunRecord:
   def plots(self, threshold: float | None = None) -> list[Path]:
     """Renders every PNG the logged data allows; returns the paths written."""
     out: list[Path] = []
-    log = [r for r in self.steps() if r["step"] is not None]
-    if any(r["loss"] is not None for r in log):
+    rows = [r for r in self.steps() if r["step"] is not None]
+    log = [r for r in rows if r["loss"] is not None]
+    if log:
       col = lambda k: [r[k] if r.get(k) is not None else math.nan for r in log]
+      # Other logged columns as labelled points: the valid metric of each evaluation during
+      # training (its own row, after the step's) moved onto its step's row; any further one.
+      valid = {(r["stage"], r["step"]): r["valid"] for r in rows if r.get("valid") is not None}
       extra = {k: col(k) for k in log[0] if k not in LOG_FIELDS
-               and any(r.get(k) is not None for r in log)}  # E.g. a valid metric per eval.
+               and any(r.get(k) is not None for r in log)}
+      if valid:
+        extra["valid"] = [valid.get((r["stage"], r["step"]), math.nan) for r in log]
       out.append(plots.render_loss(col("step"), col("loss"), col("lr"), col("grad_norm"),
                                    self.file(PLOTS["loss"]), f"training loss: {self.name}",
                                    stages=[r["stage"] for r in log], extra=extra))

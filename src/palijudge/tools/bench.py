@@ -30,6 +30,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,25 @@ BENCH_CONFIG = dict(image_size=224,
 PLAIN_SEQLEN = 128   # The colab pads every text to this length.
 PLAIN_MAX_NEW = 128  # ... and decodes up to this many new tokens.
 BATCH = 2            # The users' batch, for training and the plain evaluation.
+
+
+def cpu_seconds() -> float:
+  """CPU time of this process and its finished children (user + system), in seconds: on a
+  loaded machine wall time flatters or hides; CPU time is steadier."""
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class Clock:
+  """Wall and CPU seconds since it was made: `with Clock() as c: ...; c.wall, c.cpu`."""
+
+  def __enter__(self):
+    self.wall, self.cpu = time.perf_counter(), cpu_seconds()
+    return self
+
+  def __exit__(self, *exc):
+    self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds() - self.cpu
 
 
 def _timed(fn, reps: int = 10) -> tuple[float, float]:
@@ -139,9 +159,10 @@ def _train_batch(b: Bench) -> tuple[list, Batch]:
 
 def _our_step(lm):
   trainable, frozen = params_lib.split(lm.params, "attn")
-  tx = train.make_optimizer(train.TrainConfig())
+  tcfg = train.TrainConfig()
+  tx = train.make_optimizer(tcfg)
   mesh = params_lib.make_mesh(jax.devices()[:1])
-  state = train.init_state(jax.tree.map(jnp.array, trainable), tx)
+  state = train.init_state(jax.tree.map(jnp.array, trainable), tx, tcfg.lr)
   ssh = params_lib.tree_shardings(mesh, state)
   fsh = params_lib.tree_shardings(mesh, frozen)
   step = train.jit_train_step(lm.model, tx, losses.LossConfig(), lm.yes_no_ids, mesh, ssh, fsh)
@@ -151,23 +172,21 @@ def _our_step(lm):
 def bench_load_compile(b: Bench) -> list[dict]:
   """Cold start: load the checkpoint, compile the train step and the prediction."""
   chunk, batch = _train_batch(b)
-  t = time.perf_counter()
-  lm = session.load(b.spec, trainable="attn", compute="float32")
-  step, state, frozen = _our_step(lm)
-  features = train.feature_cache(lm, "attn", "first")
-  zbatch = features.attach(chunk, batch)
-  jax.block_until_ready(step(state[0], zbatch, frozen))
-  evaluate.evaluate(lm, b.examples[:BATCH], evaluate.EvalConfig(eval_batch=8).resolved())
-  ours = time.perf_counter() - t
-  t = time.perf_counter()
-  lm = session.load(b.spec, trainable="attn", compute="float32")
-  trainable, frozen = params_lib.split(lm.params, "attn")
-  jax.block_until_ready(_plain_step(lm.model, jax.tree.map(jnp.array, trainable), frozen,
-                                    _pad_text(batch, PLAIN_SEQLEN)))
-  _plain_classify(lm, b.examples[:BATCH])
-  plain = time.perf_counter() - t
-  return [_line("load_and_compile", ours, plain, "s", higher_is_better=False,
-                note="cold: no persistent compilation cache")]
+  with Clock() as ours:
+    lm = session.load(b.spec, trainable="attn", compute="float32")
+    step, state, frozen = _our_step(lm)
+    features = train.feature_cache(lm, "attn", "first")
+    zbatch = features.attach(chunk, batch)
+    jax.block_until_ready(step(state[0], zbatch, frozen))
+    evaluate.evaluate(lm, b.examples[:BATCH], evaluate.EvalConfig(eval_batch=8).resolved())
+  with Clock() as plain:
+    lm = session.load(b.spec, trainable="attn", compute="float32")
+    trainable, frozen = params_lib.split(lm.params, "attn")
+    jax.block_until_ready(_plain_step(lm.model, jax.tree.map(jnp.array, trainable), frozen,
+                                      _pad_text(batch, PLAIN_SEQLEN)))
+    _plain_classify(lm, b.examples[:BATCH])
+  return [_line("load_and_compile", ours.wall, plain.wall, "s", higher_is_better=False,
+                **_cpu(ours, plain), note="cold: no persistent compilation cache")]
 
 
 def bench_train_step(b: Bench) -> list[dict]:
@@ -202,13 +221,13 @@ def bench_classify(b: Bench) -> list[dict]:
   ecfg = evaluate.EvalConfig().resolved()
   evaluate.evaluate(b.lm, b.examples[:8], ecfg)  # Both paths compiled before the timers.
   _plain_classify(b.lm, b.examples[:BATCH])
-  t = time.perf_counter()
-  evaluate.evaluate(b.lm, b.examples, ecfg, features=train.feature_cache(b.lm, "attn", "first"))
-  ours = time.perf_counter() - t
-  t = time.perf_counter()
-  _plain_classify(b.lm, b.examples)
-  plain = time.perf_counter() - t
-  return [_line("yes_no_classification", n / ours, n / plain, "images/s", images=n,
+  with Clock() as ours:
+    evaluate.evaluate(b.lm, b.examples, ecfg,
+                      features=train.feature_cache(b.lm, "attn", "first"))
+  with Clock() as plain:
+    _plain_classify(b.lm, b.examples)
+  return [_line("yes_no_classification", n / ours.wall, n / plain.wall, "images/s",
+                **_cpu(ours, plain), images=n,
                 ours_method="score, eval batch 8, image tokens computed once (cold)",
                 plain_method=f"greedy decode up to {PLAIN_MAX_NEW} tokens, batch 2")]
 
@@ -230,20 +249,24 @@ def _plain_iteration(b: Bench, train_set, valid_set, steps: int) -> None:
     _plain_classify(lm, examples)
 
 
+def _cpu(ours: Clock, plain: Clock) -> dict:
+  """A timed row's CPU seconds (process and children) and the speedup they give."""
+  return {"ours_cpu_s": round(ours.cpu, 2), "plain_cpu_s": round(plain.cpu, 2),
+          "speedup_cpu": round(plain.cpu / max(ours.cpu, 1e-9), 2)}
+
+
 def bench_iteration(b: Bench, steps: int) -> list[dict]:
   """One whole 03-do_learn iteration at the users' settings, both paths from cold caches."""
   train_set, valid_set = splits.split(b.examples, 10, 0)
-  t = time.perf_counter()
-  _plain_iteration(b, train_set, valid_set, steps)
-  plain = time.perf_counter() - t
+  with Clock() as plain:
+    _plain_iteration(b, train_set, valid_set, steps)
   tcfg = train.TrainConfig(steps=steps, print_every=10 ** 6)  # The default recipe: batch 2.
-  t = time.perf_counter()
-  learn.learn(b.lm, train_set, valid_set, tcfg, evaluate.EvalConfig().resolved(),
-              names=("all", "train", "valid"), log=lambda _: None)
-  ours = time.perf_counter() - t
-  return [_line("do_learn_iteration", ours, plain, "s", higher_is_better=False,
-                images=len(b.examples), split=f"{len(train_set)}/{len(valid_set)}",
-                train_steps=steps, batch=BATCH)]
+  with Clock() as ours:
+    learn.learn(b.lm, train_set, valid_set, tcfg, evaluate.EvalConfig().resolved(),
+                names=("all", "train", "valid"), log=lambda _: None)
+  return [_line("do_learn_iteration", ours.wall, plain.wall, "s", higher_is_better=False,
+                **_cpu(ours, plain), images=len(b.examples),
+                split=f"{len(train_set)}/{len(valid_set)}", train_steps=steps, batch=BATCH)]
 
 
 def bench_start(b: Bench, steps: int = 4) -> list[dict]:
@@ -262,15 +285,17 @@ def bench_start(b: Bench, steps: int = 4) -> list[dict]:
          "--steps", str(steps), "-2", "--phases", "--compute-dtype", "float32"]
   runs = []
   for _ in range(2):
-    t = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    with Clock() as clock:
+      out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
       raise UserError(f"bench start run failed: {out.stderr.strip()[-300:]}")
     timing = json.loads(out.stdout.strip().splitlines()[-1])
     compiles = [p["seconds"] for p in timing["phases"] if p["name"] == "compilation"]
-    runs.append((time.perf_counter() - t, compiles))
+    runs.append((clock, compiles))
   (cold, c_cold), (warm, c_warm) = runs
-  rec = {"measure": "start_cold_warm", "cold_s": round(cold, 2), "warm_s": round(warm, 2),
+  rec = {"measure": "start_cold_warm", "cold_s": round(cold.wall, 2),
+         "warm_s": round(warm.wall, 2), "cold_cpu_s": round(cold.cpu, 2),
+         "warm_cpu_s": round(warm.cpu, 2),
          "compile_cold_s": [round(c, 2) for c in c_cold],
          "compile_warm_s": [round(c, 2) for c in c_warm], "unit": "s",
          "note": "03-do_learn.py -2 --phases twice; compile_*: train step of stage 1 and 2"}
@@ -284,16 +309,22 @@ def machine() -> dict:
           "device": getattr(dev, "device_kind", str(dev)), "jax": jax.__version__}
 
 
+ROWS = ("load", "step", "classify", "iteration", "start")
+
+
 def main(workdir: str, steps: int, n_images: int = 96,
-         model_config: dict = BENCH_CONFIG) -> list[dict]:
+         model_config: dict = BENCH_CONFIG, rows: tuple[str, ...] = ROWS) -> list[dict]:
+  """`rows`: which measurements (all by default; e.g. ("iteration",) alone)."""
   # Honest compile times: the persistent compilation cache stays out of it (the
   # start row runs real scripts, which use it on purpose). The bench model's
   # spec has no cache folder, so image features stay in memory, cold per row.
   jax.config.update("jax_enable_compilation_cache", False)
   print(json.dumps({"measure": "machine", **machine()}), flush=True)
   b = setup(workdir, n_images, model_config)
-  return (bench_load_compile(b) + bench_train_step(b) + bench_classify(b)
-          + bench_iteration(b, steps) + bench_start(b))
+  run = {"load": lambda: bench_load_compile(b), "step": lambda: bench_train_step(b),
+         "classify": lambda: bench_classify(b), "iteration": lambda: bench_iteration(b, steps),
+         "start": lambda: bench_start(b)}
+  return [rec for name in ROWS if name in rows for rec in run[name]()]
 
 
 # --- Loss curves of the default recipe: the divergence guard's evidence -------
