@@ -334,7 +334,7 @@ def test_a_run_answering_one_thing_says_so_with_the_data_s_balance(tiny_lm, tiny
   assert len(warned) == 1, logs
   assert f"valid is {100 * share:.0f} % yes, and answering yes to everything scores accuracy " \
          f"{share:.2f}" in warned[0]
-  after = rec.eval_metrics()["after training"]
+  after = rec.eval_metrics()["1st trained"]  # The last stage run (no -2).
   assert after["valid"]["constant_answer"] == "yes"
   # 15-train.py, which has no valid set, judges a sample of its training data.
   learn.train_file(tiny_lm, tr, train.TrainConfig(steps=1, batch_size=2),
