@@ -32,14 +32,13 @@ def _args(argv):
 
 
 def test_eval_sets(tiny_project):
-  root = str(tiny_project.dataset)
   args = _args(["--eval-set", f"safe={tiny_project.dataset / 'data.jsonl'}"])
-  sets = cli.eval_sets(args, root)
+  sets = cli.eval_sets(args, tiny_project)
   assert list(sets) == ["safe"] and len(sets["safe"]) == 24
   with pytest.raises(UserError, match="already used"):
-    cli.eval_sets(args, root, taken=["safe"])
+    cli.eval_sets(args, tiny_project, taken=["safe"])
   with pytest.raises(UserError, match="NAME=FILE"):
-    cli.eval_sets(_args(["--eval-set", "safe.jsonl"]), root)
+    cli.eval_sets(_args(["--eval-set", "safe.jsonl"]), tiny_project)
 
 
 def _loss(argv) -> LossConfig:
