@@ -21,7 +21,7 @@ import pytest
 from testing import PLAY, ROOT, in_process
 
 from palijudge import loader
-from palijudge.data import splits, synthetic
+from palijudge.data import splits
 from palijudge.files import Project
 from palijudge.tools import demo
 
