@@ -19,6 +19,9 @@ NAME ?= trained-$(SET)
 FILES ?= dataset/$(SET)/train.jsonl dataset/$(SET)/valid.jsonl
 MODEL_FAMILY ?= gemma
 DATA ?=
+# The folder a data file's image paths start from (13-inference's -i); empty: the one rule
+# (the split's record, else dataset/ for a file inside it, else the file's folder).
+IMAGES ?=
 ARGS ?=
 BATCH ?= 4
 ACCUM ?= 1
@@ -40,8 +43,10 @@ DEMO_PRESET := $(if $(filter gemma2,$(MODEL_FAMILY)),tiny-gemma2,tiny)
 	aggregate filter clean audit audit-bench compare
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: MODEL=$(MODEL) SET=$(SET) VALID=$(VALID) NAME=$(NAME) ACCEL=$(ACCEL) DATA=... ARGS=..."
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+	  '{n[NR] = $$1; h[NR] = $$2; if (length($$1) > w) w = length($$1)} \
+	   END {for (i = 1; i <= NR; i++) printf "  make %-" w "s  %s\n", n[i], h[i]}'
+	@echo "  variables: MODEL=$(MODEL) SET=$(SET) VALID=$(VALID) NAME=$(NAME) ACCEL=$(ACCEL) DATA=... IMAGES=... ARGS=..."
 	@echo "  QUANTIZE=int8|int4|nf4 (demo, train, validate, infer, plan, tune, ask): quantized frozen weights"
 
 $(VENV)/.installed-%: pyproject.toml
@@ -72,8 +77,8 @@ test-fast: $(STAMP) ## the tests without the whole-script runs (-m "not script")
 download: $(STAMP) ## fetch MODEL's checkpoint and the tokenizer into cache/ (Kaggle credentials)
 	$(PY) playground/01-download_models.py --model $(MODEL) $(ARGS)
 
-split: $(STAMP) ## shuffle dataset/data.jsonl into dataset/SET/{train,valid}.jsonl (VALID examples)
-	$(PY) playground/02-shuffle_data.py -v $(VALID) -n $(SET) $(ARGS)
+split: $(STAMP) ## shuffle dataset/data.jsonl (or DATA) into dataset/SET/{train,valid}.jsonl (VALID examples)
+	$(PY) playground/02-shuffle_data.py -v $(VALID) -n $(SET) $(if $(DATA),--data $(DATA)) $(if $(IMAGES),--root $(IMAGES)) $(ARGS)
 
 train: $(STAMP) ## evaluate, train on dataset/SET, evaluate, save checkpoints/NAME.npz
 	$(PY) playground/03-do_learn.py -d $(SET) -w $(NAME) --model $(MODEL) $(Q) $(ARGS)
@@ -87,8 +92,8 @@ params: $(STAMP) ## every parameter of MODEL (a preset) by jax.eval_shape, no al
 prompts: $(STAMP) ## rank prompts on FILES: ARGS='--prompt "..." --prompt "..."' or '--prompts FILE'
 	$(PY) playground/05-rank_prompts.py --model $(MODEL) $(FILES) $(ARGS)
 
-infer: $(STAMP) ## one prediction row per example: MODEL DATA=data.tsv OUT=out.tsv (resumable)
-	$(PY) playground/13-inference.py --model $(MODEL) -d $(DATA) -o $(OUT) $(Q) $(ARGS)
+infer: $(STAMP) ## one prediction row per example: MODEL DATA=data.tsv IMAGES=DIR OUT=out.tsv (resumable)
+	$(PY) playground/13-inference.py --model $(MODEL) -d $(DATA) $(if $(IMAGES),-i $(IMAGES)) -o $(OUT) $(Q) $(ARGS)
 
 aggregate: $(STAMP) ## Aggregate blocks of prediction FILES
 	$(PY) playground/14-validate_outtsv.py $(FILES) $(ARGS)
@@ -97,7 +102,7 @@ filter: $(STAMP) ## next training set from predictions: FILES KEEP=errors OUT=da
 	$(PY) playground/16-filter_train_data.py $(FILES) --keep $(KEEP) -o $(OUT) $(ARGS)
 
 compare: $(STAMP) ## two models on the same FILES: A=CKPT|base|PRED B=... (flips, McNemar, paired intervals)
-	$(PY) playground/17-compare.py -a $(A) -b $(B) $(FILES) --model $(MODEL) $(ARGS)
+	$(PY) playground/17-compare.py -a $(A) -b $(B) $(FILES) $(if $(filter-out %.tsv %.jsonl,$(A) $(B)),--model $(MODEL)) $(ARGS)
 
 plan: $(STAMP) ## memory plan of a recipe without allocating: MODEL BATCH ACCUM TRAINABLE BUDGET (GiB) QUANTIZE
 	$(PY) playground/10-plan.py --model $(MODEL) --batch $(BATCH) --accum $(ACCUM) \
@@ -112,8 +117,8 @@ bench-gpu: $(STAMP) ## full-size models on the GPU: step, MFU, 12 GiB fit, scori
 random-checkpoint: $(STAMP) ## a random full-size MODEL checkpoint in the Kaggle layout (cache/random/)
 	$(PY) playground/11-write_random_checkpoint.py --model $(MODEL) $(ARGS)
 
-folds: $(STAMP) ## FOLDS cross-validation folds of dataset/data.jsonl into dataset/SET/fold-*/
-	$(PY) playground/02-shuffle_data.py --folds $(FOLDS) -n $(SET) --stratify $(ARGS)
+folds: $(STAMP) ## FOLDS cross-validation folds of dataset/data.jsonl (or DATA) into dataset/SET/fold-*/
+	$(PY) playground/02-shuffle_data.py --folds $(FOLDS) -n $(SET) --stratify $(if $(DATA),--data $(DATA)) $(if $(IMAGES),--root $(IMAGES)) $(ARGS)
 
 audit: $(STAMP) ## duplicates within and across dataset/SET's sets or folds; exit 1 on a leak
 	$(PY) playground/12-audit.py -d $(SET) $(ARGS)

@@ -2,6 +2,7 @@
 """Shuffle dataset/data.jsonl and split it into dataset/NAME/{train,valid}.jsonl.
 
   ./02-shuffle_data.py -v 10 -n set1 [--stratify] [--seed S]
+  ./02-shuffle_data.py -v 10 -n set2 --data dataset/demo/data.jsonl --root dataset/demo
   ./02-shuffle_data.py --folds 5 -n cv5 [--stratify]   # dataset/cv5/fold-{1..5}/
 
 Duplicates of one ad (the same file, or the same ad resized, re-encoded,
@@ -20,7 +21,9 @@ def flags():
   p = cli.parser(__doc__)
   p.add_argument("-v", "--valid", type=int, help="number of validation examples")
   p.add_argument("--folds", type=int, help="write K cross-validation folds instead")
-  p.add_argument("-n", "--name", required=True, help="split name: writes dataset/NAME/")
+  p.add_argument("-n", "--name", required=True,
+                 help="split name: writes dataset/NAME/ and its record, split.json (where its "
+                      "images are), so -d NAME alone finds them")
   p.add_argument("--data", default=None, help="all examples (default: dataset/data.jsonl)")
   cli.add_root_flag(p)
   p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: random)")
@@ -36,8 +39,8 @@ def main(args, project):
   from palijudge import files
   if (args.valid is None) == (args.folds is None):
     raise cli.UserError("give either -v N or --folds K")
-  root = cli.data_root(args, project)
   data = project.find(args.data) if args.data else str(project.dataset / "data.jsonl")
+  root = cli.data_root(args, project, data)
   out = project.split(args.name, "-n")
   if files.is_within(data, out):  # The split is rebuilt from scratch: its files are outputs.
     raise cli.UserError(f"--data {files.shown(data)}: lies inside {files.shown(out)}, the split "
@@ -54,13 +57,14 @@ def _split(args, project, root, data, out):
   rows = examples.read_examples(data, root)
   groups = None
   if not args.ignore_duplicates:
-    found = cli.run_audit(args, project, {files.shown(data): rows})
+    found = cli.run_audit(args, project, {files.shown(data): rows}, root)
     print(found.kept_line())
     groups = found.group_ids() if found.groups else None
   if args.folds is not None:
     for tr, va in splits.write_folds(rows, args.folds, seed, args.stratify, out, groups):
       print(f"{files.shown(va.parent)}: train {len(examples.read_jsonl(tr, root))}, "
             f"valid {len(examples.read_jsonl(va, root))}")
+    splits.write_record(out, root, data, seed, folds=args.folds)
     print(f"(seed {seed})")
     return
   train, valid = splits.split(rows, args.valid, seed, args.stratify, data_path=data,
@@ -69,6 +73,7 @@ def _split(args, project, root, data, out):
     files.check_writable(out / name, "split")
   examples.write_jsonl(out / "train.jsonl", train)
   examples.write_jsonl(out / "valid.jsonl", valid)
+  splits.write_record(out, root, data, seed, train=len(train), valid=len(valid))
   print(f"{files.shown(out / 'train.jsonl')}: {len(train)} {splits.class_counts(train)}")
   print(f"{files.shown(out / 'valid.jsonl')}: {len(valid)} {splits.class_counts(valid)}  "
         f"(seed {seed})")

@@ -21,8 +21,8 @@ from palijudge import cli
 def flags():
   from palijudge.experiments import cv
   p = cli.parser(__doc__)
-  p.add_argument("-d", "--dataset", help="split name: dataset/SET/{train,valid}.jsonl (as 02 -n "
-                                          "writes it; --root only places the images)")
+  p.add_argument("-d", "--dataset", help="split name: dataset/SET/{train,valid}.jsonl, as "
+                                          "02 -n SET wrote it (its images: where 02 found them)")
   p.add_argument("--cv", help="cross-validate over dataset/NAME/fold-*/ instead of -d")
   p.add_argument("--cv-metric", default="f_measure", choices=cv.METRICS,
                  help="metric of the CV score")
@@ -48,7 +48,6 @@ def main(args, project):
   from palijudge.data import examples, splits
   if (args.dataset is None) == (args.cv is None):
     raise cli.UserError("give either -d SET or --cv NAME")
-  root = cli.data_root(args, project)
   ecfg = cli.eval_config(args)
   lcfg = options.build(learn.LearnConfig, args)
   save_to = str(files.inside(args.write + ".npz", project.checkpoints, "-w")) \
@@ -58,6 +57,7 @@ def main(args, project):
   if (lcfg.resume or args.save_every) and not save_to:
     raise cli.UserError("--resume and --save-every need -w NAME (the state lives beside it)")
   folder = project.split(args.dataset or args.cv, "-d" if args.dataset else "--cv")
+  root = cli.data_root(args, project, folder)
   if args.cv:
     folds = splits.fold_paths(folder)
     train_sets = [examples.read_examples(tr, root) for tr, _ in folds]
@@ -108,7 +108,7 @@ def _learn(args, project, root, folder, tcfg, ecfg, lcfg, save_to, split, folds)
       cv.cv_learn(lm, folds, tcfg, ecfg, lcfg, root=root, metric=args.cv_metric, record=record)
       return
     learn.learn(lm, train_set, valid_set, tcfg, ecfg, lcfg, names=names, save_to=save_to,
-                record=record, extra_sets=cli.eval_sets(args, root, taken=names), phases=phases)
+                record=record, extra_sets=cli.eval_sets(args, project, taken=names), phases=phases)
   if record:
     print(f"record: {files.shown(record.path)}")
   if phases:

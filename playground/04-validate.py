@@ -33,11 +33,11 @@ def main(args, project):
   import os
   from palijudge import evaluate, files, predictions
   from palijudge.data import examples
-  root = cli.data_root(args, project)
   paths = cli.judge_paths(args, project)
   ecfg = cli.judge_config(args, paths)
-  sets = {f: examples.read_examples(project.find(f), root) for f in args.files}
-  sets.update(cli.eval_sets(args, root, taken=list(sets)))
+  sets = {f: examples.read_examples(project.find(f), cli.data_root(args, project, project.find(f)))
+          for f in args.files}
+  sets.update(cli.eval_sets(args, project, taken=list(sets)))
   if args.scores:
     fmt = predictions.format_of(args.scores)
     for rows in sets.values():

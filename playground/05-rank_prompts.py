@@ -38,8 +38,8 @@ def main(args, project):
   model = project.find(args.checkpoint) if args.checkpoint else None
   args.prompt = candidates[0]
   ecfg = cli.eval_config(args, checkpoint.stored_threshold(model or project.find(args.model)))
-  root = cli.data_root(args, project)
-  rows = [e for f in args.files for e in examples.read_examples(project.find(f), root)]
+  rows = [e for f in map(project.find, args.files)
+          for e in examples.read_examples(f, cli.data_root(args, project, f))]
   lm = cli.load_model(args, project, model=model)
 
   def score(exs, prompt):

@@ -161,7 +161,8 @@ def main(args, project):
       spec = None  # Each trial says what is missing, as it loads.
     cli.announce(spec=spec)
     objective = _objective(str(project.split(target.cv, "--cv")), project.find(target.model),
-                           cli.data_root(args, project), str(project.cache), target.quantize)
+                           cli.data_root(args, project, project.split(target.cv, "--cv")),
+                           str(project.cache), target.quantize)
     tune.run_trials(study, space, objective, args.trials, records_root=experiments,
                     target=target)
     print(status_text(study))

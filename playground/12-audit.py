@@ -29,7 +29,9 @@ def flags():
   p = cli.parser(__doc__)
   p.add_argument("files", nargs="*", metavar="[NAME=]FILE",
                  help=".jsonl or .tsv sets (name: the file's name without suffix)")
-  p.add_argument("-d", "--split", metavar="NAME", help="the split or folds under dataset/NAME/")
+  p.add_argument("-d", "--split", metavar="NAME",
+                 help="the split or folds 02 -n NAME wrote (dataset/NAME/; its images: where 02 "
+                      "found them)")
   cli.add_root_flag(p)
   p.add_argument("--html", help="the page of thumbnails (default: experiments/audit.html)")
   p.add_argument("--strict", action="store_true",
@@ -114,8 +116,8 @@ def main(args, project):
     raise cli.UserError(f"set names repeat ({', '.join(names)}): name them, e.g. train=FILE")
   html = project.find(args.html) if args.html else str(project.experiments / "audit.html")
   files.check_writable(html, "--html page", [("a dataset", p) for _, p in named])
-  root = cli.data_root(args, project)
-  found = cli.run_audit(args, project, {n: examples.read_examples(p, root) for n, p in named})
+  sets = {n: examples.read_examples(p, cli.data_root(args, project, p)) for n, p in named}
+  found = cli.run_audit(args, project, sets, cli.data_root(args, project, named[0][1]))
   for line in audit_report.report(found, limit=args.show):
     print(line)
   print(f"page: {files.shown(gallery.write_audit(html, found, 'Duplicate audit: ' + ', '.join(names)))}")

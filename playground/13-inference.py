@@ -22,8 +22,7 @@ def flags():
   from palijudge import predictions
   p = cli.parser(__doc__)
   p.add_argument("-d", "--data", required=True, help="dataset (.tsv or .jsonl)")
-  p.add_argument("-i", "--images", dest="root", default=None,
-                 help="image folder relative paths resolve against (default: the data's folder)")
+  cli.add_root_flag(p, "-i", "--images", "--root")
   cli.add_judge_flags(p, ("-l", "-m", "--checkpoint"))
   p.add_argument("-o", "--out", help="prediction file (.tsv/.jsonl); default: stdout")
   p.add_argument("--format", choices=predictions.FORMATS, help="output format (default: by -o)")
@@ -44,7 +43,7 @@ def main(args, project):
   ecfg = cli.judge_config(args, paths, log=lambda line: print(line, file=sys.stderr))
   fmt = args.format or predictions.format_of(args.out)
   data = project.find(args.data)
-  rows = examples.read_examples(data, args.root and project.find(args.root))
+  rows = examples.read_examples(data, cli.data_root(args, project, data))
   predictions.check_values(rows, fmt)
   if args.out:
     infer.check_target(args.out, args.overwrite)

@@ -2,11 +2,15 @@
 """Aggregate prediction files (13-inference output, .tsv or .jsonl) into Result blocks.
 
   ./14-validate_outtsv.py out-aa.tsv out-ab.tsv [--threshold T] [--total] [--json]
+  ./14-validate_outtsv.py out.tsv data.tsv      # the original form: + the data it came from
 
-One block per file, headed `Aggregate: FILE`, with ROC-AUC, PR-AUC, Brier
-and ECE when the file has p_yes, then a line of 95 % intervals. --threshold T
-re-judges p_yes >= T instead of the file's pred column; --total adds one
-block over all files.
+One block per prediction file, headed `Aggregate: FILE`, with ROC-AUC, PR-AUC,
+Brier and ECE when the file has p_yes, then a line of 95 % intervals.
+--threshold T re-judges p_yes >= T instead of the file's pred column; --total
+adds one block over all prediction files. A data file among them (the raw
+data.tsv without a header, or any .jsonl/.tsv dataset) is the data predictions
+came from: its labels must agree with theirs, and a line `Data: FILE ...` says
+how many of its rows each prediction file judged.
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
@@ -14,7 +18,7 @@ from palijudge import cli
 
 def flags():
   p = cli.parser(__doc__)
-  p.add_argument("files", nargs="+", help="prediction files")
+  p.add_argument("files", nargs="+", help="prediction files (and the data they came from)")
   p.add_argument("--threshold", type=float, help="recompute pred as p_yes >= T")
   p.add_argument("--total", action="store_true", help="also one block over all files")
   p.add_argument("--json", action="store_true", help="also one JSON line per block")
@@ -25,15 +29,22 @@ def main(args, project):
   from palijudge import metrics, predictions
   if args.threshold is not None and not 0 < args.threshold < 1:
     raise cli.UserError(f"--threshold must be in (0, 1), got {args.threshold}")
-  per_file = {f: predictions.read(project.find(f), args.threshold) for f in args.files}
+  read = {f: predictions.read_any(project.find(f), args.threshold) for f in args.files}
+  data = [r for r in read.values() if isinstance(r, predictions.DataFile)]
+  per_file = {f: rows for f, rows in read.items() if not isinstance(rows, predictions.DataFile)}
+  if not per_file:  # Only data: the reader's one line says to make predictions first.
+    predictions.read(data[0].path)
+  lines = [d.summary(per_file) for d in data]  # Every file checked before any output.
   if args.total:
-    per_file[f"total ({len(args.files)} files)"] = [r for rows in per_file.values() for r in rows]
+    per_file[f"total ({len(per_file)} files)"] = [r for rows in per_file.values() for r in rows]
   for name, rows in per_file.items():
     print(predictions.format_rows(rows, name, "Aggregate", args.threshold))
     if args.json:
       conf, scores = predictions.aggregate(rows)
       extra = {**(scores.to_dict() if scores else {}), **predictions.intervals(rows).to_dict()}
       print(metrics.json_line(conf, name, threshold=args.threshold, **extra))
+  for line in lines:
+    print(line)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@
   ./15-train.py -d tmp/noTp64.tsv -i dataset/pub_judges -t 8 -b 8 -r 0.001 -s checkpoints/x.npz
   ./15-train.py -d tmp/xaa -i dataset/pub_judges -l checkpoints/x.npz -s checkpoints/y.npz
 
-One training stage on every row of -d (a .jsonl or .tsv file, or a file
-without a suffix such as Unix `split`'s pieces, read by its content), image
-paths relative to -i. -t N passes over the data: steps = ceil(rows / batch) x N
+One training stage on every row of -d (a .jsonl or .tsv file, a TSV with or
+without a header as 16-filter_train_data.py writes it, or a file without a
+suffix such as Unix `split`'s pieces, read by its content), image paths
+relative to -i. -t N passes over the data: steps = ceil(rows / batch) x N
 (--steps overrides it). -l continues from a checkpoint instead of the base
 model; the new checkpoint records it as its parent (path and sha256). No
 evaluation here: judge the result with 13-inference.py and 14-validate_outtsv.py.
@@ -24,8 +25,7 @@ SHORT = {"batch_size": "-b", "lr": "-r"}  # The original script's short flags.
 def flags():
   p = cli.parser(__doc__)
   p.add_argument("-d", "--data", required=True, help="training data (.jsonl, .tsv, or sniffed)")
-  p.add_argument("-i", "--images", dest="root", default=None,
-                 help="image folder relative paths resolve against (default: the data's folder)")
+  cli.add_root_flag(p, "-i", "--images", "--root")
   p.add_argument("-s", "--save", required=True, metavar="CKPT",
                  help="checkpoint to write (.npz; a path, or a name under checkpoints/)")
   p.add_argument("-l", "--load", metavar="CKPT", default=None,
@@ -62,7 +62,7 @@ def main(args, project):
   args.steps = 1 if given_steps is None else given_steps
   tcfg = cli.train_config(args)  # Every flag checked before the data sets the steps.
   data = project.find(args.data)
-  rows = examples.read_examples(data, args.root and project.find(args.root))
+  rows = examples.read_examples(data, cli.data_root(args, project, data))
   tcfg.check_data(len(rows), files.shown(data))
   if given_steps is None:
     steps = math.ceil(len(rows) / (tcfg.batch_size * tcfg.accum)) * args.repeat

@@ -3,11 +3,14 @@
 
   ./16-filter_train_data.py out-aa.tsv --keep errors --max 64 -o dataset/false64.tsv
   ./16-filter_train_data.py out-aa.tsv --keep not-tp --balance --max 64 > noTp64.tsv
+  ./16-filter_train_data.py out-aa.tsv | head -64 > false64.tsv   # as the original was run
 
 --keep: fp | fn | errors (= fp+fn) | not-tp | tn+fp. --balance keeps as many
 yes as no labels; --max caps the rows (a seeded random sample, file order
-kept). The output is a dataset (.tsv `id image label prefix`, or .jsonl)
-whose image paths resolve against the same root as the predictions'.
+kept). The output is a dataset whose image paths resolve against the same root
+as the predictions' (give 15-train.py the same -i): TSV without a header, one
+`image label [prefix]` row a line, the original raw data's form (so `| head -64`
+keeps 64 rows; 13 and 15 read it), or .jsonl (-o x.jsonl: with each row's id).
 """
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
@@ -45,7 +48,7 @@ def main(args, project):
   if args.out:
     files.write_text(args.out, lines)
   else:
-    sys.stdout.writelines(lines)
+    sys.stdout.write("".join(lines))  # One write: a small set is whole before `head` closes.
   yes = sum(r.label for r in res.rows)
   print(f"kept {len(res.rows)} of {len(rows)} rows ({args.keep}: {res.matched} matched; "
         f"{yes} yes, {len(res.rows) - yes} no)" + (f" -> {args.out}" if args.out else ""),

@@ -74,9 +74,9 @@ def main(args, project):
   cli.eval_config(args)  # Refuses a bad --threshold before any work.
   if args.resamples < 1 or args.max_list < 0:
     raise cli.UserError("--resamples must be >= 1 and --list >= 0")
-  root = cli.data_root(args, project)
-  sets = {f: examples.read_examples(project.find(f), root) for f in args.files}
-  sets.update(cli.eval_sets(args, root, taken=list(sets)))
+  sets = {f: examples.read_examples(project.find(f), cli.data_root(args, project, project.find(f)))
+          for f in args.files}
+  sets.update(cli.eval_sets(args, project, taken=list(sets)))
   kinds = [_kind(s, f, bool(sets)) for s, f in ((args.a, "-a"), (args.b, "-b"))]
   # Prediction files first: one that lacks a set's examples is refused before a model loads.
   order = sorted(range(2), key=lambda i: kinds[i] != "file")

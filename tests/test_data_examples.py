@@ -193,6 +193,16 @@ def test_tsv_headerless_and_suffix_column(tmp_path):
   assert exs[0].label is False and exs[0].raw_image == "img/2.png"
 
 
+def test_tsv_written_without_a_header_reads_back_row_for_row(tmp_path):
+  exs = data.read_tsv(_tsv(tmp_path, "img/0.png\tyes\nimg/1.png\tno\tcustom prompt\n"))
+  data.write_tsv(tmp_path / "raw.tsv", exs, header=False)
+  lines = (tmp_path / "raw.tsv").read_text().splitlines()
+  assert lines == ["img/0.png\tyes", "img/1.png\tno\tcustom prompt"]  # Every line a row.
+  again = data.read_tsv(tmp_path / "raw.tsv")
+  assert [(e.image, e.label, e.prefix) for e in again] == [(e.image, e.label, e.prefix)
+                                                           for e in exs]
+
+
 @pytest.mark.parametrize("text,match", [
     ("image\tlabel\nimg/0.png\tmaybe\n", r"data\.tsv:2: unknown label 'maybe'"),
     ("image\tlabel\nimg/0.png\n", r"data\.tsv:2: 1 fields, expected 2"),

@@ -230,3 +230,57 @@ def test_templated_ads_edits_stay_with_their_original_and_lookalikes_are_free(tm
   lookalikes = [(i, j) for i in range(12) for j in range(i + 1, 12) if truth.same_template(i, j)]
   assert any(folds[i] != folds[j] for i, j in lookalikes)
   assert len(set(groups.tolist())) == len(rows) - len(templated.EDITS)  # One group per edit.
+
+
+# --- Records: a split says where its images are ---------------------------------------------
+
+def _layout(tmp_path):
+  """A project's dataset/ with images in dataset/demo/images and outside it in pics/."""
+  dataset = tmp_path / "dataset"
+  for folder in (dataset / "demo" / "images", tmp_path / "pics", dataset / "set1"):
+    folder.mkdir(parents=True)
+  return dataset
+
+
+def test_a_split_records_its_root_relative_inside_dataset_absolute_outside(tmp_path):
+  dataset = _layout(tmp_path)
+  splits.write_record(dataset / "set1", dataset / "demo", dataset / "demo" / "data.jsonl", 7,
+                      train=3, valid=1)
+  record = json.loads((dataset / "set1" / splits.RECORD).read_text())
+  assert record == {"root": "../demo", "data": "../demo/data.jsonl", "seed": 7, "train": 3,
+                    "valid": 1}
+  assert splits.recorded_root(dataset / "set1") == str((dataset / "demo").resolve())
+  splits.write_record(dataset / "set1", tmp_path / "pics", tmp_path / "d.jsonl", 7)
+  record = json.loads((dataset / "set1" / splits.RECORD).read_text())
+  assert record["root"] == str((tmp_path / "pics").resolve())
+  # The whole project moved: a root inside dataset/ moves with it.
+  splits.write_record(dataset / "set1", dataset / "demo", dataset / "demo" / "data.jsonl", 7)
+  moved = tmp_path / "moved"
+  moved.mkdir()
+  (tmp_path / "dataset").rename(moved / "dataset")
+  assert splits.recorded_root(moved / "dataset" / "set1") == str(
+      (moved / "dataset" / "demo").resolve())
+
+
+def test_root_of_is_the_one_rule(tmp_path):
+  dataset = _layout(tmp_path)
+  (dataset / "cv5" / "fold-2").mkdir(parents=True)
+  splits.write_record(dataset / "cv5", dataset / "demo", dataset / "demo" / "data.jsonl", 1)
+  demo = str((dataset / "demo").resolve())
+  assert splits.root_of(dataset / "cv5" / "fold-2" / "train.jsonl", dataset) == demo  # A fold.
+  assert splits.root_of(dataset / "cv5", dataset) == demo                            # The folder.
+  legacy = dataset / "set1" / "train.jsonl"  # No record: the original layout, dataset/.
+  assert splits.root_of(legacy, dataset) == str(dataset.resolve())
+  assert splits.root_of(dataset / "demo" / "data.jsonl", dataset) == str(dataset.resolve())
+  assert splits.root_of(tmp_path / "pics" / "x.tsv", dataset) == str((tmp_path / "pics").resolve())
+
+
+@pytest.mark.parametrize("text, says", [("{", "unreadable split record"),
+                                        ('{"root": 3}', "unreadable split record"),
+                                        ('{"root": "../gone"}', "which is no folder now")])
+def test_a_bad_record_is_one_line(tmp_path, text, says):
+  dataset = _layout(tmp_path)
+  (dataset / "set1" / splits.RECORD).write_text(text)
+  with pytest.raises(UserError, match=says) as e:
+    splits.root_of(dataset / "set1" / "valid.jsonl", dataset)
+  assert "set1/split.json" in str(e.value)

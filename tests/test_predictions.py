@@ -39,6 +39,37 @@ def test_prediction_file_round_trip_and_missing_columns(tmp_path):
     predictions.read(bad)
 
 
+def test_the_data_beside_its_predictions_is_checked_not_aggregated(tmp_path):
+  """14's original form (`out.tsv data.tsv`): the raw data file, headerless, is the data the
+  predictions came from: matched by line number (or id) and image, labels must agree."""
+  data = tmp_path / "data.tsv"
+  data.write_text("img/0.png\tyes\nimg/1.png\tno\tp\nimg/2.png\tyes\n")
+  read = predictions.read_any(data)
+  assert isinstance(read, predictions.DataFile)
+  assert read.rows == {"1": ("img/0.png", True, 1), "2": ("img/1.png", False, 2),
+                       "3": ("img/2.png", True, 3)}
+  rows = [predictions.PredRow(str(i), f"img/{i - 1}.png", lab, 0.5, True, source="out.tsv",
+                              line=i + 1) for i, lab in ((1, True), (2, False), (3, True))]
+  predictions.write(str(tmp_path / "out.tsv"), rows)
+  out = predictions.read_any(tmp_path / "out.tsv")
+  assert not isinstance(out, predictions.DataFile) and read.judged(out) == 3
+  assert read.summary({"out.tsv": out}) == (
+      f"Data: {data}  3 rows (2 yes, 1 no); out.tsv judged all of them, the labels agree")
+  assert read.summary({"half.tsv": out[:2], "out.tsv": out}).startswith(
+      f"Data: {data}  3 rows (2 yes, 1 no); half.tsv judged 2 of them; out.tsv judged all")
+  other = [dataclasses.replace(r, image=f"other/{r.image}") for r in out]  # Another file's rows.
+  assert read.judged(other) == 0
+  with pytest.raises(UserError, match="no prediction file given comes from this data"):
+    read.summary({"other.tsv": other})
+  flipped = [dataclasses.replace(out[1], label=True)]
+  with pytest.raises(UserError, match=r"out\.tsv:3: label yes for img/1\.png, but .*data\.tsv:2 "
+                                      r"says no"):
+    read.judged(flipped)
+  jsonl = tmp_path / "data.jsonl"  # A .jsonl dataset with ids is data too.
+  jsonl.write_text('{"id": "a", "image": "img/0.png", "suffix": "yes"}\n')
+  assert predictions.read_any(jsonl).rows == {"a": ("img/0.png", True, 1)}
+
+
 def test_p_yes_is_stored_exactly_so_file_metrics_equal_the_printed_ones(tmp_path):
   """Scores closer than 1e-6 (a confident model's float32 p(yes)) must not become ties."""
   import numpy as np
@@ -98,7 +129,7 @@ def test_outcome_filters():
   with pytest.raises(UserError, match="--balance needs both labels"):
     predictions.select(rows, "fp", balance=True)
   lines = predictions.dataset_lines(predictions.select(rows, "fn").rows, "tsv")
-  assert lines == ["id\timage\tlabel\tprefix\n", "9\timg/9.png\tyes\t\n"]
+  assert lines == ["img/9.png\tyes\n"]  # No header: as the original raw data, `head -N` = N rows.
 
 
 @pytest.mark.script

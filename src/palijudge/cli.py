@@ -230,11 +230,15 @@ def checkpoint_path(value: str, project: Project, flag: str) -> str:
   return str(files.inside(value + ".npz", project.checkpoints, flag))
 
 
-def add_root_flag(p: argparse.ArgumentParser, short: str | None = None) -> None:
-  names = ["--root"] + ([short] if short else [])
-  p.add_argument(*names, dest="root", default=None,
-                 help="dataset root: relative image paths resolve against it "
-                      "(default: the project's dataset/ folder)")
+ROOT_HELP = ("folder the data's relative image paths start from (default: for a split, the "
+             "one 02-shuffle_data.py recorded in dataset/NAME/split.json; else dataset/ for a "
+             "file inside it, else the file's own folder)")
+
+
+def add_root_flag(p: argparse.ArgumentParser, *names: str) -> None:
+  """--root (or the original script's `names`, e.g. -i): where image paths resolve."""
+  p.add_argument(*(names or ("--root",)), dest="root", default=None, metavar="DIR",
+                 help=ROOT_HELP)
 
 
 def add_train_flags(p: argparse.ArgumentParser, aliases: dict[str, str] | None = None,
@@ -247,8 +251,16 @@ def add_train_flags(p: argparse.ArgumentParser, aliases: dict[str, str] | None =
     options.add(p, learn.LearnConfig, "stages and the lottery")
 
 
-def data_root(args: argparse.Namespace, project: Project) -> str:
-  return project.find(args.root) if getattr(args, "root", None) else str(project.dataset)
+def data_root(args: argparse.Namespace, project: Project, of: str | os.PathLike | None = None
+              ) -> str:
+  """The one rule for every script: --root (-i) when given, else the root of `of` (a data file
+  or a split's folder: data.splits.root_of), else the project's dataset/ folder."""
+  if getattr(args, "root", None):
+    return project.find(args.root)
+  if of is None:
+    return str(project.dataset)
+  from palijudge.data import splits
+  return splits.root_of(of, project.dataset)
 
 
 def eval_config(args: argparse.Namespace, stored: float | None = None):
@@ -373,8 +385,8 @@ def load_judge(args: argparse.Namespace, project: Project, paths: Sequence[str],
   return judge
 
 
-def eval_sets(args: argparse.Namespace, root: str, taken: Sequence[str] = ()) -> dict:
-  """{NAME: examples} of every --eval-set NAME=FILE."""
+def eval_sets(args: argparse.Namespace, project: Project, taken: Sequence[str] = ()) -> dict:
+  """{NAME: examples} of every --eval-set NAME=FILE (images: `data_root` of each file)."""
   from palijudge.data import examples
   out: dict = {}
   for spec in getattr(args, "eval_set", None) or []:
@@ -384,7 +396,8 @@ def eval_sets(args: argparse.Namespace, root: str, taken: Sequence[str] = ()) ->
       raise UserError(f"--eval-set {spec!r}: expected NAME=FILE, e.g. safe=dataset/safe.jsonl")
     if name in out or name in taken:
       raise UserError(f"--eval-set {name}: the name is already used; pick another")
-    out[name] = examples.read_examples(path, root)
+    path = project.find(path)
+    out[name] = examples.read_examples(path, data_root(args, project, path))
   return out
 
 
@@ -394,15 +407,15 @@ def add_audit_flags(p: argparse.ArgumentParser) -> None:
   options.add(p, audit.AuditConfig, "duplicates (see palijudge.data.audit)")
 
 
-def run_audit(args: argparse.Namespace, project: Project, sets: dict):
+def run_audit(args: argparse.Namespace, project: Project, sets: dict, root: str | None = None):
   """data.audit.find over {NAME: examples} with the flags' config and the decisions file
-  (--decisions, else dataset/audit-decisions.tsv when it exists); loads the model for
-  --embeddings."""
+  (--decisions, else dataset/audit-decisions.tsv when it exists; its image paths resolve
+  against `root`, the sets' root, default `data_root`); loads the model for --embeddings."""
   from palijudge.data import audit, decisions
   acfg = options.build(audit.AuditConfig, args)
   path = (project.find(acfg.decisions) if acfg.decisions else
           str(project.dataset / decisions.FILE_NAME))
-  decided = (decisions.read(path, data_root(args, project))
+  decided = (decisions.read(path, root or data_root(args, project))
              if acfg.decisions or os.path.isfile(path) else decisions.NONE)
   embed = None
   if acfg.embeddings:

@@ -94,8 +94,9 @@ class Project:
 
   def split(self, name: str, flag: str = "-d") -> Path:
     """A split's folder, for every script: NAME under dataset/, where `02-shuffle_data.py -n
-    NAME` writes it (train/valid/test files or folds). `--root` never moves it: that flag only
-    says where the image paths in the files resolve (a read-only folder of images will do).
+    NAME` writes it (train/valid/test files or folds, and split.json, which records where
+    their image paths resolve: data.splits.root_of). `--root` never moves it: that flag only
+    overrides where the image paths resolve (a read-only folder of images will do).
     The dataset folder itself (`.`) is no split."""
     return inside(name, self.dataset, flag, below=True)
 

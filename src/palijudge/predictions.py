@@ -116,9 +116,10 @@ def write(path: str, rows: Sequence[PredRow], with_answer: bool = False) -> None
 
 
 def _records(path: str) -> tuple[list[str], list[tuple[int, dict]]]:
-  """(columns, (line, record)) of a TSV (header required) or JSONL prediction file."""
+  """(columns, (line, record)) of a TSV or JSONL file: a prediction file, or a dataset (a TSV
+  without a header is the original raw data, `image label [prefix]`)."""
   if tsv.format_of(path, "prediction file", sniff=True) == "tsv":
-    table = tsv.read_table(path, ("label", "pred", "p_yes", "image"))
+    table = tsv.read_table(path, ("label", "pred", "p_yes", "image"), positional=tsv.TSV_COLUMNS)
     return table.columns, table.rows
   recs = []
   for line, text in tsv.read_lines(path):
@@ -148,7 +149,11 @@ def _p_yes(value, path: str, line: int) -> float | None:
 def read(path: str | os.PathLike, threshold: float | None = None) -> list[PredRow]:
   """Reads a prediction file; with `threshold`, pred is recomputed as p_yes >= threshold."""
   path = os.fspath(path)
-  cols, recs = _records(path)
+  return _rows(path, *_records(path), threshold)
+
+
+def _rows(path: str, cols: list[str], recs: list[tuple[int, dict]], threshold: float | None
+          ) -> list[PredRow]:
   need = ("label", "p_yes") if threshold is not None else ("label", "pred")
   missing = [c for c in need if c not in cols]
   if missing and "image" in cols and ({"label", "suffix"} & set(cols)):
@@ -172,6 +177,65 @@ def read(path: str | os.PathLike, threshold: float | None = None) -> list[PredRo
                        str(r.get("prefix", "") or ""), str(r.get("answer", "") or ""),
                        path, line))
   return out
+
+
+# --- The data a prediction file came from -----------------------------------------
+# The original 14-validate_outtsv.py took the raw data file beside the predictions made from
+# it (`14-validate_outtsv.py out.tsv data.tsv`). Given here, such a file is not aggregated (it
+# holds no predictions): it is checked against every prediction file that came from it (a
+# row with the same id, or line number, and image), whose labels must agree, and one line
+# says how many of its rows each one judged (a run killed half-way judged fewer).
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFile:
+  """A dataset given among prediction files: {key (id, else line): (image, label, line)}."""
+  path: str
+  rows: dict[str, tuple[str, bool, int]]
+
+  def judged(self, preds: Sequence[PredRow]) -> int:
+    """How many of this data's rows `preds` judged; a row that names one of them (its key and
+    image) with another label is refused: the predictions are not of this data."""
+    seen = set()
+    for r in preds:
+      mine = self.rows.get(r.id)
+      if mine is None or mine[0] != r.image:
+        continue
+      if mine[1] != r.label:
+        raise UserError(f"{where(r.source, r.line)}: label {'yes' if r.label else 'no'} for "
+                        f"{r.image}, but {where(self.path, mine[2])} says "
+                        f"{'yes' if mine[1] else 'no'}: the predictions are of other data")
+      seen.add(r.id)
+    return len(seen)
+
+  def summary(self, per_file: dict[str, Sequence[PredRow]]) -> str:
+    """`Data: FILE  N rows (Y yes, N no); out.tsv judged all of them`, one line."""
+    done = {name: self.judged(rows) for name, rows in per_file.items()}
+    parts = [f"{name} judged {'all' if n == len(self.rows) else n} of them"
+             for name, n in done.items() if n]
+    if not parts:
+      raise UserError(f"{self.path}: no prediction file given comes from this data (none has a "
+                      f"row with one of its ids, or line numbers, and images)")
+    yes = sum(label for _, label, _ in self.rows.values())
+    return (f"Data: {self.path}  {len(self.rows)} rows ({yes} yes, {len(self.rows) - yes} no); "
+            f"{'; '.join(parts)}, the labels agree")
+
+
+def read_any(path: str | os.PathLike, threshold: float | None = None
+             ) -> list[PredRow] | DataFile:
+  """A prediction file's rows, or a DataFile for a dataset (image and label, no pred or
+  p_yes: a headerless TSV, or a data .jsonl / .tsv)."""
+  path = os.fspath(path)
+  cols, recs = _records(path)
+  labels = [c for c in ("label", "suffix") if c in cols]
+  if {"pred", "p_yes"} & set(cols) or "image" not in cols or not labels or not recs:
+    return _rows(path, cols, recs, threshold)
+  out = {}
+  for line, r in recs:
+    key = str(line) if r.get("id") in (None, "") else str(r["id"])  # As Example.key.
+    out[key] = (str(r.get("image", "")), normalize_label(str(r.get(labels[0], "")), path, line),
+                line)
+  return DataFile(path, out)
 
 
 def aggregate(rows: Sequence[PredRow]) -> tuple[Confusion, ScoreMetrics | None]:
@@ -254,9 +318,9 @@ def select(rows: Sequence[PredRow], keep: str, max_rows: int | None = None,
 
 
 def dataset_lines(rows: Sequence[PredRow], fmt: str) -> list[str]:
-  """The kept rows as a training dataset (`id image label prefix` TSV, or JSONL)."""
+  """The kept rows as a training dataset: TSV without a header (`image label [prefix]`, the
+  original raw data's form, so `| head -64` keeps 64 rows), or JSONL (with the id)."""
   if fmt == "tsv":
-    return [tsv.format_line(("id", "image", "label", "prefix"))] + [
-        tsv.format_line((r.id, r.image, "yes" if r.label else "no", r.prefix)) for r in rows]
+    return [tsv.raw_tsv_line(r.image, "yes" if r.label else "no", r.prefix) for r in rows]
   return [json.dumps({"id": r.id, "prefix": r.prefix, "suffix": "yes" if r.label else "no",
                       "image": r.image}, ensure_ascii=False) + "\n" for r in rows]

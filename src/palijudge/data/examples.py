@@ -271,12 +271,23 @@ def read_tsv(path: str | os.PathLike, root: str | os.PathLike | None = None
   return out
 
 
-def write_tsv(path: str | os.PathLike, examples: Sequence[Example]) -> None:
-  """Writes examples as `[id] image label prefix` TSV with a header, atomically."""
+def write_tsv(path: str | os.PathLike, examples: Sequence[Example], header: bool = True) -> None:
+  """Writes examples as `[id] image label prefix` TSV with a header, atomically; without
+  `header`, as the original raw data: `image label[ prefix]` lines (see `raw_tsv_line`)."""
+  if not header:
+    files.write_text(path, [raw_tsv_line(e.raw_image, e.suffix, e.prefix, path)
+                            for e in examples])
+    return
   with_id = any(e.id for e in examples)
   head = (("id",) if with_id else ()) + TSV_COLUMNS
   rows = [((e.id,) if with_id else ()) + (e.raw_image, e.suffix, e.prefix) for e in examples]
   files.write_text(path, [format_line(head)] + [format_line(r, path) for r in rows])
+
+
+def raw_tsv_line(image: str, label: str, prefix: str = "", path: str | os.PathLike = "") -> str:
+  """One row of a headerless TSV, the original raw data's form: image, label, and the prefix
+  only when there is one. Every line is a row, so `head -64` keeps 64 examples."""
+  return format_line((image, label) + ((prefix,) if prefix else ()), path)
 
 
 def format_of(path: str | os.PathLike, what: str = "dataset", sniff: bool = False) -> str:

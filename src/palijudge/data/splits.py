@@ -6,6 +6,16 @@ closely as whole numbers allow). `write_folds` writes OUT/fold-1/{train,valid}.j
 ... OUT/fold-K/ and OUT/folds.json (k, seed, stratify, counts); every example is
 in exactly one valid file. `fold_paths` reads them back (`03-do_learn.py --cv`).
 
+Records. A split is self-describing: `write_record` leaves dataset/NAME/split.json
+beside its files, naming the folder its image paths resolve against (the root
+`02-shuffle_data.py` read the data with) and the data file it came from. So
+`-d NAME` alone finds the images wherever the data lay. `root_of` is the one
+rule every script applies when no `--root` (`-i`) is given: a split's files
+resolve against the root it recorded; a split without a record (made before
+records, or by the original shell script) and any other file inside the
+project's dataset/ folder, against dataset/; a file elsewhere, against its own
+folder.
+
 Groups. Both take an optional group id per example (`audit.Audit.group_ids`:
 copies and near-duplicates of one image share an id) and keep each group on one
 side: a group moves as one unit, placed where its first member falls in the
@@ -27,6 +37,7 @@ from palijudge.data.examples import Example, write_jsonl
 from palijudge.errors import UserError, where
 
 MANIFEST = "folds.json"
+RECORD = "split.json"
 
 
 def _valid_quota(labels: np.ndarray, n_valid: int) -> dict[bool, int]:
@@ -202,3 +213,52 @@ def fold_paths(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
       if not p.is_file():
         raise UserError(f"{where(p)}: fold file missing (listed in {manifest})")
   return pairs
+
+
+def write_record(folder: str | os.PathLike, root: str | os.PathLike, data: str | os.PathLike,
+                 seed: int, **counts) -> Path:
+  """folder/split.json: the image root and the data file, relative to the folder when they lie
+  inside the dataset folder above it (the project moves as one), else absolute."""
+  folder = Path(folder).resolve()
+  dataset = folder.parent
+
+  def place(path) -> str:
+    path = os.path.realpath(path)
+    return os.path.relpath(path, folder) if files.is_within(path, dataset) else path
+  record = {"root": place(root), "data": place(data), "seed": seed, **counts}
+  return files.write_text(folder / RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def recorded_root(folder: str | os.PathLike) -> str | None:
+  """The image root folder/split.json names (a realpath), or None without a record."""
+  path = Path(folder) / RECORD
+  if not path.is_file():
+    return None
+  files.note_input(path, "the split's record")
+  try:
+    root = json.loads(path.read_text(encoding="utf-8"))["root"]
+    if not isinstance(root, str) or not root:
+      raise TypeError("root is not a path")
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{where(path)}: unreadable split record ({e}); make the split again "
+                    f"with 02-shuffle_data.py") from None
+  resolved = os.path.realpath(os.path.join(folder, root))
+  if not os.path.isdir(resolved):
+    raise UserError(f"{where(path)}: the split's images were in {root!r}, which is no folder "
+                    f"now ({resolved}); give --root the folder they are in")
+  return resolved
+
+
+def root_of(path: str | os.PathLike, dataset: str | os.PathLike) -> str:
+  """The root a data file (or split folder) resolves its image paths against, without --root:
+  see Records above. `dataset` is the project's dataset/ folder."""
+  path, dataset = os.path.realpath(path), os.path.realpath(dataset)
+  if not files.is_within(path, dataset):
+    return path if os.path.isdir(path) else os.path.dirname(path)
+  here = path if os.path.isdir(path) else os.path.dirname(path)
+  while here != dataset and files.is_within(here, dataset):
+    root = recorded_root(here)
+    if root is not None:
+      return root
+    here = os.path.dirname(here)
+  return dataset

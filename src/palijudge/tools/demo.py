@@ -12,6 +12,10 @@ projection are frozen and quantized, and the decoder trains over their image
 tokens (`--trainable llm`, Adam): the visual rule must be learned from the
 quantized encoder's features. (LoRA over a random decoder is a lottery on
 this model; BENCHMARKS.md, "Quantized frozen weights".)
+
+The generated data also feeds the numbered scripts as they are written
+(`for_the_numbered_flow`): dataset/data.jsonl, 02's default input (written only
+where none is there), and dataset/demo/data.tsv, the original raw TSV form.
 """
 
 from __future__ import annotations
@@ -41,8 +45,7 @@ def run(project: Project, data: str | None = None, preset: str = "tiny",
   trains everything trains the decoder only (`llm`), so the encoder is frozen.
   """
   if data is None:
-    data = str(synthetic.make_dataset(project.dataset / "demo", n=n_images, seed=seed))
-    log(f"generated {data}")
+    data = generate(project, n_images, seed, log)
   root = os.path.dirname(os.path.abspath(data))
   rows = examples.read_jsonl(data, root)
   n_valid = max(1, round(valid_fraction * len(rows)))
@@ -61,6 +64,33 @@ def run(project: Project, data: str | None = None, preset: str = "tiny",
   result = learn.learn(lm, train, valid, recipe, EvalConfig(eval_batch=32), names=names,
                        save_to=save_to, log=log)
   return result.after[names[2]]
+
+
+def generate(project: Project, n_images: int = 200, seed: int = 0, log=print) -> str:
+  """The demo's data: dataset/demo/{data.jsonl,images/}, and the same data for the numbered
+  scripts (`for_the_numbered_flow`); returns the data.jsonl path."""
+  data = str(synthetic.make_dataset(project.dataset / "demo", n=n_images, seed=seed))
+  log(f"generated {files.shown(data)}")
+  for_the_numbered_flow(project, data, log)
+  return data
+
+
+def for_the_numbered_flow(project: Project, data: str, log=print) -> None:
+  """The generated `data` where the original flow reads it, so its commands run as written:
+  data.tsv beside it without a header (the raw TSV form: `13-inference.py -d
+  dataset/demo/data.tsv -i dataset/demo`, `14-validate_outtsv.py out.tsv dataset/demo/data.tsv`)
+  and, unless one is there already (yours is never replaced), dataset/data.jsonl, whose image
+  paths start from dataset/ (`02-shuffle_data.sh -v 10 -n set1`, `make split`)."""
+  rows = examples.read_jsonl(data)
+  examples.write_tsv(os.path.splitext(data)[0] + ".tsv", rows, header=False)
+  default = project.dataset / "data.jsonl"
+  if default.exists():
+    return
+  folder = os.path.relpath(os.path.dirname(os.path.abspath(data)), project.dataset)
+  examples.write_jsonl(default, [dataclasses.replace(e, raw_image=f"{folder}/{e.raw_image}")
+                                 for e in rows])
+  log(f"wrote {files.shown(default)}: the same data for the numbered scripts (02-shuffle_data.sh "
+      f"-v 10 -n set1, make split); replace it with yours")
 
 
 def gate(valid: EvalResult) -> tuple[bool, str]:
