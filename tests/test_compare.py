@@ -189,7 +189,8 @@ def test_a_set_with_too_few_yes_examples_cannot_judge_recall():
   assert "(too few examples: " in compare.format_comparison(c)
   # One yes example, found by A alone: every kept resample says -1, yet it is one example.
   one = [True] + [False] * 9
-  c1 = compare.compare("valid", compare.Side(_rows(one, one)), compare.Side(_rows([False] * 10, one)))
+  c1 = compare.compare("valid", compare.Side(_rows(one, one)),
+                       compare.Side(_rows([False] * 10, one)))
   assert "better than B on recall" not in compare.verdict(c1)
   assert "too small to judge recall (1 yes example in 10" in compare.verdict(c1)
 

@@ -94,7 +94,8 @@ def test_to_command_has_the_model_first_and_every_non_default_flag():
   assert tune.to_command(tune.DEFAULTS) == (
       "python playground/03-do_learn.py --model paligemma-3b-pt-224")  # 03's defaults
   changed = {**tune.DEFAULTS, "lr": 0.01, "steps": 64, "batch": 4, "accum": 2,
-             "trainable": "all", "optimizer": "adam", "loss": "combined", "focal_alpha": 0.5, "focal_gamma": 2.0,
+             "trainable": "all", "optimizer": "adam", "loss": "combined", "focal_alpha": 0.5,
+             "focal_gamma": 2.0,
              "bce_weight": 0.3, "focal_weight": 0.7, "label_smoothing": 0.1,
              "prompt": "Is this ad OK?"}
   assert set(changed) == set(tune.DEFAULTS)  # every searchable setting is changed here

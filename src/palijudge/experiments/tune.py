@@ -48,7 +48,8 @@ def _defaults() -> dict[str, Any]:
   """03-do_learn.py's defaults, read off the configs (a space's baseline overrides them)."""
   t, loss = TrainConfig(), LossConfig()
   return {"lr": t.lr, "steps": t.steps, "batch": t.batch_size, "accum": t.accum,
-          "trainable": t.trainable, "optimizer": t.optimizer, "loss": loss.kind, "focal_alpha": loss.focal_alpha,
+          "trainable": t.trainable, "optimizer": t.optimizer, "loss": loss.kind,
+          "focal_alpha": loss.focal_alpha,
           "focal_gamma": loss.focal_gamma, "bce_weight": loss.bce_weight,
           "focal_weight": loss.focal_weight, "label_smoothing": loss.label_smoothing,
           "prompt": DEFAULT_PROMPT}
