@@ -10,7 +10,8 @@
 
 The study lives in experiments/study.db (--storage: another file or a database URL such as
 postgresql://USER@HOST:5432/DB, shared by several workers: one `run` per GPU). It records
-its model, quantization, CV set and metric, and refuses another. The first trial is the
+its model, quantization, CV set, metric and fixed flags (run/ask --optimizer adam ..., any
+of 03-do_learn.py's recipe flags), and refuses others. The first trial is the
 space's baseline; then TPE after 3 random start-up trials. A `run` trial whose worker stops
 sending heartbeats (--heartbeat) for --grace seconds is marked FAIL by the next worker and
 run again.
@@ -54,6 +55,7 @@ def _parser():
                     help="quantize the model's frozen matrices, as 03's --quantize (default: "
                     "the study's, else as the checkpoint records)")
     cli.add_root_flag(p_)
+    tune.add_fixed_flags(p_)  # 03-do_learn.py's flags, fixed for every trial
   tell = sub.add_parser("tell", parents=[common], formatter_class=fmt, help="record a trial's CV score")
   tell.add_argument("trial", type=int, help="trial number (from ask)")
   tell.add_argument("score", help="the CV score, or `fail`")
@@ -144,7 +146,8 @@ def main(args, project):
     raise UserError(f"--trials must be >= 1, got {args.trials}")
   score = _score(args.score) if args.command == "tell" else None
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  space = tune.load_space(args.space)
+  fixed = tune.fixed_flags(args)
+  space = tune.with_fixed(tune.load_space(args.space), fixed)  # refused before the study opens
   study = tune.open_study(args.storage, args.study, seed=args.seed, root=experiments,
                           heartbeat=args.heartbeat, grace=args.grace)
   if args.command in ("run", "ask") and args.cv:  # The folds must exist before a trial binds.
@@ -152,7 +155,7 @@ def main(args, project):
     splits.fold_paths(project.split(args.cv, "--cv"))
   if args.command in ("run", "ask"):
     target = tune.bind(study, tune.Target(args.model, args.cv, space.metric, args.root,
-                                          args.quantize))
+                                          args.quantize, fixed))
   if args.command == "run":
     from palijudge import loader
     try:

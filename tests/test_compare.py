@@ -169,3 +169,35 @@ def test_an_auc_lead_is_decided_by_the_auc_bootstrap_not_mcnemar():
   tie = compare.lead("run 1", "run 2", best, best, "auc")
   assert tie.startswith("run 1 and run 2 tie on valid auc (")
   assert "run 1 is kept because it ran first: inside the noise" in tie
+
+
+def test_a_set_with_too_few_yes_examples_cannot_judge_recall():
+  # Two yes examples in 10: A finds both, B neither. 11% of the resamples hold no yes example
+  # (recall undefined there), so the interval says nothing either way.
+  labels = [True] * 2 + [False] * 8
+  a = compare.Side(_rows(labels, labels))
+  b = compare.Side(_rows([True, False] + [False] * 8, labels))  # Misses one of the two.
+  c = compare.compare("valid", a, b)
+  recall = {x.metric: x for x in c.differences}["recall"]
+  assert recall.interval.contains(0.0) and recall.too_small and not recall.detectable
+  assert recall.left_out == pytest.approx(0.8 ** 10, abs=0.02)
+  sentence = compare.verdict(c)
+  assert not sentence.startswith("No difference detectable on 10 examples;")
+  assert sentence.startswith("No difference detectable on 10 examples by accuracy")
+  assert ("the set is too small to judge recall (2 yes examples in 10: "
+          f"{recall.left_out:.0%} of the resamples had none)") in sentence
+  assert "(too few examples: " in compare.format_comparison(c)
+  # One yes example, found by A alone: every kept resample says -1, yet it is one example.
+  one = [True] + [False] * 9
+  c1 = compare.compare("valid", compare.Side(_rows(one, one)),
+                       compare.Side(_rows([False] * 10, one)))
+  assert "better than B on recall" not in compare.verdict(c1)
+  assert "too small to judge recall (1 yes example in 10" in compare.verdict(c1)
+
+
+def test_enough_yes_examples_judge_recall_as_before():
+  labels = [True] * 60 + [False] * 60
+  found = compare.Side(_rows(labels, labels))
+  missed = compare.Side(_rows([False] * 60 + [False] * 60, labels))
+  recall = {x.metric: x for x in compare.compare("big", missed, found).differences}["recall"]
+  assert recall.left_out == 0.0 and not recall.too_small and recall.detectable

@@ -94,7 +94,8 @@ def test_to_command_has_the_model_first_and_every_non_default_flag():
   assert tune.to_command(tune.DEFAULTS) == (
       "python playground/03-do_learn.py --model paligemma-3b-pt-224")  # 03's defaults
   changed = {**tune.DEFAULTS, "lr": 0.01, "steps": 64, "batch": 4, "accum": 2,
-             "trainable": "all", "loss": "combined", "focal_alpha": 0.5, "focal_gamma": 2.0,
+             "trainable": "all", "optimizer": "adam", "loss": "combined", "focal_alpha": 0.5,
+             "focal_gamma": 2.0,
              "bce_weight": 0.3, "focal_weight": 0.7, "label_smoothing": 0.1,
              "prompt": "Is this ad OK?"}
   assert set(changed) == set(tune.DEFAULTS)  # every searchable setting is changed here
@@ -115,6 +116,93 @@ def test_the_printed_command_trains_the_trials_recipe(monkeypatch):
   tcfg, prompt = cv.trial_config(changed)
   assert (cli.train_config(args), cli.eval_config(args).prompt) == (tcfg, prompt)
   assert (args.model, args.cv) == ("tiny", "cv5")
+
+
+def test_fixed_flags_are_03s_flags_and_reach_every_trial(tmp_path, monkeypatch):
+  """`run --optimizer adam --two-stage ...`: 03-do_learn.py's own flags (from the same config
+  fields), fixed in every trial's recipe and in its printed command line."""
+  learn03 = _script("03-do_learn.py", monkeypatch).flags()
+  tune06 = _script("06-tune.py", monkeypatch)._parser()
+  run = next(a for a in tune06._actions if a.dest == "command").choices["run"]
+  ours = {s for a in run._actions for s in a.option_strings}
+  assert {tune.FLAGS[k] for k in tune.FIXABLE} <= ours
+  assert {tune.FLAGS[k] for k in tune.FIXABLE} <= {s for a in learn03._actions
+                                                   for s in a.option_strings}
+  assert {"optimizer", "trainable", "warmup", "two_stage", "class_weight"} <= set(tune.FIXABLE)
+  args = tune06.parse_args(["run", "--trials", "1", "--cv", "cv5", "--optimizer", "adam",
+                            "--trainable", "all", "--warmup", "0.2", "--two-stage",
+                            "--class-weight", "2,1"])
+  fixed = tune.fixed_flags(args)
+  assert fixed == {"trainable": "all", "optimizer": "adam", "warmup": 0.2,
+                   "class_weight": [2.0, 1.0], "two_stage": True}  # only those given
+  assert tune.fixed_flags(tune06.parse_args(["run", "--trials", "1", "--cv", "cv5"])) == {}
+  study = tune.open_study(str(tmp_path / "s.db"), "f")
+  target = tune.bind(study, tune.Target("tiny", "cv5", fixed=fixed))
+  seen = []
+  tune.run_trials(study, tune.load_space(), lambda cfg, report: seen.append(cfg) or 0.5, 2,
+                  target=target, log=lambda _: None)
+  for cfg in seen:
+    tcfg, _ = cv.trial_config(cfg)
+    assert (tcfg.optimizer, tcfg.trainable, tcfg.warmup_percent) == ("adam", "all", 0.2)
+    assert tcfg.loss.class_weight == (2.0, 1.0) and cv.learn_config(cfg).two_stage
+  command = study.trials[0].user_attrs["command"]
+  parsed = learn03.parse_args(shlex.split(command)[2:])
+  assert (parsed.optimizer, parsed.trainable, parsed.warmup_percent, parsed.two_stage,
+          parsed.class_weight) == ("adam", "all", 0.2, True, (2.0, 1.0))
+
+
+def test_a_resumed_study_with_other_fixed_flags_is_refused(tmp_path):
+  study = tune.open_study(str(tmp_path / "s.db"), "f")
+  bound = tune.bind(study, tune.Target("tiny", "cv5", fixed={"optimizer": "adam"}))
+  assert study.user_attrs["fixed"] == {"optimizer": "adam"}
+  assert tune.bind(study, tune.Target()).fixed == {"optimizer": "adam"} == bound.fixed  # study's
+  with pytest.raises(UserError, match=r"^study 'f' trains every trial with --optimizer adam, "
+                                      r"not --optimizer adam --trainable all: give its flags"):
+    tune.bind(study, tune.Target(fixed={"optimizer": "adam", "trainable": "all"}))
+  # A study made before fixed flags existed fixed none; a fresh one without flags neither.
+  old = tune.open_study(str(tmp_path / "s.db"), "old")
+  old.set_user_attr("model", "tiny")
+  with pytest.raises(UserError, match="with no fixed flags, not --optimizer adam"):
+    tune.bind(old, tune.Target(fixed={"optimizer": "adam"}))
+  plain = tune.open_study(str(tmp_path / "s.db"), "plain")
+  tune.bind(plain, tune.Target("tiny", "cv5"))
+  with pytest.raises(UserError, match="with no fixed flags, not --two-stage"):
+    tune.bind(plain, tune.Target(fixed={"two_stage": True}))
+
+
+def test_the_space_searches_the_optimizer(tmp_path):
+  space = _space(tmp_path, "params:\n  optimizer: {choices: [sgd, adam]}\n"
+                           "  lr: {low: 0.001, high: 0.1, log: true}\n")
+  study = tune.open_study(str(tmp_path / "s.db"), "o", seed=1)
+  outs = tune.run_trials(study, space, lambda cfg, report: float(cfg["optimizer"] == "adam"), 6,
+                         log=lambda _: None)
+  assert {o.config["optimizer"] for o in outs} == {"sgd", "adam"}  # baseline sgd, then both
+  adam = next(o for o in outs if o.config["optimizer"] == "adam")
+  assert cv.trial_config(adam.config)[0].optimizer == "adam"
+  assert "--optimizer adam" in study.trials[adam.number].user_attrs["command"]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("params:\n  optimizer: {choices: [sgd, rmsprop]}\n",
+     "optimizer 'rmsprop' is not one of sgd, adam"),
+    ("baseline: {optimizer: lion}\n", "optimizer 'lion' is not one of sgd, adam"),
+    ("params:\n  trainable: {choices: [attn, everything]}\n",
+     "trainable 'everything' is not one of"),
+])
+def test_bad_choices_in_the_space_are_refused(tmp_path, text, needle):
+  with pytest.raises(UserError, match=f"^{tmp_path / 'space.yaml'}: {needle}"):
+    _space(tmp_path, text)
+
+
+def test_a_fixed_flag_the_space_searches_or_no_recipe_is_refused():
+  space = tune.load_space()  # searches lr and, with loss combined, the focal parameters
+  with pytest.raises(UserError, match=r"^--lr 0.01: the search space searches lr; drop the "
+                                      r"flag or lr from the space$"):
+    tune.with_fixed(space, {"lr": 0.01})
+  with pytest.raises(UserError, match="--focal-gamma"):  # no focal term with the ce loss
+    tune.with_fixed(tune.with_fixed(tune.parse_space({}), {"loss": "ce"}), {"focal_gamma": 2.0})
+  fixed = tune.with_fixed(space, {"optimizer": "adam", "runs": 2})
+  assert fixed.baseline["optimizer"] == "adam" and fixed.baseline["runs"] == 2
 
 
 def _score(cfg: dict) -> float:
@@ -242,6 +330,11 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match=rf"trial 2: a CV f_measure lies in \[0, 1\], got {score}"):
       main("tell", "2", score)
   main("tell", "2", "fail", "--reason", "out of memory")
+  with pytest.raises(UserError, match="trains every trial with no fixed flags, not --optimizer"):
+    main("run", "--trials", "1", "--cv", "cv5", "--optimizer", "adam")
+  with pytest.raises(SystemExit) as bad:  # argparse: one line, exit 2
+    main("run", "--trials", "1", "--cv", "cv5", "--optimizer", "rmsprop")
+  assert bad.value.code == 2 and "invalid choice: 'rmsprop'" in capsys.readouterr().err
   main("status")
   assert "2  FAIL" in capsys.readouterr().out.replace("    ", " ")
   assert (tmp_path / "experiments" / "study.db").is_file()

@@ -135,6 +135,10 @@ class Comparison:
   def n(self) -> int:
     return len(self.a.rows)
 
+  def too_small(self) -> bool:
+    """Some metric's interval judges nothing on this set (stats.Difference.too_small)."""
+    return any(d.too_small for d in self.differences)
+
 
 def compare(name: str, a: Side, b: Side, seed: int = stats.SEED,
             resamples: int = stats.RESAMPLES) -> Comparison:
@@ -157,6 +161,8 @@ def verdict(c: Comparison) -> str:
   for d in c.differences:
     if d.undefined:
       notes.append(f"{NAMES[d.metric]} cannot be compared ({d.undefined})")
+    if d.too_small:
+      notes.append(_too_small(c, d))
     if not d.detectable:
       continue
     b_wins = d.interval.low > 0
@@ -166,8 +172,21 @@ def verdict(c: Comparison) -> str:
     parts.append(f"{win} is better than {lose} on {NAMES[d.metric]}: {lead:+.2f}, "
                  f"{stats.CONFIDENCE:.0%} interval {iv.text(2, signed=True)}")
   if not parts:
-    parts = [f"No difference detectable on {c.n} examples"]
+    judged = ["accuracy"] + [NAMES[d.metric] for d in c.differences
+                             if d.interval is not None and not d.too_small]
+    by = " by " + " or ".join(filter(None, [", ".join(judged[:-1]), judged[-1]]))
+    parts = [f"No difference detectable on {c.n} examples{by if c.too_small() else ''}"]
   return "; ".join(parts + notes) + "."
+
+
+def _too_small(c: Comparison, d: stats.Difference) -> str:
+  """Why `d`'s interval judges nothing: too few yes examples (recall) or answers (precision)."""
+  if d.metric == "recall":
+    count, what = int(c.a.labels.sum()), "yes example"
+  else:
+    count, what = int(min(c.a.pred.sum(), c.b.pred.sum())), "yes answer"
+  return (f"the set is too small to judge {NAMES[d.metric]} ({count} {what}"
+          f"{'' if count == 1 else 's'} in {c.n}: {d.left_out:.0%} of the resamples had none)")
 
 
 def _flips(c: Comparison, right: str, max_list: int) -> list[str]:
@@ -203,7 +222,9 @@ def format_comparison(c: Comparison, max_list: int = 20) -> str:
       lines.append(f"  {NAMES[d.metric] + ':':11s}A {a}  B {b}  B - A undefined ({d.undefined})")
       continue
     lines.append(f"  {NAMES[d.metric] + ':':11s}A {d.a:.4f}  B {d.b:.4f}  B - A {d.delta:+.4f}  "
-                 f"{stats.percent()} interval {d.interval.text(4, signed=True)}")
+                 f"{stats.percent()} interval {d.interval.text(4, signed=True)}"
+                 + (f"  (too few examples: {d.left_out:.0%} of the resamples undefined)"
+                    if d.too_small else ""))
   return "\n".join(lines + [verdict(c)])
 
 

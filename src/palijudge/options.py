@@ -42,13 +42,20 @@ def flags(cls) -> list[dataclasses.Field]:
   return [f for f in dataclasses.fields(cls) if "option" in f.metadata]
 
 
+def flag_name(field: dataclasses.Field) -> str:
+  """The field's long flag: its `flag`, else --field-name."""
+  return field.metadata["option"]["flag"] or "--" + field.name.replace("_", "-")
+
+
 def add(parser: argparse.ArgumentParser, cls, title: str | None = None,
         skip: Sequence[str] = (), defaults: dict[str, Any] | None = None,
-        aliases: dict[str, str] | None = None) -> None:
+        aliases: dict[str, str] | None = None, given_only: bool = False) -> None:
   """Adds `cls`'s option fields to `parser` (in a group titled `title`).
 
   `defaults` replaces some fields' defaults for this parser; `aliases` gives
-  fields another flag name here (e.g. the original scripts' `-r` for --lr).
+  fields another flag name here (e.g. the original scripts' `-r` for --lr);
+  `given_only` leaves a flag the user did not give out of the parsed namespace
+  (a search's fixed flags: only those given are fixed).
   """
   group = parser.add_argument_group(title) if title else parser
   for f in flags(cls):
@@ -56,16 +63,17 @@ def add(parser: argparse.ArgumentParser, cls, title: str | None = None,
       continue
     m = f.metadata["option"]
     default = (defaults or {}).get(f.name, f.default)
-    names = [m["flag"] or "--" + f.name.replace("_", "-")] + ([m["short"]] if m["short"] else [])
+    names = [flag_name(f)] + ([m["short"]] if m["short"] else [])
     names += [(aliases or {})[f.name]] if f.name in (aliases or {}) else []
     convert, is_bool = _type(f)
     if is_bool:
-      group.add_argument(*names, dest=f.name, action="store_true", help=m["help"])
+      group.add_argument(*names, dest=f.name, action="store_true", help=m["help"],
+                         **({"default": argparse.SUPPRESS} if given_only else {}))
       continue
     help_text = m["help"]
-    if m["sparse"]:
+    if m["sparse"] or given_only:
       help_text += f" (default: {default})"
-      default = None
+      default = argparse.SUPPRESS if given_only else None
     elif default is None and "(default" not in help_text:
       help_text += " (default: none)"
     group.add_argument(*names, dest=f.name, type=m["parse"] or convert, default=default,

@@ -256,6 +256,7 @@ class Difference:
   b: float | None
   interval: Interval | None   # None where the metric is undefined.
   undefined: str | None = None  # Why the comparison is undefined, e.g. "A never says yes".
+  left_out: float = 0.0  # Fraction of resamples where the metric had no denominator (dropped).
 
   @property
   def delta(self) -> float | None:
@@ -263,8 +264,17 @@ class Difference:
 
   @property
   def detectable(self) -> bool:
-    """The interval excludes 0: B and A differ beyond the resampling noise."""
-    return self.interval is not None and not self.interval.contains(0.0)
+    """The interval excludes 0: B and A differ beyond the resampling noise (not on a set too
+    small to judge the metric, where the interval only describes the lucky resamples)."""
+    return (self.interval is not None and not self.too_small
+            and not self.interval.contains(0.0))
+
+  @property
+  def too_small(self) -> bool:
+    """More resamples had no denominator (no yes example for recall, no yes answer for
+    precision) than the interval's tail holds: the set cannot judge the metric, the interval
+    neither shows a difference nor rules one out."""
+    return self.left_out > (1 - CONFIDENCE) / 2
 
 
 def paired_difference(metric: str, labels, pred_a, pred_b, p_a=None, p_b=None,
@@ -290,7 +300,7 @@ def paired_difference(metric: str, labels, pred_a, pred_b, p_a=None, p_b=None,
   diffs = np.concatenate(diffs)
   if not diffs.size:
     return Difference(metric, a, b, None, "undefined in every resample")
-  return Difference(metric, a, b, _percentiles(diffs))
+  return Difference(metric, a, b, _percentiles(diffs), left_out=1 - diffs.size / resamples)
 
 
 # --- Spread over runs or folds ---------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from palijudge import learn, loader, losses, metrics, predictions, stats
+from palijudge import learn, loader, losses, metrics, options, predictions, stats
 from palijudge import train as train_lib
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
@@ -147,16 +147,32 @@ def cv_learn(lm: loader.LoadedModel, folds, tcfg: train_lib.TrainConfig, ecfg: E
   return summary
 
 
+SEARCH_CONFIGS = (train_lib.TrainConfig, losses.LossConfig, learn.LearnConfig)
+
+
+def config_keys() -> dict[str, tuple[type, dataclasses.Field]]:
+  """A search configuration's keys, 03-do_learn.py's flags as names (`--batch` -> batch,
+  `--loss` -> loss, `--two-stage` -> two_stage) -> (its config class, the field)."""
+  return {options.flag_name(f)[2:].replace("-", "_"): (cls, f)
+          for cls in SEARCH_CONFIGS for f in options.flags(cls)}
+
+
+def _fields(cls: type, config: dict) -> dict[str, Any]:
+  """The `cls` fields that `config` (a search configuration) sets, by field name."""
+  return {f.name: config[key] for key, (c, f) in config_keys().items()
+          if c is cls and key in config}
+
+
 def trial_config(config: dict) -> tuple[train_lib.TrainConfig, str]:
-  """A search configuration (see tune.DEFAULTS) -> (recipe, prompt)."""
-  loss = losses.LossConfig(kind=config["loss"], focal_alpha=config["focal_alpha"],
-                           focal_gamma=config["focal_gamma"], bce_weight=config["bce_weight"],
-                           focal_weight=config["focal_weight"],
-                           label_smoothing=config["label_smoothing"])
-  tcfg = train_lib.TrainConfig(lr=config["lr"], steps=config["steps"],
-                               batch_size=config["batch"], accum=config["accum"],
-                               trainable=config["trainable"], loss=loss)
+  """A search configuration (see tune.DEFAULTS, plus any fixed flags) -> (recipe, prompt)."""
+  loss = losses.LossConfig(**_fields(losses.LossConfig, config))
+  tcfg = train_lib.TrainConfig(**_fields(train_lib.TrainConfig, config), loss=loss)
   return tcfg, config["prompt"]
+
+
+def learn_config(config: dict) -> learn.LearnConfig:
+  """The stages and lottery of a search configuration (its fixed flags; else 03's defaults)."""
+  return learn.LearnConfig(**_fields(learn.LearnConfig, config))
 
 
 def cv_objective(config: dict, folds_dir: str | os.PathLike, report, *, model: str | None,
@@ -168,7 +184,7 @@ def cv_objective(config: dict, folds_dir: str | os.PathLike, report, *, model: s
   lm = loader.load(loader.resolve(model, cache_dir=cache_dir), trainable=tcfg.trainable,
                    quantize=quantize)
   folds = splits.fold_paths(folds_dir)
-  summary = cv_learn(lm, folds, tcfg, EvalConfig(prompt=prompt), root=root,
+  summary = cv_learn(lm, folds, tcfg, EvalConfig(prompt=prompt), learn_config(config), root=root,
                      metric=report.metric, record=report.record, report=report, log=log)
   if summary.warning():
     report.warn(summary.warning())

@@ -25,11 +25,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from palijudge.evaluate import DEFAULT_PROMPT
 from palijudge.loader import DEFAULT_MODEL
+from palijudge.experiments import cv
 from palijudge.experiments.cv import METRICS
 from palijudge.losses import LossConfig
 from palijudge.train import TrainConfig
 from palijudge.errors import UserError, where
-from palijudge import files
+from palijudge import files, options
 from palijudge.experiments.records import RunRecord
 
 DEFAULT_STORAGE = "study.db"  # Under the experiments folder.
@@ -47,14 +48,21 @@ def _defaults() -> dict[str, Any]:
   """03-do_learn.py's defaults, read off the configs (a space's baseline overrides them)."""
   t, loss = TrainConfig(), LossConfig()
   return {"lr": t.lr, "steps": t.steps, "batch": t.batch_size, "accum": t.accum,
-          "trainable": t.trainable, "loss": loss.kind, "focal_alpha": loss.focal_alpha,
+          "trainable": t.trainable, "optimizer": t.optimizer, "loss": loss.kind,
+          "focal_alpha": loss.focal_alpha,
           "focal_gamma": loss.focal_gamma, "bce_weight": loss.bce_weight,
           "focal_weight": loss.focal_weight, "label_smoothing": loss.label_smoothing,
           "prompt": DEFAULT_PROMPT}
 
 
 DEFAULTS: dict[str, Any] = _defaults()
-FLAGS = {k: "--" + k.replace("_", "-") for k in DEFAULTS}
+# 03-do_learn.py's flags a search may fix for every trial (`run --optimizer adam`), by
+# configuration key (cv.config_keys); not --seed (06's is the sampler's) nor those about a
+# saved checkpoint (trials save none).
+NOT_FIXABLE = ("seed", "save_every", "resume", "full", "keep", "probe_only")
+FIXABLE = {k: cf for k, cf in cv.config_keys().items() if cf[1].name not in NOT_FIXABLE}
+FIXED_DEFAULTS = {k: f.default for k, (_, f) in FIXABLE.items()}
+FLAGS = {k: "--" + k.replace("_", "-") for k in {**DEFAULTS, **FIXED_DEFAULTS}}
 DEFAULT_SPACE_YAML = """\
 metric: f_measure   # the CV score: accuracy | precision | recall | f_measure | auc
 baseline: {loss: combined, focal_alpha: 1.0, focal_gamma: 3.0, bce_weight: 0.5, focal_weight: 0.5}
@@ -131,6 +139,7 @@ def parse_space(doc: Any, source: str = "<space>") -> Space:
             for i, n in enumerate(names)]
   baseline = {**DEFAULTS, **(doc.get("baseline") or {})}
   baseline.update({p.name: p.spec["value"] for p in params if p.kind == "fixed"})
+  _check_choices(params, baseline, source)
   enqueue = doc.get("enqueue") or []
   if not all(isinstance(e, dict) and set(e) <= set(DEFAULTS) for e in list(enqueue)):
     raise UserError(f"{source}: enqueue must be a list of mappings of params")
@@ -142,6 +151,16 @@ def parse_space(doc: Any, source: str = "<space>") -> Space:
       raise UserError(f"{source}: baseline/enqueue {p.name}={cfg[p.name]!r} is outside its "
                       f"search space (set `baseline: {{{p.name}: ...}}`)")
   return Space(metric, tuple(params), baseline, tuple(enqueue), pruning)
+
+
+def _check_choices(params: list[Param], baseline: dict[str, Any], source: str) -> None:
+  """Values outside their flag's choices (an optimizer train.make_optimizer lacks, ...)."""
+  for name, values in [(p.name, p.spec.get("choices") or []) for p in params] + [
+      (k, [v]) for k, v in baseline.items()]:
+    allowed = FIXABLE[name][1].metadata["option"]["choices"] if name in FIXABLE else None
+    bad = [v for v in values if allowed and v not in allowed]
+    if bad:
+      raise UserError(f"{source}: {name} {bad[0]!r} is not one of {', '.join(allowed)}")
 
 
 def load_space(path: str | Path | None = None) -> Space:
@@ -188,6 +207,7 @@ class Target:
   metric: str = "f_measure"
   root: str | None = None
   quantize: str | None = None  # --quantize; None: as the model's checkpoint records
+  fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  # fixed_flags; {}: the study's
 
 
 def to_command(config: dict[str, Any], target: Target = Target(),
@@ -199,9 +219,58 @@ def to_command(config: dict[str, Any], target: Target = Target(),
   args += ["--cv-metric", target.metric] if target.cv and target.metric != "f_measure" else []
   args += ["--root", target.root] if target.root else []
   args += ["--quantize", target.quantize] if target.quantize else []
-  for key in (k for k in FLAGS if k in config and config[k] != DEFAULTS[k]):
-    args += [FLAGS[key], repr(config[key]) if isinstance(config[key], float) else str(config[key])]
+  defaults = {**FIXED_DEFAULTS, **DEFAULTS}
+  for key in (k for k in FLAGS if k in config and config[k] != defaults[k]):
+    args += [FLAGS[key]] + _flag_value(config[key])
   return shlex.join(args)
+
+
+def _flag_value(value: Any) -> list[str]:
+  if isinstance(value, bool):  # A store_true flag: given (True) or not.
+    return []
+  if isinstance(value, (list, tuple)):  # --class-weight W_YES,W_NO
+    return [",".join(str(v) for v in value)]
+  return [repr(value) if isinstance(value, float) else str(value)]
+
+
+def add_fixed_flags(parser) -> None:
+  """03-do_learn.py's recipe flags (FIXABLE), to fix for every trial of a search; only those
+  given reach the namespace (fixed_flags)."""
+  for cls, title in zip(cv.SEARCH_CONFIGS, ("training, fixed for every trial",
+                                            "objective, fixed for every trial",
+                                            "stages, fixed for every trial")):
+    options.add(parser, cls, title, skip=NOT_FIXABLE, given_only=True)
+
+
+def fixed_flags(args) -> dict[str, Any]:
+  """{key: value} of the fixed flags given (add_fixed_flags), as the study stores them."""
+  return {k: list(getattr(args, f.name)) if isinstance(getattr(args, f.name), tuple)
+          else getattr(args, f.name) for k, (_, f) in FIXABLE.items() if hasattr(args, f.name)}
+
+
+def with_fixed(space: Space, fixed: dict[str, Any]) -> Space:
+  """The space with `fixed` in its baseline, for every trial. Refused (before any trial)
+  where the space searches or fixes that setting otherwise, or where the baseline with them
+  is no recipe (a focal parameter with --loss ce, ...)."""
+  for p in (p for p in space.params if p.name in fixed):
+    if p.kind != "fixed" or p.spec["value"] != fixed[p.name]:
+      raise UserError(f"{FLAGS[p.name]} {_shown_value(fixed[p.name])}: the search space "
+                      f"{'searches' if p.kind != 'fixed' else 'fixes'} {p.name}; drop the flag "
+                      f"or {p.name} from the space")
+  baseline = {**space.baseline, **fixed}
+  cv.trial_config(baseline)  # UserError where the flags make no recipe
+  cv.learn_config(baseline)
+  return dataclasses.replace(space, baseline=baseline)
+
+
+def _shown_value(value: Any) -> str:
+  return " ".join(_flag_value(value)) or "(given)"
+
+
+def fixed_text(fixed: dict[str, Any]) -> str:
+  """`--optimizer adam --two-stage`, or `no fixed flags`."""
+  return shlex.join(a for k, v in fixed.items() for a in [FLAGS[k]] + _flag_value(v)) \
+      or "no fixed flags"
 
 
 def bind(study: optuna.Study, target: Target) -> Target:
@@ -210,6 +279,7 @@ def bind(study: optuna.Study, target: Target) -> Target:
   on other folds, of another model or weights, or by another metric would not compare, so a
   mismatch is refused."""
   attrs = study.user_attrs
+  fixed = _bind_fixed(study, target.fixed)
   model = os.path.normpath(target.model) if target.model else attrs.get("model", DEFAULT_MODEL)
   cv = target.cv or attrs.get("cv")
   # "": as the checkpoint records (what a study made before --quantize existed ran), which
@@ -227,7 +297,24 @@ def bind(study: optuna.Study, target: Target) -> Target:
                       "or another --study")
     if value is not None and key not in attrs:
       study.set_user_attr(key, value)
-  return dataclasses.replace(target, model=model, cv=cv, quantize=quantize or None)
+  if "fixed" not in attrs:
+    study.set_user_attr("fixed", fixed)
+  return dataclasses.replace(target, model=model, cv=cv, quantize=quantize or None,
+                             fixed=fixed)
+
+
+def _bind_fixed(study: optuna.Study, given: dict[str, Any]) -> dict[str, Any]:
+  """The fixed flags of the study's trials: those given, else the study's; a resumed study
+  given others is refused (its trials would not compare). A study made before fixed flags
+  existed fixed none."""
+  attrs = study.user_attrs
+  recorded = attrs.get("fixed", {} if "model" in attrs else None)
+  fixed = given or recorded or {}
+  if recorded is not None and fixed != recorded:
+    raise UserError(f"study {study.study_name!r} trains every trial with "
+                    f"{fixed_text(recorded)}, not {fixed_text(fixed)}: give its flags (or "
+                    "none), or another --study")
+  return fixed
 
 
 def storage_url(storage: str | None, root: str | os.PathLike = "experiments") -> str:
@@ -448,6 +535,7 @@ def run_trials(study: optuna.Study, space: Space, objective: Callable[..., float
   While the objective runs, a thread writes the trial's heartbeat (see HEARTBEAT_S).
   """
   target = dataclasses.replace(target, metric=space.metric)
+  space = with_fixed(space, target.fixed)  # the target's (bound) fixed flags, every trial
   prepare(study, space)
   keep = space.pruning
   study.pruner = optuna.pruners.PercentilePruner(  # bottom quarter pruned, fold by fold
@@ -483,6 +571,7 @@ def ask(study: optuna.Study, space: Space, records_root: str | None = None,
         target: Target = Target()) -> tuple[int, dict[str, Any], str]:
   """Starts the next trial (RUNNING until `tell`, without heartbeats: run by hand, it may
   take days); returns its number, config and 03-do_learn.py command line."""
+  space = with_fixed(space, target.fixed)
   prepare(study, space)
   trial, config, record = _start(study, space, records_root,
                                  dataclasses.replace(target, metric=space.metric))
