@@ -10,7 +10,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "palijudge"
 # Bottom to top, as README's Architecture section lists them.
 LAYERS = [
-    {"errors", "files", "options", "metrics", "progress", "stats"},
+    {"errors", "files", "options", "metrics", "progress", "stats", "inputs"},
     {"params"},
     {"quantize"},
     {"distributed", "devices"},
