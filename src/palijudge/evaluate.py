@@ -28,7 +28,7 @@ from palijudge.data import images
 from palijudge.data import tokenizer as tok_lib
 from palijudge.data.batch import Batch, Batches, PixelCache, collate, prompt_for, shape_for
 from palijudge.data.examples import DEFAULT_PROMPT, Example, parse_yes_no, read_lines
-from palijudge.data.features import FeatureCache
+from palijudge.model.features import FeatureCache
 from palijudge.errors import UserError, where
 from palijudge.loader import LoadedModel
 from palijudge.metrics import (DEFAULT_THRESHOLD, Confusion, ScoreMetrics, format_block,

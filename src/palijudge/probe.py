@@ -37,7 +37,7 @@ from palijudge import checkpoint
 from palijudge import files
 from palijudge import train as train_lib
 from palijudge.data.examples import Example
-from palijudge.data.features import FeatureCache
+from palijudge.model.features import FeatureCache
 from palijudge.data.images import GIF_FRAMES
 from palijudge.errors import UserError, where
 from palijudge.evaluate import EvalConfig, EvalResult, Scorer, report

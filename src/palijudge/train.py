@@ -42,7 +42,7 @@ from palijudge import progress
 from palijudge import quantize
 from palijudge.data.batch import Batch, Batches, Flips, PixelCache, training_stream
 from palijudge.data.examples import Example
-from palijudge.data.features import FeatureCache
+from palijudge.model.features import FeatureCache
 from palijudge.errors import UserError, where
 from palijudge.loader import LoadedModel
 from palijudge.model import lora

@@ -1,4 +1,4 @@
-"""palijudge.data.features: the frozen-encoder cache (keys, memory and disk hits, damage)."""
+"""palijudge.model.features: the frozen-encoder cache (keys, memory and disk hits, damage)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from palijudge import params as params_lib
 from palijudge import train as fit
 from palijudge.data.batch import Batches
 from palijudge.data.examples import DEFAULT_PROMPT
-from palijudge.data.features import FeatureCache
+from palijudge.model.features import FeatureCache
 
 BS = 4  # One batch shape for every pass: the encoder compiles once.
 
