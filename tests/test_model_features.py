@@ -12,7 +12,6 @@ import pytest
 
 from palijudge import checkpoint, loader
 from palijudge import params as params_lib
-from palijudge import train as fit
 from palijudge.data.batch import Batches
 from palijudge.data.examples import DEFAULT_PROMPT
 from palijudge.model.features import FeatureCache
@@ -26,11 +25,11 @@ def test_feature_cache_keys_follow_content_weights_and_frames(tiny_lm, tiny_exam
   copy = tmp_path / "renamed.png"
   copy.write_bytes(pathlib.Path(ex.image).read_bytes())
   moved = dataclasses.replace(ex, image=str(copy))
-  cache = fit.feature_cache(lm, "attn", "first")
+  cache = loader.feature_cache(lm, "attn", "first")
   assert cache._key(ex) == cache._key(moved)  # Same bytes, same features.
   assert cache._key(ex) != cache._key(examples[1])
-  assert fit.feature_cache(lm, "attn", "last")._key(ex) != cache._key(ex)
-  assert fit.feature_cache(lm, "all", "first") is None  # Training changes the encoder.
+  assert loader.feature_cache(lm, "attn", "last")._key(ex) != cache._key(ex)
+  assert loader.feature_cache(lm, "all", "first") is None  # Training changes the encoder.
   # Other weights (one leaf changed; the tokenizer as is), loaded as a user would.
   other = tmp_path / "other"
   flat = params_lib.flatten(lm.params)
@@ -38,7 +37,7 @@ def test_feature_cache_keys_follow_content_weights_and_frames(tiny_lm, tiny_exam
   checkpoint.save(loader.weights_file("tiny", str(other)), params_lib.unflatten(flat), lm.cfg)
   shutil.copy(lm.spec.tokenizer, loader.tokenizer_file("tiny", str(other)))
   lm2 = loader.load(loader.resolve("tiny", cache_dir=str(other)), trainable="attn")
-  assert fit.feature_cache(lm2, "attn", "first")._key(ex) != cache._key(ex)
+  assert loader.feature_cache(lm2, "attn", "first")._key(ex) != cache._key(ex)
 
 
 def _cache(lm, disk=None) -> FeatureCache:

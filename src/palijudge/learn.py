@@ -29,6 +29,7 @@ from palijudge import checkpoint
 from palijudge import compare
 from palijudge import distributed
 from palijudge import files
+from palijudge import loader as loader_lib
 from palijudge import metrics
 from palijudge import params as params_lib
 from palijudge import predictions
@@ -179,7 +180,7 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   # its view of the same arrays (`distributed.local`: lm itself with one process).
   view = dataclasses.replace(lm, params=distributed.local(lm.params))
   # Image tokens are computed once per image when the encoder stays frozen.
-  features = train_lib.feature_cache(view, tcfg.trainable, ecfg.gif_frame)
+  features = loader_lib.feature_cache(view, tcfg.trainable, ecfg.gif_frame)
   if lcfg.probe_only:
     probed = _probe(view, train, sets, ecfg, features, save_to, ph, log)
     if record:
