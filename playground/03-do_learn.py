@@ -89,10 +89,10 @@ def _learn(args, project, root, folder, tcfg, ecfg, lcfg, save_to, split, folds)
   import dataclasses
   import shlex
   import sys
-  from palijudge import distributed, files, learn
+  from palijudge import distributed, files, learn, phases as phases_lib
   from palijudge.experiments import cv, records
   train_set, valid_set, names = split
-  phases = learn.Phases() if args.phases else None
+  phases = phases_lib.Phases() if args.phases else None
   with phases("checkpoint_load") if phases else contextlib.nullcontext():
     lm = cli.load_model(args, project, trainable=tcfg.trainable, tcfg=tcfg)
   record = None

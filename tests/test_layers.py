@@ -16,7 +16,7 @@ LAYERS = [
      "data.decisions", "data.audit_report", "data.audit_bench"},
     {"params"},
     {"quantize"},
-    {"distributed", "devices"},
+    {"distributed", "devices", "phases"},
     {"model.config", "model.vit", "model.lora", "model.gemma", "model.paligemma",
      "model.features"},
     {"checkpoint"},
