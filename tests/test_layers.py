@@ -293,7 +293,23 @@ def test_architecture_doc_is_the_table():
   assert _doc_block() == architecture_block()
 
 
+def longest_chain() -> list[str]:
+  """The longest import chain among the package's modules (the layering's depth)."""
+  graph = {m: _imports(m) & set(LEVEL) for m in _modules()}
+  memo: dict[str, list[str]] = {}
+
+  def down(m: str) -> list[str]:  # Imports go strictly down or sideways in a layer: no cycles.
+    if m not in memo:
+      memo[m] = [m] + max((down(d) for d in sorted(graph[m])), key=len, default=[])
+    return memo[m]
+  return max((down(m) for m in sorted(graph)), key=len)
+
+
 if __name__ == "__main__":
-  print(architecture_block())
-  print()
-  print(_allowed_table())
+  if sys.argv[1:] == ["--chain"]:
+    chain = longest_chain()
+    print(f"{len(chain) - 1} hops: {' -> '.join(chain)}")
+  else:
+    print(architecture_block())
+    print()
+    print(_allowed_table())
