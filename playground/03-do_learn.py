@@ -86,9 +86,6 @@ def main(args, project):
 def _learn(args, project, root, folder, tcfg, ecfg, lcfg, save_to, split, folds):
   """Loads the model, trains (or cross-validates) and records the run."""
   import contextlib
-  import dataclasses
-  import shlex
-  import sys
   from palijudge import distributed, files, learn, phases as phases_lib
   from palijudge.experiments import cv, records
   train_set, valid_set, names = split
@@ -97,15 +94,15 @@ def _learn(args, project, root, folder, tcfg, ecfg, lcfg, save_to, split, folds)
     lm = cli.load_model(args, project, trainable=tcfg.trainable, tcfg=tcfg)
   record = None
   if distributed.is_main():  # Process 0 alone writes the run record.
-    record = (records.RunRecord.load(project.find(args.record)) if args.record else
-              records.RunRecord(args.experiments or project.experiments,
-                                args.write or args.cv or args.dataset))
-    record.write_config({"command": shlex.join([sys.executable, *sys.argv]),
-                         "args": vars(args), "train_config": dataclasses.asdict(tcfg),
-                         "dataset": files.shown(folder), "model": lm.spec.name,
-                         "weights": lm.spec.weights, "tokenizer": lm.spec.tokenizer,
-                         "checkpoint": files.shown(save_to) if save_to else None},
-                        merge=bool(args.record))
+    config = {"command": records.command_line(), "args": vars(args),
+              **learn.record_config(lm, tcfg, files.shown(folder), save_to)}
+    if args.record:
+      record = records.RunRecord.load(project.find(args.record))
+      record.write_config(config, merge=True)
+    else:  # A resumed run continues the killed run's record.
+      record = records.open_run(args.experiments or project.experiments,
+                                args.write or args.cv or args.dataset, config,
+                                learn.resumed_checkpoint(save_to, lcfg.resume))
   with record.running() if record else contextlib.nullcontext():
     if folds:
       cv.cv_learn(lm, folds, tcfg, ecfg, lcfg, root=root, metric=args.cv_metric, record=record)

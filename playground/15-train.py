@@ -10,6 +10,8 @@ paths relative to -i. -t N passes over the data: steps = ceil(rows / batch) x N
 (--steps overrides it). -l continues from a checkpoint instead of the base
 model; the new checkpoint records it as its parent (path and sha256). No
 evaluation here: judge the result with 13-inference.py and 14-validate_outtsv.py.
+The run is recorded under experiments/ (its log, loss plot and summary; a
+resumed run continues its record), so it shows in 07-report.py's leaderboard.
 --save-every K writes the train state beside -s every K steps; after a kill,
 the same command with --resume continues from it to the same result.
 """
@@ -35,6 +37,8 @@ def flags():
                       "(CKPT.state.npz, written every --save-every steps)")
   p.add_argument("--full", action="store_true",
                  help="save every parameter, not a delta over the base")
+  p.add_argument("--experiments", default=None,
+                 help="where the run record goes (default: the project's experiments/)")
   cli.add_model_flags(p)
   cli.add_eval_flags(p, skip=cli.eval_flags_except("prompt", "gif_frame"))
   cli.add_train_flags(p, aliases=SHORT, lottery=False)
@@ -46,8 +50,10 @@ def main(args, project):
   import contextlib
   import dataclasses
   import math
+  import os
   from palijudge import distributed, files, learn, train
   from palijudge.data import examples
+  from palijudge.experiments import records
   if args.repeat < 1:
     raise cli.UserError(f"-t/--repeat must be >= 1, got {args.repeat}")
   save_to = cli.checkpoint_path(args.save, project, "-s")
@@ -68,8 +74,16 @@ def main(args, project):
     files.check_writable(path, "-s checkpoint", inputs)
   with files.lock(save_to, "checkpoint") if distributed.is_main() else contextlib.nullcontext():
     lm = cli.load_model(args, project, model=parent, trainable=tcfg.trainable, tcfg=tcfg)
-    learn.train_file(lm, rows, tcfg, cli.eval_config(args), save_to, parent=parent,
-                     full=args.full, resume=args.resume)
+    record = records.open_run(  # Process 0 alone writes it; a resumed run continues it.
+        args.experiments or project.experiments, os.path.basename(save_to)[:-len(".npz")],
+        {"command": records.command_line(), "args": vars(args),
+         **learn.record_config(lm, tcfg, files.shown(data), save_to, parent=parent)},
+        learn.resumed_checkpoint(save_to, args.resume)) if distributed.is_main() else None
+    with record.running() if record else contextlib.nullcontext():
+      learn.train_file(lm, rows, tcfg, cli.eval_config(args), save_to, parent=parent,
+                       full=args.full, resume=args.resume, record=record)
+    if record:
+      print(f"record: {files.shown(record.path)}")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_cross_validation_reports_a_cv_score_and_records_each_fold(tmp_project):
     y = [truth[r["image"]] for r in preds]
     yhat = [r["pred"] == "yes" for r in preds]
     assert any(yhat) and any(y)
-    recorded = json.loads((fold / "eval_metrics.json").read_text())["after training"]
+    recorded = json.loads((fold / "eval_metrics.json").read_text())["1st trained"]
     mine = recorded["valid.jsonl"]
     assert mine["precision"] == pytest.approx(skm.precision_score(y, yhat, zero_division=0))
     assert mine["f_measure"] == pytest.approx(skm.f1_score(y, yhat, zero_division=0))

@@ -106,7 +106,9 @@ def test_build_markdown_html_history(experiments):
   assert "0.8500 ± 0.0707 [0.21, 1.00]" in lines[0] and "[loss](plain-run/loss.png)" in md
   plain = next(l for l in lines if "plain-run" in l)
   assert plain.startswith("| ★ | [plain-run](plain-run/) | run | finished | tiny |")
-  assert "| 0.8300 [0.44, 0.97] | 0.8300 | 0.7000 | 0.9000 [0.50, 1.00] | 0.8000 |" in plain
+  # The score column names its metric (F1), so F1 is not shown twice.
+  assert "| score (F1) | precision | recall | AUC | accuracy | vs ★ | plots |" in md
+  assert "| 0.7000 | 0.8300 [0.44, 0.97] | 0.8300 | 0.9000 [0.50, 1.00] | 0.8000 |" in plain
   assert "| interrupted |" in next(l for l in lines if "stopped" in l)
   # Settings equal in every row of a group are said once, not repeated in a column.
   assert "Same in every row: lr 0.01, steps 64, batch 4, loss focal, gamma 2." in md
@@ -170,3 +172,103 @@ def test_report_script(experiments, monkeypatch, capsys):
   out = capsys.readouterr().out
   assert "6 row(s)" in out and "study_history_s1.png" in out
   assert not (experiments / "plain-run" / records.PLOTS["loss"]).exists()
+
+
+# --- Settings that differ, the score's metric, constant answers, the noise ------------
+
+
+def _run(root, name, *, f1=0.7, tc=None, args=None, metric=None, preds=None, block=None):
+  """A finished 03 run record on dataset/set1 with a valid block and, given, predictions."""
+  rec = RunRecord(root, name)
+  cfg = {"model": "tiny", "dataset": "dataset/set1", "checkpoint": f"checkpoints/{name}.npz",
+         "train_config": {"lr": 0.03, "steps": 8, "optimizer": "sgd", "lora_rank": 16,
+                          "loss": {"kind": "ce"}, **(tc or {})},
+         "args": {"two_stage": False, "prompt": "Is this OK?", "write": name, **(args or {})},
+         "final_stage": "1st trained", **({"metric": metric} if metric else {})}
+  rec.write_config(cfg)
+  with rec.running():
+    rec.write_eval("before training", {"valid.jsonl": _metrics(0.1, 0.5)})
+    rec.write_eval("1st trained", {"valid.jsonl": block or _metrics(f1, 0.9)})
+    if preds is not None:
+      rec.write_predictions(preds)
+  return rec
+
+
+def _preds(labels, answers, images=None):
+  images = images or [f"img/{i}.png" for i in range(len(labels))]
+  return [{"image": im, "label": "yes" if y else "no", "p_yes": 0.9 if a else 0.1,
+           "pred": "yes" if a else "no"} for im, y, a in zip(images, labels, answers)]
+
+
+def test_every_setting_that_differs_between_rows_is_a_column(tmp_path):
+  root = tmp_path / "experiments"
+  _run(root, "a")
+  _run(root, "b", tc={"optimizer": "adam"})
+  _run(root, "c", args={"two_stage": True})
+  _run(root, "d", tc={"lora_rank": 4}, args={"prompt": "A much longer prompt: is this ad OK?"})
+  md = report.markdown(report.collect(root, render_plots=False))
+  head = next(l for l in md.splitlines() if l.startswith("|  | run"))
+  cols = [c.strip() for c in head.split("|")]
+  assert {"-2", "optimizer", "lora_rank", "prompt"} <= set(cols), head
+  assert "Same in every row: lr 0.03, steps 8, loss ce." in md  # Not the ones that differ.
+  row = {re.match(r"\[(\w+)\]", l.split("|")[2].strip()).group(1): [c.strip() for c in l.split("|")]
+         for l in md.splitlines() if l.startswith("| ") and "](" in l}
+  at = lambda name, col: row[name][cols.index(col)]
+  assert (at("b", "optimizer"), at("a", "optimizer")) == ("adam", "sgd")
+  assert (at("c", "-2"), at("a", "-2")) == ("True", "False")
+  # A long text setting: a code in the cell, the text said under the table.
+  assert at("d", "prompt") == "#2" and at("a", "prompt") == "#1"
+  assert "prompt: #1 = Is this OK?; #2 = A much longer prompt: is this ad OK?" in md
+  assert "| score (F1) |" in head
+
+
+def test_the_score_column_names_its_metric(tmp_path):
+  root = tmp_path / "experiments"
+  _run(root, "f", f1=0.7)
+  _run(root, "u", metric="auc")
+  md = report.markdown(report.collect(root, render_plots=False))
+  head = next(l for l in md.splitlines() if l.startswith("|  | run"))
+  assert "| score |" in head and "| F1 |" in head  # Mixed metrics: each cell names its own.
+  assert "| F1 0.7000 |" in md and "| AUC 0.9000 [0.50, 1.00] |" in md
+
+
+def test_a_run_that_learned_nothing_says_so(tmp_path):
+  """Every valid prediction one answer: flagged (from its counts, or from its stored
+  predictions when the record has no counts) and never the marked best, whatever its score."""
+  root = tmp_path / "experiments"
+  always_yes = {"tp": 8, "fp": 2, "tn": 0, "fn": 0, "f_measure": 0.89, "auc": 0.5,
+                "precision": 0.8, "recall": 1.0, "accuracy": 0.8}
+  _run(root, "lazy", block=always_yes)
+  _run(root, "real", f1=0.7)
+  no_counts = {"f_measure": 0.0, "accuracy": 0.2}
+  _run(root, "silent", block=no_counts, preds=_preds([True] * 8 + [False] * 2, [False] * 10))
+  rows = {r.name: r for r in report.collect(root, render_plots=False)}
+  assert (rows["lazy"].constant, rows["silent"].constant, rows["real"].constant) == (
+      "yes", "no", "")
+  assert report.best_of(list(rows.values())).name == "real"
+  md = report.markdown(list(rows.values()))
+  assert "| finished, always yes! |" in next(l for l in md.splitlines() if "[lazy]" in l)
+  assert "| ★ | [real]" in md
+  page = report.html_page(list(rows.values()))
+  assert 'class="finished constant"' in page and "always no!" in page
+
+
+def test_a_difference_from_the_best_inside_the_noise_is_marked(tmp_path):
+  """vs ★: 17-compare.py's paired test on the stored predictions, paired by example."""
+  root = tmp_path / "experiments"
+  labels = [True] * 20 + [False] * 20
+  _run(root, "best", f1=0.95, preds=_preds(labels, labels))
+  one_flip = labels[:-1] + [True]  # One example of 40 judged otherwise.
+  _run(root, "close", f1=0.93, preds=_preds(labels, one_flip)[::-1])  # Any order: paired by key.
+  _run(root, "far", f1=0.5, preds=_preds(labels, [not y for y in labels]))
+  _run(root, "elsewhere", f1=0.4, preds=_preds(labels, labels, [f"x/{i}.png" for i in range(40)]))
+  _run(root, "unsaved", f1=0.3)
+  md = report.markdown(report.collect(root, render_plots=False))
+  lines = md.splitlines()
+  head = [c.strip() for c in next(l for l in lines if l.startswith("|  | run")).split("|")]
+  at = head.index("vs ★")
+  mark = {n: next(l for l in lines if f"[{n}]" in l).split("|")[at].strip()
+          for n in ("best", "close", "far", "elsewhere", "unsaved")}
+  assert mark == {"best": "", "close": "noise", "far": "beyond", "elsewhere": "n/a",
+                  "unsaved": ""}
+  assert "17-compare.py's paired test" in md

@@ -141,3 +141,70 @@ def test_a_folder_that_is_not_a_record_is_never_written_into(tmp_path):
   with pytest.raises(UserError, match="not a run record"):
     RunRecord.load(tmp_path / "set1")
   assert os.listdir(tmp_path / "set1") == ["train.jsonl"]
+
+
+# --- Records that tell the truth ------------------------------------------------------
+
+
+def test_the_summary_of_a_run_shows_its_final_status(tmp_path):
+  """summary.md is written inside `running`, while the status says running: it is written
+  again on the way out, so a finished (or failed) run's summary says so."""
+  done, broken = RunRecord(tmp_path, "done"), RunRecord(tmp_path, "broken")
+  with done.running():
+    done.write_run_summary("Result: valid (1st trained)\n  Tp=1 Tn=1 Fp=0 Fn=0")
+    assert "- **status**: running" in done.summary()
+  with pytest.raises(UserError), broken.running():
+    broken.write_run_summary()
+    raise UserError("x")
+  assert done.config()["status"] == "finished"
+  assert "- **status**: finished" in done.summary() and "running" not in done.summary()
+  assert "Result: valid (1st trained)" in done.summary()  # The blocks kept.
+  assert "- **status**: failed" in broken.summary()
+
+
+def test_a_step_logged_again_replaces_the_rest_of_its_stage(tmp_path):
+  """A resumed run (or a restart) logs from an earlier step: the log keeps each step once,
+  in order, the new rows replacing that stage's rows from that step on."""
+  rec = RunRecord(tmp_path, "r")
+  rec.write_config({"model": "tiny"})
+  for step in (1, 2, 3):
+    rec.log_step(step, 0.1, 1.0 / step, stage="stage 1")
+  for step in (1, 2, 3):  # Killed after step 3; its state was saved at step 2.
+    rec.log_step(step, 0.01, 0.5, stage="stage 2")
+  again = RunRecord.load(rec.path)  # The resumed process opens the record anew.
+  again.log_step(3, 0.01, 0.25, stage="stage 2")
+  again.log_step(4, 0.01, 0.125, stage="stage 2")
+  got = [(r["stage"], r["step"], r["loss"]) for r in again.steps()]
+  assert got == [("stage 1", 1, 1.0), ("stage 1", 2, 0.5), ("stage 1", 3, 1 / 3),
+                 ("stage 2", 1, 0.5), ("stage 2", 2, 0.5), ("stage 2", 3, 0.25),
+                 ("stage 2", 4, 0.125)]
+  again.log_step(1, 0.1, 9.0, stage="stage 1")  # A stage run again from its start.
+  assert [(r["stage"], r["step"]) for r in again.steps()] == [
+      ("stage 2", 1), ("stage 2", 2), ("stage 2", 3), ("stage 2", 4), ("stage 1", 1)]
+  with open(again.file("train_log.csv")) as f:
+    assert next(csv.reader(f)) == list(records.LOG_FIELDS)
+
+
+def test_a_resumed_run_continues_the_record_of_the_killed_one(tmp_path):
+  """open_run: a new folder for a new run; for a resumed one, the record of the run that
+  was saving the same checkpoint and did not finish (not a second half-record beside it)."""
+  root = tmp_path / "experiments"
+  first = records.open_run(root, "x", {"checkpoint": "checkpoints/x.npz", "args": {"lr": 1}})
+  with pytest.raises(KeyboardInterrupt), first.running():
+    first.log_step(1, 0.1, 1.0, stage="stage 1")
+    raise KeyboardInterrupt
+  other = records.open_run(root, "y", {"checkpoint": "checkpoints/y.npz"})  # Another run.
+  with pytest.raises(KeyboardInterrupt), other.running():
+    raise KeyboardInterrupt
+  again = records.open_run(root, "x", {"checkpoint": "checkpoints/x.npz", "args": {"lr": 2}},
+                           resume_of="checkpoints/x.npz")
+  assert again.path == first.path and sorted(p.name for p in root.iterdir()) == ["x", "y"]
+  cfg = again.config()
+  assert cfg["args"] == {"lr": 2} and cfg["status"] == "interrupted" and len(cfg["resumed"]) == 1
+  with again.running():
+    again.log_step(1, 0.1, 0.5, stage="stage 1")
+  assert [r["loss"] for r in again.steps()] == [0.5]
+  # Finished: a later run with --resume (no state left) gets a record of its own.
+  new = records.open_run(root, "x", {"checkpoint": "checkpoints/x.npz"},
+                         resume_of="checkpoints/x.npz")
+  assert new.path != first.path and new.name == "x.2" and "resumed" not in new.config()

@@ -120,9 +120,9 @@ ALLOWED = {
                  "loader metrics model.features model.paligemma options params progress stats "
                  "thresholds"),
     "experiments.cv": ("data.examples data.splits errors evaluate experiments.records learn loader "
-                       "losses predictions stats train"),
-    "experiments.leaderboard": ("errors experiments.plots experiments.records experiments.tune "
-                                "files"),
+                       "losses metrics predictions stats train"),
+    "experiments.leaderboard": ("compare errors evaluate experiments.plots experiments.records "
+                                "experiments.tune files learn metrics predictions"),
     "experiments.plots": "files metrics",
     "experiments.records": "data.examples errors experiments.plots files metrics params",
     "experiments.tune": ("errors evaluate experiments.cv experiments.records files loader losses "

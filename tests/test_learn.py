@@ -53,9 +53,53 @@ def test_a_run_record_gets_intervals_and_a_summary(tiny_lm, tiny_examples, tmp_p
   rec = records.RunRecord(tmp_path / "exp", "r")
   learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
               evaluate.EvalConfig().resolved(), names=NAMES, record=rec, log=_quiet)
-  valid = rec.eval_metrics()["after training"]["valid"]
+  valid = rec.eval_metrics()["1st trained"]["valid"]
   assert len(valid["accuracy_ci"]) == 2 and valid["accuracy_ci"][0] <= valid["accuracy"]
   assert rec.summary().count("  95% interval: accuracy [") == 3  # all, train, valid.
+
+
+def test_a_two_stage_record_keeps_its_stages_in_order_tagged_and_once(tiny_lm, tiny_examples,
+                                                                       tmp_path):
+  """eval_metrics.json and summary.md: before training, 1st trained, 2nd trained, in that
+  order, no `after training` copy of the last; the Result blocks keep their stage tag; the
+  predictions and the headline name the stage they are of; the summary's status is final."""
+  from palijudge.experiments import leaderboard, records
+  _, tr, va = tiny_examples
+  rec = records.RunRecord(tmp_path / "exp", "r")
+  rec.write_config({"dataset": "dataset/set1"})
+  with rec.running():
+    learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
+                evaluate.EvalConfig().resolved(), learn.LearnConfig(two_stage=True),
+                names=NAMES, record=rec, log=_quiet)
+  assert list(rec.eval_metrics()) == ["before training", "1st trained", "2nd trained"]
+  cfg, text = rec.config(), rec.summary()
+  assert cfg["final_stage"] == "2nd trained" and cfg["predictions_of"] == "valid, 2nd trained"
+  table = [l.split("|")[1].strip() for l in text.splitlines() if l.startswith("| ") and
+           "valid" in l]
+  assert table == ["before training", "1st trained", "2nd trained"]
+  assert "Result: valid (2nd trained)" in text and "Result: all (2nd trained)" in text
+  assert "- **status**: finished" in text
+  assert [r["stage"] for r in rec.steps()] == ["stage 1", "stage 2"]
+  row = leaderboard.row_of(records.RunRecord.load(rec.path), tmp_path / "exp")
+  second = rec.eval_metrics()["2nd trained"]["valid"]
+  assert row.metrics["accuracy"] == second["accuracy"] and row.evaluated_on.endswith(" valid")
+
+
+def test_a_lottery_record_heads_with_the_kept_run(tiny_lm, tiny_examples, tmp_path):
+  """--runs: every run's stage in eval_metrics.json, in order; final_stage names the kept
+  run's, and the leaderboard's numbers are that run's, not the last one's."""
+  from palijudge.experiments import leaderboard, records
+  _, tr, va = tiny_examples
+  rec = records.RunRecord(tmp_path / "exp", "r")
+  res = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2, lr=0.3),
+                    evaluate.EvalConfig().resolved(), learn.LearnConfig(runs=2, select="auc"),
+                    names=NAMES, record=rec, log=_quiet)
+  ev = rec.eval_metrics()
+  assert list(ev) == ["before training", "run 1, 1st trained", "run 2, 1st trained"]
+  final = rec.config()["final_stage"]
+  assert final in ev and ev[final]["valid"]["accuracy"] == res.after["valid"].metrics()["accuracy"]
+  row = leaderboard.row_of(records.RunRecord.load(rec.path), tmp_path / "exp")
+  assert row.metrics["auc"] == ev[final]["valid"]["auc"]
 
 
 def test_two_stages_run_the_second_at_a_tenth_of_the_rate(tiny_lm, tiny_examples):

@@ -240,6 +240,14 @@ def test_train_from_a_file_with_the_original_flags(script, eval_project):
   assert "step:  6/ 6   lr: " in out and "saved ck/a.npz" in out
   meta = checkpoint.read_meta(eval_project / "ck/a.npz")
   assert meta["train_config"]["lr"] == 0.01 and "parent" not in meta
+  # Recorded like every training run, so it reaches the leaderboard.
+  from palijudge.experiments import leaderboard, records
+  rec = records.RunRecord.load(eval_project / "experiments/a")
+  assert "record: experiments/a" in out and rec.status() == "finished"
+  assert rec.config()["checkpoint"] == "ck/a.npz" and rec.config()["train_config"]["steps"] == 6
+  assert [r["step"] for r in rec.steps()] == [1, 2, 3, 4, 5, 6] and "loss" in rec.plot_files()
+  assert "- **status**: finished" in rec.summary()
+  assert "a" in {r.name for r in leaderboard.collect(eval_project / "experiments")}
   code, out, err = script("15-train.py", "--model", "tiny", "-d", "dataset/data.tsv", "-l",
                           "ck/a.npz", "-s", "ck/b.npz", "--steps", "2", "-b", "4")
   assert code == 0 and "16 examples" in out and "2 steps" in out, err
@@ -609,12 +617,43 @@ def test_train_from_a_file_resumes_after_a_kill(script, eval_project, monkeypatc
   code, out, err = script("15-train.py", *flags, "-s", "ck/resumed.npz", "--resume")
   assert code == 0 and "resumed from" in out and "at step 2" in out, err
   assert not (eval_project / "ck/resumed.state.npz").exists()
+  _one_record_one_log(eval_project / "experiments", "resumed", 4)
   whole, resumed = _arrays(eval_project / "ck/whole.npz"), _arrays(eval_project / "ck/resumed.npz")
   assert whole.keys() == resumed.keys()
   for k in whole:
     np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
   code, _, err = script("15-train.py", *flags, "-s", "ck/whole.npz", "--resume", "--lr", "0.02")
   assert code == 0, err  # No state left: --resume starts over, as 03's does.
+
+
+def _one_record_one_log(experiments, name: str, steps: int) -> None:
+  """A resumed run's record: the killed run's folder continued, not a second one beside
+  it; each step logged once, in order; finished, and its summary says so."""
+  from palijudge.experiments import records
+  assert not list(experiments.glob(f"{name}.*")), sorted(p.name for p in experiments.iterdir())
+  rec = records.RunRecord.load(experiments / name)
+  assert [r["step"] for r in rec.steps()] == list(range(1, steps + 1))
+  assert rec.status() == "finished" and len(rec.config()["resumed"]) == 1
+  assert "- **status**: finished" in rec.summary()
+
+
+def test_a_resumed_learn_run_continues_its_record(script, eval_project, probe_split,
+                                                   monkeypatch):
+  """03-do_learn.py --resume after a kill: one record, one continuous train_log.csv."""
+  from palijudge import learn
+  flags = ("-d", "pr", "-w", "rs", "--model", "tiny", "--steps", "4", "--batch", "2")
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(learn, "save", killed)
+    code, _, err = script("03-do_learn.py", *flags, "--save-every", "2")
+  assert code == 130 and (eval_project / "checkpoints/rs.state.npz").is_file(), err
+  code, out, err = script("03-do_learn.py", *flags, "--resume")
+  assert code == 0 and "at step 2" in out, err
+  _one_record_one_log(eval_project / "experiments", "rs", 4)
+  ev = (eval_project / "experiments/rs/eval_metrics.json").read_text()
+  assert '"before training"' in ev and '"1st trained"' in ev and '"after training"' not in ev
 
 
 def test_compare_takes_a_probe_like_a_checkpoint(script, eval_project, probe_split):

@@ -239,6 +239,12 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_result(tiny_project, tmp
   assert any(r.steps() and r.steps()[0]["stage"] == "stage 1" for r in killed)
   out, err = _learn(tmp_path, "--resume").communicate()
   assert "saved checkpoints/r.npz" in out, err
+  # One run, one record: every resume continued the killed run's record (r.2, beside the
+  # reference run's r), its log holding each step once, in order.
+  assert sorted(p.name for p in (tmp_path / "experiments").iterdir()) == ["r", "r.2"]
+  record = RunRecord.load(tmp_path / "experiments/r.2")
+  assert [s["step"] for s in record.steps()] == list(range(1, 13))
+  assert record.status() == "finished" and record.config()["resumed"]
   with np.load(tmp_path / "checkpoints/r.npz") as resumed:
     for key, value in reference.items():
       np.testing.assert_array_equal(resumed[key], value, err_msg=key)

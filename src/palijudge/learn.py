@@ -143,12 +143,21 @@ def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainC
     lm = dataclasses.replace(lm, params=result.params,
                              model=lm.model.clone(lora_alpha=stage.lora_alpha))
     with r.phases("after_evaluation"):
-      tag = ("1st", "2nd")[i] + " trained"
+      tag = _TAGS[i]
       after = report(lm, r.sets, r.ecfg, tag, log, r.cache, r.features, baseline=r.before,
                      strict=False)
     if r.record:  # Every stage of every run, not only the kept one.
-      r.record.write_eval(f"run {run + 1}, {tag}" if r.lcfg.runs > 1 else tag, _by_name(after))
+      r.record.write_eval(stage_name(run, i, r.lcfg.runs), _by_name(after))
   return lm, after, diverged
+
+
+_TAGS = ("1st trained", "2nd trained")  # The Result blocks' tag after each stage.
+
+
+def stage_name(run: int, stage: int, runs: int) -> str:
+  """A trained stage's name in the run record (0-based run and stage): `1st trained`, or
+  `run 2, 2nd trained` in a lottery of several runs."""
+  return f"run {run + 1}, {_TAGS[stage]}" if runs > 1 else _TAGS[stage]
 
 
 def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
@@ -180,10 +189,12 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   if lcfg.probe_only:
     probed = _probe(view, train, sets, ecfg, features, save_to, ph, log)
     if record:
-      _write_record(record, {}, {}, valid_name, probed)
+      _write_record(record, {}, "", valid_name, probed)
     return LearnResult(lm, {}, {}, probe=probed)
   with ph("before_evaluation"):
     before = report(view, sets, ecfg, "before training", log, cache, features, strict=False)
+  if record:  # At once, in the order things happen (and kept if the run is killed).
+    record.write_eval("before training", _by_name(before))
   r = _Run(sets, ecfg, lcfg, save_to, record, cache, features, before, ph)
   score, run, trained, after, cfg, diverged = _lottery(lm, train, tcfg, r, valid_name, log)
   if lcfg.runs > 1:
@@ -197,7 +208,8 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
       save(trained, cfg, ecfg, lcfg, save_to, shared_threshold(after), diverged)
     log(f"saved {files.shown(save_to)}")
   if record:
-    _write_record(record, before, after, valid_name, probed)
+    final = stage_name(run, 1 if lcfg.two_stage else 0, lcfg.runs)
+    _write_record(record, after, final, valid_name, probed)
   return LearnResult(trained, before, after, diverged, probed)
 
 
@@ -304,18 +316,20 @@ def versus(tuned: EvalResult, probed: EvalResult, name: str) -> str:
   return f"fine-tune vs probe on {name}: {', '.join(parts)}"
 
 
-def _write_record(record: Recorder, before, after, valid_name: str, probed=None) -> None:
-  # The probe first: the leaderboard's headline is a record's last stage (the fine-tune's).
-  stages = ((("probe", probed),) if probed else ()) + (("before training", before),
-                                                      ("after training", after))
-  for tag, results in stages:
-    if results:
-      record.write_eval(tag, _by_name(results))
-  record.write_predictions(predictions.records_of((after or probed)[valid_name]))
-  final = after or probed
-  record.write_config({"predictions_of": f"{os.path.basename(valid_name)}, "
-                                         f"{'after training' if after else 'probe'}"}, merge=True)
-  record.write_run_summary("\n".join(format_result(res, name) for name, res in final.items()))
+def _write_record(record: Recorder, after, final: str, valid_name: str, probed=None) -> None:
+  """What a run ends with: the probe's metrics, which stage the predictions and the headline
+  are of (`final_stage`: the kept run's last stage, or the probe), and the summary, its
+  Result blocks tagged as printed. The stages' metrics were written as they came."""
+  if probed:
+    record.write_eval("probe", _by_name(probed))
+  final, results = (final, after) if after else ("probe", probed)
+  record.write_predictions(predictions.records_of(results[valid_name]))
+  record.write_config({"predictions_of": f"{os.path.basename(valid_name)}, {final}",
+                       "final_stage": final}, merge=True)
+  blocks = [format_result(res, f"{name} ({final})") for name, res in results.items()]
+  if after and probed:
+    blocks += [format_result(res, f"{name} (probe)") for name, res in probed.items()]
+  record.write_run_summary("\n".join(blocks))
   record.plots()
 
 
@@ -370,11 +384,13 @@ def _prepare_save(save_to: str, log: Log) -> None:
 
 def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.TrainConfig,
                ecfg: EvalConfig, save_to: str, *, parent: str | None = None, full: bool = False,
-               resume: bool = False, log: Log = print) -> LoadedModel:
+               resume: bool = False, record: Recorder | None = None,
+               log: Log = print) -> LoadedModel:
   """15-train.py: one stage on one data file, saved (no evaluation: 13/14 judge it after).
 
   The train state goes to `state_path(save_to)` every --save-every steps; `resume`
-  continues from it (as 03-do_learn.py --resume does).
+  continues from it (as 03-do_learn.py --resume does). `record` gets the training log,
+  the loss plot and a summary (no metrics: nothing is evaluated).
   """
   if full:
     quantize.check_full_save(lm.quantize)
@@ -383,8 +399,9 @@ def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.Tra
   log(f"training on {len(examples)} examples: lr {tcfg.lr:g}, batch {tcfg.batch_size}"
       f"{f' x {tcfg.accum}' if tcfg.accum > 1 else ''}, {tcfg.steps} steps, "
       f"trainable {tcfg.trainable}, {tcfg.optimizer}, seed {tcfg.seed}")
+  stream = (lambda *row: record.log_step(*row, stage="stage 1")) if record else None
   opts = train_lib.FitOptions(prompt=ecfg.prompt, gif_frame=ecfg.gif_frame,
-                              state_path=state_path(save_to), resume=resume)
+                              state_path=state_path(save_to), resume=resume, on_step=stream)
   result = train_lib.fit(lm, examples, tcfg, opts, log=log)
   trained = dataclasses.replace(lm, params=result.params,
                                 model=lm.model.clone(lora_alpha=tcfg.lora_alpha))
@@ -392,4 +409,26 @@ def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.Tra
     save(trained, tcfg, ecfg, LearnConfig(full=full), save_to, ecfg.decision, result.diverged,
          parent=parent)
     log(f"saved {files.shown(save_to)}")
+  if record:
+    if result.diverged:
+      record.write_config({"diverged": result.diverged}, merge=True)
+    record.write_run_summary()
+    record.plots()
   return trained
+
+
+def record_config(lm: LoadedModel, tcfg: train_lib.TrainConfig, dataset: str,
+                  save_to: str | None, **more) -> dict:
+  """What a training run's record (03-do_learn.py, 15-train.py) says it ran: the recipe,
+  the data, the model and the checkpoint it saves."""
+  return {"train_config": dataclasses.asdict(tcfg), "dataset": dataset, "model": lm.spec.name,
+          "weights": lm.spec.weights, "tokenizer": lm.spec.tokenizer,
+          "checkpoint": files.shown(save_to) if save_to else None, **more}
+
+
+def resumed_checkpoint(save_to: str | None, resume: bool) -> str | None:
+  """The checkpoint (as records show it) whose killed run this run resumes: with --resume
+  and a train state left beside it; else None (a new run, a new record)."""
+  if save_to and resume and os.path.exists(state_path(save_to)):
+    return files.shown(save_to)
+  return None

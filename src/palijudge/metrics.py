@@ -78,6 +78,18 @@ class Confusion:
             "recall": self.recall, "f_measure": self.f_measure}
 
 
+def one_class(blocks: Sequence[dict[str, Any]]) -> str | None:
+  """"yes" or "no" when the confusion counts of `blocks` (Confusion.to_dict(): metrics of
+  one set, or of every CV fold) hold predictions of that answer only: a judge that learned
+  nothing but a constant answer, whatever its score. None when both answers occur, or a
+  block has no counts. The one test for it (CV summaries, the leaderboard)."""
+  if not blocks or not all({"tp", "fp", "tn", "fn"} <= set(m) for m in blocks):
+    return None
+  yes = sum(m["tp"] + m["fp"] for m in blocks)
+  no = sum(m["tn"] + m["fn"] for m in blocks)
+  return "yes" if yes and not no else "no" if no and not yes else None
+
+
 def format_block(confusion: Confusion, name: str, heading: str = "Result"
                  ) -> str:
   """The human-readable report (no trailing newline); floats use str()."""

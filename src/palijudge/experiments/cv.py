@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from palijudge import learn, loader, losses, predictions, stats
+from palijudge import learn, loader, losses, metrics, predictions, stats
 from palijudge import train as train_lib
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
@@ -104,16 +104,7 @@ def summarize(fold_metrics: Sequence[dict[str, Any]], metric: str = "f_measure")
       means[name], stds[name] = cv_score(vals)
   iv = None if spread.interval is None else (spread.interval.low, spread.interval.high)
   return CVSummary(metric, score, std, values, means, stds, spread.low, spread.high, iv,
-                   _one_class(fold_metrics))
-
-
-def _one_class(fold_metrics: Sequence[dict[str, Any]]) -> str | None:
-  """"yes" or "no" when the folds' confusion counts hold predictions of that class only."""
-  if not all({"tp", "fp", "tn", "fn"} <= set(m) for m in fold_metrics):
-    return None
-  yes = sum(m["tp"] + m["fp"] for m in fold_metrics)
-  no = sum(m["tn"] + m["fn"] for m in fold_metrics)
-  return "yes" if yes and not no else "no" if no and not yes else None
+                   metrics.one_class(fold_metrics))
 
 
 

@@ -8,35 +8,50 @@ when the stage holds several sets); a trial without either shows the score
 recorded in the study. Rows are grouped by what they were evaluated on (a
 split's valid set, a CV folder): numbers from different sets are never ranked
 in one column. In each group the best row (highest by the sort metric, among
-finished runs) is marked, and settings equal in every row are said once above
-the table, so a page fits a laptop screen. Runs show their status (finished,
-interrupted, failed, killed, running); trials their study state.
+finished runs that answer both ways) is marked, settings equal in every row
+are said once above the table and every setting that differs between rows is a
+column (the recipe, -2, the prompt, ...), so a page fits a laptop screen and
+hides nothing. Runs show their status (finished, interrupted, failed, killed,
+running); trials their study state. A run whose predictions are all one answer
+is flagged (`metrics.one_class`, the CV summaries' test too). The `vs ★`
+column says whether a row's difference from the marked row is inside the
+noise: 17-compare.py's paired test on the two records' stored predictions.
 A metric shows its 95 % interval beside it, `0.8000 [0.49, 0.94]`, when the
 record has one (`<metric>_ci` in a stage block, `interval` in a cv block).
+A run's numbers are of its `final_stage` (config.yaml) when it names one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import html
 from pathlib import Path
 from typing import Any, Sequence
 
-from palijudge.experiments.records import finite
-from palijudge.experiments import plots as plots
+from palijudge import compare, files, learn, metrics as metrics_lib, predictions
 from palijudge.errors import UserError, where
-from palijudge.experiments.records import RunRecord
-from palijudge import files
+from palijudge.evaluate import EvalConfig
+from palijudge.experiments import plots as plots
+from palijudge.experiments.records import RunRecord, finite
 
 METRIC_COLUMNS = (("score", "score"), ("precision", "precision"), ("recall", "recall"),
                   ("f_measure", "F1"), ("auc", "AUC"), ("accuracy", "accuracy"))
-SETTINGS = (("lr", "lr"), ("steps", "steps"), ("batch", "batch"), ("accum", "accum"),
-            ("trainable", "trainable"), ("loss", "loss"), ("focal_alpha", "alpha"),
+SETTINGS = (("lr", "lr"), ("steps", "steps"), ("two_stage", "-2"), ("batch", "batch"),
+            ("accum", "accum"), ("trainable", "trainable"), ("optimizer", "optimizer"),
+            ("loss", "loss"), ("focal_alpha", "alpha"),
             ("focal_gamma", "gamma"), ("bce_weight", "bce_w"), ("focal_weight", "focal_w"),
             ("label_smoothing", "smooth"), ("seed", "seed"))
 ALIASES = {"batch": ("batch", "batch_size"), "loss": ("loss.kind", "loss")}
 SORT_KEYS = tuple(k for k, _ in METRIC_COLUMNS) + ("name",) + tuple(k for k, _ in SETTINGS)
+# Besides SETTINGS, a row's settings are every other field of the recipe (train_config)
+# and the learn and evaluation flags that change what a run does, but these: they say how
+# a run reports or saves, not what it is.
+_NOT_SETTINGS = {"print_every", "save_every", "resume", "gallery", "gallery_max", "json",
+                 "eval_batch", "max_new"}
+_RESULT_FLAGS = ({f.name for c in (learn.LearnConfig, EvalConfig) for f in dataclasses.fields(c)}
+                 | {"quantize"}) - _NOT_SETTINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +69,9 @@ class Row:
   dataset: str = ""
   evaluated_on: str = ""           # The group: a split's set, or a CV folder.
   events: str = ""                 # Relative path of the run's TensorBoard event file, if any.
+  metric: str = "f_measure"        # What the score is.
+  constant: str = ""               # "yes"/"no": every prediction was that answer.
+  predictions: str = ""            # The record's predictions.jsonl, if it has one.
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -66,7 +84,9 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def settings_of(config: dict[str, Any]) -> dict[str, Any]:
-  """Key settings from a (possibly nested) config: a key or its last dotted part."""
+  """Settings from a (possibly nested) config: each of SETTINGS by its key or last dotted
+  part, then every other field of train_config and every result-changing learn/evaluation
+  flag (in `args`, or at the top of a flat search config), by its name."""
   flat = _flat(config)
   out = {}
   for key, _ in SETTINGS:
@@ -75,31 +95,49 @@ def settings_of(config: dict[str, Any]) -> dict[str, Any]:
       if hit is not None and not isinstance(hit, (dict, list)):
         out[key] = hit
         break
+  known = {name for key, _ in SETTINGS for name in ALIASES.get(key, (key,))}
+  for path, value in flat.items():
+    head, _, rest = path.partition(".")
+    if (head == "train_config" and rest) or (head == "args" and rest in _RESULT_FLAGS):
+      name = rest
+    elif not rest and path in _RESULT_FLAGS:
+      name = path
+    else:
+      continue
+    if name in known or name.rsplit(".", 1)[-1] in known or name in _NOT_SETTINGS:
+      continue
+    out.setdefault(name, value if not isinstance(value, (dict, list)) else str(value))
   return out
 
 
+def title(key: str) -> str:
+  """A setting's column title."""
+  return dict(SETTINGS).get(key, key)
 
-def headline(ev: dict[str, Any], metric: str = "f_measure") -> tuple[str, dict[str, float | None]]:
-  """(kind, metrics) of a run from its eval_metrics.json content."""
+
+def headline(ev: dict[str, Any], metric: str = "f_measure", stage: str | None = None
+             ) -> tuple[str, dict[str, float | None]]:
+  """(kind, metrics) of a run from its eval_metrics.json content (`stage`: its final one)."""
   cv = _cv_block(ev)
   if cv is not None:
     means = cv.get("means") or {}
     out = {k: finite(means.get(k)) for k, _ in METRIC_COLUMNS[1:]}
     return "cv", {**out, "score": finite(cv.get("score")), "std": finite(cv.get("std"))}
-  block = _last_block(ev)[1]
+  block = _last_block(ev, stage)[1]
   if block:
     out = {k: finite(block.get(k)) for k, _ in METRIC_COLUMNS[1:]}
     return "run", {**out, "score": out.get(metric), "std": None}
   return "run", {"score": None, "std": None}
 
 
-def intervals_of(ev: dict[str, Any], metric: str = "f_measure") -> dict[str, tuple[float, float]]:
+def intervals_of(ev: dict[str, Any], metric: str = "f_measure", stage: str | None = None
+                 ) -> dict[str, tuple[float, float]]:
   """The 95 % intervals headline's numbers carry (cv: the score's t interval over folds)."""
   cv = _cv_block(ev)
   if cv is not None:
     raw = {"score": cv.get("interval")}
   else:
-    block = _last_block(ev)[1] or {}
+    block = _last_block(ev, stage)[1] or {}
     raw = {k: block.get(f"{k}_ci") for k, _ in METRIC_COLUMNS[1:]}
     raw["score"] = raw.get(metric)
   out = {}
@@ -115,9 +153,14 @@ def _cv_block(ev: dict[str, Any]) -> dict[str, Any] | None:
   return cv if isinstance(cv, dict) and "score" in cv else None
 
 
-def _last_block(ev: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-  """(set name, metrics) of the last stage (its `valid` set when the stage holds several)."""
-  for stage, block in reversed(list(ev.items())):
+def _last_block(ev: dict[str, Any], final: str | None = None
+                ) -> tuple[str, dict[str, Any] | None]:
+  """(set name, metrics) of the `final` stage when ev has it (the run's kept stage), else of
+  the last stage written (its `valid` set when the stage holds several)."""
+  stages = list(reversed(list(ev.items())))
+  if isinstance(final, str) and isinstance(ev.get(final), dict):
+    stages.insert(0, (final, ev[final]))
+  for stage, block in stages:
     if stage == "trial" or not isinstance(block, dict):
       continue
     name = ""
@@ -139,15 +182,15 @@ def evaluated_on(cfg: dict[str, Any], ev: dict[str, Any], kind: str) -> str:
   cv = _text(cfg.get("cv")) or _text(args.get("cv"))
   if kind == "cv" or (kind == "trial" and cv):
     return f"{cv or _text(cfg.get('dataset')) or 'unrecorded folds'} (CV)"
-  name, block = _last_block(ev)
+  name, block = _last_block(ev, cfg.get("final_stage"))
   where_from = _text(cfg.get("dataset")) or _text(args.get("dataset")) or "unknown data"
   return f"{where_from} {name}".strip() if block else f"{where_from} (not evaluated)"
 
 
 def row_of(record: RunRecord, root: Path, metric: str = "f_measure") -> Row:
   cfg, ev = record.config(), record.eval_metrics()
-  metric = str(cfg.get("metric") or metric)
-  kind, metrics = headline(ev, metric)
+  metric, final = str(cfg.get("metric") or metric), cfg.get("final_stage")
+  kind, metrics = headline(ev, metric, final)
   trial = ev.get("trial") if isinstance(ev.get("trial"), dict) else None
   state, note = "", ""
   if "trial" in cfg and "study" in cfg:
@@ -162,9 +205,32 @@ def row_of(record: RunRecord, root: Path, metric: str = "f_measure") -> Row:
   link = f"{rel}/summary.md" if record.file("summary.md").exists() else f"{rel}/"
   figs = tuple((k, f"{rel}/{p.name}") for k, p in record.plot_files().items())
   events = record.event_files()
+  cv = _cv_block(ev)
+  preds = record.file("predictions.jsonl")
   return Row(record.name, kind, link, settings_of(cfg), metrics, state, figs, note,
-             intervals_of(ev, metric), _text(cfg.get("model")), _text(cfg.get("dataset")),
-             evaluated_on(cfg, ev, kind), events=f"{rel}/{events[-1].name}" if events else "")
+             intervals_of(ev, metric, final), _text(cfg.get("model")), _text(cfg.get("dataset")),
+             evaluated_on(cfg, ev, kind), events=f"{rel}/{events[-1].name}" if events else "",
+             metric=_text(cv.get("metric")) if cv else metric,
+             constant=constant_answer(ev, final, preds),
+             predictions=str(preds) if preds.is_file() else "")
+
+
+def constant_answer(ev: dict[str, Any], final: str | None, preds: Path) -> str:
+  """"yes"/"no" when every prediction of the run was that answer (a run that learned
+  nothing), "" otherwise: `metrics.one_class` on the headline block's counts (a CV block
+  carries its answer), else on the stored predictions."""
+  cv = _cv_block(ev)
+  if cv is not None:
+    return _text(cv.get("one_class"))
+  block = _last_block(ev, final)[1]
+  if block is None or not {"tp", "fp", "tn", "fn"} <= set(block):
+    try:
+      rows = predictions.read(preds) if preds.is_file() else []
+    except UserError:  # Not readable as predictions: nothing to say.
+      rows = []
+    block = metrics_lib.Confusion.from_labels([r.label for r in rows],
+                                              [r.pred for r in rows]).to_dict() if rows else None
+  return (metrics_lib.one_class([block]) or "") if block else ""
 
 
 def collect(root: str | Path = "experiments", render_plots: bool = True,
@@ -197,7 +263,8 @@ def study_rows(study, known: set[str] = frozenset()) -> list[Row]:
                     {"score": finite(value), "std": None}, t.state.name, (),
                     t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or "",
                     model=_text(study.user_attrs.get("model")),
-                    evaluated_on=f"{_text(t.user_attrs.get('cv')) or 'unrecorded folds'} (CV)"))
+                    evaluated_on=f"{_text(t.user_attrs.get('cv')) or 'unrecorded folds'} (CV)",
+                    metric=_text(study.user_attrs.get("metric")) or "f_measure"))
   return rows
 
 
@@ -218,8 +285,10 @@ def sort_rows(rows: Sequence[Row], key: str = "score") -> list[Row]:
 
 
 def best_of(rows: Sequence[Row], key: str = "score") -> Row | None:
+  """The best finished row by `key` (a metric; else the score); a row that gave one answer
+  to everything is never the best, whatever its score."""
   key = key if key in dict(METRIC_COLUMNS) else "score"
-  scored = [r for r in rows if r.metrics.get(key) is not None
+  scored = [r for r in rows if r.metrics.get(key) is not None and not r.constant
             and r.state in ("", "COMPLETE", "finished")]
   return max(scored, key=lambda r: r.metrics[key]) if scored else None
 
@@ -255,49 +324,158 @@ def grouped(rows: Sequence[Row], sort: str = "score") -> list[tuple[str, list[Ro
 
 
 def split_settings(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
-  """(settings that differ between rows, as columns; those equal in every row, said once)."""
+  """(settings that differ between rows, as columns; those equal in every row, said once):
+  every setting any row has, SETTINGS first, so none that differs is hidden."""
+  named = [k for k, _ in SETTINGS]
+  keys = named + sorted({k for r in rows for k in r.settings} - set(named))
   varying, common = [], {}
-  for key, title in SETTINGS:
+  for key in keys:
     values = {repr(r.settings.get(key)) for r in rows}
     if len(values) > 1:
-      varying.append((key, title))
+      varying.append((key, title(key)))
     elif rows and rows[0].settings.get(key) is not None:
       common[key] = rows[0].settings[key]
   return varying, common
 
 
+_SAID = {k for k, _ in SETTINGS} | {"prompt"}  # Equal settings said by name above a table.
+
+
 def _common_line(common: dict[str, Any]) -> str:
-  return ("Same in every row: " + ", ".join(f"{dict(SETTINGS)[k]} {fmt(k, v)}"
-                                             for k, v in common.items()) + ".") if common else ""
+  """The main settings equal in every row by name; how many others are equal too."""
+  said = [f"{title(k)} {fmt(k, v)}" for k, v in common.items() if k in _SAID]
+  rest = len(common) - len(said)
+  more = f" ({rest} other setting{'s' if rest > 1 else ''} too: see config.yaml)" if rest else ""
+  return f"Same in every row: {', '.join(said) or 'nothing named'}{more}." if common else ""
 
 
-_INTRO = ("★ marks the best finished row of each group. score = the CV metric's mean ± std over "
-          "the folds (or the run's valid metric). [low, high] = 95 % interval (Wilson; "
-          "bootstrap for AUC; Student t over the folds for a CV score).")
+def noise_marks(rows: Sequence[Row], best: Row | None, resamples: int = 2000
+                ) -> dict[str, str]:
+  """Per row name, its difference from `best` as 17-compare.py judges two prediction files:
+  `noise` when nothing is detectable (exact McNemar p > 0.05 and every paired bootstrap
+  interval of precision, recall and ROC-AUC holds 0), `beyond` when something is, `n/a`
+  when the two records hold different examples; rows without stored predictions get none."""
+  if best is None or not best.predictions:
+    return {}
+  try:
+    star = compare.Side(predictions.read(best.predictions))
+  except UserError:
+    return {}
+  out = {}
+  for r in rows:
+    if r is best or not r.predictions:
+      continue
+    try:
+      c = compare.compare(r.evaluated_on, star, compare.Side(predictions.read(r.predictions)),
+                          resamples=resamples)
+    except UserError:  # Other examples (or an unreadable file): no paired test.
+      out[r.name] = "n/a"
+      continue
+    differs = c.mcnemar.pvalue <= compare.ALPHA or any(d.detectable for d in c.differences)
+    out[r.name] = "beyond" if differs else "noise"
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One group's table: its rows, the marked one, the setting columns, what is said once."""
+  rows: list[Row]
+  best: Row | None
+  varying: list[tuple[str, str]]
+  common: dict[str, Any]
+  marks: dict[str, str]   # noise_marks
+  metric: str             # The score's metric when every row shares it, else "".
+
+  @classmethod
+  def of(cls, rows: list[Row], sort: str) -> Table:
+    best = best_of(rows, sort)
+    varying, common = split_settings(rows)
+    metrics = {r.metric for r in rows}
+    return cls(rows, best, varying, common, noise_marks(rows, best),
+               metrics.pop() if len(metrics) == 1 else "")
+
+  @property
+  def metric_columns(self) -> list[tuple[str, str]]:
+    """The metric columns after the score, less the one the score already is."""
+    return [(k, t) for k, t in METRIC_COLUMNS[1:] if k != self.metric]
+
+  def head(self) -> list[str]:
+    score = f"score ({_METRIC_NAMES.get(self.metric, self.metric)})" if self.metric else "score"
+    return (["", "run", "kind", "state", "model"] + [t for _, t in self.varying] + [score]
+            + [t for _, t in self.metric_columns] + ["vs ★", "plots"])
+
+  def score(self, r: Row) -> str:
+    """The score, its metric named in the cell when the rows' metrics differ."""
+    return _score(r) if self.metric else f"{_METRIC_NAMES.get(r.metric, r.metric)} {_score(r)}"
+
+  @functools.cached_property
+  def codes(self) -> dict[str, dict[Any, str]]:
+    """Long text settings that differ (a prompt) as short codes, #1, #2, ..., by setting:
+    the cells show the code, `legend` the text, so a table still fits a laptop screen."""
+    out = {}
+    for key, _ in self.varying:
+      values = [r.settings.get(key) for r in self.rows]
+      if any(isinstance(v, str) and len(v) > _LONG for v in values):
+        distinct = [v for v in dict.fromkeys(values) if v is not None]
+        out[key] = {v: f"#{i}" for i, v in enumerate(distinct, 1)}
+    return out
+
+  def setting(self, r: Row, key: str) -> str:
+    value = r.settings.get(key)
+    return self.codes.get(key, {}).get(value) or fmt(key, value)
+
+  def legend(self) -> list[str]:
+    """One line per coded setting: `prompt: #1 = ...; #2 = ...`."""
+    return [f"{title(key)}: " + "; ".join(f"{code} = {v}" for v, code in codes.items())
+            for key, codes in self.codes.items()]
+
+
+_LONG = 16  # Characters of a text setting beyond which its cells show a code.
+_METRIC_NAMES = dict(METRIC_COLUMNS[1:])
+
+
+def _state(r: Row) -> str:
+  """The status, and the warning of a run that answered one way only."""
+  return ", ".join(x for x in (r.state, f"always {r.constant}!" if r.constant else "") if x)
+
+
+_INTRO = ("★ marks the best finished row of each group (never a run that gave one answer to "
+          "everything: its state says `always yes!` or `always no!`). score = the CV metric's "
+          "mean ± std over the folds (or the run's valid metric), its metric named in the "
+          "header. [low, high] = 95 % interval (Wilson; bootstrap for AUC; Student t over the "
+          "folds for a CV score). vs ★ = is the row's difference from ★ inside the noise? "
+          "17-compare.py's paired test on the two runs' stored predictions, example by example "
+          "(exact McNemar; paired bootstrap of precision, recall and ROC-AUC): noise = nothing "
+          "detectable, beyond = a difference beyond the noise, n/a = not the same examples.")
 
 
 _CURVES = ("tensorboard links a run's TensorBoard event file (loss, lr, grad norm per step; "
            "eval/<set>/<metric> per stage): view every run with `tensorboard --logdir experiments`.")
 
 
-def markdown(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
+def tables(rows: Sequence[Row], sort: str = "score") -> list[tuple[str, Table]]:
+  """(evaluated on, Table) per group: made once for both pages (the noise tests take time)."""
+  return [(group, Table.of(members, sort)) for group, members in grouped(rows, sort)]
+
+
+def markdown(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = (),
+             made: list[tuple[str, Table]] | None = None) -> str:
   sort_rows(rows, sort)  # Validates the key.
   lines = ["# Leaderboard", "", f"Sorted by {sort}. {_INTRO}", ""]
-  for group, members in grouped(rows, sort):
-    best = best_of(members, sort)
-    varying, common = split_settings(members)
-    head = ["", "run", "kind", "state", "model"] + [t for _, t in varying] + \
-        [t for _, t in METRIC_COLUMNS] + ["plots"]
-    lines += [f"## Evaluated on {group}", ""] + ([_common_line(common), ""] if common else [])
+  for group, t in made if made is not None else tables(rows, sort):
+    members = t.rows
+    head = t.head()
+    lines += [f"## Evaluated on {group}", ""] + ([_common_line(t.common), ""] if t.common else [])
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in members:
       name = f"[{r.name}]({r.link})" if r.link else r.name
-      cells = ["★" if r is best else "", name, r.kind, r.state or "", r.model or "-"]
-      cells += [fmt(k, r.settings.get(k)) for k, _ in varying]
-      cells += [_score(r)] + [_metric(r, k) for k, _ in METRIC_COLUMNS[1:]]
+      cells = ["★" if r is t.best else "", name, r.kind, _state(r), r.model or "-"]
+      cells += [t.setting(r, k) for k, _ in t.varying]
+      cells += [t.score(r)] + [_metric(r, k) for k, _ in t.metric_columns]
+      cells.append(t.marks.get(r.name, ""))
       cells.append(" ".join(f"[{k}]({p})" for k, p in r.plots))
       lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    lines.append("")
+    lines += [""] + [f"{line}  " for line in t.legend()] + ([""] if t.legend() else [])
   lines += [f"![study history]({h})" for h in histories]
   return "\n".join(lines) + "\n"
 
@@ -310,7 +488,8 @@ _CSS = ("body{font-family:sans-serif;margin:1em;max-width:1340px}"
         "th{cursor:pointer;background:#f3f3f3}td.t{text-align:left;white-space:normal;"
         "max-width:16em;overflow-wrap:anywhere}small{color:#666}"
         "tr.best{background:#fff3c4;font-weight:bold}"
-        "tr.FAIL,tr.PRUNED,tr.failed,tr.killed,tr.interrupted{color:#888}")
+        "tr.FAIL,tr.PRUNED,tr.failed,tr.killed,tr.interrupted{color:#888}"
+        "tr.constant td:nth-child(4){color:#b00;font-weight:bold}")
 _JS = """document.querySelectorAll('th').forEach(th => th.onclick = () => {
   const i = th.cellIndex, body = th.closest('table').tBodies[0], rows = [...body.rows];
   const desc = th.dataset.desc = th.dataset.desc === '1' ? '0' : '1';
@@ -328,50 +507,55 @@ def _td(text: str, sort_value: Any = None, left: bool = False, raw: bool = False
 
 
 def _cell_html(r: Row, key: str) -> str:
-  """A metric's value, its interval on a second line."""
-  value = fmt(key, r.metrics.get(key)) + (f" ± {r.metrics['std']:.4f}" if key == "score" and
-                                          r.metrics.get("std") is not None and
-                                          r.metrics.get(key) is not None else "")
-  iv = _interval(r, key).strip()
-  return html.escape(value) + (f"<br><small>{html.escape(iv)}</small>" if iv else "")
+  """A metric's value; its ± std (a CV score) and its interval on lines below."""
+  value = fmt(key, r.metrics.get(key))
+  std = (f"± {r.metrics['std']:.4f}" if key == "score" and r.metrics.get("std") is not None
+         and r.metrics.get(key) is not None else "")
+  return "<br>".join([html.escape(value)] + [f"<small>{html.escape(x)}</small>" for x in
+                                              (std, _interval(r, key).strip()) if x])
 
 
-def _html_row(r: Row, best: Row | None, varying) -> str:
+def _html_row(r: Row, t: Table) -> str:
   link = (f'<a href="{html.escape(r.link)}">{html.escape(r.name)}</a>' if r.link
           else html.escape(r.name))
-  cells = [_td("★" if r is best else "", 1 if r is best else 0),
+  best = r is t.best
+  cells = [_td("★" if best else "", 1 if best else 0),
            _td(link, r.name, left=True, raw=True), _td(r.kind, r.kind, True),
-           _td(r.state, r.state, True), _td(r.model or "-", r.model, True)]
-  cells += [_td(fmt(k, r.settings.get(k)), r.settings.get(k), k in ("trainable", "loss"))
-            for k, _ in varying]
-  cells += [_td(_cell_html(r, k), r.metrics.get(k), raw=True) for k, _ in METRIC_COLUMNS]
+           _td(_state(r), r.state, True), _td(r.model or "-", r.model, True)]
+  cells += [_td(t.setting(r, k), r.settings.get(k), isinstance(r.settings.get(k), str))
+            for k, _ in t.varying]
+  score = _cell_html(r, "score") if t.metric else \
+      f"{html.escape(_METRIC_NAMES.get(r.metric, r.metric))} {_cell_html(r, 'score')}"
+  cells += [_td(score, r.metrics.get("score"), raw=True)]
+  cells += [_td(_cell_html(r, k), r.metrics.get(k), raw=True) for k, _ in t.metric_columns]
+  cells.append(_td(t.marks.get(r.name, ""), t.marks.get(r.name), True))
   figs = " ".join(f'<a href="{html.escape(p)}">{html.escape(k)}</a>' for k, p in r.plots)
   if r.events:  # The curves in TensorBoard: `tensorboard --logdir experiments`.
     figs += f' <a href="{html.escape(r.events)}" title="TensorBoard event file">tensorboard</a>'
   cells.append(_td(figs, len(r.plots), left=True, raw=True))
-  title = f' title="{html.escape(r.note)}"' if r.note else ""
-  cls = " ".join(c for c in ("best" if r is best else "", r.state) if c)
-  return f'<tr class="{cls}"{title}>' + "".join(cells) + "</tr>"
+  title_ = f' title="{html.escape(r.note)}"' if r.note else ""
+  cls = " ".join(c for c in ("best" if best else "", r.state,
+                             "constant" if r.constant else "") if c)
+  return f'<tr class="{cls}"{title_}>' + "".join(cells) + "</tr>"
 
 
-def html_page(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = ()) -> str:
+def html_page(rows: Sequence[Row], sort: str = "score", histories: Sequence[str] = (),
+              made: list[tuple[str, Table]] | None = None) -> str:
   sort_rows(rows, sort)  # Validates the key.
   out = ["<!doctype html><html><head><meta charset=utf-8><title>palijudge leaderboard</title>",
          f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1>",
          f"<p>Generated {datetime.datetime.now():%Y-%m-%d %H:%M}. Click a column to sort. "
          f"{html.escape(_INTRO)} {html.escape(_CURVES)}</p>"]
-  for group, members in grouped(rows, sort):
-    best = best_of(members, sort)
-    varying, common = split_settings(members)
-    head = ["", "run", "kind", "state", "model"] + [t for _, t in varying] + \
-        [t for _, t in METRIC_COLUMNS] + ["plots"]
+  for group, t in made if made is not None else tables(rows, sort):
+    members = t.rows
     out.append(f"<h2>Evaluated on {html.escape(group)}</h2>")
-    if common:
-      out.append(f"<p>{html.escape(_common_line(common))}</p>")
-    out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    if t.common:
+      out.append(f"<p>{html.escape(_common_line(t.common))}</p>")
+    out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in t.head())
                + "</tr></thead><tbody>")
-    out += [_html_row(r, best, varying) for r in members]
+    out += [_html_row(r, t) for r in members]
     out.append("</tbody></table>")
+    out += [f"<p><small>{html.escape(line)}</small></p>" for line in t.legend()]
   out += [f'<h2>Study history</h2><img src="{html.escape(h)}" alt="study history" '
           f'style="max-width:100%">' for h in histories]
   out.append(f"<script>{_JS}</script></body></html>")
@@ -426,7 +610,8 @@ def build(root: str | Path = "experiments", sort: str = "score", storage: str | 
     if study.get_trials(deepcopy=False):
       histories.append(history_png(study, root))
   rel = [h.relative_to(root).as_posix() for h in histories]
-  md = files.write_text(root / "leaderboard.md", markdown(rows, sort, rel))
-  page = files.write_text(root / "leaderboard.html", html_page(rows, sort, rel))
+  made = tables(rows, sort)
+  md = files.write_text(root / "leaderboard.md", markdown(rows, sort, rel, made))
+  page = files.write_text(root / "leaderboard.html", html_page(rows, sort, rel, made))
   return Built(md, page, histories, len(rows))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -67,36 +68,88 @@ def _save(fig, path: str | os.PathLike) -> Path:
   return path
 
 
-def render_loss(steps: Sequence[int], loss: Sequence[float], lr: Sequence[float],
-                grad_norm: Sequence[float], path: str | os.PathLike, title: str = "",
-                stages: Sequence[str] | None = None) -> Path:
-  """Loss per step, one colour per stage (legend), log scale when it spans decades;
-  lr and grad norm below."""
+_STAGE = re.compile(r"^(.*)stage (\d+)$")  # learn's stage names: "stage 2", "run 3, stage 2".
+
+
+def stage_axis(steps: Sequence[float], stages: Sequence[str]) -> np.ndarray:
+  """One step axis for a run's stages: stage N+1 continues after the last step of stage N
+  of the same run ("run 2, stage 2" after "run 2, stage 1"); separate runs (alternatives,
+  not a sequence) and other names keep their own steps."""
+  last: dict[str, float] = {}
+  for step, name in zip(steps, stages):
+    if np.isfinite(step):
+      last[name] = max(last.get(name, step), step)
+
+  def offset(name: str) -> float:
+    m = _STAGE.match(name)
+    before = f"{m.group(1)}stage {int(m.group(2)) - 1}" if m else None
+    return offset(before) + last[before] if before in last else 0.0
+  return np.asarray([step + offset(name) for step, name in zip(steps, stages)], np.float64)
+
+
+def loss_figure(steps: Sequence[float], loss: Sequence[float], lr: Sequence[float],
+                grad_norm: Sequence[float], title: str = "", stages: Sequence[str] | None = None,
+                extra: dict[str, Sequence[float]] | None = None):
+  """The loss plot's figure: loss per step, one colour per stage (legend), stages one after
+  another on the step axis (`stage_axis`), log scale when the loss spans decades; any
+  `extra` logged column (e.g. a valid metric per evaluation) as labelled points on a right
+  axis; lr (solid) and grad norm (dotted, right axis) below, per stage in its colour."""
   plt = _pyplot()
   fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
                                  gridspec_kw={"height_ratios": [2, 1]})
-  x, y = np.asarray(steps, np.float64), np.asarray(loss, np.float64)
-  names = list(stages) if stages is not None and len(stages) == len(x) else [""] * len(x)
+  names = list(stages) if stages is not None and len(stages) == len(steps) else [""] * len(steps)
+  x, y = stage_axis(np.asarray(steps, np.float64), names), np.asarray(loss, np.float64)
+  lr, grad = np.asarray(lr, np.float64), np.asarray(grad_norm, np.float64)
+  has_grad = grad.shape == x.shape and bool(np.any(np.isfinite(grad)))
+  ax3 = ax2.twinx() if has_grad else None
   for i, stage in enumerate(dict.fromkeys(names)):
     at = np.array([n == stage for n in names])
     ax1.plot(x[at], y[at], lw=1, color=f"C{i}", label=stage or "loss")
-    ax2.plot(x[at], np.asarray(lr, np.float64)[at], lw=1, color=f"C{i}")
+    ax2.plot(x[at], lr[at], lw=1, color=f"C{i}", label=f"lr, {stage}" if stage else "lr")
+    if i and x[at].size:  # Where this stage starts.
+      ax1.axvline(x[at].min(), color="gray", lw=0.6, ls=":")
+    if ax3 is not None:
+      ax3.plot(x[at], grad[at], lw=0.8, ls=":", color=f"C{i}", alpha=0.8,
+               label=f"grad norm, {stage}" if stage else "grad norm")
   finite = y[np.isfinite(y) & (y > 0)]
   if finite.size and finite.max() / max(finite.min(), 1e-12) > 100:
     ax1.set_yscale("log")
   ax1.set_ylabel("loss")
   ax1.set_title(title or "training loss")
   ax1.grid(alpha=0.3)
+  _extra_axis(ax1, x, extra or {})
   if any(names):
-    ax1.legend(title="stage", fontsize=8)
+    ax1.legend(title="stage", fontsize=8, loc="upper left")
   ax2.set_ylabel("lr")
-  ax2.set_xlabel("step")
+  ax2.set_xlabel("step" if len(set(names)) < 2 else "step (stages one after another)")
   _integer_ticks(ax2.xaxis)
-  if len(grad_norm) and np.any(np.isfinite(np.asarray(grad_norm, np.float64))):
-    ax3 = ax2.twinx()
-    ax3.plot(steps, grad_norm, lw=0.8, color="gray", alpha=0.6)
-    ax3.set_ylabel("grad norm", color="gray")
-  return _save(fig, path)
+  if ax3 is not None:
+    ax3.set_ylabel("grad norm (dotted)", color="gray")
+    handles = ax2.get_lines() + ax3.get_lines()
+    ax3.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper right")
+  return fig
+
+
+def _extra_axis(ax, x: np.ndarray, extra: dict[str, Sequence[float]]) -> None:
+  """Extra logged columns as labelled points (only where logged) on a right-hand axis."""
+  series = {k: np.asarray(v, np.float64) for k, v in extra.items() if len(v) == len(x)}
+  series = {k: v for k, v in series.items() if np.any(np.isfinite(v))}
+  if not series:
+    return
+  right = ax.twinx()
+  for i, (name, v) in enumerate(series.items()):
+    at = np.isfinite(v)
+    right.plot(x[at], v[at], "o-", ms=3, lw=0.8, color=f"C{9 - i % 10}", label=name)
+  right.set_ylabel(", ".join(series))
+  right.legend(fontsize=8, loc="upper right")
+
+
+def render_loss(steps: Sequence[float], loss: Sequence[float], lr: Sequence[float],
+                grad_norm: Sequence[float], path: str | os.PathLike, title: str = "",
+                stages: Sequence[str] | None = None,
+                extra: dict[str, Sequence[float]] | None = None) -> Path:
+  """The loss plot (`loss_figure`) as a PNG."""
+  return _save(loss_figure(steps, loss, lr, grad_norm, title, stages, extra), path)
 
 
 def _integer_ticks(axis) -> None:

@@ -2,7 +2,9 @@
 
   experiments/<run>/config.yaml        the complete resolved configuration, and the run's
                                        status: running, finished, interrupted or failed
-  experiments/<run>/train_log.csv      stage, step, lr, loss, grad_norm, seconds (streamed)
+  experiments/<run>/train_log.csv      stage, step, lr, loss, grad_norm, seconds (streamed;
+                                       a step logged again replaces its stage's rows from
+                                       that step on: a resumed run continues one log)
   experiments/<run>/eval_metrics.json  {stage: metrics}, merged stage by stage
   experiments/<run>/predictions.jsonl  image, label, p_yes, pred per example
   experiments/<run>/summary.md         a short human summary
@@ -11,7 +13,9 @@
                                        (`tensorboard --logdir experiments`), via tensorboardX
 
 Pure file I/O (no jax). Every file but the append-only CSV is written to a
-temp file and renamed over the target. A CV run keeps its folds as nested
+temp file and renamed over the target. `open_run` makes a training run's
+record, or reopens the one a killed run left when that run is resumed (one
+run, one record). A CV run keeps its folds as nested
 records (experiments/<run>/fold-1/...); its own eval_metrics.json holds the
 `cv` block of `cv.CVSummary.to_dict()`.
 """
@@ -22,10 +26,13 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import io
 import json
 import math
 import os
 import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -99,6 +106,8 @@ class RunRecord:
     self.path = _path if _path is not None else unique_name(Path(root), name)
     self.name = self.path.name
     self._events = None  # tensorboardX writer, opened on the first scalar.
+    self._last_steps: dict[str, float] | None = None  # Last logged step per stage.
+    self._blocks: str | None = None  # The run summary's Result blocks, once written.
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> RunRecord:
@@ -123,8 +132,13 @@ class RunRecord:
   def log_step(self, step: int, lr: float, loss: float, grad_norm: float | None = None,
                seconds: float | None = None, stage: str = "") -> None:
     """Appends one row to train_log.csv (header first) and flushes: called as steps happen,
-    so a killed run keeps its log up to the last step."""
+    so a killed run keeps its log up to the last step. A step at or before the stage's last
+    logged one (a resumed run, a restart after divergence) first drops that stage's rows from
+    this step on, so the log holds each step once."""
     path = self.file(LOG)
+    last = self._logged_steps()
+    if stage in last and step <= last[stage]:
+      self._drop_steps(stage, step)
     new = not path.exists() or path.stat().st_size == 0
     row = [stage, int(step), _num(lr), _num(loss), _num(grad_norm), _num(seconds)]
     with open(path, "a", encoding="utf-8", newline="") as f:
@@ -133,8 +147,29 @@ class RunRecord:
         w.writerow(LOG_FIELDS)
       w.writerow(row)
       f.flush()
+    last[stage] = step
     self._scalars({f"{stage or 'train'}/{k}": v for k, v in
                    (("loss", loss), ("lr", lr), ("grad_norm", grad_norm))}, int(step))
+
+  def _logged_steps(self) -> dict[str, float]:
+    """{stage: last step} of train_log.csv, read once (a reopened record has rows)."""
+    if self._last_steps is None:
+      self._last_steps = {}
+      for r in self.steps():
+        if r["step"] is not None:
+          self._last_steps[r["stage"]] = max(r["step"], self._last_steps.get(r["stage"], 0))
+    return self._last_steps
+
+  def _drop_steps(self, stage: str, step: int) -> None:
+    """Rewrites train_log.csv without `stage`'s rows from `step` on."""
+    path = self.file(LOG)
+    with open(path, encoding="utf-8", newline="") as f:
+      rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if not (
+        r and r[0] == stage and (finite(r[1]) is None or finite(r[1]) >= step))]
+    out = io.StringIO()
+    csv.writer(out).writerows(keep)
+    files.write_text(path, out.getvalue())
 
   def _scalars(self, values: dict[str, Any], step: int) -> None:
     """TensorBoard scalars (finite numbers only), flushed at once like the CSV."""
@@ -173,7 +208,9 @@ class RunRecord:
     return files.write_text(self.file(PREDICTIONS), "".join(lines))
 
   def write_run_summary(self, blocks: str = "") -> Path:
-    """summary.md of a training run (see `run_summary`), with its Result blocks."""
+    """summary.md of a training run (see `run_summary`), with its Result blocks; written
+    again by `running` on the way out, so it shows the run's final status."""
+    self._blocks = blocks
     return self.write_summary(run_summary(self, blocks))
 
   def write_summary(self, content: str | dict[str, Any]) -> Path:
@@ -202,6 +239,8 @@ class RunRecord:
       with contextlib.suppress(UserError, OSError):  # Never mask the run's own error.
         self.write_config({"status": outcome, "seconds": round(seconds, 1),
                            **({"error": error} if error else {})}, merge=True)
+        if self._blocks is not None:  # Written inside, while the status said running.
+          self.write_run_summary(self._blocks)
       self.close()
 
   def status(self) -> str:
@@ -235,12 +274,15 @@ class RunRecord:
     return out if isinstance(out, dict) else {}
 
   def steps(self) -> list[dict[str, float]]:
+    """train_log.csv's rows: stage, then every other column as a number (None if not one),
+    columns added after LOG_FIELDS included."""
     path = self.file(LOG)
     if not path.exists():
       return []
     with open(path, encoding="utf-8", newline="") as f:
       return [{"stage": r.get("stage") or "",
-               **{k: finite(r.get(k)) for k in LOG_FIELDS if k != "stage"}}
+               **{k: finite(r.get(k)) for k in dict.fromkeys([*LOG_FIELDS, *r])
+                  if k and k != "stage"}}
               for r in csv.DictReader(f)]
 
   def predictions(self) -> list[dict[str, Any]]:
@@ -263,12 +305,14 @@ class RunRecord:
   def plots(self, threshold: float | None = None) -> list[Path]:
     """Renders every PNG the logged data allows; returns the paths written."""
     out: list[Path] = []
-    log = [r for r in self.steps() if r["loss"] is not None]
-    if log:
-      col = lambda k: [r[k] if r[k] is not None else math.nan for r in log]
+    log = [r for r in self.steps() if r["step"] is not None]
+    if any(r["loss"] is not None for r in log):
+      col = lambda k: [r[k] if r.get(k) is not None else math.nan for r in log]
+      extra = {k: col(k) for k in log[0] if k not in LOG_FIELDS
+               and any(r.get(k) is not None for r in log)}  # E.g. a valid metric per eval.
       out.append(plots.render_loss(col("step"), col("loss"), col("lr"), col("grad_norm"),
                                    self.file(PLOTS["loss"]), f"training loss: {self.name}",
-                                   stages=[r["stage"] for r in log]))
+                                   stages=[r["stage"] for r in log], extra=extra))
     rows = [r for r in self.predictions() if finite(r.get("p_yes")) is not None]
     if rows:
       out += self._prediction_plots(rows, threshold)
@@ -302,6 +346,46 @@ class RunRecord:
   def plot_files(self) -> dict[str, Path]:
     """The PNGs that exist, by kind (loss, roc, pr, confusion, hist)."""
     return {k: self.file(v) for k, v in PLOTS.items() if self.file(v).exists()}
+
+
+def open_run(root: str | os.PathLike, name: str | None, config: dict[str, Any],
+             resume_of: str | None = None) -> RunRecord:
+  """The record of a training run: root/<name> (or <name>.2, ...) with `config`.
+
+  `resume_of`: the checkpoint a resumed run saves (given only when its train state is
+  there to resume from). The newest record under root that was saving that checkpoint and
+  did not finish is reopened instead, with `config` merged into its own: one run, one
+  record, its train_log.csv continuing where the state was saved.
+  """
+  record = _unfinished(Path(root), resume_of) if resume_of else None
+  if record is None:
+    record = RunRecord(root, name)
+    record.write_config(config)
+    return record
+  resumed = record.config().get("resumed")
+  now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  record.write_config({**config, "resumed": [*(resumed if isinstance(resumed, list) else []),
+                                             now]}, merge=True)
+  return record
+
+
+def _unfinished(root: Path, checkpoint: str) -> RunRecord | None:
+  """The newest record under root that was saving `checkpoint` and did not finish."""
+  found = []
+  for folder in sorted(root.iterdir()) if root.is_dir() else ():
+    if not (folder / CONFIG).is_file():
+      continue
+    record = RunRecord(_path=folder)
+    cfg = record.config()
+    if cfg.get("checkpoint") == checkpoint and record.status() in ("killed", "interrupted",
+                                                                   "failed"):
+      found.append((str(cfg.get("started") or ""), record))
+  return max(found, key=lambda f: f[0])[1] if found else None
+
+
+def command_line() -> str:
+  """The command that runs this process, as a shell would take it (a record's `command`)."""
+  return shlex.join([sys.executable, *sys.argv])
 
 
 _SUMMARY_COLUMNS = (("n", "n"), ("accuracy", "accuracy"), ("precision", "precision"),
