@@ -86,10 +86,10 @@ def main(args, project):
 def _learn(args, project, root, folder, tcfg, ecfg, lcfg, save_to, split, folds):
   """Loads the model, trains (or cross-validates) and records the run."""
   import contextlib
-  from palijudge import distributed, files, learn
+  from palijudge import distributed, files, learn, phases as phases_lib
   from palijudge.experiments import cv, records
   train_set, valid_set, names = split
-  phases = learn.Phases() if args.phases else None
+  phases = phases_lib.Phases() if args.phases else None
   with phases("checkpoint_load") if phases else contextlib.nullcontext():
     lm = cli.load_model(args, project, trainable=tcfg.trainable, tcfg=tcfg)
   record = None

@@ -13,7 +13,7 @@ from palijudge import cli
 
 
 def flags():
-  from palijudge import evaluate
+  from palijudge import prompts
   p = cli.parser(__doc__)
   p.add_argument("files", nargs="+", help=".jsonl or .tsv dataset files (scored together)")
   p.add_argument("-m", "--checkpoint", help="checkpoint .npz (default: the base --model)")
@@ -23,15 +23,15 @@ def flags():
                               "eval_set"))
   p.add_argument("--prompt", action="append", default=[], help="a candidate prompt (repeat)")
   p.add_argument("--prompts", help="file of candidate prompts, one a line (# comments)")
-  p.add_argument("--metric", default="auc", choices=evaluate.PROMPT_METRICS, help="rank by this")
+  p.add_argument("--metric", default="auc", choices=prompts.PROMPT_METRICS, help="rank by this")
   return p
 
 
 def main(args, project):
   import dataclasses
-  from palijudge import checkpoint, evaluate
+  from palijudge import checkpoint, evaluate, prompts
   from palijudge.data import examples
-  candidates = list(args.prompt) + (evaluate.read_prompt_file(project.find(args.prompts))
+  candidates = list(args.prompt) + (prompts.read_prompt_file(project.find(args.prompts))
                                     if args.prompts else [])
   if not candidates:
     raise cli.UserError("give candidate prompts with --prompt TEXT (repeat) or --prompts FILE")
@@ -44,9 +44,9 @@ def main(args, project):
 
   def score(exs, prompt):
     return evaluate.evaluate(lm, exs, dataclasses.replace(ecfg, prompt=prompt))
-  ranked = evaluate.rank(rows, candidates, args.metric, score)
+  ranked = prompts.rank(rows, candidates, args.metric, score)
   print(f"{len(rows)} examples, {len(candidates)} prompts, threshold {ecfg.decision:g}")
-  print(evaluate.format_table(ranked, args.metric))
+  print(prompts.format_table(ranked, args.metric))
 
 
 if __name__ == "__main__":

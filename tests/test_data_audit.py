@@ -231,7 +231,7 @@ def test_report_shows_leaks_first_and_a_limit(bench):
 
 
 def test_embedding_route_on_the_tiny_encoder(tiny_lm, tmp_path):
-  from palijudge import train
+  from palijudge import loader
   base = tmp_path / "base.png"
   synthetic.make_image(np.random.default_rng((7, 0)), False).save(base)
   resave = tmp_path / "resaved.png"  # Same pixels, other bytes: not a sha256 match.
@@ -244,7 +244,7 @@ def test_embedding_route_on_the_tiny_encoder(tiny_lm, tmp_path):
   for s in range(6):
     others.append(tmp_path / f"shapes{s}.png")
     _shapes(s).save(others[-1])
-  features = train.feature_cache(tiny_lm, "attn", "first")
+  features = loader.feature_cache(tiny_lm, "attn", "first")
   embedded = []
 
   def embed(exs):

@@ -10,7 +10,7 @@ from palijudge.data import batch as batch_lib
 from palijudge.data.batch import Batch, collate
 from palijudge.data.examples import DEFAULT_PROMPT
 from palijudge.data.tokenizer import DEFAULT_BUCKETS, Tokenizer, bucket_length, tokenize
-from palijudge.model.paligemma import Inputs
+from palijudge.inputs import Inputs
 
 from testing import FIXTURES
 

@@ -166,31 +166,6 @@ def test_gif_all_frames_combine(tiny_lm, tmp_path):
     EvalConfig(prompt=PROMPT, gif_frame="all", mode="decode")
 
 
-# --- Ranking prompts ---------------------------------------------------------------
-
-def test_prompt_file_and_ranking(tmp_path, tiny_examples, tiny_lm):
-  f = tmp_path / "p.txt"
-  f.write_text("# candidates\n\n  Is this ad ok?  \nIs it lawful?\n")
-  assert evaluate.read_prompt_file(str(f)) == ["Is this ad ok?", "Is it lawful?"]
-  f.write_text("# only a comment\n\n")
-  with pytest.raises(UserError, match="no prompts"):
-    evaluate.read_prompt_file(str(f))
-  exs = tiny_examples[0]
-  seen = []
-
-  def fake(examples, prompt):
-    seen.append({e.prefix for e in examples})
-    return evaluate.evaluate(tiny_lm, examples, EvalConfig(prompt=prompt, eval_batch=4))
-  ranked = evaluate.rank(exs, ["is it ok", "is this an ad"], "auc", fake)
-  assert seen == [{""}, {""}]
-  assert ranked[0].value >= ranked[1].value
-  table = evaluate.format_table(ranked, "auc").splitlines()
-  assert table[0].startswith("rank") and table[1].startswith("   1")
-  assert "auc" in evaluate.PROMPT_METRICS
-  with pytest.raises(UserError, match="--metric must be one of"):
-    evaluate.rank(exs, ["is it ok"], "speed", fake)
-
-
 def test_result_block_keeps_its_six_lines_then_ends_with_the_interval_line():
   from statsmodels.stats.proportion import proportion_confint
 

@@ -17,7 +17,7 @@ from palijudge.errors import UserError
 from palijudge.model import config as config_lib
 from palijudge.model import paligemma as model_lib
 from palijudge.params import flatten
-from palijudge import learn
+from palijudge import phases as phases_lib
 from palijudge.tools import fullsize
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -139,7 +139,7 @@ class _Clock:
 
 def test_phases_record_in_order_with_peaks_and_render():
   peaks = iter([100, 100, 100, 500, 500, 500, 500])
-  phases = learn.Phases(clock=_Clock([0, 2, 0, 30, 0, 5]), peak=lambda: next(peaks))
+  phases = phases_lib.Phases(clock=_Clock([0, 2, 0, 30, 0, 5]), peak=lambda: next(peaks))
   with phases("checkpoint_load"):
     pass
   with phases("compilation"):
@@ -165,7 +165,7 @@ def test_phases_record_in_order_with_peaks_and_render():
 
 
 def test_phases_do_not_nest_and_work_without_memory_statistics():
-  phases = learn.Phases(peak=lambda: None)
+  phases = phases_lib.Phases(peak=lambda: None)
   with phases("training"):
     with pytest.raises(RuntimeError, match="inside"):
       with phases("save"):
@@ -174,4 +174,4 @@ def test_phases_do_not_nest_and_work_without_memory_statistics():
   assert phases.records[0].peak_bytes is None and phases.records[0].new_peak is None
   assert "n/a" in phases.table()
   if jax.default_backend() == "cpu":
-    assert learn.device_peak_bytes() is None  # No allocator statistics there.
+    assert phases_lib.device_peak_bytes() is None  # No allocator statistics there.

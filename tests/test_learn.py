@@ -15,6 +15,7 @@ from palijudge import checkpoint, evaluate, learn, loader, probe, train
 from palijudge import params as params_lib
 from palijudge.errors import UserError
 from palijudge.model import lora
+from palijudge.phases import Phases
 
 NAMES = ("all", "train", "valid")
 
@@ -170,7 +171,7 @@ def test_an_unwritable_checkpoint_fails_before_any_work(tiny_lm, tiny_examples, 
 
 def test_phases_time_every_part_of_the_iteration(tiny_lm, tiny_examples):
   _, tr, va = tiny_examples
-  phases = learn.Phases(peak=lambda: None)
+  phases = Phases(peak=lambda: None)
   learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=3, batch_size=2),
               evaluate.EvalConfig().resolved(), learn.LearnConfig(two_stage=True), names=NAMES,
               phases=phases, log=_quiet)

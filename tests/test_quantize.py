@@ -215,7 +215,7 @@ def test_the_quantization_is_part_of_the_weights_identity(tiny_project, tiny_lm)
   q4 = loader.load(_spec(tiny_project), quantize="int4")
   ids = {tiny_lm.weights_id, q8.weights_id, q4.weights_id}
   assert len(ids) == 3 and tiny_lm.weights_id == tiny_lm.spec.weights_id
-  keys = {train.encoder_cache(lm, "first").model_key for lm in (tiny_lm, q8, q4)}
+  keys = {loader.encoder_cache(lm, "first").model_key for lm in (tiny_lm, q8, q4)}
   assert len(keys) == 3  # Image tokens of one encoder are never served for another.
 
 

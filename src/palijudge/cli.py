@@ -419,8 +419,8 @@ def run_audit(args: argparse.Namespace, project: Project, sets: dict, root: str 
              if acfg.decisions or os.path.isfile(path) else decisions.NONE)
   embed = None
   if acfg.embeddings:
-    from palijudge import train
+    from palijudge import loader
     lm = load_model(args, project)
-    features = train.encoder_cache(lm, "first")  # Frozen encoder: cached on disk.
+    features = loader.encoder_cache(lm, "first")  # Frozen encoder: cached on disk.
     embed = lambda exs: features.pooled(exs, lm.cfg.image_size)  # noqa: E731
   return audit.find(sets, acfg, embed, decided, path)

@@ -25,11 +25,13 @@ import numpy as np
 
 from palijudge import checkpoint
 from palijudge import devices as devices_lib
+from palijudge import distributed
 from palijudge import files
 from palijudge import hf
 from palijudge.model import lora as lora
 from palijudge.model import config as config_lib
 from palijudge.model import paligemma as model_lib
+from palijudge.model.features import FeatureCache
 
 from palijudge.errors import UserError, where
 from palijudge.data.tokenizer import Tokenizer
@@ -176,6 +178,19 @@ class LoadedModel:
   def mesh(self) -> jax.sharding.Mesh | None:
     """The devices the parameters lie on (see `params` shardings)."""
     return params_lib.mesh_of(self.params)
+
+
+def feature_cache(lm: LoadedModel, trainable: str, gif_frame: str) -> FeatureCache | None:
+  """A cache of image tokens, or None when training changes the encoder."""
+  return None if params_lib.trains_encoder(trainable) else encoder_cache(lm, gif_frame)
+
+
+def encoder_cache(lm: LoadedModel, gif_frame: str) -> FeatureCache:
+  """The cache of `lm`'s encoder as loaded (on disk under the project's cache/features/)."""
+  disk = os.path.join(lm.spec.cache_dir, "features") if lm.spec.cache_dir else None
+  # Each process embeds its own images, on its own devices (its view of the encoder).
+  return FeatureCache(lm.model, distributed.local(lm.params["img"]), lm.weights_id,
+                      gif_frame, disk)
 
 
 def enable_compile_cache(cache_dir: str | os.PathLike) -> None:

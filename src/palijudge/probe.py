@@ -35,13 +35,12 @@ from scipy.special import expit
 
 from palijudge import checkpoint
 from palijudge import files
-from palijudge import train as train_lib
 from palijudge.data.examples import Example
-from palijudge.data.features import FeatureCache
+from palijudge.model.features import FeatureCache
 from palijudge.data.images import GIF_FRAMES
 from palijudge.errors import UserError, where
 from palijudge.evaluate import EvalConfig, EvalResult, Scorer, report
-from palijudge.loader import LoadedModel
+from palijudge.loader import LoadedModel, encoder_cache
 
 Log = Callable[[str], None]
 KIND = "linear-probe"
@@ -128,7 +127,7 @@ def fit(lm: LoadedModel, features: FeatureCache, train: Sequence[Example], gif_f
 
 def encoder_features(lm: LoadedModel, gif_frame: str) -> FeatureCache:
   """The feature cache of `lm`'s encoder, whatever --trainable says: the probe never trains it."""
-  return train_lib.encoder_cache(lm, "first" if gif_frame == "all" else gif_frame)
+  return encoder_cache(lm, "first" if gif_frame == "all" else gif_frame)
 
 
 # --- Judging -----------------------------------------------------------------------

@@ -43,9 +43,9 @@ from palijudge import progress
 from palijudge import quantize
 from palijudge.data.batch import Batch, Batches, Flips, PixelCache, training_stream
 from palijudge.data.examples import Example
-from palijudge.data.features import FeatureCache
+from palijudge.model.features import FeatureCache
 from palijudge.errors import UserError, where
-from palijudge.loader import LoadedModel
+from palijudge.loader import LoadedModel, feature_cache
 from palijudge.model import lora
 from palijudge.model import paligemma as model_lib
 from palijudge.model import vit
@@ -379,19 +379,6 @@ def _kept(lm: LoadedModel, d: Diverged, tcfg: TrainConfig, seed: int, restarts: 
       f"(a lower --lr or --max-restarts N may help)")
   return FitResult(params, d.history, seed, restarts, seconds, diverged=d.why,
                    kept_step=d.best_step)
-
-
-def feature_cache(lm: LoadedModel, trainable: str, gif_frame: str) -> FeatureCache | None:
-  """A cache of image tokens, or None when training changes the encoder."""
-  return None if params_lib.trains_encoder(trainable) else encoder_cache(lm, gif_frame)
-
-
-def encoder_cache(lm: LoadedModel, gif_frame: str) -> FeatureCache:
-  """The cache of `lm`'s encoder as loaded (on disk under the project's cache/features/)."""
-  disk = os.path.join(lm.spec.cache_dir, "features") if lm.spec.cache_dir else None
-  # Each process embeds its own images, on its own devices (its view of the encoder).
-  return FeatureCache(lm.model, distributed.local(lm.params["img"]), lm.weights_id,
-                      gif_frame, disk)
 
 
 def training_mesh(lm: LoadedModel, tcfg: TrainConfig) -> jax.sharding.Mesh:

@@ -20,7 +20,7 @@ from palijudge.data import images as images_lib
 from palijudge.data import tokenizer as tok_lib
 from palijudge.data.examples import Example
 from palijudge.errors import UserError, where
-from palijudge.model.paligemma import Inputs
+from palijudge.inputs import Inputs
 
 
 _LOSS_BUCKETS = (2, 4, 8, 16, 32, 64)

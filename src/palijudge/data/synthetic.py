@@ -20,13 +20,14 @@ import numpy as np
 import sentencepiece as spm
 from PIL import Image, ImageDraw
 
-from palijudge.model.config import TINY_VOCAB
 from palijudge.errors import UserError, where
 from palijudge import files
 from palijudge.data import images
 from palijudge.data.examples import DEFAULT_PROMPT
 
 SPECIAL_IDS = dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3)
+# The tiny tokenizer's pieces: the "tiny" model preset's vocabulary (model.config) is this size.
+TINY_VOCAB = 1024
 
 _SUBJECTS = ("image", "ad", "advert", "advertisement", "banner", "poster",
              "product", "label", "package", "photo", "picture", "post")

@@ -146,11 +146,10 @@ _GEMMA2_27B = dict(vocab_size=257152, width=4608, depth=46, mlp_dim=36864,
                    num_heads=32, num_kv_heads=16, head_dim=128,
                    query_pre_attn_norm="rsqrt_emb_per_head")
 # The tiny default: small enough to train from scratch on 2 CPU cores in
-# minutes, with the same layer types as the 3B model. The vocabulary matches
-# the tokenizer that `synthetic.write_tiny_tokenizer` trains.
-TINY_VOCAB = 1024
+# minutes, with the same layer types as the 3B model. The vocabulary is the
+# tiny tokenizer's (`data.synthetic.TINY_VOCAB`; tests/test_data_synthetic.py ties them).
 _TINY_IMG = dict(patch_size=14, width=64, depth=2, mlp_dim=128, num_heads=2)
-_TINY_LLM = dict(vocab_size=TINY_VOCAB, width=64, depth=2, mlp_dim=128,
+_TINY_LLM = dict(vocab_size=1024, width=64, depth=2, mlp_dim=128,
                  num_heads=2, num_kv_heads=1, head_dim=32)
 
 PRESETS: dict[str, dict] = {

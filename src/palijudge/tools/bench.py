@@ -175,7 +175,7 @@ def bench_load_compile(b: Bench) -> list[dict]:
   with Clock() as ours:
     lm = session.load(b.spec, trainable="attn", compute="float32")
     step, state, frozen = _our_step(lm)
-    features = train.feature_cache(lm, "attn", "first")
+    features = session.feature_cache(lm, "attn", "first")
     zbatch = features.attach(chunk, batch)
     jax.block_until_ready(step(state[0], zbatch, frozen))
     evaluate.evaluate(lm, b.examples[:BATCH], evaluate.EvalConfig(eval_batch=8).resolved())
@@ -193,7 +193,7 @@ def bench_train_step(b: Bench) -> list[dict]:
   lm = b.lm
   chunk, batch = _train_batch(b)
   step, state, frozen = _our_step(lm)
-  zbatch = train.feature_cache(lm, "attn", "first").attach(chunk, batch)
+  zbatch = session.feature_cache(lm, "attn", "first").attach(chunk, batch)
 
   def ours(x):
     def run():
@@ -223,7 +223,7 @@ def bench_classify(b: Bench) -> list[dict]:
   _plain_classify(b.lm, b.examples[:BATCH])
   with Clock() as ours:
     evaluate.evaluate(b.lm, b.examples, ecfg,
-                      features=train.feature_cache(b.lm, "attn", "first"))
+                      features=session.feature_cache(b.lm, "attn", "first"))
   with Clock() as plain:
     _plain_classify(b.lm, b.examples)
   return [_line("yes_no_classification", n / ours.wall, n / plain.wall, "images/s",
@@ -351,7 +351,7 @@ def record_curves(workdir: str, seeds: int = 10, lrs=CURVE_LRS, steps: int = 256
       examples = data_lib.read_jsonl(synthetic.make_dataset(os.path.join(workdir, "data"),
                                                             n=96, seed=0))
     train_set, _ = splits.split(examples, 10, 0)
-    features = train.feature_cache(lm, "attn", "first")
+    features = session.feature_cache(lm, "attn", "first")
     for lr in lrs:
       for seed in range(seeds):
         losses_ = _curve(lm, train_set, lr, seed, steps, features)

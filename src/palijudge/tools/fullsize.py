@@ -21,7 +21,7 @@ the parameters the file carries only `palijudge/meta`, which marks it as
 random; big_vision's loader reads `params/` alone.
 
 The phase timer that measures a whole iteration on such a checkpoint is
-`learn.Phases` (`03-do_learn.py --phases`).
+`phases.Phases` (`03-do_learn.py --phases`).
 """
 
 from __future__ import annotations

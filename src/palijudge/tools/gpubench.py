@@ -79,7 +79,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from palijudge import learn, losses, train
+from palijudge import losses, phases, train
 from palijudge import params as params_lib
 from palijudge.data.batch import Batch
 from palijudge.errors import UserError
@@ -433,7 +433,7 @@ def _device_fields() -> dict:
   except Exception:  # Backends without allocator statistics.
     limit = None
   return {"device_kind": getattr(dev, "device_kind", str(dev)), "backend": dev.platform,
-          "peak_bytes": learn.device_peak_bytes(), "pool_bytes": limit}
+          "peak_bytes": phases.device_peak_bytes(), "pool_bytes": limit}
 
 
 def _xla_flops(compiled) -> float | None:

@@ -1,4 +1,4 @@
-"""palijudge.data.features: the frozen-encoder cache (keys, memory and disk hits, damage)."""
+"""palijudge.model.features: the frozen-encoder cache (keys, memory and disk hits, damage)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from palijudge import checkpoint, loader
-from palijudge import params as params_lib
 from palijudge import train as fit
+from palijudge import params as params_lib
 from palijudge.data.batch import Batches
 from palijudge.data.examples import DEFAULT_PROMPT
-from palijudge.data.features import FeatureCache
+from palijudge.model.features import FeatureCache
 
 BS = 4  # One batch shape for every pass: the encoder compiles once.
 
@@ -26,11 +26,11 @@ def test_feature_cache_keys_follow_content_weights_and_frames(tiny_lm, tiny_exam
   copy = tmp_path / "renamed.png"
   copy.write_bytes(pathlib.Path(ex.image).read_bytes())
   moved = dataclasses.replace(ex, image=str(copy))
-  cache = fit.feature_cache(lm, "attn", "first")
+  cache = loader.feature_cache(lm, "attn", "first")
   assert cache._key(ex) == cache._key(moved)  # Same bytes, same features.
   assert cache._key(ex) != cache._key(examples[1])
-  assert fit.feature_cache(lm, "attn", "last")._key(ex) != cache._key(ex)
-  assert fit.feature_cache(lm, "all", "first") is None  # Training changes the encoder.
+  assert loader.feature_cache(lm, "attn", "last")._key(ex) != cache._key(ex)
+  assert loader.feature_cache(lm, "all", "first") is None  # Training changes the encoder.
   # Other weights (one leaf changed; the tokenizer as is), loaded as a user would.
   other = tmp_path / "other"
   flat = params_lib.flatten(lm.params)
@@ -38,7 +38,7 @@ def test_feature_cache_keys_follow_content_weights_and_frames(tiny_lm, tiny_exam
   checkpoint.save(loader.weights_file("tiny", str(other)), params_lib.unflatten(flat), lm.cfg)
   shutil.copy(lm.spec.tokenizer, loader.tokenizer_file("tiny", str(other)))
   lm2 = loader.load(loader.resolve("tiny", cache_dir=str(other)), trainable="attn")
-  assert fit.feature_cache(lm2, "attn", "first")._key(ex) != cache._key(ex)
+  assert loader.feature_cache(lm2, "attn", "first")._key(ex) != cache._key(ex)
 
 
 def _cache(lm, disk=None) -> FeatureCache:
@@ -147,7 +147,7 @@ def test_each_image_is_hashed_once_per_run_not_per_step(tiny_lm, tiny_examples, 
                                                         monkeypatch):
   """Training on 3 epochs of the set reads each image's bytes for its key once; a later
   cache (the next fold or trial) re-hashes only a file whose size or mtime changed."""
-  from palijudge.data import features as features_lib
+  from palijudge.model import features as features_lib
   hashed = []
   real = features_lib.files.sha256
   monkeypatch.setattr(features_lib.files, "sha256", lambda p: hashed.append(p) or real(p))
