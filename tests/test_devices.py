@@ -23,7 +23,7 @@ def test_summary_names_backend_devices_memory_and_jax():
 
 
 def test_cpu_warning_for_the_full_size_model_names_time_and_fix():
-  """The README's example: the 3B model, 256 image tokens + 32 text, batch 2, 256 steps."""
+  """docs/training-12gb.md's example: the 3B model, 256 image tokens + 32 text, batch 2, 256 steps."""
   n = params_lib.count(model_lib.param_shapes(config_lib.preset("paligemma-3b-pt-224")))
   assert n == 2_923_335_408
   line = devices.cpu_warning("paligemma-3b-pt-224", n, 256 + 32, 2, 256)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "palijudge"
-# Bottom to top, as README's Architecture section lists them.
+# Bottom to top, as docs/architecture.md lists them.
 LAYERS = [
     {"errors", "files", "options", "metrics", "progress", "stats"},
     {"params"},
