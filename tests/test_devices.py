@@ -23,15 +23,15 @@ def test_summary_names_backend_devices_memory_and_jax():
 
 
 def test_cpu_warning_for_the_full_size_model_names_time_and_fix():
-  """The README's example: the 3B model, 256 image tokens + 32 text, batch 2, 256 steps."""
+  """docs/training-12gb.md's example: the 3B model, 256 image tokens + 32 text, batch 2, 256 steps."""
   n = params_lib.count(model_lib.param_shapes(config_lib.preset("paligemma-3b-pt-224")))
   assert n == 2_923_335_408
   line = devices.cpu_warning("paligemma-3b-pt-224", n, 256 + 32, 2, 256)
   assert line.startswith("warning: paligemma-3b-pt-224 (2.92 B parameters) will run on the CPU")
   assert "about 17 s per evaluated image and 7 h for 256 training steps of batch 2" in line
-  assert "`make setup ACCEL=cuda12`" in line
+  assert "`make setup ACCEL=cuda12` (docs/training-12gb.md)" in line
   # Evaluation only: no training estimate. A tiny model: no warning at all.
-  assert "training" not in devices.cpu_warning("m", n, 288)
+  assert "training steps" not in devices.cpu_warning("m", n, 288)
   assert devices.cpu_warning("tiny", 10_000_000, 288, 2, 256) is None
 
 

@@ -87,7 +87,7 @@ def cpu_warning(name: str, n_params: int, tokens: int, train_batch: int | None =
   gpu = " (this machine has an NVIDIA GPU that jax cannot use)" if gpu_present() else ""
   return (f"warning: {name} ({n_params / 1e9:.2f} B parameters) will run on the CPU{gpu}: "
           f"{' and '.join(parts)} (at {CPU_FLOPS / 1e9:.0f} GFLOP/s). For jax's GPU build: "
-          f"`{GPU_SETUP}` (README: GPU), or the container (bin/docker-run.sh)")
+          f"`{GPU_SETUP}` (docs/training-12gb.md), or the container (bin/docker-run.sh)")
 
 
 def _duration(seconds: float) -> str:
