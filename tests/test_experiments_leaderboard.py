@@ -38,7 +38,7 @@ def experiments(tmp_path) -> Path:
   run.log_step(2, 0.01, 0.5, 1.0, 0.2)
   cvrun = RunRecord(root, "cv-<b>run</b>")  # a name that needs escaping
   cvrun.write_config({"lr": 0.03, "loss": "combined", "bce_weight": 0.2, "focal_weight": 0.8,
-                     "trainable": "<attn>", "cv": "cv5", "model": "tiny"})
+                     "trainable": "<attn>", "optimizer": "sgd", "cv": "cv5", "model": "tiny"})
   cvrun.write_eval("cv", cv.summarize([_metrics(0.8, 0.95), _metrics(0.9, 0.85)]).to_dict())
   cvrun.write_summary("# cv run\n")
   (root / "not-a-run").mkdir()

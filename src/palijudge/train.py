@@ -321,10 +321,11 @@ def load_state(path: str, like: TrainState) -> tuple[TrainState, dict]:
   new = []
   keys = [f"state/{i:05d}" for i in range(len(leaves))]
   for i, (ref, a) in enumerate(zip(leaves, checkpoint.read_arrays(path, keys))):
-    if a.shape != ref.shape:
+    shape, dtype = np.shape(ref), getattr(ref, "dtype", np.float32)  # lr may be a float.
+    if a.shape != shape:
       raise UserError(f"{where(path)}: train state leaf {i} has shape {a.shape}, "
-                      f"expected {ref.shape}")
-    new.append(a.astype(ref.dtype))
+                      f"expected {shape}")
+    new.append(a.astype(dtype))
   return jax.tree.unflatten(treedef, new), info
 
 
