@@ -288,8 +288,6 @@ def _doc_block() -> str:
   return after.split("```\n", 2)[1].rstrip("\n")
 
 
-@pytest.mark.xfail(strict=True, reason="the Architecture text in docs-pending/h6b.md is not "
-                   "yet in README.md / docs/architecture.md; drop this mark when it is")
 def test_architecture_doc_is_the_table():
   assert _doc_block() == architecture_block()
 
