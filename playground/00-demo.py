@@ -5,31 +5,31 @@
   ./00-demo.py --data path/data.jsonl  # your data, images relative to that file
   ./00-demo.py --quantize int4         # the vision tower frozen in 4 bits, the decoder trained
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import option
 
 
-def flags():
-  from palijudge import quantize
-  p = cli.parser(__doc__)
-  p.add_argument("--data", help="data.jsonl (default: generate the synthetic dataset)")
-  p.add_argument("--preset", default="tiny", choices=("tiny", "tiny-gemma2"),
-                 help="the embedded model")
-  p.add_argument("--seed", type=int, default=0, help="seed of the data, model and split")
-  p.add_argument("--quantize", default="none", choices=quantize.MODES,
-                 help="freeze and quantize the vision encoder and projection; train the decoder")
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data: str | None = option(None, "data.jsonl (default: generate the synthetic dataset)")
+  preset: str = option("tiny", "the embedded model", choices=("tiny", "tiny-gemma2"))
+  seed: int = option(0, "seed of the data, model and split")
+  quantize: str = option("none", "freeze and quantize the vision encoder and projection; "
+                         "train the decoder", choices=configs.QUANTIZE_MODES)
 
 
-def main(args, project):
+def main(cfg, project):
   from palijudge.tools import demo
   cli.announce()
-  valid = demo.run(project, project.find(args.data) if args.data else None,
-                   preset=args.preset, seed=args.seed, quantize=args.quantize)
+  valid = demo.run(project, project.find(cfg.data) if cfg.data else None,
+                   preset=cfg.preset, seed=cfg.seed, quantize=cfg.quantize)
   ok, line = demo.gate(valid)
   print(line)
   return 0 if ok else 1
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

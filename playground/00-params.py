@@ -3,23 +3,26 @@
 
 Computed with jax.eval_shape: nothing is allocated, so the 28B model is fine.
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import option
 
 
-def flags():
-  p = cli.parser(__doc__)
-  p.add_argument("--model", default="paligemma-3b-pt-224", help="preset name")
-  p.add_argument("--model-config", help="model config JSON instead of a preset")
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: str = option(configs.DEFAULT_MODEL, "preset name")
+  model_config: str | None = option(None, "model config JSON instead of a preset")
 
 
-def main(args, project):
+def main(cfg, project):
   from palijudge.model import config, paligemma
-  cfg = config.from_json_file(args.model_config) if args.model_config else config.preset(args.model)
-  for line in paligemma.describe_params(cfg):
+  model = (config.from_json_file(cfg.model_config) if cfg.model_config
+           else config.preset(cfg.model))
+  for line in paligemma.describe_params(model):
     print(line)
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

@@ -13,61 +13,64 @@ groups were kept together, and how many possible duplicates were not (12-audit.p
 shows them to decide). A group may leave valid a little short of -v N. Without
 duplicates the split is the same as without the check.
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import group, option
+from palijudge.data.audit import AuditConfig
 
 
-def flags():
-  p = cli.parser(__doc__)
-  p.add_argument("-v", "--valid", type=int, help="number of validation examples")
-  p.add_argument("--folds", type=int, help="write K cross-validation folds instead")
-  p.add_argument("-n", "--name", required=True,
-                 help="split name: writes dataset/NAME/ and its record, split.json (where its "
-                      "images are), so -d NAME alone finds them")
-  p.add_argument("--data", default=None, help="all examples (default: dataset/data.jsonl)")
-  cli.add_root_flag(p)
-  p.add_argument("--seed", type=int, default=None, help="shuffle seed (default: random)")
-  p.add_argument("--stratify", action="store_true", help="keep the yes/no ratio in valid")
-  p.add_argument("--ignore-duplicates", action="store_true",
-                 help="split without looking for duplicates (they may land on both sides)")
-  cli.add_audit_flags(p)
-  cli.add_model_flags(p)
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  valid: int | None = option(None, "number of validation examples", short="-v")
+  folds: int | None = option(None, "write K cross-validation folds instead")
+  name: str = option(None, "split name: writes dataset/NAME/ and its record, split.json (where "
+                     "its images are), so -d NAME alone finds them", short="-n", required=True)
+  data: str | None = option(None, "all examples (default: dataset/data.jsonl)",
+                            suppress_default=True)
+  root: str | None = cli.root_option()
+  seed: int | None = option(None, "shuffle seed (default: random)")
+  stratify: bool = option(False, "keep the yes/no ratio in valid")
+  ignore_duplicates: bool = option(False, "split without looking for duplicates (they may land "
+                                   "on both sides)")
+  audit: AuditConfig = group(AuditConfig, "duplicates (see palijudge.data.audit)")
+  load: configs.LoadConfig = group(configs.LoadConfig, "model")
 
 
-def main(args, project):
+def main(cfg, project):
   from palijudge import files
-  if (args.valid is None) == (args.folds is None):
+  if (cfg.valid is None) == (cfg.folds is None):
     raise cli.UserError("give either -v N or --folds K")
-  data = project.find(args.data) if args.data else str(project.dataset / "data.jsonl")
-  root = cli.data_root(args, project, data)
-  out = project.split(args.name, "-n")
+  data = project.find(cfg.data) if cfg.data else str(project.dataset / "data.jsonl")
+  root = cli.data_root(cfg, project, data)
+  out = project.split(cfg.name, "-n")
   if files.is_within(data, out):  # The split is rebuilt from scratch: its files are outputs.
     raise cli.UserError(f"--data {files.shown(data)}: lies inside {files.shown(out)}, the split "
-                        f"-n {args.name} rebuilds; split from a file outside it")
+                        f"-n {cfg.name} rebuilds; split from a file outside it")
   with files.lock(out, "split"):
-    _split(args, project, root, data, out)
+    _split(cfg, project, root, data, out)
 
 
-def _split(args, project, root, data, out):
+def _split(cfg, project, root, data, out):
   import os
   from palijudge import files
   from palijudge.data import examples, splits
-  seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+  seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
   rows = examples.read_examples(data, root)
   groups = None
-  if not args.ignore_duplicates:
-    found = cli.run_audit(args, project, {files.shown(data): rows}, root)
+  if not cfg.ignore_duplicates:
+    found = cli.run_audit(cfg, project, {files.shown(data): rows}, root)
     print(found.kept_line())
     groups = found.group_ids() if found.groups else None
-  if args.folds is not None:
-    for tr, va in splits.write_folds(rows, args.folds, seed, args.stratify, out, groups):
+  if cfg.folds is not None:
+    for tr, va in splits.write_folds(rows, cfg.folds, seed, cfg.stratify, out, groups):
       print(f"{files.shown(va.parent)}: train {len(examples.read_jsonl(tr, root))}, "
             f"valid {len(examples.read_jsonl(va, root))}")
-    splits.write_record(out, root, data, seed, folds=args.folds)
+    splits.write_record(out, root, data, seed, folds=cfg.folds)
     print(f"(seed {seed})")
     return
-  train, valid = splits.split(rows, args.valid, seed, args.stratify, data_path=data,
+  train, valid = splits.split(rows, cfg.valid, seed, cfg.stratify, data_path=data,
                               groups=groups)
   for name in ("train.jsonl", "valid.jsonl"):
     files.check_writable(out / name, "split")
@@ -80,4 +83,4 @@ def _split(args, project, root, data, out):
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

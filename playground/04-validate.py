@@ -13,45 +13,48 @@ threshold is --threshold, else the one stored in the checkpoint(s) if they
 agree, else 0.5; --pick-threshold SET chooses it on SET instead and applies it
 to every file.
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import group, option
 
 
-def flags():
-  p = cli.parser(__doc__)
-  p.add_argument("files", nargs="+", help=".jsonl or .tsv files to evaluate")
-  cli.add_judge_flags(p)
-  p.add_argument("--scores", help="write one prediction row per example (label, p(yes), "
-                                  "prediction) to this .jsonl or .tsv file")
-  cli.add_root_flag(p)
-  cli.add_model_flags(p)
-  cli.add_eval_flags(p)
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  files: tuple[str, ...] = option((), ".jsonl or .tsv files to evaluate", positional="+")
+  judge: configs.JudgeConfig = group(configs.JudgeConfig, "which checkpoints judge")
+  scores: str | None = option(None, "write one prediction row per example (label, p(yes), "
+                              "prediction) to this .jsonl or .tsv file")
+  root: str | None = cli.root_option()
+  load: configs.LoadConfig = group(configs.LoadConfig, "model")
+  eval: configs.EvalConfig = group(configs.EvalConfig, "evaluation")
+  eval_set: tuple[str, ...] = cli.eval_set_option()
 
 
-def main(args, project):
+def main(cfg, project):
   import os
   from palijudge import evaluate, files, predictions
   from palijudge.data import examples
-  paths = cli.judge_paths(args, project)
-  ecfg = cli.judge_config(args, paths)
-  sets = {f: examples.read_examples(project.find(f), cli.data_root(args, project, project.find(f)))
-          for f in args.files}
-  sets.update(cli.eval_sets(args, project, taken=list(sets)))
-  if args.scores:
-    fmt = predictions.format_of(args.scores)
+  paths = cli.judge_paths(cfg, project)
+  ecfg = cli.eval_config(cfg, project, paths)
+  sets = {f: examples.read_examples(project.find(f), cli.data_root(cfg, project, project.find(f)))
+          for f in cfg.files}
+  sets.update(cli.eval_sets(cfg, project, taken=list(sets)))
+  if cfg.scores:
+    fmt = predictions.format_of(cfg.scores)
     for rows in sets.values():
       predictions.check_values(rows, fmt)
-    inputs = cli.model_inputs(args, project, paths) + [("a dataset", rows[0].source)
-                                                      for rows in sets.values()]
-    files.check_writable(args.scores, "--scores file", inputs)
-  judge = cli.load_judge(args, project, paths, ecfg)
+    inputs = cli.model_inputs(cfg, project, paths) + [("a dataset", rows[0].source)
+                                                     for rows in sets.values()]
+    files.check_writable(cfg.scores, "--scores file", inputs)
+  judge = cli.load_judge(cfg, project, paths, ecfg)
   results = evaluate.report(judge.lm, sets, ecfg, scorer=judge.scorer)
-  if args.scores:
+  if cfg.scores:
     res = evaluate.EvalResult.concat(list(results.values()))
-    predictions.write(args.scores, predictions.rows_of(res), res.mode == "decode")
-    print(f"wrote {os.path.normpath(args.scores)}")
+    predictions.write(cfg.scores, predictions.rows_of(res), res.mode == "decode")
+    print(f"wrote {os.path.normpath(cfg.scores)}")
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

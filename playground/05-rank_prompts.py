@@ -8,46 +8,50 @@
 Every candidate replaces every row's prefix. The table shows the chosen
 metric, ROC-AUC and the confusion counts at --threshold (0.5).
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import group, option
+from palijudge.prompts import PROMPT_METRICS
 
 
-def flags():
-  from palijudge import prompts
-  p = cli.parser(__doc__)
-  p.add_argument("files", nargs="+", help=".jsonl or .tsv dataset files (scored together)")
-  p.add_argument("-m", "--checkpoint", help="checkpoint .npz (default: the base --model)")
-  cli.add_root_flag(p)
-  cli.add_model_flags(p)
-  cli.add_eval_flags(p, skip=("prompt", "pick_threshold", "target", "gallery", "gallery_max",
-                              "eval_set"))
-  p.add_argument("--prompt", action="append", default=[], help="a candidate prompt (repeat)")
-  p.add_argument("--prompts", help="file of candidate prompts, one a line (# comments)")
-  p.add_argument("--metric", default="auc", choices=prompts.PROMPT_METRICS, help="rank by this")
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  files: tuple[str, ...] = option((), ".jsonl or .tsv dataset files (scored together)",
+                                  positional="+")
+  checkpoint: str | None = option(None, "checkpoint .npz (default: the base --model)",
+                                  short="-m")
+  root: str | None = cli.root_option()
+  load: configs.LoadConfig = group(configs.LoadConfig, "model")
+  eval: configs.EvalConfig = group(configs.EvalConfig, "evaluation", skip=(
+      "prompt", "pick_threshold", "target", "gallery", "gallery_max"))
+  prompt: tuple[str, ...] = option((), "a candidate prompt (repeat)", many=True)
+  prompts: str | None = option(None, "file of candidate prompts, one a line (# comments)")
+  metric: str = option("auc", "rank by this", choices=PROMPT_METRICS)
 
 
-def main(args, project):
+def main(cfg, project):
   import dataclasses
-  from palijudge import checkpoint, evaluate, prompts
+  from palijudge import evaluate, prompts
   from palijudge.data import examples
-  candidates = list(args.prompt) + (prompts.read_prompt_file(project.find(args.prompts))
-                                    if args.prompts else [])
+  candidates = list(cfg.prompt) + (prompts.read_prompt_file(project.find(cfg.prompts))
+                                   if cfg.prompts else [])
   if not candidates:
     raise cli.UserError("give candidate prompts with --prompt TEXT (repeat) or --prompts FILE")
-  model = project.find(args.checkpoint) if args.checkpoint else None
-  args.prompt = candidates[0]
-  ecfg = cli.eval_config(args, checkpoint.stored_threshold(model or project.find(args.model)))
-  rows = [e for f in map(project.find, args.files)
-          for e in examples.read_examples(f, cli.data_root(args, project, f))]
-  lm = cli.load_model(args, project, model=model)
+  model = project.find(cfg.checkpoint) if cfg.checkpoint else None
+  ecfg = dataclasses.replace(cli.eval_config(cfg, project, [model or cfg.load.model]),
+                             prompt=candidates[0])
+  rows = [e for f in map(project.find, cfg.files)
+          for e in examples.read_examples(f, cli.data_root(cfg, project, f))]
+  lm = cli.load_model(cfg, project, model=model)
 
   def score(exs, prompt):
     return evaluate.evaluate(lm, exs, dataclasses.replace(ecfg, prompt=prompt))
-  ranked = prompts.rank(rows, candidates, args.metric, score)
+  ranked = prompts.rank(rows, candidates, cfg.metric, score)
   print(f"{len(rows)} examples, {len(candidates)} prompts, threshold {ecfg.decision:g}")
-  print(prompts.format_table(ranked, args.metric))
+  print(prompts.format_table(ranked, cfg.metric))
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

@@ -8,31 +8,32 @@ Rows: one per experiments/<run>/ folder, plus study trials without a folder
 (experiments/study.db, or --storage URL). The best row is marked. Missing
 plots of a run are drawn from its train_log.csv and predictions.jsonl.
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import option
 
 
-def flags():
+@dataclasses.dataclass(frozen=True)
+class Config:
+  experiments: str | None = option(None, "the run records folder (default: the project's "
+                                   "experiments/)", suppress_default=True)
+  sort: str = option("score", "markdown sort key (metrics high first, settings low first)",
+                     choices=configs.SORT_KEYS)
+  storage: str | None = option(None, "study database URL (default: EXPERIMENTS/study.db if "
+                               "present)", suppress_default=True)
+  no_plots: bool = option(False, "do not draw missing run plots")
+
+
+def main(cfg, project):
   from palijudge.experiments import leaderboard
-  p = cli.parser(__doc__)
-  p.add_argument("--experiments", default=None,
-                 help="the run records folder (default: the project's experiments/)")
-  p.add_argument("--sort", default="score", choices=leaderboard.SORT_KEYS,
-                 help="markdown sort key (metrics high first, settings low first)")
-  p.add_argument("--storage", default=None,
-                 help="study database URL (default: EXPERIMENTS/study.db if present)")
-  p.add_argument("--no-plots", action="store_true", help="do not draw missing run plots")
-  return p
-
-
-def main(args, project):
-  from palijudge.experiments import leaderboard
-  built = leaderboard.build(args.experiments or project.experiments, args.sort, args.storage,
-                            not args.no_plots)
+  built = leaderboard.build(cfg.experiments or project.experiments, cfg.sort, cfg.storage,
+                            not cfg.no_plots)
   print(f"{built.rows} row(s): {built.markdown}, {built.html}")
   for path in built.histories:
     print(f"study history: {path}")
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

@@ -8,43 +8,45 @@ streamed one array at a time, with a small tokenizer beside it, so that
   ./11-write_random_checkpoint.py [--model paligemma-3b-pt-224] [--out FILE] [--seed 0]
                                   [--dtype float16] [--dry-run]
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import option
 
 
-def flags():
-  p = cli.parser(__doc__)
-  p.add_argument("--model", default="paligemma-3b-pt-224", help="preset name")
-  p.add_argument("--out", help="output .npz (default: cache/random/<Kaggle file name>)")
-  p.add_argument("--seed", type=int, default=0, help="seed of the values")
-  p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
-                 help="dtype of every array")
-  p.add_argument("--dry-run", action="store_true",
-                 help="list the arrays (key, shape, dtype) and totals, write nothing")
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: str = option(configs.DEFAULT_MODEL, "preset name")
+  out: str | None = option(None, "output .npz (default: cache/random/<Kaggle file name>)",
+                           suppress_default=True)
+  seed: int = option(0, "seed of the values")
+  dtype: str = option("float16", "dtype of every array",
+                      choices=("float16", "bfloat16", "float32"))
+  dry_run: bool = option(False, "list the arrays (key, shape, dtype) and totals, write nothing")
 
 
-def main(args, project):
+def main(cfg, project):
   import json
   import os
   from palijudge.model import config
   from palijudge.tools import fullsize
-  cfg = config.preset(args.model)
-  if args.dry_run:
-    entries = list(fullsize.entries(cfg, args.dtype))
+  model = config.preset(cfg.model)
+  if cfg.dry_run:
+    entries = list(fullsize.entries(model, cfg.dtype))
     for e in entries:
       print(f"{e.key}\t{e.shape}\t{e.dtype.name}")
     print(json.dumps({"arrays": len(entries), "params": sum(e.size for e in entries),
                       "bytes": sum(e.nbytes for e in entries)}))
     return
-  out = args.out or str(project.cache / "random" / fullsize.default_filename(args.model,
-                                                                             args.dtype))
+  out = cfg.out or str(project.cache / "random" / fullsize.default_filename(cfg.model,
+                                                                             cfg.dtype))
   tok = fullsize.write_tokenizer(os.path.join(os.path.dirname(os.path.abspath(out)),
-                                              "random_tokenizer.model"), cfg.llm.vocab_size)
-  summary = fullsize.write_random_checkpoint(out, cfg, args.seed, args.dtype,
-                                             {"model": args.model, "tokenizer": tok})
+                                              "random_tokenizer.model"), model.llm.vocab_size)
+  summary = fullsize.write_random_checkpoint(out, model, cfg.seed, cfg.dtype,
+                                             {"model": cfg.model, "tokenizer": tok})
   print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

@@ -21,32 +21,33 @@ Writes an HTML page with thumbnails (--html) and exits:
      a set and any group whose labels disagree)
   2  bad input (one line naming the file)
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import group, option
+from palijudge.data.audit import AuditConfig
 
 
-def flags():
-  p = cli.parser(__doc__)
-  p.add_argument("files", nargs="*", metavar="[NAME=]FILE",
-                 help=".jsonl or .tsv sets (name: the file's name without suffix)")
-  p.add_argument("-d", "--split", metavar="NAME",
-                 help="the split or folds 02 -n NAME wrote (dataset/NAME/; its images: where 02 "
-                      "found them)")
-  cli.add_root_flag(p)
-  p.add_argument("--html", help="the page of thumbnails (default: experiments/audit.html)")
-  p.add_argument("--strict", action="store_true",
-                 help="exit 1 on any duplicate or label conflict, not only on leaks across sets")
-  p.add_argument("--show", type=int, default=30, metavar="N",
-                 help="print at most N groups (leaks first) and N possible pairs; the page "
-                      "shows all")
-  p.add_argument("--benchmark", action="store_true",
-                 help="instead: audit generated templated ads with planted edits (seeded) and "
-                      "print precision and recall, before (the former audit) and now")
-  p.add_argument("--seeds", default="0-4", metavar="A-B",
-                 help="--benchmark: the seeds, A-B or a comma list")
-  cli.add_audit_flags(p)
-  cli.add_model_flags(p)
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  files: tuple[str, ...] = option((), ".jsonl or .tsv sets (name: the file's name without "
+                                  "suffix)", positional="*", metavar="[NAME=]FILE")
+  split: str | None = option(None, "the split or folds 02 -n NAME wrote (dataset/NAME/; its "
+                             "images: where 02 found them)", short="-d", metavar="NAME")
+  root: str | None = cli.root_option()
+  html: str | None = option(None, "the page of thumbnails (default: experiments/audit.html)",
+                            suppress_default=True)
+  strict: bool = option(False, "exit 1 on any duplicate or label conflict, not only on leaks "
+                        "across sets")
+  show: int = option(30, "print at most N groups (leaks first) and N possible pairs; the page "
+                     "shows all", metavar="N")
+  benchmark: bool = option(False, "instead: audit generated templated ads with planted edits "
+                           "(seeded) and print precision and recall, before (the former "
+                           "audit) and now")
+  seeds: str = option("0-4", "--benchmark: the seeds, A-B or a comma list", metavar="A-B")
+  audit: AuditConfig = group(AuditConfig, "duplicates (see palijudge.data.audit)")
+  load: configs.LoadConfig = group(configs.LoadConfig, "model")
 
 
 def _seeds(text: str) -> list:
@@ -63,13 +64,11 @@ def _seeds(text: str) -> list:
   return seeds
 
 
-def benchmark(args) -> int:
-  from palijudge import options
-  from palijudge.data import audit, audit_bench
-  cfg = options.build(audit.AuditConfig, args)
-  if cfg.embeddings:
+def benchmark(cfg) -> int:
+  from palijudge.data import audit_bench
+  if cfg.audit.embeddings:
     raise cli.UserError("--benchmark measures the checks without the encoder; drop --embeddings")
-  for line in audit_bench.table(audit_bench.run(_seeds(args.seeds), cfg), cfg):
+  for line in audit_bench.table(audit_bench.run(_seeds(cfg.seeds), cfg.audit), cfg.audit):
     print(line)
   return 0
 
@@ -101,29 +100,29 @@ def _split_files(name: str, project) -> list:
   return found
 
 
-def main(args, project):
+def main(cfg, project):
   from palijudge import files, gallery
   from palijudge.data import audit_report, examples
-  if args.benchmark:
-    return benchmark(args)
-  named = (_split_files(args.split, project) if args.split else []) + _named(args.files, project)
-  if args.show < 0:
-    raise cli.UserError(f"--show {args.show}: expected 0 or more")
+  if cfg.benchmark:
+    return benchmark(cfg)
+  named = (_split_files(cfg.split, project) if cfg.split else []) + _named(cfg.files, project)
+  if cfg.show < 0:
+    raise cli.UserError(f"--show {cfg.show}: expected 0 or more")
   if not named:
     raise cli.UserError("give dataset files ([NAME=]FILE ...) or -d NAME")
   names = [n for n, _ in named]
   if len(set(names)) != len(names):
     raise cli.UserError(f"set names repeat ({', '.join(names)}): name them, e.g. train=FILE")
-  html = project.find(args.html) if args.html else str(project.experiments / "audit.html")
+  html = project.find(cfg.html) if cfg.html else str(project.experiments / "audit.html")
   files.check_writable(html, "--html page", [("a dataset", p) for _, p in named])
-  sets = {n: examples.read_examples(p, cli.data_root(args, project, p)) for n, p in named}
-  found = cli.run_audit(args, project, sets, cli.data_root(args, project, named[0][1]))
-  for line in audit_report.report(found, limit=args.show):
+  sets = {n: examples.read_examples(p, cli.data_root(cfg, project, p)) for n, p in named}
+  found = cli.run_audit(cfg, project, sets, cli.data_root(cfg, project, named[0][1]))
+  for line in audit_report.report(found, limit=cfg.show):
     print(line)
   print(f"page: {files.shown(gallery.write_audit(html, found, 'Duplicate audit: ' + ', '.join(names)))}")
-  bad = found.leaks or (args.strict and (found.groups or found.conflicts))
+  bad = found.leaks or (cfg.strict and (found.groups or found.conflicts))
   return 1 if bad else 0
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

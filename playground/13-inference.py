@@ -14,55 +14,57 @@ left by another model, data or settings is refused: its first line proves
 which wrote it). Several checkpoints (-l repeated or a comma list) judge as
 an ensemble, as in 04-validate.py.
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import group, option
+from palijudge.predictions import FORMATS
 
 
-def flags():
-  from palijudge import predictions
-  p = cli.parser(__doc__)
-  p.add_argument("-d", "--data", required=True, help="dataset (.tsv or .jsonl)")
-  cli.add_root_flag(p, "-i", "--images", "--root")
-  cli.add_judge_flags(p, ("-l", "-m", "--checkpoint"))
-  p.add_argument("-o", "--out", help="prediction file (.tsv/.jsonl); default: stdout")
-  p.add_argument("--format", choices=predictions.FORMATS, help="output format (default: by -o)")
-  p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-  cli.add_model_flags(p)
-  cli.add_eval_flags(p, skip=("pick_threshold", "target", "gallery", "gallery_max", "json",
-                              "eval_set"))
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data: str = option(None, "dataset (.tsv or .jsonl)", short="-d", required=True)
+  root: str | None = cli.root_option("-i", "--images")
+  judge: configs.JudgeConfig = group(configs.JudgeConfig, "which checkpoints judge",
+                                     aliases={"checkpoint": "-l"})
+  out: str | None = option(None, "prediction file (.tsv/.jsonl); default: stdout", short="-o",
+                           suppress_default=True)
+  format: str | None = option(None, "output format (default: by -o)", choices=FORMATS)
+  overwrite: bool = option(False, "replace an existing OUT")
+  no_progress: bool = option(False, "no progress bar on stderr")
+  load: configs.LoadConfig = group(configs.LoadConfig, "model")
+  eval: configs.EvalConfig = group(configs.EvalConfig, "evaluation", skip=(
+      "pick_threshold", "target", "gallery", "gallery_max", "json"))
 
 
-def main(args, project):
+def main(cfg, project):
   import contextlib
   import sys
   from palijudge import files, infer, predictions
   from palijudge.data import examples
-  paths = cli.judge_paths(args, project)
-  ecfg = cli.judge_config(args, paths, log=lambda line: print(line, file=sys.stderr))
-  fmt = args.format or predictions.format_of(args.out)
-  data = project.find(args.data)
-  rows = examples.read_examples(data, cli.data_root(args, project, data))
+  paths = cli.judge_paths(cfg, project)
+  ecfg = cli.eval_config(cfg, project, paths, log=lambda line: print(line, file=sys.stderr))
+  fmt = cfg.format or predictions.format_of(cfg.out)
+  data = project.find(cfg.data)
+  rows = examples.read_examples(data, cli.data_root(cfg, project, data))
   predictions.check_values(rows, fmt)
-  if args.out:
-    infer.check_target(args.out, args.overwrite)
-    inputs = cli.model_inputs(args, project, paths) + [("-d", data)]
-    for path in (args.out, args.out + ".partial"):
+  if cfg.out:
+    infer.check_target(cfg.out, cfg.overwrite)
+    inputs = cli.model_inputs(cfg, project, paths) + [("-d", data)]
+    for path in (cfg.out, cfg.out + ".partial"):
       files.check_writable(path, "prediction file", inputs)
-  with files.lock(args.out, "prediction file") if args.out else contextlib.nullcontext():
-    judge = cli.load_judge(args, project, paths, ecfg)
-    settings = infer.InferSettings(
-        model=judge.name, data=args.data, n_examples=len(rows), prompt=ecfg.prompt,
-        mode=ecfg.mode, threshold=ecfg.decision, gif_frame=ecfg.gif_frame, frames=ecfg.frames,
-        combine=ecfg.combine, batch_size=ecfg.eval_batch,
-        model_id=judge.identity() if args.out else "", data_id=infer.data_id(rows))
-    res = infer.run(judge.lm, rows, args.out, settings, ecfg, fmt=fmt, overwrite=args.overwrite,
-                    progress=not args.no_progress, scorer=judge.scorer)
+  with files.lock(cfg.out, "prediction file") if cfg.out else contextlib.nullcontext():
+    judge = cli.load_judge(cfg, project, paths, ecfg)
+    source = infer.Source(model=judge.name, data=cfg.data, n_examples=len(rows),
+                          model_id=judge.identity() if cfg.out else "",
+                          data_id=infer.data_id(rows))
+    res = infer.run(judge.lm, rows, cfg.out, source, ecfg, fmt=fmt, overwrite=cfg.overwrite,
+                    progress=not cfg.no_progress, scorer=judge.scorer)
   if res.path:
     print(f"wrote {res.path}: {res.written + res.resumed} rows"
           f"{f' ({res.resumed} resumed)' if res.resumed else ''}")
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

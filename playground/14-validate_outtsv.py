@@ -12,40 +12,43 @@ data.tsv without a header, or any .jsonl/.tsv dataset) is the data predictions
 came from: its labels must agree with theirs, and a line `Data: FILE ...` says
 how many of its rows each prediction file judged.
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli
+from palijudge.options import option
 
 
-def flags():
-  p = cli.parser(__doc__)
-  p.add_argument("files", nargs="+", help="prediction files (and the data they came from)")
-  p.add_argument("--threshold", type=float, help="recompute pred as p_yes >= T")
-  p.add_argument("--total", action="store_true", help="also one block over all files")
-  p.add_argument("--json", action="store_true", help="also one JSON line per block")
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  files: tuple[str, ...] = option((), "prediction files (and the data they came from)",
+                                  positional="+")
+  threshold: float | None = option(None, "recompute pred as p_yes >= T")
+  total: bool = option(False, "also one block over all files")
+  json: bool = option(False, "also one JSON line per block")
 
 
-def main(args, project):
+def main(cfg, project):
   from palijudge import metrics, predictions
-  if args.threshold is not None and not 0 < args.threshold < 1:
-    raise cli.UserError(f"--threshold must be in (0, 1), got {args.threshold}")
-  read = {f: predictions.read_any(project.find(f), args.threshold) for f in args.files}
+  if cfg.threshold is not None and not 0 < cfg.threshold < 1:
+    raise cli.UserError(f"--threshold must be in (0, 1), got {cfg.threshold}")
+  read = {f: predictions.read_any(project.find(f), cfg.threshold) for f in cfg.files}
   data = [r for r in read.values() if isinstance(r, predictions.DataFile)]
   per_file = {f: rows for f, rows in read.items() if not isinstance(rows, predictions.DataFile)}
   if not per_file:  # Only data: the reader's one line says to make predictions first.
     predictions.read(data[0].path)
   lines = [d.summary(per_file) for d in data]  # Every file checked before any output.
-  if args.total:
+  if cfg.total:
     per_file[f"total ({len(per_file)} files)"] = [r for rows in per_file.values() for r in rows]
   for name, rows in per_file.items():
-    print(predictions.format_rows(rows, name, "Aggregate", args.threshold))
-    if args.json:
+    print(predictions.format_rows(rows, name, "Aggregate", cfg.threshold))
+    if cfg.json:
       conf, scores = predictions.aggregate(rows)
       extra = {**(scores.to_dict() if scores else {}), **predictions.intervals(rows).to_dict()}
-      print(metrics.json_line(conf, name, threshold=args.threshold, **extra))
+      print(metrics.json_line(conf, name, threshold=cfg.threshold, **extra))
   for line in lines:
     print(line)
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

@@ -16,75 +16,77 @@ resumed run continues its record), so it shows in 07-report.py's leaderboard.
 --save-every K writes the train state beside -s every K steps; after a kill,
 the same command with --resume continues from it to the same result.
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
-
-SHORT = {"batch_size": "-b", "lr": "-r"}  # The original script's short flags.
-
-
-def flags():
-  p = cli.parser(__doc__)
-  p.add_argument("-d", "--data", required=True, help="training data (.jsonl, .tsv, or sniffed)")
-  cli.add_root_flag(p, "-i", "--images", "--root")
-  p.add_argument("-s", "--save", required=True, metavar="CKPT",
-                 help="checkpoint to write (.npz; a path, or a name under checkpoints/)")
-  p.add_argument("-l", "--load", metavar="CKPT", default=None,
-                 help="continue from this checkpoint (default: the base model, --model)")
-  p.add_argument("-t", "--repeat", type=int, default=1, metavar="N",
-                 help="passes over the data (default: 1)")
-  p.add_argument("--resume", action="store_true",
-                 help="continue from the train state a killed run left beside -s "
-                      "(CKPT.state.npz, written every --save-every steps)")
-  p.add_argument("--full", action="store_true",
-                 help="save every parameter, not a delta over the base")
-  p.add_argument("--experiments", default=None,
-                 help="where the run record goes (default: the project's experiments/)")
-  cli.add_model_flags(p)
-  cli.add_eval_flags(p, skip=cli.eval_flags_except("prompt", "gif_frame"))
-  cli.add_train_flags(p, aliases=SHORT, lottery=False)
-  p.set_defaults(steps=None)
-  return p
+from palijudge import cli, configs
+from palijudge.options import group, option
 
 
-def main(args, project):
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data: str = option(None, "training data (.jsonl, .tsv, or sniffed)", short="-d",
+                     required=True)
+  root: str | None = cli.root_option("-i", "--images")
+  save: str = option(None, "checkpoint to write (.npz; a path, or a name under checkpoints/)",
+                     short="-s", required=True, metavar="CKPT")
+  load_from: str | None = option(None, "continue from this checkpoint (default: the base "
+                                 "model, --model)", flag="--load", short="-l", metavar="CKPT",
+                                 suppress_default=True)
+  repeat: int = option(1, "passes over the data", short="-t", metavar="N")
+  steps: int | None = option(None, "optimizer steps (default: one pass over the data per "
+                             "--repeat: ceil(examples / (batch x accum)) x N)",
+                             suppress_default=True)
+  resume: bool = option(False, "continue from the train state a killed run left beside -s "
+                        "(CKPT.state.npz, written every --save-every steps)")
+  full: bool = option(False, "save every parameter, not a delta over the base")
+  experiments: str | None = option(None, "where the run record goes (default: the project's "
+                                   "experiments/)", suppress_default=True)
+  load: configs.LoadConfig = group(configs.LoadConfig, "model")
+  eval: configs.EvalConfig = group(configs.EvalConfig, "evaluation",
+                                   skip=cli.eval_except("prompt", "gif_frame"))
+  # The original script's short flags: -b for --batch, -r for --lr.
+  train: configs.TrainConfig = group(configs.TrainConfig, "training", skip=("steps",),
+                                     aliases={"batch_size": "-b", "lr": "-r"})
+
+
+def main(cfg, project):
   import contextlib
   import dataclasses
   import math
   import os
-  from palijudge import distributed, files, learn, train
+  from palijudge import distributed, files, learn, options
   from palijudge.data import examples
   from palijudge.experiments import records
-  if args.repeat < 1:
-    raise cli.UserError(f"-t/--repeat must be >= 1, got {args.repeat}")
-  save_to = cli.checkpoint_path(args.save, project, "-s")
-  parent = project.find(args.load) if args.load else None
-  given_steps = args.steps
-  args.steps = 1 if given_steps is None else given_steps
-  tcfg = cli.train_config(args)  # Every flag checked before the data sets the steps.
-  data = project.find(args.data)
-  rows = examples.read_examples(data, cli.data_root(args, project, data))
+  if cfg.repeat < 1:
+    raise cli.UserError(f"-t/--repeat must be >= 1, got {cfg.repeat}")
+  save_to = cli.checkpoint_path(cfg.save, project, "-s")
+  parent = project.find(cfg.load_from) if cfg.load_from else None
+  tcfg = cfg.train if cfg.steps is None else dataclasses.replace(cfg.train, steps=cfg.steps)
+  data = project.find(cfg.data)
+  rows = examples.read_examples(data, cli.data_root(cfg, project, data))
   tcfg.check_data(len(rows), files.shown(data))
-  if given_steps is None:
-    steps = math.ceil(len(rows) / (tcfg.batch_size * tcfg.accum)) * args.repeat
-    if steps > train.MAX_STEPS:
-      raise cli.UserError(f"-t {args.repeat}: {steps} steps, more than {train.MAX_STEPS}")
+  if cfg.steps is None:
+    steps = math.ceil(len(rows) / (tcfg.batch_size * tcfg.accum)) * cfg.repeat
+    if steps > configs.MAX_STEPS:
+      raise cli.UserError(f"-t {cfg.repeat}: {steps} steps, more than {configs.MAX_STEPS}")
     tcfg = dataclasses.replace(tcfg, steps=steps)
-  inputs = cli.model_inputs(args, project, [parent] if parent else ()) + [("-d", data)]
+  inputs = cli.model_inputs(cfg, project, [parent] if parent else ()) + [("-d", data)]
   for path in (save_to, learn.state_path(save_to)):
     files.check_writable(path, "-s checkpoint", inputs)
   with files.lock(save_to, "checkpoint") if distributed.is_main() else contextlib.nullcontext():
-    lm = cli.load_model(args, project, model=parent, trainable=tcfg.trainable, tcfg=tcfg)
+    lm = cli.load_model(cfg, project, model=parent, trainable=tcfg.trainable, tcfg=tcfg)
     record = records.open_run(  # Process 0 alone writes it; a resumed run continues it.
-        args.experiments or project.experiments, os.path.basename(save_to)[:-len(".npz")],
-        {"command": records.command_line(), "args": vars(args),
+        cfg.experiments or project.experiments, os.path.basename(save_to)[:-len(".npz")],
+        {"command": records.command_line(), "args": options.flat(cfg),
          **learn.record_config(lm, tcfg, files.shown(data), save_to, parent=parent)},
-        learn.resumed_checkpoint(save_to, args.resume)) if distributed.is_main() else None
+        learn.resumed_checkpoint(save_to, cfg.resume)) if distributed.is_main() else None
     with record.running() if record else contextlib.nullcontext():
-      learn.train_file(lm, rows, tcfg, cli.eval_config(args), save_to, parent=parent,
-                       full=args.full, resume=args.resume, record=record)
+      learn.train_file(lm, rows, tcfg, cli.eval_config(cfg), save_to, parent=parent,
+                       full=cfg.full, resume=cfg.resume, record=record)
     if record:
       print(f"record: {files.shown(record.path)}")
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

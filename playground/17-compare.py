@@ -18,29 +18,32 @@ ROC-AUC, and one sentence: which is better, or that no difference is
 detectable, and which comparisons are undefined (the precision of a model
 that never says yes).
 """
+import dataclasses
+
 import _env  # noqa: F401  (runs this script with the project's .venv)
-from palijudge import cli
+from palijudge import cli, configs
+from palijudge.options import group, option
 
 PREDICTION_SUFFIXES = (".tsv", ".jsonl")
 
 
-def flags():
-  p = cli.parser(__doc__)
-  p.add_argument("files", nargs="*", help=".jsonl or .tsv datasets to compare on (a checkpoint "
-                                          "needs at least one)")
-  cli.add_root_flag(p)
-  cli.add_model_flags(p)
-  cli.add_eval_flags(p, skip=("pick_threshold", "target", "gallery", "gallery_max", "json"))
-  p.conflict_handler = "resolve"  # -b names model B here; the batch size keeps --eval-batch.
-  models = p.add_argument_group("the two models")
-  models.add_argument("-a", required=True, metavar="MODEL",
-                      help="model A: a checkpoint .npz, base, or a prediction file .tsv/.jsonl")
-  models.add_argument("-b", required=True, metavar="MODEL", help="model B: the same kinds as -a")
-  p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
-  p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
-  p.add_argument("--list", dest="max_list", type=int, default=20, metavar="N",
-                 help="flipped examples listed each way")
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  files: tuple[str, ...] = option((), ".jsonl or .tsv datasets to compare on (a checkpoint "
+                                  "needs at least one)", positional="*")
+  root: str | None = cli.root_option()
+  load: configs.LoadConfig = group(configs.LoadConfig, "model")
+  # -b names model B here; the batch size keeps --eval-batch.
+  eval: configs.EvalConfig = group(configs.EvalConfig, "evaluation", skip=(
+      "pick_threshold", "target", "gallery", "gallery_max", "json"), no_short=("eval_batch",))
+  eval_set: tuple[str, ...] = cli.eval_set_option()
+  a: str = option(None, "model A: a checkpoint .npz, base, or a prediction file .tsv/.jsonl",
+                  flag="-a", required=True, metavar="MODEL")
+  b: str = option(None, "model B: the same kinds as -a", flag="-b", required=True,
+                  metavar="MODEL")
+  seed: int = option(0, "seed of the bootstrap resamples")
+  resamples: int = option(2000, "bootstrap resamples")
+  max_list: int = option(20, "flipped examples listed each way", flag="--list", metavar="N")
 
 
 def _kind(source: str, flag: str, have_sets: bool) -> str:
@@ -55,40 +58,38 @@ def _kind(source: str, flag: str, have_sets: bool) -> str:
   return "base" if source == "base" else "checkpoint"
 
 
-def _judge(source: str, kind: str, sets: dict, args, project) -> dict:
+def _judge(source: str, kind: str, sets: dict, cfg, project) -> dict:
   """{set name: compare.Side}: a prediction file's rows, or a model evaluated on every set."""
-  from palijudge import checkpoint, compare
+  from palijudge import compare
   if kind == "file":
-    return compare.sides_from_file(project.find(source), sets, args.threshold)
+    return compare.sides_from_file(project.find(source), sets, cfg.eval.threshold)
   paths = [project.find(source)] if kind == "checkpoint" else []
-  ecfg = cli.eval_config(args, checkpoint.stored_threshold(paths[0] if paths
-                                                           else project.find(args.model)))
-  judge = cli.load_judge(args, project, paths, ecfg)  # A checkpoint, the base, or a probe.
+  ecfg = cli.eval_config(cfg, project, paths or [cfg.load.model])
+  judge = cli.load_judge(cfg, project, paths, ecfg)  # A checkpoint, the base, or a probe.
   # The judge goes when this returns: one model at a time.
   return compare.judge_sets(judge.lm, sets, ecfg, judge.scorer)
 
 
-def main(args, project):
+def main(cfg, project):
   from palijudge import compare
   from palijudge.data import examples
-  cli.eval_config(args)  # Refuses a bad --threshold before any work.
-  if args.resamples < 1 or args.max_list < 0:
+  if cfg.resamples < 1 or cfg.max_list < 0:
     raise cli.UserError("--resamples must be >= 1 and --list >= 0")
-  sets = {f: examples.read_examples(project.find(f), cli.data_root(args, project, project.find(f)))
-          for f in args.files}
-  sets.update(cli.eval_sets(args, project, taken=list(sets)))
-  kinds = [_kind(s, f, bool(sets)) for s, f in ((args.a, "-a"), (args.b, "-b"))]
+  sets = {f: examples.read_examples(project.find(f), cli.data_root(cfg, project, project.find(f)))
+          for f in cfg.files}
+  sets.update(cli.eval_sets(cfg, project, taken=list(sets)))
+  kinds = [_kind(s, f, bool(sets)) for s, f in ((cfg.a, "-a"), (cfg.b, "-b"))]
   # Prediction files first: one that lacks a set's examples is refused before a model loads.
   order = sorted(range(2), key=lambda i: kinds[i] != "file")
   sides = [None, None]
   for i in order:
-    sides[i] = _judge((args.a, args.b)[i], kinds[i], sets, args, project)
+    sides[i] = _judge((cfg.a, cfg.b)[i], kinds[i], sets, cfg, project)
   a, b = sides
-  done = [compare.compare(name, a[name], b[name], args.seed, args.resamples) for name in a]
-  print(f"A = {args.a}\nB = {args.b}")
+  done = [compare.compare(name, a[name], b[name], cfg.seed, cfg.resamples) for name in a]
+  print(f"A = {cfg.a}\nB = {cfg.b}")
   for c in done:
-    print(compare.format_comparison(c, args.max_list))
+    print(compare.format_comparison(c, cfg.max_list))
 
 
 if __name__ == "__main__":
-  cli.run(main, __file__, flags)
+  cli.run(Config, main)

@@ -1,5 +1,6 @@
-"""palijudge.cli's flag helpers: --eval-set, the loss flags (options.build of LossConfig),
-and every script's --help (each default shown once, equal to its config field's)."""
+"""palijudge.cli: the helpers scripts share (--eval-set, the loss flags of a config tree),
+every script's --help (each default shown once, equal to its config field's, without
+jax), and the options layer as the only place that speaks argparse."""
 
 from __future__ import annotations
 
@@ -14,21 +15,35 @@ import sys
 import pytest
 from testing import PLAY
 
-from palijudge import cli, evaluate, losses, options, train
+from palijudge import cli, configs, evaluate, train
 from palijudge.data import splits
 from palijudge.errors import UserError
 from palijudge.losses import LossConfig
+from palijudge.options import group
 
 SCRIPTS = sorted(p.name for p in PLAY.glob("[0-9][0-9]-*.py"))
 
 
-def _args(argv):
-  p = cli.parser("test")
-  cli.add_model_flags(p, "tiny")
-  cli.add_root_flag(p)
-  cli.add_eval_flags(p)
-  cli.add_train_flags(p)
-  return p.parse_args(list(argv))
+@dataclasses.dataclass(frozen=True)
+class Script:
+  """A script's config tree, as 03-do_learn.py composes one."""
+  root: str | None = cli.root_option()
+  load: configs.LoadConfig = group(configs.LoadConfig, "model", defaults={"model": "tiny"})
+  eval: configs.EvalConfig = group(configs.EvalConfig, "evaluation")
+  eval_set: tuple[str, ...] = cli.eval_set_option()
+  train: configs.TrainConfig = group(configs.TrainConfig, "training")
+
+
+def _args(argv) -> Script:
+  return cli.parse(Script, argv)[0]
+
+
+def _config_of(script: str):
+  """The config spec of a numbered script (its module run without its main)."""
+  if str(PLAY) not in sys.path:
+    sys.path.insert(0, str(PLAY))  # Its `import _env`.
+  module = runpy.run_path(str(PLAY / script), run_name="not_main")
+  return module.get("Config") or module["COMMANDS"]
 
 
 def test_eval_sets(tiny_project):
@@ -42,7 +57,7 @@ def test_eval_sets(tiny_project):
 
 
 def _loss(argv) -> LossConfig:
-  return losses.from_flags(options.given(LossConfig, _args(argv)))
+  return _args(argv).train.loss
 
 
 def test_loss_config_from_flags(tiny_examples):
@@ -56,7 +71,7 @@ def test_loss_config_from_flags(tiny_examples):
       kind="focal", focal_gamma=2.0, class_weight=(n / (2 * counts["yes"]),
                                                    n / (2 * counts["no"])))
   args = _args(["--loss", "focal", "--focal-gamma", "2"])
-  assert cli.train_config(args).loss == LossConfig(kind="focal", focal_gamma=2.0)
+  assert args.train.loss == LossConfig(kind="focal", focal_gamma=2.0)
   assert _loss(["--class-weight", "2,0.5"]).class_weight == (2.0, 0.5)
   assert _loss([]) == LossConfig()
 
@@ -159,8 +174,8 @@ def test_shared_flag_defaults_are_the_config_defaults(helps):
         seen.add(flag)
   assert seen == set(SHARED)  # Every flag is checked on some script.
   assert (train.TrainConfig.lr, train.TrainConfig.batch_size) == (0.03, 2)  # The colab's.
-  learn = helps["03-do_learn.py"].parser.parse_args([])
-  assert cli.train_config(learn) == train.TrainConfig()
+  learn, _ = cli.parse(_config_of("03-do_learn.py"), [])
+  assert learn.train == train.TrainConfig()
   assert cli.eval_config(learn) == evaluate.EvalConfig().resolved()
 
 
@@ -183,27 +198,15 @@ def test_a_model_folder_is_found_in_the_project_wherever_the_command_runs(
     seen.append(path)
     return type("Spec", (), {"inputs": []})()
   monkeypatch.setattr(loader, "resolve", resolve)
-  args = argparse.Namespace(**{f.name: f.default for f in options.flags(loader.LoadConfig)})
-  args.model = "models/hf"
-  assert cli.model_inputs(args, project) == []
+  cfg = _args(["--model", "models/hf"])
+  assert cli.model_inputs(cfg, project) == []
   assert seen == [str(project.root / "models" / "hf")]
 
 
-# `--help` should not wait for jax: these scripts still take their flags from config
-# dataclasses that live beside jax code (loader.LoadConfig, train.TrainConfig, losses,
-# learn, evaluate, quantize.MODES), so building their parser imports jax. Strict: a script
-# that stops importing jax fails here until it leaves this list.
-HELP_IMPORTS_JAX = {
-    "00-demo.py", "01-download_models.py", "02-shuffle_data.py", "03-do_learn.py",
-    "04-validate.py", "05-rank_prompts.py", "06-tune.py", "07-report.py", "09-export_full.py",
-    "10-plan.py", "12-audit.py", "13-inference.py", "15-train.py", "17-compare.py"}
-
-
+# `--help` does not wait for jax: every flag comes from a config in configs.py (or the
+# script's own), which imports no jax; the scripts import heavy modules inside main.
 @pytest.mark.script
-@pytest.mark.parametrize("script", [
-    pytest.param(s, marks=pytest.mark.xfail(s in HELP_IMPORTS_JAX, strict=True,
-                                            reason="its flags' configs import jax"))
-    for s in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_help_does_not_import_jax(script):
   import subprocess
   probe = ("import runpy, sys\n"
@@ -215,3 +218,36 @@ def test_help_does_not_import_jax(script):
                         timeout=300)
   assert "usage:" in proc.stdout, proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == "False", f"{script} --help imported jax"
+
+
+# --- The options layer is the only place that speaks argparse ------------------------
+
+ARGPARSE_CALLS = {"add_argument", "add_argument_group", "add_mutually_exclusive_group",
+                  "add_subparsers", "add_parser", "set_defaults"}
+
+
+def test_no_flag_is_declared_outside_the_options_layer():
+  """Every flag is a config field (options.option): no script or module adds one by hand."""
+  import ast
+  from testing import ROOT
+  sources = [*sorted((ROOT / "src" / "palijudge").rglob("*.py")), *sorted(PLAY.glob("*.py"))]
+  found = []
+  for path in sources:
+    if path.name == "options.py":
+      continue
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+          and node.func.attr in ARGPARSE_CALLS:
+        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.func.attr}")
+  assert len(sources) > 60 and not found, "\n".join(found)
+
+
+def test_each_script_is_one_config_and_an_entry():
+  """`cli.run(Config, main)`: the script's whole command line is its config tree."""
+  for script in SCRIPTS:
+    text = (PLAY / script).read_text()
+    assert "cli.run(Config, main)" in text or "cli.run(COMMANDS, main)" in text, script
+    spec = _config_of(script)
+    for cls in (spec.values() if isinstance(spec, dict) else [spec]):
+      cls = cls[0] if isinstance(cls, tuple) else cls
+      assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, script

@@ -34,19 +34,6 @@ def test_the_mean_of_identical_members_is_bit_identical():
     assert ensemble.combine([p] * m, "mean").tobytes() == p.tobytes()
 
 
-def test_stored_threshold_agreeing_or_not(tmp_path):
-  paths = []
-  for i, t in enumerate((0.3, 0.3, 0.6)):
-    paths.append(str(tmp_path / f"c{i}.npz"))
-    checkpoint.write_npz(paths[-1], [("params/x", np.zeros(1))], {"threshold": t})
-  logs = []
-  assert ensemble.stored_threshold(paths[:2], logs.append) == 0.3 and not logs
-  assert ensemble.stored_threshold(paths, logs.append) is None
-  assert logs == [("warning: the checkpoints store different thresholds (0.3, 0.3, 0.6); "
-                   "judging at 0.5 (give --threshold or --pick-threshold to choose)")]
-  assert ensemble.stored_threshold([], logs.append) is None
-
-
 def _delta(lm, path, seed: int, threshold: float | None = None) -> str:
   """A delta over `lm`'s weights with its attention weights nudged by `seed`."""
   rng = np.random.default_rng(seed)

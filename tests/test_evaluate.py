@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from palijudge.options import group
 from palijudge import cli, evaluate, thresholds
 from palijudge.data import examples as data
 from palijudge.data import synthetic
@@ -27,11 +28,13 @@ def _ecfg(**kw) -> EvalConfig:
 
 # --- EvalConfig: flags, validation, threshold sources ----------------------------
 
-def _args(argv):
-  p = cli.parser("test")
-  cli.add_model_flags(p, "tiny")
-  cli.add_eval_flags(p)
-  return p.parse_args(list(argv))
+@dataclasses.dataclass(frozen=True)
+class _Script:
+  eval: EvalConfig = group(EvalConfig, "evaluation")
+
+
+def _args(argv) -> _Script:
+  return cli.parse(_Script, argv)[0]
 
 
 CONFLICTS = [
@@ -56,23 +59,18 @@ def test_eval_flag_conflicts_are_refused_by_the_config(argv, kw, match):
   with pytest.raises(UserError, match=match):
     EvalConfig(**kw)
   with pytest.raises(UserError, match=match):  # The same refusal from the command line.
-    cli.eval_config(_args(argv))
+    _args(argv)
 
 
-def test_eval_config_threshold_sources_and_picking_flags():
-  assert cli.eval_config(_args([])).threshold == 0.5
-  assert cli.eval_config(_args([]), stored=0.8).threshold == 0.8
-  assert cli.eval_config(_args(["--threshold", "0.3"]), stored=0.8).threshold == 0.3
-  assert EvalConfig().resolved(0.8).threshold == 0.8 and EvalConfig().decision == 0.5
-  ecfg = cli.eval_config(_args(["--pick-threshold", "valid", "--target", "recall=0.9",
-                                "--gif-frame", "all", "--gif-frames", "4",
-                                "--gif-combine", "min"]), stored=0.8)
+def test_eval_config_picking_flags():
+  """The threshold's sources are configs.EvalConfig.decided's (tests/test_configs.py)."""
+  ecfg = _args(["--pick-threshold", "valid", "--target", "recall=0.9", "--gif-frame", "all",
+                "--gif-frames", "4", "--gif-combine", "min"]).eval.resolved(0.8)
   assert (ecfg.pick_threshold, str(thresholds.parse_target(ecfg.target)), ecfg.frames,
           ecfg.combine) == ("valid", "recall=0.9", 4, "min")
   assert ecfg.decision == 0.5  # Picked per report; a stored threshold does not count.
-  assert cli.eval_config(_args(["--mode", "decode"]), stored=0.8).decision == 0.5
   with pytest.raises(UserError, match="--target"):
-    cli.eval_config(_args(["--pick-threshold", "valid", "--target", "precision=2"]))
+    _args(["--pick-threshold", "valid", "--target", "precision=2"])
 
 
 # --- Reports ---------------------------------------------------------------------

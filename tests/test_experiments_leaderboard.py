@@ -166,8 +166,9 @@ def test_report_script(experiments, monkeypatch, capsys):
   spec = importlib.util.spec_from_file_location("report07", PLAY / "07-report.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  args = mod.flags().parse_args(["--experiments", str(experiments), "--sort", "recall",
-                                 "--no-plots"])
+  from palijudge import cli
+  args, _ = cli.parse(mod.Config, ["--experiments", str(experiments), "--sort", "recall",
+                                   "--no-plots"])
   mod.main(args, Project.at(experiments.parent))
   out = capsys.readouterr().out
   assert "6 row(s)" in out and "study_history_s1.png" in out

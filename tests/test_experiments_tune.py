@@ -24,7 +24,7 @@ from testing import PLAY, ROOT, assert_one_line_error, run_script, tool_path
 
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
-from palijudge.experiments import cv, tune
+from palijudge.experiments import cv, leaderboard, tune
 from palijudge.files import Project
 
 SPACE = """
@@ -111,31 +111,34 @@ def test_the_printed_command_trains_the_trials_recipe(monkeypatch):
   from palijudge import cli
   changed = {**tune.DEFAULTS, "lr": 0.01, "loss": "combined", "bce_weight": 0.3,
              "focal_weight": 0.7, "focal_gamma": 2.0, "prompt": "Is this ad OK?"}
-  args = _script("03-do_learn.py", monkeypatch).flags().parse_args(
-      shlex.split(tune.to_command(changed, tune.Target("tiny", "cv5")))[2:])
+  args, _ = cli.parse(_script("03-do_learn.py", monkeypatch).Config,
+                      shlex.split(tune.to_command(changed, tune.Target("tiny", "cv5")))[2:])
   tcfg, prompt = cv.trial_config(changed)
-  assert (cli.train_config(args), cli.eval_config(args).prompt) == (tcfg, prompt)
-  assert (args.model, args.cv) == ("tiny", "cv5")
+  assert (args.train, cli.eval_config(args).prompt) == (tcfg, prompt)
+  assert (args.load.model, args.cv) == ("tiny", "cv5")
 
 
 def test_fixed_flags_are_03s_flags_and_reach_every_trial(tmp_path, monkeypatch):
   """`run --optimizer adam --two-stage ...`: 03-do_learn.py's own flags (from the same config
   fields), fixed in every trial's recipe and in its printed command line."""
-  learn03 = _script("03-do_learn.py", monkeypatch).flags()
-  tune06 = _script("06-tune.py", monkeypatch)._parser()
-  run = next(a for a in tune06._actions if a.dest == "command").choices["run"]
+  from palijudge import cli
+  learn03 = _script("03-do_learn.py", monkeypatch).Config
+  tune06 = _script("06-tune.py", monkeypatch).COMMANDS
+  parser06 = cli.parser(tune06, None)
+  run = next(a for a in parser06._actions if a.dest == "_command").choices["run"]
   ours = {s for a in run._actions for s in a.option_strings}
   assert {tune.FLAGS[k] for k in tune.FIXABLE} <= ours
-  assert {tune.FLAGS[k] for k in tune.FIXABLE} <= {s for a in learn03._actions
+  assert {tune.FLAGS[k] for k in tune.FIXABLE} <= {s for a in cli.parser(learn03, None)._actions
                                                    for s in a.option_strings}
   assert {"optimizer", "trainable", "warmup", "two_stage", "class_weight"} <= set(tune.FIXABLE)
-  args = tune06.parse_args(["run", "--trials", "1", "--cv", "cv5", "--optimizer", "adam",
-                            "--trainable", "all", "--warmup", "0.2", "--two-stage",
-                            "--class-weight", "2,1"])
-  fixed = tune.fixed_flags(args)
+  args, _ = cli.parse(tune06, ["run", "--trials", "1", "--cv", "cv5", "--optimizer", "adam",
+                               "--trainable", "all", "--warmup", "0.2", "--two-stage",
+                               "--class-weight", "2,1"])
+  fixed = tune.fixed_flags(args.fixed)
   assert fixed == {"trainable": "all", "optimizer": "adam", "warmup": 0.2,
                    "class_weight": [2.0, 1.0], "two_stage": True}  # only those given
-  assert tune.fixed_flags(tune06.parse_args(["run", "--trials", "1", "--cv", "cv5"])) == {}
+  assert tune.fixed_flags(cli.parse(tune06, ["run", "--trials", "1", "--cv", "cv5"])[0].fixed
+                          ) == {}
   study = tune.open_study(str(tmp_path / "s.db"), "f")
   target = tune.bind(study, tune.Target("tiny", "cv5", fixed=fixed))
   seen = []
@@ -146,9 +149,10 @@ def test_fixed_flags_are_03s_flags_and_reach_every_trial(tmp_path, monkeypatch):
     assert (tcfg.optimizer, tcfg.trainable, tcfg.warmup_percent) == ("adam", "all", 0.2)
     assert tcfg.loss.class_weight == (2.0, 1.0) and cv.learn_config(cfg).two_stage
   command = study.trials[0].user_attrs["command"]
-  parsed = learn03.parse_args(shlex.split(command)[2:])
-  assert (parsed.optimizer, parsed.trainable, parsed.warmup_percent, parsed.two_stage,
-          parsed.class_weight) == ("adam", "all", 0.2, True, (2.0, 1.0))
+  parsed, _ = cli.parse(learn03, shlex.split(command)[2:])
+  assert (parsed.train.optimizer, parsed.train.trainable, parsed.train.warmup_percent,
+          parsed.learn.two_stage, parsed.train.loss.class_weight) == (
+              "adam", "all", 0.2, True, (2.0, 1.0))
 
 
 def test_a_resumed_study_with_other_fixed_flags_is_refused(tmp_path):
@@ -304,8 +308,10 @@ def test_tune_script(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   script = _script("06-tune.py", monkeypatch)
   project = Project.at(tmp_path)
+  from palijudge import cli
+
   def main(*argv):
-    return script.main(script._parser().parse_args(list(argv)), project)
+    return script.main(cli.parse(script.COMMANDS, argv)[0], project)
   main("space")
   assert capsys.readouterr().out == tune.DEFAULT_SPACE_YAML
   def objective(cfg, folds_dir, report, **kw):  # The real one trains: see the script tests.
@@ -444,8 +450,7 @@ def test_a_trial_warning_is_kept_and_shown(tmp_path, monkeypatch, capsys):
   out = tune.run_trials(study, _space(tmp_path), constant, 1, log=lines.append)
   assert out[0].warning == "every prediction was 'yes'"
   assert lines[-1] == "trial 0: warning: every prediction was 'yes'"
-  script = _script("06-tune.py", monkeypatch)
-  assert "[warning: every prediction was 'yes']" in script.status_text(study)
+  assert "[warning: every prediction was 'yes']" in leaderboard.study_status(study)
 
 
 SHARED_SPACE = """
@@ -581,7 +586,7 @@ def test_a_killed_workers_trial_fails_and_is_run_again(empty_storage, tmp_path, 
   assert retry.user_attrs["planned"] and retry.user_attrs["config"]["lr"] == 0.02
   record = tmp_path / "exp" / "shared-trial-000" / "eval_metrics.json"
   assert json.loads(record.read_text())["trial"]["reason"] == tune.STALE_REASON
-  status = _script("06-tune.py", monkeypatch).status_text(study)
+  status = leaderboard.study_status(study)
   assert f"[{tune.STALE_REASON}; retried as trial {retry.number}]" in status
   assert "[retry of trial 0]" in status
 

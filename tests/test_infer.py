@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
 
 import pytest
@@ -20,11 +19,8 @@ PROMPT = "is it ok"
 
 
 def _settings(lm, exs, ecfg, model_id="weights-a"):
-  return infer.InferSettings(model=lm.spec.weights, data="d", n_examples=len(exs),
-                             prompt=ecfg.prompt, mode=ecfg.mode, threshold=ecfg.decision,
-                             gif_frame=ecfg.gif_frame, frames=ecfg.frames, combine=ecfg.combine,
-                             batch_size=ecfg.eval_batch, model_id=model_id,
-                             data_id=infer.data_id(exs))
+  return infer.Source(model=lm.spec.weights, data="d", n_examples=len(exs), model_id=model_id,
+                      data_id=infer.data_id(exs))
 
 
 @pytest.fixture
@@ -42,7 +38,7 @@ def _interrupted(tiny_lm, case, tmp_path, ext: str, rows: int = 5) -> tuple:
   infer.run(tiny_lm, exs, str(full), s, ecfg, progress=False)
   lines = full.read_text().splitlines(keepends=True)
   out = tmp_path / f"x.{ext}"
-  proof = infer.PROOF + json.dumps(dataclasses.asdict(s), sort_keys=True) + "\n"
+  proof = infer.proof_line(s, ecfg)
   (tmp_path / f"x.{ext}.partial").write_text(proof + "".join(lines[:rows]) + lines[rows][:7])
   return out, full.read_text()
 
@@ -78,8 +74,11 @@ def test_rows_of_another_model_data_or_settings_are_refused(tiny_lm, case, tmp_p
   out, _ = _interrupted(tiny_lm, case, tmp_path, "tsv")
   partial = tmp_path / "x.tsv.partial"
   before = partial.read_bytes()
+  on_source = {k: v for k, v in change.items() if k in ("model_id", "data_id")}
+  on_judging = {k: v for k, v in change.items() if k not in on_source}  # The EvalConfig's.
   with pytest.raises(UserError, match="delete it to start over") as e:
-    infer.run(tiny_lm, exs, str(out), dataclasses.replace(s, **change), ecfg, progress=False)
+    infer.run(tiny_lm, exs, str(out), dataclasses.replace(s, **on_source),
+              dataclasses.replace(ecfg, **on_judging), progress=False)
   assert says in str(e.value) and "\n" not in str(e.value)
   assert partial.read_bytes() == before and not out.exists()
 

@@ -20,12 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "palijudge"
 # (label, modules, what they do), bottom to top.
 LAYERS = [
-    ("errors, files, options, metrics, progress, stats, inputs",
-     {"errors", "files", "options", "metrics", "progress", "stats", "inputs"},
+    ("errors, files, options, metrics, thresholds, progress, stats, inputs",
+     {"errors", "files", "options", "metrics", "thresholds", "progress", "stats", "inputs"},
      "bottom: UserError; project folders, the one atomic writer (which never replaces an "
-     "input), locks, sha256; option() fields that become command-line flags; confusion, "
-     "AUC and calibration; the one progress bar (tqdm, stderr); intervals, paired tests and "
-     "spreads (Wilson, bootstrap, McNemar, t; no jax); Inputs, what the model reads"),
+     "input), locks, sha256; the options layer (option() and group() fields become "
+     "command-line flags, the only argparse); confusion, AUC and calibration; threshold "
+     "picking; the one progress bar (tqdm, stderr); intervals, paired tests and spreads "
+     "(Wilson, bootstrap, McNemar, t; no jax); Inputs, what the model reads"),
+    ("configs", {"configs"},
+     "every concern's config, jax-free (LoadConfig, LossConfig, TrainConfig, EvalConfig and "
+     "the one threshold decision, LearnConfig, JudgeConfig, StudyConfig) and the names "
+     "their flags choose from: what each script's config tree composes"),
     ("data/",
      {"data.examples", "data.splits", "data.images", "data.tokenizer", "data.batch",
       "data.synthetic", "data.audit", "data.likeness", "data.templated", "data.decisions",
@@ -63,11 +68,10 @@ LAYERS = [
     ("losses, train", {"losses", "train"},
      "objectives (LossConfig); TrainConfig, optimizer, the pure train step, the loop: guard, "
      "restarts, resume (nanodo's train.py shape)"),
-    ("evaluate, prompts, thresholds, predictions, gallery, infer, probe, ensemble",
-     {"thresholds", "gallery", "evaluate", "prompts", "predictions", "infer", "probe",
-      "ensemble"},
-     "EvalConfig and the decision threshold, EvalResult, the Result block, report over "
-     "named sets; ranking prompts (05); threshold picking; the one prediction-row schema "
+    ("evaluate, prompts, predictions, gallery, infer, probe, ensemble",
+     {"gallery", "evaluate", "prompts", "predictions", "infer", "probe", "ensemble"},
+     "EvalResult, the Result block, report over named sets; ranking prompts (05); the one "
+     "prediction-row schema "
      "and outcome filters; HTML error galleries; streaming, resumable inference; the linear "
      "probe on frozen image embeddings; what judges (a model, an ensemble, a probe)"),
     ("compare", {"compare"},
@@ -87,7 +91,8 @@ LAYERS = [
      "bench, gpubench, fullsize (random full-size checkpoints), planner, download, demo, "
      "quantbench (what --quantize costs and saves)"),
     ("cli", {"cli"},
-     "the scripts' one entry point: flags from the config dataclasses, process setup (GPU "
+     "the scripts' one entry point (cli.run(Config, main)): the process flags, what scripts "
+     "decide from their config trees (threshold, data root, model), process setup (GPU "
      "memory settings, compilation cache, jax.distributed) and the one error boundary "
      "(UserError/OSError -> one line, exit 2)"),
 ]
@@ -96,18 +101,19 @@ LEVEL = {m: i for i, (_, layer, _) in enumerate(LAYERS) for m in layer}
 # Per module: the package modules it may import (module level or inside functions).
 ALLOWED = {
     "checkpoint": "errors files model.config params",
-    "cli": ("data.audit data.decisions data.examples data.splits devices distributed ensemble "
-            "errors evaluate files learn loader losses model.paligemma options params probe "
-            "progress train"),
+    "cli": ("checkpoint configs data.audit data.decisions data.examples data.splits devices "
+            "distributed ensemble errors files loader model.paligemma options params probe "
+            "progress"),
     "compare": "data.examples errors evaluate loader predictions stats",
+    "configs": "errors metrics options thresholds",
     "data.audit": ("data.decisions data.examples data.images data.likeness errors files options "
                    "progress"),
     "data.audit_bench": "data.audit data.examples data.images data.templated files",
     "data.audit_report": "data.audit data.decisions files",
     "data.batch": "data.examples data.images data.tokenizer errors inputs",
     "data.decisions": "data.examples errors",
-    "data.examples": "errors files",
-    "data.images": "errors",
+    "data.examples": "configs errors files",
+    "data.images": "configs errors",
     "data.likeness": "",
     "data.splits": "data.examples errors files",
     "data.synthetic": "data.examples data.images errors files",
@@ -115,30 +121,30 @@ ALLOWED = {
     "data.tokenizer": "errors",
     "devices": "params",
     "distributed": "errors",
-    "ensemble": "checkpoint data.batch errors evaluate files loader metrics probe quantize",
+    "ensemble": "configs data.batch errors evaluate files loader probe quantize",
     "errors": "",
-    "evaluate": ("data.batch data.examples data.images data.tokenizer distributed errors gallery "
-                 "loader metrics model.features model.paligemma options params progress stats "
+    "evaluate": ("configs data.batch data.examples data.images data.tokenizer distributed errors "
+                 "gallery loader metrics model.features model.paligemma params progress stats "
                  "thresholds"),
-    "experiments.cv": ("data.examples data.splits errors evaluate experiments.records learn loader "
-                       "losses metrics options predictions stats train"),
-    "experiments.leaderboard": ("compare errors evaluate experiments.plots experiments.records "
+    "experiments.cv": ("configs data.examples data.splits errors evaluate experiments.records "
+                       "learn loader losses metrics options predictions stats train"),
+    "experiments.leaderboard": ("compare configs errors experiments.plots experiments.records "
                                 "experiments.tune files learn metrics predictions"),
     "experiments.plots": "files metrics",
     "experiments.records": "data.examples errors experiments.plots files metrics params",
-    "experiments.tune": ("errors evaluate experiments.cv experiments.records files loader losses "
-                         "options train"),
+    "experiments.tune": ("configs data.examples errors experiments.cv experiments.records files "
+                         "losses train"),
     "files": "errors",
     "gallery": "data.audit_report data.images errors files",
     "hf": "checkpoint errors files model.config model.paligemma params",
     "hf_export": "errors hf model.config params",
     "infer": "data.examples errors evaluate files loader predictions progress",
     "inputs": "",
-    "learn": ("checkpoint compare data.batch data.examples distributed errors evaluate files "
-              "loader metrics model.lora options params phases predictions probe quantize train"),
-    "loader": ("checkpoint data.synthetic data.tokenizer devices distributed errors files hf "
-               "model.config model.features model.lora model.paligemma options params quantize"),
-    "losses": "data.batch errors model.paligemma options",
+    "learn": ("checkpoint compare configs data.batch data.examples distributed errors evaluate "
+              "files loader metrics model.lora params phases predictions probe quantize train"),
+    "loader": ("checkpoint configs data.synthetic data.tokenizer devices distributed errors files "
+               "hf model.config model.features model.lora model.paligemma params quantize"),
+    "losses": "configs data.batch model.paligemma",
     "metrics": "",
     "model.config": "errors",
     "model.features": "data.batch data.examples errors files model.paligemma params progress",
@@ -147,13 +153,13 @@ ALLOWED = {
     "model.paligemma": "inputs model.config model.gemma model.lora model.vit params",
     "model.vit": "model.config quantize",
     "options": "",
-    "params": "errors",
+    "params": "configs errors",
     "phases": "",
     "predictions": "data.examples errors files metrics stats",
     "probe": "checkpoint data.examples data.images errors evaluate files loader model.features",
     "progress": "",
     "prompts": "data.examples errors metrics",
-    "quantize": "errors params",
+    "quantize": "configs errors params",
     "stats": "metrics",
     "thresholds": "errors metrics",
     "tools.bench": ("checkpoint data.batch data.examples data.splits data.synthetic errors "
@@ -166,9 +172,8 @@ ALLOWED = {
                        "phases tools.fullsize tools.planner train"),
     "tools.planner": "data.batch model.config model.lora model.paligemma params quantize train",
     "tools.quantbench": "data.examples data.synthetic evaluate loader params tools.bench",
-    "train": ("checkpoint data.batch data.examples distributed errors files loader losses "
-              "model.features model.lora model.paligemma model.vit options params progress "
-              "quantize"),
+    "train": ("checkpoint configs data.batch data.examples distributed errors files loader losses "
+              "model.features model.lora model.paligemma params progress quantize"),
 }
 
 

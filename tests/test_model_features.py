@@ -16,6 +16,9 @@ from palijudge import params as params_lib
 from palijudge.data.batch import Batches
 from palijudge.data.examples import DEFAULT_PROMPT
 from palijudge.model.features import FeatureCache
+from palijudge.configs import EvalConfig
+
+ECFG = EvalConfig(prompt=DEFAULT_PROMPT)  # train.fit's prompt and GIF frame.
 
 BS = 4  # One batch shape for every pass: the encoder compiles once.
 
@@ -155,7 +158,7 @@ def test_each_image_is_hashed_once_per_run_not_per_step(tiny_lm, tiny_examples, 
   tr = [dataclasses.replace(e, image=shutil.copy(e.image, tmp_path)) for e in tiny_examples[1]]
   cache = _cache(tiny_lm)
   tcfg = fit.TrainConfig(steps=3 * len(tr) // 2, batch_size=2)
-  fit.fit(tiny_lm, tr, tcfg, fit.FitOptions(prompt=DEFAULT_PROMPT), log=lambda _: None,
+  fit.fit(tiny_lm, tr, tcfg, ECFG, log=lambda _: None,
           features=cache)
   assert sorted(hashed) == sorted({e.image for e in tr})
   hashed.clear()

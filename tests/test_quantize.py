@@ -26,6 +26,9 @@ from palijudge.model import config as config_lib
 from palijudge.model import lora
 from palijudge.model import paligemma as model_lib
 from testing import in_process
+from palijudge.configs import EvalConfig
+
+ECFG = EvalConfig(prompt=DEFAULT_PROMPT)  # train.fit's prompt and GIF frame.
 
 MODES = ("int8", "int4", "nf4")
 # Largest dequantization error per element, in units of the element's scale: half a step
@@ -136,7 +139,7 @@ def test_training_learns_and_a_saved_delta_revalidates_bit_for_bit(
   lm = loader.load(_spec(tiny_project), trainable=recipe, quantize=mode)
   tcfg = train.TrainConfig(trainable=recipe, optimizer="adam", lr=0.01, steps=16, batch_size=4,
                            lora_rank=4, print_every=100)
-  res = train.fit(lm, tr, tcfg, train.FitOptions(prompt=DEFAULT_PROMPT), log=_quiet)
+  res = train.fit(lm, tr, tcfg, ECFG, log=_quiet)
   losses = [h[2] for h in res.history]
   assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
   trained = dataclasses.replace(lm, params=res.params,
@@ -207,7 +210,7 @@ def test_nothing_frozen_and_full_saves_are_refused(tiny_project, tiny_examples, 
   with pytest.raises(UserError, match="trains llm/layers/attn"):
     lm_lora = loader.load(_spec(tiny_project), trainable="lora", quantize="int8")
     train.fit(lm_lora, tr, train.TrainConfig(trainable="attn", steps=1),
-              train.FitOptions(prompt=DEFAULT_PROMPT), log=_quiet)
+              ECFG, log=_quiet)
 
 
 def test_the_quantization_is_part_of_the_weights_identity(tiny_project, tiny_lm):

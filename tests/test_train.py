@@ -26,6 +26,9 @@ from palijudge.data.batch import Batch, loss_index
 from palijudge.data.examples import DEFAULT_PROMPT
 from palijudge.errors import UserError
 from testing import FIXTURES, PLAY
+from palijudge.configs import EvalConfig
+
+ECFG = EvalConfig(prompt=DEFAULT_PROMPT)  # train.fit's prompt and GIF frame.
 
 FX = FIXTURES / "paligemma-tiny"
 
@@ -167,14 +170,14 @@ def test_guard_rules():
   assert not any(train.Guard(0.0).check(s, 1e6) for s in range(1, 5))  # 0: finite check only.
 
 
-def _opts(**kw):
-  return train.FitOptions(prompt=DEFAULT_PROMPT, **kw)
+def _opts(**kw) -> train.Stage:
+  return train.Stage(**kw)
 
 
 def test_divergence_restarts_then_keeps_what_was_trained(tiny_lm, tiny_examples):
   bad = train.TrainConfig(lr=1e30, steps=3, batch_size=2, max_restarts=1, seed=7)
   logs = []
-  res = train.fit(tiny_lm, tiny_examples[1], bad, _opts(), log=logs.append)
+  res = train.fit(tiny_lm, tiny_examples[1], bad, ECFG, _opts(), log=logs.append)
   assert any("restart 1/1 with seed 8" in line for line in logs), logs
   assert res.diverged and res.seed == 8 and res.restarts == 1
   assert any(l.startswith("warning: training diverged: loss nan") for l in logs), logs
@@ -186,8 +189,8 @@ def test_divergence_restarts_then_keeps_what_was_trained(tiny_lm, tiny_examples)
 def test_feature_cache_gives_the_same_training(tmp_project, tiny_examples):
   lm = loader.load(loader.resolve("tiny", cache_dir=str(tmp_project.cache)), trainable="attn")
   tcfg = train.TrainConfig(steps=3, batch_size=2, seed=1)
-  with_cache = train.fit(lm, tiny_examples[1], tcfg, _opts(), log=lambda _: None)
-  without = train.fit(lm, tiny_examples[1], tcfg, _opts(use_feature_cache=False),
+  with_cache = train.fit(lm, tiny_examples[1], tcfg, ECFG, _opts(), log=lambda _: None)
+  without = train.fit(lm, tiny_examples[1], tcfg, ECFG, _opts(use_feature_cache=False),
                       log=lambda _: None)
   np.testing.assert_allclose([h[2] for h in with_cache.history],
                              [h[2] for h in without.history], rtol=1e-5)
@@ -314,7 +317,7 @@ def test_tiny_gemma2_trains(tmp_path):
   lm = loader.load(spec, trainable="all")
   examples = data_lib.read_jsonl(synthetic.make_dataset(tmp_path / "data", n=8, seed=1))
   tcfg = train.TrainConfig(trainable="all", optimizer="adam", lr=2e-3, steps=12, batch_size=4)
-  result = train.fit(lm, examples, tcfg, _opts(), log=lambda _: None)
+  result = train.fit(lm, examples, tcfg, ECFG, _opts(), log=lambda _: None)
   losses_ = [h[2] for h in result.history]
   assert np.mean(losses_[-3:]) < 0.5 * np.mean(losses_[:3]), losses_
 
@@ -353,8 +356,8 @@ def test_resume_refuses_a_state_saved_by_another_recipe(tiny_lm, tiny_examples, 
   _, tr, va = tiny_examples
   state = str(tmp_path / "x.state.npz")
   tcfg = train.TrainConfig(steps=3, batch_size=2, save_every=1)
-  opts = train.FitOptions(prompt="p", state_path=state, resume=True)
-  train.fit(tiny_lm, tr, tcfg, opts, log=lambda _: None)
+  opts, ecfg = train.Stage(state_path=state, resume=True), EvalConfig(prompt="p")
+  train.fit(tiny_lm, tr, tcfg, ecfg, opts, log=lambda _: None)
   assert checkpoint.read_meta(state)["step"] == 2  # Saved before the last step.
   for changed, want in [
       (dict(tcfg=dataclasses.replace(tcfg, lr=0.01)), "lr: 0.03 -> 0.01"),
@@ -362,13 +365,13 @@ def test_resume_refuses_a_state_saved_by_another_recipe(tiny_lm, tiny_examples, 
       (dict(tcfg=dataclasses.replace(tcfg, loss=losses.LossConfig(kind="focal"))),
        "loss.kind: ce -> focal"),
       (dict(examples=va), "data: "),
-      (dict(opts=dataclasses.replace(opts, prompt="q")), "prompt: p -> q")]:
-    kw = dict(dict(tcfg=tcfg, examples=tr, opts=opts), **changed)
+      (dict(ecfg=EvalConfig(prompt="q")), "prompt: p -> q")]:
+    kw = dict(dict(tcfg=tcfg, examples=tr, ecfg=ecfg), **changed)
     with pytest.raises(UserError, match="another recipe") as e:
-      train.fit(tiny_lm, kw["examples"], kw["tcfg"], kw["opts"], log=lambda _: None)
+      train.fit(tiny_lm, kw["examples"], kw["tcfg"], kw["ecfg"], opts, log=lambda _: None)
     assert want in str(e.value) and "x.state.npz" in str(e.value)
   logs = []  # The same recipe (progress lines aside) resumes.
-  train.fit(tiny_lm, tr, dataclasses.replace(tcfg, print_every=1), opts, log=logs.append)
+  train.fit(tiny_lm, tr, dataclasses.replace(tcfg, print_every=1), ecfg, opts, log=logs.append)
   assert any(l.startswith("resumed from") and l.endswith("at step 2") for l in logs)
 
 
@@ -391,7 +394,7 @@ def _compiles(fn) -> int:
 def test_another_step_count_lr_or_warmup_compiles_no_new_train_step(tiny_lm, tiny_examples):
   """The schedule is data: a search trial or stage with other --steps reuses the step."""
   tr = tiny_examples[1]
-  fit = lambda tcfg: train.fit(tiny_lm, tr, tcfg, _opts(), log=lambda _: None)
+  fit = lambda tcfg: train.fit(tiny_lm, tr, tcfg, ECFG, _opts(), log=lambda _: None)
   fit(train.TrainConfig(steps=3, batch_size=2))
   other = train.TrainConfig(steps=5, batch_size=2, lr=0.01, warmup_percent=0.3, seed=4)
   assert _compiles(lambda: fit(other)) == 0
@@ -405,9 +408,9 @@ def test_metrics_read_a_step_late_are_those_read_at_once(tiny_lm, tiny_examples,
   tr = tiny_examples[1]
   tcfg = train.TrainConfig(steps=7, batch_size=2, seed=2)
   rows, lines = [], []
-  late = train.fit(tiny_lm, tr, tcfg, _opts(on_step=lambda *r: rows.append(r)),
+  late = train.fit(tiny_lm, tr, tcfg, ECFG, _opts(on_step=lambda *r: rows.append(r)),
                    log=lines.append)
-  at_once = train.fit(tiny_lm, tr, dataclasses.replace(tcfg, save_every=1),
+  at_once = train.fit(tiny_lm, tr, dataclasses.replace(tcfg, save_every=1), ECFG,
                       _opts(state_path=str(tmp_path / "s.npz")), log=lambda _: None)
   assert [h[:4] for h in late.history] == [h[:4] for h in at_once.history]
   assert rows == late.history and [h[0] for h in rows] == list(range(1, 8))
@@ -427,7 +430,7 @@ def test_a_divergence_read_a_step_late_keeps_the_snapshot_state(tiny_lm, tiny_ex
   tcfg = train.TrainConfig(steps=48, batch_size=2, diverge_loss=100.0, save_every=32)
   state = str(tmp_path / "s.npz")
   logs = []
-  res = train.fit(tiny_lm, tiny_examples[1], tcfg, _opts(state_path=state), log=logs.append)
+  res = train.fit(tiny_lm, tiny_examples[1], tcfg, ECFG, _opts(state_path=state), log=logs.append)
   assert res.diverged == "forced at step 40" and res.kept_step == 32
   assert [h[0] for h in res.history] == list(range(1, 41))
   saved, _ = train.load_state(state, train.init_state(
@@ -447,7 +450,7 @@ def test_evaluations_keep_the_best_state_and_stop_early(tiny_lm, tiny_examples):
   tcfg = train.TrainConfig(steps=12, batch_size=2)
   logs = []
   ev = train.Evaluation(2, score, "f1", patience=2)
-  res = train.fit(tiny_lm, tiny_examples[1], tcfg, _opts(evaluation=ev), log=logs.append)
+  res = train.fit(tiny_lm, tiny_examples[1], tcfg, ECFG, _opts(evaluation=ev), log=logs.append)
   assert sorted(seen) == [2, 4, 6, 8] and len(res.history) == 8  # Stopped after 2 worse.
   assert res.kept_step == 4
   assert "early stop at step 8: valid f1 did not improve for 2 evaluations" in logs
@@ -457,6 +460,6 @@ def test_evaluations_keep_the_best_state_and_stop_early(tiny_lm, tiny_examples):
   # Without patience every evaluation runs, the last step's included.
   seen.clear()
   scores[12] = 0.1
-  res = train.fit(tiny_lm, tiny_examples[1], tcfg, _opts(evaluation=train.Evaluation(
+  res = train.fit(tiny_lm, tiny_examples[1], tcfg, ECFG, _opts(evaluation=train.Evaluation(
       2, score, "f1")), log=lambda _: None)
   assert sorted(seen) == [2, 4, 6, 8, 10, 12] and res.kept_step == 10

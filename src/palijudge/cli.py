@@ -1,6 +1,9 @@
-"""The numbered scripts' one entry point and their shared flags.
+"""The numbered scripts' one entry point, and what they decide from their configs.
 
-`run(main, __file__)` is the only place where process-wide state is set up,
+Each script is `cli.run(Config, main)`: `Config` is its one frozen config tree
+(its own fields plus the concern configs it composes, `configs.py`, every
+field declared with `options.option`), from which the flags and `--help` are
+generated; `main(config, project)` is its entry. `run` is the only place where process-wide state is set up,
 explicitly and once: the GPU memory environment (the users' settings, unless
 the environment already chooses), the persistent compilation cache under the
 project's `cache/`, and `jax.distributed` when `--distributed` asks for it. It
@@ -13,20 +16,23 @@ to stdout, and a process that fails leaves at once, so the others stop too
 instead of waiting for it.
 Importing this module does nothing else.
 
-Flags come from the config dataclasses (`options.add`), so each default and
-its help are written once, on the field; `--help` shows every default.
+Nothing here speaks argparse but through `options`: each default and its help
+are written once, on the field; `--help` shows every default, and builds
+without importing jax.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Callable, Sequence
 
-from palijudge import files, options, progress
+from palijudge import configs, files, options, progress
 from palijudge.errors import UserError, where
 from palijudge.files import Project
+from palijudge.options import group, option
 
 # The users' GPU memory settings: XLA takes memory as it needs it instead of
 # 75 % up front. `--platform-allocator` (or XLA_PYTHON_CLIENT_ALLOCATOR in the
@@ -67,35 +73,53 @@ def _is_number(text: str) -> bool:
   return True
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+  """Joining a multi-process run (jax.distributed; deploy/ has launchers)."""
+  distributed: bool = option(False, "join a multi-process run: Slurm and Open MPI are "
+                             "detected; elsewhere give the three settings below or "
+                             "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID")
+  coordinator: str | None = option(None, "process 0's address and a free port, the same for "
+                                   "every process", metavar="HOST:PORT")
+  num_processes: int | None = option(None, "processes in the run", metavar="N")
+  process_id: int | None = option(None, "this process: 0 .. N-1", metavar="I")
+  heartbeat_timeout: int = option(100, "a process silent for S seconds counts as dead and "
+                                  "the run stops", metavar="S")
+  init_timeout: int = option(300, "stop (one line, exit 2) when the processes have not all "
+                             "joined after S seconds; after 3 s a waiting process says what "
+                             "it waits for", metavar="S")
+
+  def __post_init__(self):
+    named = (self.coordinator, self.num_processes, self.process_id)
+    if not self.distributed and any(v is not None for v in named):
+      raise UserError("--coordinator, --num-processes and --process-id need --distributed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Process:
+  """Every script's process flags: the project, progress bars, GPU memory, several processes."""
+  project: str | None = option(None, "project folder holding cache/, dataset/, checkpoints/, "
+                               "experiments/ (default: the folder above playground/)",
+                               metavar="DIR")
+  progress: str = option("auto", "progress bars on stderr: auto shows them when stderr is a "
+                         "terminal", choices=progress.MODES)
+  platform_allocator: bool = option(False, "XLA_PYTHON_CLIENT_ALLOCATOR=platform: frees GPU "
+                                    "memory at once, at a large cost in speed")
+  several: Distributed = group(Distributed, "several processes (jax.distributed; deploy/ has "
+                               "launchers)")
+
+
+def parser(spec, description: str | None) -> argparse.ArgumentParser:
+  """The parser of a script whose config is `spec` (a tree, or {command: (tree, help)})."""
   p = _Parser(description=description, formatter_class=_Formatter)
-  p.add_argument("--project", default=None, metavar="DIR",
-                 help="project folder holding cache/, dataset/, checkpoints/, experiments/ "
-                      "(default: the folder above playground/)")
-  _add_distributed_flags(p)
-  p.add_argument("--progress", choices=progress.MODES, default="auto",
-                 help="progress bars on stderr: auto shows them when stderr is a terminal")
-  p.add_argument("--platform-allocator", action="store_true",
-                 help="XLA_PYTHON_CLIENT_ALLOCATOR=platform: frees GPU memory at once, "
-                      "at a large cost in speed")
-  return p
+  options.add(p, Process)
+  return options.parser_for(spec, p)
 
 
-def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
-  g = p.add_argument_group("several processes (jax.distributed; deploy/ has launchers)")
-  g.add_argument("--distributed", action="store_true",
-                 help="join a multi-process run: Slurm and Open MPI are detected; elsewhere "
-                      "give the three settings below or JAX_COORDINATOR_ADDRESS, "
-                      "JAX_NUM_PROCESSES, JAX_PROCESS_ID")
-  g.add_argument("--coordinator", metavar="HOST:PORT",
-                 help="process 0's address and a free port, the same for every process")
-  g.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
-  g.add_argument("--process-id", type=int, metavar="I", help="this process: 0 .. N-1")
-  g.add_argument("--heartbeat-timeout", type=int, default=100, metavar="S",
-                 help="a process silent for S seconds counts as dead and the run stops")
-  g.add_argument("--init-timeout", type=int, default=300, metavar="S",
-                 help="stop (one line, exit 2) when the processes have not all joined after "
-                      "S seconds; after 3 s a waiting process says what it waits for")
+def parse(spec, argv: Sequence[str], description: str | None = None):
+  """(the script's config, the process config) from a command line, as `run` builds them."""
+  args = parser(spec, description).parse_args(list(argv))
+  return options.build_spec(spec, args), options.build(Process, args)
 
 
 def _joined() -> bool:
@@ -120,15 +144,18 @@ def _fail(code: int, line: str | None = None) -> None:
   sys.exit(code)
 
 
-def run(main: Callable[[argparse.Namespace, Project], int | None], script: str,
-        build: Callable[[], argparse.ArgumentParser]) -> None:
-  """Parses the flags, sets up the process, runs `main(args, project)` behind the error boundary."""
+def run(spec, main: Callable[[object, Project], int | None]) -> None:
+  """Parses the flags into `spec`'s config tree (and the process flags), sets up the process,
+  runs `main(config, project)` behind the error boundary. The script is `main`'s module:
+  its docstring is the help's description, its folder places the project."""
+  script = main.__globals__
   try:
-    args = build().parse_args()
-    project = Project.at(args.project) if args.project else Project.of_script(script)
-    _setup(args, project)
+    cfg, proc = parse(spec, sys.argv[1:], script.get("__doc__"))
+    project = (Project.at(proc.project) if proc.project
+               else Project.of_script(script["__file__"]))
+    _setup(proc, project)
     with files.command_inputs():  # What main reads, none of its writes may replace.
-      code = main(args, project)
+      code = main(cfg, project)
     sys.stdout.flush()  # A closed pipe shows here, inside the boundary.
   except UserError as e:
     _fail(2, f"error: {e}")
@@ -172,53 +199,53 @@ def _distributed_failure(e: Exception) -> str:
           f"(another process has probably stopped; see its messages)")
 
 
-def _setup(args: argparse.Namespace, project: Project) -> None:
+def _setup(proc: Process, project: Project) -> None:
   # Each line of output leaves as it is written, as at a terminal: a summary on stderr
   # then follows the rows it sums up, and `| head` ends the script at its first line.
   if hasattr(sys.stdout, "reconfigure"):
     sys.stdout.reconfigure(line_buffering=True)
   for key, value in _ENV_DEFAULTS.items():
     os.environ.setdefault(key, value)
-  progress.set_mode(getattr(args, "progress", "auto"))
-  if getattr(args, "platform_allocator", False):
+  progress.set_mode(proc.progress)
+  if proc.platform_allocator:
     os.environ["XLA_PYTHON_CLIENT_ALLOCATOR"] = "platform"
   from palijudge import loader  # jax is imported here, after the environment is set.
   loader.enable_compile_cache(project.cache)
-  if getattr(args, "distributed", False):
+  d = proc.several
+  if d.distributed:
     from palijudge import distributed
-    distributed.initialize(getattr(args, "coordinator", None),
-                           getattr(args, "num_processes", None),
-                           getattr(args, "process_id", None),
-                           getattr(args, "heartbeat_timeout", 100),
-                           getattr(args, "init_timeout", 300))
+    distributed.initialize(d.coordinator, d.num_processes, d.process_id, d.heartbeat_timeout,
+                           d.init_timeout)
     if not distributed.is_main():  # Process 0 alone prints; errors (stderr) show from all.
       sys.stdout = open(os.devnull, "w")
-  elif any(getattr(args, k, None) is not None for k in ("coordinator", "num_processes",
-                                                         "process_id")):
-    raise UserError("--coordinator, --num-processes and --process-id need --distributed")
 
 
-# --- Shared flag groups --------------------------------------------------------
+# --- The fields scripts share, and what is decided from them -------------------------
+#
+# A script's config names its concerns by these field names, so the helpers below
+# find them: `load` (configs.LoadConfig), `eval` (configs.EvalConfig), `judge`
+# (configs.JudgeConfig), `train` (configs.TrainConfig), `audit` (data.audit.AuditConfig),
+# `root` (root_option) and `eval_set` (eval_set_option).
 
-def add_model_flags(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
-  from palijudge import loader
-  options.add(p, loader.LoadConfig, "model",
-              defaults={"model": default_model} if default_model else None)
-
-
-def add_eval_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-  from palijudge import evaluate
-  options.add(p, evaluate.EvalConfig, "evaluation", skip=skip)
-  if "eval_set" not in skip:
-    p.add_argument("--eval-set", action="append", default=[], metavar="NAME=FILE",
-                   help="extra evaluation set (.jsonl or .tsv), repeatable")
+ROOT_HELP = ("folder the data's relative image paths start from (default: for a split, the "
+             "one 02-shuffle_data.py recorded in dataset/NAME/split.json; else dataset/ for a "
+             "file inside it, else the file's own folder)")
 
 
-def eval_flags_except(*keep: str) -> tuple[str, ...]:
-  """The `skip` for add_eval_flags that leaves only `keep` (a script that trains, not judges)."""
-  from palijudge import evaluate
-  return (*(f.name for f in options.flags(evaluate.EvalConfig) if f.name not in keep),
-          "eval_set")
+def root_option(*names: str):
+  """--root (and the original script's `names`, e.g. -i): where image paths resolve."""
+  return option(None, ROOT_HELP, flag="--root", names=names, metavar="DIR",
+                suppress_default=True)
+
+
+def eval_set_option():
+  return option((), "extra evaluation set (.jsonl or .tsv), repeatable", many=True,
+                metavar="NAME=FILE")
+
+
+def eval_except(*keep: str) -> tuple[str, ...]:
+  """The EvalConfig fields a script leaves out when it keeps only `keep` (a trainer)."""
+  return tuple(f.name for f in options.flags(configs.EvalConfig) if f.name not in keep)
 
 
 def checkpoint_path(value: str, project: Project, flag: str) -> str:
@@ -230,59 +257,34 @@ def checkpoint_path(value: str, project: Project, flag: str) -> str:
   return str(files.inside(value + ".npz", project.checkpoints, flag))
 
 
-ROOT_HELP = ("folder the data's relative image paths start from (default: for a split, the "
-             "one 02-shuffle_data.py recorded in dataset/NAME/split.json; else dataset/ for a "
-             "file inside it, else the file's own folder)")
-
-
-def add_root_flag(p: argparse.ArgumentParser, *names: str) -> None:
-  """--root (or the original script's `names`, e.g. -i): where image paths resolve."""
-  p.add_argument(*(names or ("--root",)), dest="root", default=None, metavar="DIR",
-                 help=ROOT_HELP)
-
-
-def add_train_flags(p: argparse.ArgumentParser, aliases: dict[str, str] | None = None,
-                    lottery: bool = True) -> None:
-  """The recipe's flags (and, with `lottery`, 03's stages/runs flags); `aliases` as options.add."""
-  from palijudge import learn, losses, train
-  options.add(p, train.TrainConfig, "training", aliases=aliases)
-  options.add(p, losses.LossConfig, "objective (see palijudge.losses)")
-  if lottery:
-    options.add(p, learn.LearnConfig, "stages and the lottery")
-
-
-def data_root(args: argparse.Namespace, project: Project, of: str | os.PathLike | None = None
-              ) -> str:
+def data_root(cfg, project: Project, of: str | os.PathLike | None = None) -> str:
   """The one rule for every script: --root (-i) when given, else the root of `of` (a data file
   or a split's folder: data.splits.root_of), else the project's dataset/ folder."""
-  if getattr(args, "root", None):
-    return project.find(args.root)
+  if getattr(cfg, "root", None):
+    return project.find(cfg.root)
   if of is None:
     return str(project.dataset)
   from palijudge.data import splits
   return splits.root_of(of, project.dataset)
 
 
-def eval_config(args: argparse.Namespace, stored: float | None = None):
-  """EvalConfig from the flags, its threshold resolved (a checkpoint's `stored` one counts)."""
-  from palijudge import evaluate
-  return options.build(evaluate.EvalConfig, args).resolved(
-      None if getattr(args, "pick_threshold", None) else stored)
+def eval_config(cfg, project: Project | None = None, paths: Sequence[str | None] = (),
+                log=print) -> configs.EvalConfig:
+  """`cfg.eval` with its threshold decided (configs.EvalConfig.decided) from the flags and
+  the thresholds the models `paths` store (a checkpoint, the members of an ensemble)."""
+  from palijudge import checkpoint
+  stored = [checkpoint.stored_threshold(project.find(p) if project else p)
+            for p in paths if p]
+  return cfg.eval.decided(stored, log)
 
 
-def train_config(args: argparse.Namespace):
-  from palijudge import losses, train
-  loss = losses.from_flags(options.given(losses.LossConfig, args))
-  return options.build(train.TrainConfig, args, loss=loss)
-
-
-def load_model(args: argparse.Namespace, project: Project, model: str | None = None,
-               trainable: str = "attn", tcfg=None):
+def load_model(cfg, project: Project, model: str | None = None, trainable: str = "attn",
+               tcfg=None):
   """The --model (or `model`), said where it runs first. With `tcfg` (a training run) the
   parameters go straight to the training placement over every process's devices."""
   import jax
   from palijudge import loader
-  lcfg = options.build(loader.LoadConfig, args)
+  lcfg = cfg.load
   path = project.find(model) if model else model_file(lcfg.model, project)
   policy = "fsdp" if tcfg is not None and tcfg.fsdp and lcfg.mesh == "auto" else None
   lm = loader.load_model(lcfg, str(project.cache), trainable, path,
@@ -329,13 +331,12 @@ def model_file(name: str, project: Project) -> str | None:
   return found if name.endswith(".npz") or os.path.isdir(found) else None
 
 
-def model_inputs(args: argparse.Namespace, project: Project, paths: Sequence[str] = ()
-                 ) -> list[tuple[str, str]]:
+def model_inputs(cfg, project: Project, paths: Sequence[str] = ()) -> list[tuple[str, str]]:
   """(what, file) of every file the model(s) `paths` (none: --model) are loaded from:
   weights, a delta's base, the tokenizer, a probe's encoder. Read before any work, so an
   output that is one of them is refused at once (`files.check_writable(..., inputs)`)."""
   from palijudge import loader, probe
-  lcfg = options.build(loader.LoadConfig, args)
+  lcfg = cfg.load
   out = [("the --base checkpoint", project.find(lcfg.base))] if lcfg.base else []
   for path in paths or [lcfg.model]:
     path = model_file(path, project) or path
@@ -349,47 +350,28 @@ def model_inputs(args: argparse.Namespace, project: Project, paths: Sequence[str
   return out
 
 
-def add_judge_flags(p: argparse.ArgumentParser, names: Sequence[str] = ("-m", "--checkpoint")
-                    ) -> None:
-  """-m CKPT (repeated, or a comma list: an ensemble; or a probe file) and --ensemble."""
-  from palijudge import ensemble
-  p.add_argument(*names, dest="checkpoint", action="append", default=[], metavar="CKPT",
-                 help="checkpoint .npz or probe file (default: the base --model); repeat it or "
-                      "give a comma list to judge with an ensemble")
-  p.add_argument("--ensemble", default="mean", choices=ensemble.COMBINE, help=ensemble.HELP)
-
-
-def judge_paths(args: argparse.Namespace, project: Project) -> list[str]:
+def judge_paths(cfg, project: Project) -> list[str]:
   """The files -m names, found in the project; none given: --model when it is a file."""
-  named = [part.strip() for value in args.checkpoint for part in value.split(",")
-           if part.strip()]
-  if not named and args.model.endswith(".npz"):
-    named = [args.model]
+  named = cfg.judge.paths
+  if not named and cfg.load.model.endswith(".npz"):
+    named = [cfg.load.model]
   return [str(project.find(p)) for p in named]
 
 
-def judge_config(args: argparse.Namespace, paths: Sequence[str], log=print):
-  """EvalConfig whose threshold is --threshold, else the one `paths` store if they agree, else 0.5."""
-  from palijudge import ensemble
-  chosen = args.threshold is not None or getattr(args, "pick_threshold", None) \
-      or args.mode != "score"
-  return eval_config(args, None if chosen else ensemble.stored_threshold(paths, log))
-
-
-def load_judge(args: argparse.Namespace, project: Project, paths: Sequence[str], ecfg):
+def load_judge(cfg, project: Project, paths: Sequence[str], ecfg):
   """ensemble.Judge for `paths`: the --model, one checkpoint, an ensemble or a probe."""
-  from palijudge import ensemble, loader
-  judge = ensemble.load_judge(paths, options.build(loader.LoadConfig, args), str(project.cache),
-                              ecfg, getattr(args, "ensemble", "mean"))
+  from palijudge import ensemble
+  judge = ensemble.load_judge(paths, cfg.load, str(project.cache), ecfg,
+                              cfg.judge.ensemble if hasattr(cfg, "judge") else "mean")
   announce(judge.lm)
   return judge
 
 
-def eval_sets(args: argparse.Namespace, project: Project, taken: Sequence[str] = ()) -> dict:
+def eval_sets(cfg, project: Project, taken: Sequence[str] = ()) -> dict:
   """{NAME: examples} of every --eval-set NAME=FILE (images: `data_root` of each file)."""
   from palijudge.data import examples
   out: dict = {}
-  for spec in getattr(args, "eval_set", None) or []:
+  for spec in getattr(cfg, "eval_set", ()):
     name, sep, path = spec.partition("=")
     name, path = name.strip(), path.strip()
     if not sep or not name or not path:
@@ -397,30 +379,24 @@ def eval_sets(args: argparse.Namespace, project: Project, taken: Sequence[str] =
     if name in out or name in taken:
       raise UserError(f"--eval-set {name}: the name is already used; pick another")
     path = project.find(path)
-    out[name] = examples.read_examples(path, data_root(args, project, path))
+    out[name] = examples.read_examples(path, data_root(cfg, project, path))
   return out
 
 
-def add_audit_flags(p: argparse.ArgumentParser) -> None:
-  """The duplicate checks' flags (data.audit.AuditConfig); --embeddings also needs --model."""
-  from palijudge.data import audit
-  options.add(p, audit.AuditConfig, "duplicates (see palijudge.data.audit)")
-
-
-def run_audit(args: argparse.Namespace, project: Project, sets: dict, root: str | None = None):
-  """data.audit.find over {NAME: examples} with the flags' config and the decisions file
+def run_audit(cfg, project: Project, sets: dict, root: str | None = None):
+  """data.audit.find over {NAME: examples} with `cfg.audit` and the decisions file
   (--decisions, else dataset/audit-decisions.tsv when it exists; its image paths resolve
   against `root`, the sets' root, default `data_root`); loads the model for --embeddings."""
   from palijudge.data import audit, decisions
-  acfg = options.build(audit.AuditConfig, args)
+  acfg = cfg.audit
   path = (project.find(acfg.decisions) if acfg.decisions else
           str(project.dataset / decisions.FILE_NAME))
-  decided = (decisions.read(path, root or data_root(args, project))
+  decided = (decisions.read(path, root or data_root(cfg, project))
              if acfg.decisions or os.path.isfile(path) else decisions.NONE)
   embed = None
   if acfg.embeddings:
     from palijudge import loader
-    lm = load_model(args, project)
+    lm = load_model(cfg, project)
     features = loader.encoder_cache(lm, "first")  # Frozen encoder: cached on disk.
     embed = lambda exs: features.pooled(exs, lm.cfg.image_size)  # noqa: E731
   return audit.find(sets, acfg, embed, decided, path)

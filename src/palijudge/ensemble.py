@@ -12,7 +12,7 @@ members with the same config reuse one compiled model. Ensembles combine
 p(yes), so they need --mode score.
 
 The ensemble's threshold: --threshold, else the one the members store if
-they all agree, else 0.5 with a warning line (`stored_threshold`).
+they all agree, else 0.5 with a warning line (`configs.EvalConfig.decided`).
 """
 
 from __future__ import annotations
@@ -24,17 +24,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from palijudge import checkpoint, files, loader, quantize
+from palijudge import files, loader, quantize
 from palijudge import probe as probe_lib
+from palijudge.configs import COMBINE  # noqa: F401
 from palijudge.data.batch import PixelCache
 from palijudge.errors import UserError, where
 from palijudge.evaluate import EvalConfig, Scorer, iter_scores
 from palijudge.loader import LoadConfig, LoadedModel
-from palijudge.metrics import DEFAULT_THRESHOLD
 
 Log = Callable[[str], None]
-COMBINE = ("mean", "min")
-HELP = "how several checkpoints' p(yes) combine: mean, or min (the cautious judge)"
 
 
 def combine(p_MxN: Sequence[np.ndarray], how: str) -> np.ndarray:
@@ -63,17 +61,6 @@ def scorer(members: Sequence[LoadedModel], how: str) -> Scorer:
       chunk = parts[0][0]
       yield chunk, combine([p for _, p, _ in parts], how), [""] * len(chunk)
   return scores
-
-
-def stored_threshold(paths: Sequence[str], log: Log = print) -> float | None:
-  """The threshold the checkpoints store, if they agree; else None (0.5) and a warning line."""
-  values = [checkpoint.stored_threshold(p) for p in paths]
-  if len(set(values)) <= 1:
-    return values[0] if values else None
-  shown = ", ".join("none" if v is None else f"{v:g}" for v in values)
-  log(f"warning: the checkpoints store different thresholds ({shown}); judging at "
-      f"{DEFAULT_THRESHOLD} (give --threshold or --pick-threshold to choose)")
-  return None
 
 
 @dataclasses.dataclass(frozen=True)

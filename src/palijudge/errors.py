@@ -1,6 +1,6 @@
 """User-facing errors: one line, naming the file (and line) at fault.
 
-Scripts catch `UserError` at the top (see `cli.run_main`) and print its message
+Scripts catch `UserError` at the top (see `cli.run`) and print its message
 alone, so a user never sees a traceback for bad input.
 """
 

@@ -26,111 +26,23 @@ from palijudge import distributed, gallery, progress, stats, thresholds
 from palijudge import params as params_lib
 from palijudge.data import images
 from palijudge.data import tokenizer as tok_lib
-from palijudge.data.batch import Batch, Batches, PixelCache, collate, prompt_for, shape_for
-from palijudge.data.examples import DEFAULT_PROMPT, Example, parse_yes_no
+from palijudge.data.batch import (Batch, Batches, PixelCache, collate, load_frames, prompt_for,
+                                  shape_for)
+from palijudge.data.examples import Example, parse_yes_no
 from palijudge.model.features import FeatureCache
-from palijudge.errors import UserError, where
 from palijudge.loader import LoadedModel
-from palijudge.metrics import (DEFAULT_THRESHOLD, Confusion, ScoreMetrics, format_block,
+from palijudge.metrics import (Confusion, ScoreMetrics, format_block,
                                format_scores, json_line)
 from palijudge.model import paligemma as predict
-from palijudge.options import option
+from palijudge.configs import EvalConfig  # noqa: F401
 
 Log = Callable[[str], None]
-MODES = ("score", "decode")
 # (examples, p_yes (n,) f32, answers) per batch, in order (see `iter_scores`).
 Scores = Iterator[tuple[list[Example], np.ndarray, list[str]]]
 # What judges examples: `iter_scores` without its model, i.e.
 # scorer(examples, ecfg, cache, features) -> Scores. A model's own is
 # functools.partial(iter_scores, lm); an ensemble or a probe brings another.
 Scorer = Callable[..., Scores]
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  """How to judge: the prompt, scoring or decoding, the threshold and its picking.
-
-  `threshold` None means: the one stored with the checkpoint, else 0.5
-  (`resolved`). `pick_threshold` chooses it on one evaluated set instead and
-  applies it to every set.
-  """
-  prompt: str = option(DEFAULT_PROMPT, "prompt used where a row's prefix is empty")
-  mode: str = option("score", "score: p(yes) from one forward pass; decode: greedy answer",
-                     choices=MODES)
-  eval_batch: int = option(8, "evaluation batch size", short="-b")
-  threshold: float | None = option(None, "predict yes when p(yes) >= this (default: the "
-                                   "checkpoint's stored threshold, else 0.5)")
-  pick_threshold: str | None = option(None, "choose the threshold on this evaluated set (a "
-                                      "file, its stem such as valid, or an --eval-set name) "
-                                      "and apply it to every set", metavar="SET")
-  target: str | None = option(None, "what --pick-threshold aims for: f1, precision=P or "
-                              "recall=R (default f1)")
-  gif_frame: str = option("first", "which frame of an animated image to judge; all: score "
-                          "every frame and combine p(yes) by --gif-combine",
-                          choices=images.GIF_POLICIES)
-  gif_frames: int | None = option(None, "with --gif-frame all: K evenly spaced frames "
-                                  "(default: every frame)", metavar="K")
-  gif_combine: str | None = option(None, "with --gif-frame all: how the frames' p(yes) "
-                                   "combine (default mean)", choices=images.GIF_COMBINE)
-  gallery: str | None = option(None, "write an HTML error gallery (FP and FN thumbnails) "
-                               "per set to this folder", metavar="DIR")
-  gallery_max: int = option(200, "thumbnails per gallery section")
-  json: bool = option(False, "also print one JSON line per evaluated set")
-  max_new: int = 4  # Decode mode: new tokens (yes/no and eos fit in 4).
-
-  def __post_init__(self):
-    for msg in self._problems():
-      raise UserError(msg)
-
-  def _problems(self) -> list[str]:
-    out = []
-    if self.threshold is not None and not 0 < self.threshold < 1:
-      out.append(f"--threshold must be in (0, 1), got {self.threshold}")
-    if self.threshold is not None and self.pick_threshold:
-      out.append("--threshold and --pick-threshold contradict each other: give one")
-    if self.mode == "decode":
-      for flag in ("threshold", "pick_threshold"):
-        if getattr(self, flag) is not None:
-          out.append(f"--{flag.replace('_', '-')} needs --mode score (decode predicts from "
-                     f"the answer text)")
-      if self.gif_frame == "all":
-        out.append("--gif-frame all combines p(yes) over frames and needs --mode score")
-    if self.target is not None and not self.pick_threshold:
-      out.append("--target needs --pick-threshold SET")
-    if (self.gif_frames is not None or self.gif_combine is not None) and self.gif_frame != "all":
-      out.append("--gif-frames/--gif-combine need --gif-frame all")
-    if self.eval_batch < 1:
-      out.append("--eval-batch must be >= 1")
-    if self.gallery_max < 1:
-      out.append("--gallery-max must be >= 1")
-    if (self.gif_frames or 0) < 0:
-      out.append(f"--gif-frames must be >= 0, got {self.gif_frames}")
-    if self.target is not None:
-      thresholds.parse_target(self.target)  # Refuses a malformed target now.
-    return out
-
-  @property
-  def frames(self) -> int:
-    return self.gif_frames or 0
-
-  @property
-  def combine(self) -> str:
-    return self.gif_combine or "mean"
-
-  def resolved(self, stored: float | None = None) -> EvalConfig:
-    """The config with its threshold decided: --threshold, else `stored`, else 0.5.
-
-    With --pick-threshold (picked per report) or --mode decode (no threshold
-    applies) it stays None; `decision` is then 0.5.
-    """
-    if self.threshold is not None or self.pick_threshold is not None or self.mode != "score":
-      return self
-    return dataclasses.replace(self, threshold=DEFAULT_THRESHOLD if stored is None
-                               else float(stored))
-
-  @property
-  def decision(self) -> float:
-    return DEFAULT_THRESHOLD if self.threshold is None else self.threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,17 +121,7 @@ def _score_rows(lm: LoadedModel, batch: Batch) -> np.ndarray:
 
 def _frames_of(ex: Example, size: int, k: int, cache: PixelCache | None) -> np.ndarray:
   """(F, size, size, 3) frames of one example; errors name the data file and line."""
-  key = (ex.image, size, "all", k)
-  if cache is not None and key in cache.store:
-    return cache.store[key]
-  try:
-    x = images.load_frames(ex.image, size, k)
-  except UserError as e:
-    raise UserError(f"{where(ex.source, ex.line)}: {e}") from None
-  if cache is not None and cache.used + x.nbytes <= cache.budget:
-    cache.store[key] = x
-    cache.used += x.nbytes
-  return x
+  return cache.frames(ex, size, k) if cache is not None else load_frames(ex, size, k)
 
 
 def _iter_all_frames(lm: LoadedModel, examples: list[Example], prompt: str, bs: int, k: int,

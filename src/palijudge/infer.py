@@ -44,25 +44,26 @@ class InferResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class InferSettings:
-  """Everything that must match for a partial file to be resumed (its proof line).
+class Source:
+  """What a prediction file's rows come from: the judge and the data.
 
   `model` and `data` are names, for messages; `model_id` and `data_id` are what
-  proves the rows: the sha256 of the judge's weights and the data's fingerprint
-  (`data_id`). Every other field must match too.
+  proves the rows: the sha256 of the judge's files and the data's fingerprint
+  (`data_id`). The judging settings come from the run's EvalConfig (`proof`).
   """
   model: str
   data: str
   n_examples: int
-  prompt: str
-  mode: str
-  threshold: float
-  gif_frame: str
-  frames: int
-  combine: str
-  batch_size: int
   model_id: str
   data_id: str
+
+
+def proof(source: Source, ecfg: EvalConfig) -> dict:
+  """Everything that must match for a partial file to be resumed (its proof line): the
+  source, and every setting of `ecfg` that changes a row."""
+  return {**dataclasses.asdict(source), "prompt": ecfg.prompt, "mode": ecfg.mode,
+          "threshold": ecfg.decision, "gif_frame": ecfg.gif_frame, "frames": ecfg.frames,
+          "combine": ecfg.combine, "batch_size": ecfg.eval_batch}
 
 
 PROOF = "#palijudge-partial "  # The partial file's first line: this, then the settings' JSON.
@@ -74,11 +75,11 @@ def data_id(examples: Sequence[Example]) -> str:
   return files.sha256_text(json.dumps([(e.key, e.image, e.label, e.prefix) for e in examples]))
 
 
-def _proof_line(settings: InferSettings) -> str:
-  return PROOF + json.dumps(dataclasses.asdict(settings), sort_keys=True) + "\n"
+def proof_line(source: Source, ecfg: EvalConfig) -> str:
+  return PROOF + json.dumps(proof(source, ecfg), sort_keys=True) + "\n"
 
 
-def _check_proof(first: bytes, partial: str, settings: InferSettings) -> None:
+def _check_proof(first: bytes, partial: str, new: dict) -> None:
   """Refuses a partial file whose first line does not prove it was written by this run."""
   again = "delete it to start over"
   text = first.decode("utf-8", errors="replace")
@@ -89,7 +90,6 @@ def _check_proof(first: bytes, partial: str, settings: InferSettings) -> None:
   if not isinstance(old, dict):
     raise UserError(f"{partial}: holds no proof of the model, data and settings that wrote its "
                     f"rows (not written by this version of 13-inference); {again}")
-  new = dataclasses.asdict(settings)
   diff = [k for k in new if k not in _NAMES and old.get(k) != new[k]]
   if diff:
     key = diff[0]
@@ -114,11 +114,11 @@ def _partial_ids(text: str, fmt: str, path: str) -> list[str]:
     raise UserError(f"{path}: unreadable row; delete it to start over") from None
 
 
-def resume_point(partial: str, fmt: str, examples: Sequence[Example],
-                 settings: InferSettings) -> int:
+def resume_point(partial: str, fmt: str, examples: Sequence[Example], source: Source,
+                 ecfg: EvalConfig) -> int:
   """Rows already done in `partial` (0 if none); drops an incomplete last line.
 
-  A partial file is trusted only when its proof line matches `settings` exactly.
+  A partial file is trusted only when its proof line matches `proof(source, ecfg)` exactly.
   """
   if not os.path.exists(partial):
     return 0
@@ -128,7 +128,7 @@ def resume_point(partial: str, fmt: str, examples: Sequence[Example],
   except OSError as e:
     raise UserError(f"{partial}: cannot read: {e.strerror or e}") from None
   first, sep, _ = raw.partition(b"\n")
-  _check_proof(first if sep else b"", partial, settings)
+  _check_proof(first if sep else b"", partial, proof(source, ecfg))
   start = len(first) + 1
   keep = raw[:raw.rfind(b"\n") + 1]
   ids = _partial_ids(keep[start:].decode("utf-8", errors="replace"), fmt, partial)
@@ -142,12 +142,12 @@ def resume_point(partial: str, fmt: str, examples: Sequence[Example],
   return len(ids)
 
 
-def _stream(score: Scorer, todo: Sequence[Example], out: TextIO, fmt: str,
-            s: InferSettings, ecfg: EvalConfig, progress) -> int:
+def _stream(score: Scorer, todo: Sequence[Example], out: TextIO, fmt: str, ecfg: EvalConfig,
+            progress) -> int:
   written = 0
-  with_answer = s.mode == "decode"
+  with_answer = ecfg.mode == "decode"
   for chunk, p, answers in score(todo, ecfg):
-    pred, _ = judge(p, answers, s.mode, s.threshold)
+    pred, _ = judge(p, answers, ecfg.mode, ecfg.decision)
     rows = predictions.rows_from(chunk, p, pred, answers)
     out.writelines(predictions.format_row(r, fmt, with_answer) for r in rows)
     out.flush()
@@ -163,7 +163,7 @@ def check_target(out_path: str, overwrite: bool) -> None:
 
 
 def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
-        settings: InferSettings, ecfg: EvalConfig, fmt: str | None = None, overwrite: bool = False,
+        source: Source, ecfg: EvalConfig, fmt: str | None = None, overwrite: bool = False,
         progress: bool = True, log: Log = lambda m: print(m, file=sys.stderr),
         scorer: Scorer | None = None) -> InferResult:
   """Predicts every example into `out_path` (or stdout); see the module docstring.
@@ -173,27 +173,26 @@ def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
   score = scorer or functools.partial(iter_scores, lm)
   fmt = fmt or predictions.format_of(out_path)
   predictions.check_values(examples, fmt)
-  head = predictions.header(fmt, settings.mode == "decode")
+  head = predictions.header(fmt, ecfg.mode == "decode")
   bar = lambda: progress_lib.bar(len(examples), "inference", "ex", enabled=progress)
   if out_path is None:
     sys.stdout.writelines(head)
     with bar() as progress_bar:
-      return InferResult(_stream(score, examples, sys.stdout, fmt, settings, ecfg, progress_bar),
-                         0, None)
+      return InferResult(_stream(score, examples, sys.stdout, fmt, ecfg, progress_bar), 0, None)
   check_target(out_path, overwrite)
   files.sweep_stale(os.path.dirname(os.path.abspath(out_path)), os.path.basename(out_path))
   partial = out_path + ".partial"
-  done = resume_point(partial, fmt, examples, settings)
+  done = resume_point(partial, fmt, examples, source, ecfg)
   if done:
     log(f"resuming {partial}: {done} of {len(examples)} rows already done")
   else:  # Proof and header first, atomically: a partial file never lacks them.
-    files.write_text(partial, [_proof_line(settings)] + head)
+    files.write_text(partial, [proof_line(source, ecfg)] + head)
   files.remove(partial + ".json")  # Where earlier versions kept the settings.
   written = 0
   try:
     with bar() as progress_bar, open(partial, "a", encoding="utf-8", newline="\n") as f:
       progress_bar.update(done)
-      written = _stream(score, examples[done:], f, fmt, settings, ecfg, progress_bar)
+      written = _stream(score, examples[done:], f, fmt, ecfg, progress_bar)
   except KeyboardInterrupt:
     log(f"interrupted; run the same command again to resume from {partial}")
     raise

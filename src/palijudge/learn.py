@@ -38,46 +38,10 @@ from palijudge.evaluate import (EvalConfig, EvalResult, evaluate, format_result,
                                 shared_threshold)
 from palijudge.loader import LoadedModel
 from palijudge.model import lora
-from palijudge.options import option
+from palijudge.configs import LearnConfig  # noqa: F401
 from palijudge.phases import NoPhases, Phases
 
 Log = Callable[[str], None]
-SELECT = ("precision", "f1", "accuracy", "recall", "auc")
-KEEP = ("best", "all")
-
-
-@dataclasses.dataclass(frozen=True)
-class LearnConfig:
-  """What `03-do_learn.py` runs around the recipe: stages, the lottery, what is saved."""
-  two_stage: bool = option(False, "second stage at lr/10 (the users' -2)", short="-2")
-  runs: int = option(1, "independent runs (seeds S, S+1000, ...); the best by --select is saved")
-  select: str = option("f1", "validation metric that picks the best run", choices=SELECT)
-  full: bool = option(False, "save every parameter (big_vision-loadable), not a delta over "
-                      "the base")
-  resume: bool = option(False, "continue from checkpoints/NAME.state.npz if a killed run "
-                        "left one")
-  keep: str = option("best", "all: also keep every run's checkpoint as NAME.runK.npz "
-                     "(K = 1..--runs) beside the best run's NAME.npz, for an ensemble",
-                     choices=KEEP)
-  probe: bool = option(False, "also fit a linear probe (logistic regression on the frozen "
-                       "encoder's pooled image embeddings) on the train split and print its "
-                       "Result blocks beside the fine-tune's; with -w saved as NAME.probe.npz")
-  probe_only: bool = option(False, "fit and report only the probe (seconds): no model "
-                            "evaluation, no training")
-  eval_every: int = option(0, "evaluate the valid set every N steps (and at the last) and keep "
-                           "the state with the best --select metric, not the last (0: never)")
-  patience: int = option(0, "with --eval-every: stop a stage after this many evaluations "
-                         "without a better valid metric (0: never stop early)")
-
-  def __post_init__(self):
-    if self.runs < 1:
-      raise UserError("--runs must be >= 1")
-    if self.eval_every < 0 or self.patience < 0:
-      raise UserError("--eval-every and --patience must be >= 0")
-    if self.patience and not self.eval_every:
-      raise UserError("--patience counts evaluations: give --eval-every N too")
-    if self.probe_only and self.keep == "all":
-      raise UserError("--keep all keeps trained runs; --probe-only trains none")
 
 
 class Recorder(Protocol):
@@ -140,11 +104,9 @@ def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainC
         f"trainable {stage.trainable}, {stage.optimizer}, seed {stage.seed}")
     name = f"run {run + 1}, stage {i + 1}" if r.lcfg.runs > 1 else f"stage {i + 1}"
     stream = (lambda *row, name=name: r.record.log_step(*row, stage=name)) if r.record else None
-    fit_opts = train_lib.FitOptions(prompt=r.ecfg.prompt, gif_frame=r.ecfg.gif_frame,
-                                    state_path=state, resume=r.lcfg.resume,
-                                    stage=run * 2 + i, on_step=stream,
-                                    evaluation=_evaluation(lm, stage, r, name))
-    result = train_lib.fit(lm, train, stage, fit_opts, log=log, cache=r.cache,
+    where = train_lib.Stage(state_path=state, resume=r.lcfg.resume, index=run * 2 + i,
+                            on_step=stream, evaluation=_evaluation(lm, stage, r, name))
+    result = train_lib.fit(lm, train, stage, r.ecfg, where, log=log, cache=r.cache,
                            features=r.features)
     r.phases.add("compilation", result.compile_seconds)
     r.phases.add("training", result.seconds - result.compile_seconds)
@@ -230,26 +192,39 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
   if record:  # At once, in the order things happen (and kept if the run is killed).
     record.write_eval("before training", _by_name(before))
   r = _Run(sets, ecfg, lcfg, save_to, record, cache, features, before, ph, valid_name)
-  score, run, trained, after, cfg, diverged = _lottery(lm, train, tcfg, r, valid_name, log)
+  best = _lottery(lm, train, tcfg, r, valid_name, log)
+  trained, after, diverged = best.lm, best.after, best.diverged
   if lcfg.runs > 1:
-    log(f"best run: {run + 1}/{lcfg.runs} (seed {cfg.seed}), valid {lcfg.select} = {score:.4f}")
+    log(f"best run: {best.run + 1}/{lcfg.runs} (seed {best.tcfg.seed}), valid {lcfg.select} = "
+        f"{best.score:.4f}")
   probed = None
   if lcfg.probe:  # On the encoder before training: the floor the fine-tune should beat.
     probed = _probe(view, train, sets, ecfg, features, save_to, ph, log)
     log(versus(after[valid_name], probed[valid_name], valid_name))
   if save_to and distributed.is_main():  # With the threshold picked on a split, if one was.
     with ph("save"):
-      save(trained, cfg, ecfg, lcfg, save_to, shared_threshold(after), diverged)
+      save(trained, best.tcfg, ecfg, lcfg, save_to, shared_threshold(after), diverged)
     log(f"saved {files.shown(save_to)}")
   if record:
-    final = stage_name(run, 1 if lcfg.two_stage else 0, lcfg.runs)
+    final = stage_name(best.run, 1 if lcfg.two_stage else 0, lcfg.runs)
     _write_record(record, after, final, valid_name, probed)
   return LearnResult(trained, before, after, diverged, probed)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Kept:
+  """The run a lottery keeps: the best by --select on the valid set."""
+  score: float
+  run: int                      # 0-based.
+  lm: LoadedModel               # Its trained model.
+  after: dict[str, EvalResult]  # Its results after the last stage.
+  tcfg: train_lib.TrainConfig   # Its recipe (its seed).
+  diverged: str
+
+
 def _lottery(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainConfig, r: _Run,
-             valid_name: str, log: Log) -> tuple:
-  """`--runs` runs; the best by --select: (score, run, lm, after, cfg, diverged).
+             valid_name: str, log: Log) -> _Kept:
+  """`--runs` runs; the best by --select.
 
   With --keep all every run's checkpoint is saved as it finishes (run_path).
   """
@@ -270,23 +245,28 @@ def _lottery(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainCon
       with r.phases("save"):
         save(run_lm, cfg, r.ecfg, r.lcfg, path, shared_threshold(after), diverged)
       log(f"saved {files.shown(path)}")
-    if best is None or score > best[0]:
-      best = (score, run, run_lm, after, cfg, diverged)
+    if best is None or score > best.score:
+      best = _Kept(score, run, run_lm, after, cfg, diverged)
   if runs > 1:  # Is the winner better, or luckier? (see compare.lottery)
     for line in compare.lottery([f"run {i + 1}" for i in range(runs)], scores, valids,
-                                r.lcfg.select, best[1]):
+                                r.lcfg.select, best.run):
       log(line)
   return best
 
 
+def _stem(save_to: str) -> str:
+  """NAME of checkpoints' NAME.npz: the files a run writes beside it are NAME.<what>.npz."""
+  return save_to[:-len(".npz")] if save_to.endswith(".npz") else save_to
+
+
 def state_path(save_to: str) -> str:
   """Where a run saving NAME.npz keeps its periodic train state: NAME.state.npz."""
-  return save_to[:-len(".npz")] + ".state.npz"
+  return _stem(save_to) + ".state.npz"
 
 
 def probe_path(save_to: str) -> str:
   """Where --probe with -w saves the fitted probe: NAME.probe.npz."""
-  return save_to[:-len(".npz")] + probe_lib.SUFFIX
+  return _stem(save_to) + probe_lib.SUFFIX
 
 
 def outputs_of(save_to: str, lcfg: LearnConfig) -> list[str]:
@@ -301,12 +281,12 @@ def outputs_of(save_to: str, lcfg: LearnConfig) -> list[str]:
 
 def run_path(save_to: str, run: int) -> str:
   """Where --keep all saves run `run` (1-based): NAME.npz -> NAME.run{run}.npz."""
-  return f"{save_to[:-len('.npz')]}.run{run}.npz"
+  return f"{_stem(save_to)}.run{run}.npz"
 
 
 def _run_files(save_to: str) -> list[tuple[int, str]]:
   """(run, path) of every NAME.run{run}.npz beside `save_to` now, by name."""
-  stem = re.escape(os.path.basename(save_to)[:-len(".npz")])
+  stem = re.escape(os.path.basename(_stem(save_to)))
   folder = os.path.dirname(os.path.abspath(save_to))
   names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
   return [(int(m.group(1)), os.path.join(folder, n)) for n in names
@@ -437,9 +417,8 @@ def train_file(lm: LoadedModel, examples: Sequence[Example], tcfg: train_lib.Tra
       f"{f' x {tcfg.accum}' if tcfg.accum > 1 else ''}, {tcfg.steps} steps, "
       f"trainable {tcfg.trainable}, {tcfg.optimizer}, seed {tcfg.seed}")
   stream = (lambda *row: record.log_step(*row, stage="stage 1")) if record else None
-  opts = train_lib.FitOptions(prompt=ecfg.prompt, gif_frame=ecfg.gif_frame,
-                              state_path=state_path(save_to), resume=resume, on_step=stream)
-  result = train_lib.fit(lm, examples, tcfg, opts, log=log)
+  stage = train_lib.Stage(state_path=state_path(save_to), resume=resume, on_step=stream)
+  result = train_lib.fit(lm, examples, tcfg, ecfg, stage, log=log)
   trained = dataclasses.replace(lm, params=result.params,
                                 model=lm.model.clone(lora_alpha=tcfg.lora_alpha))
   if distributed.is_main():

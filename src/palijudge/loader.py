@@ -37,11 +37,9 @@ from palijudge.errors import UserError, where
 from palijudge.data.tokenizer import Tokenizer
 from palijudge import params as params_lib
 from palijudge import quantize as quantize_lib
-from palijudge.options import option
+from palijudge.configs import DEFAULT_MODEL, LoadConfig  # noqa: F401
 
-DEFAULT_MODEL = "paligemma-3b-pt-224"
 CACHE_DIR = "cache"  # Relative to the project root (see files.Project).
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Where `01-download_models.py` puts each preset's files.
 _KAGGLE_FILES = {
     "paligemma-3b-pt-224": "paligemma-3b-pt-224.f16.npz",
@@ -52,27 +50,6 @@ _KAGGLE_FILES = {
     "paligemma2-28b-pt-224": "paligemma2-28b-pt-224.b16.npz",
 }
 REAL_TOKENIZER = "paligemma_tokenizer.model"
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadConfig:
-  """Which model to load, and in which dtypes (the `--model` flags)."""
-  model: str = option(DEFAULT_MODEL, "preset name (weights from cache/) or checkpoint .npz")
-  model_config: str | None = option(None, "model config JSON (for checkpoints without one)")
-  tokenizer: str | None = option(None, "sentencepiece model (default: next to the weights)")
-  base: str | None = option(None, "base checkpoint of a delta checkpoint (default: as recorded)")
-  param_dtype: str = option("auto", "dtype of frozen params (auto: as stored in the checkpoint)",
-                            choices=params_lib.PARAM_DTYPES)
-  compute_dtype: str = option("auto", "activation dtype (auto: bfloat16 on GPU, float32 on CPU)",
-                              choices=COMPUTE_DTYPES)
-  quantize: str | None = option(None, "quantize the frozen matrices when loading (default: as "
-                                "the checkpoint records, else none)", choices=quantize_lib.MODES)
-  mesh: str = option("auto", "how parameters lie over the devices: auto (replicated when the "
-                     "model fits one device, else FSDP inside each host), fsdp, replicated, "
-                     "or DATAxFSDP such as 2x4", metavar="POLICY")
-
-  def __post_init__(self):
-    params_lib.parse_mesh(self.mesh)  # Refuses a malformed --mesh before any work.
 
 
 def weights_file(preset: str, cache_dir: str = CACHE_DIR) -> str:

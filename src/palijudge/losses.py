@@ -35,121 +35,13 @@ training split, so the average weight over the training set is 1.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 
 from palijudge.model import paligemma as model_lib
 from palijudge.data.batch import Batch
-from palijudge.errors import UserError
-from palijudge.options import option
-
-LOSSES = ("ce", "yesno", "bce", "focal", "combined")
-# Which loss kinds each parameter applies to: giving one to another kind is refused.
-APPLIES = {"pos_weight": ("bce", "focal", "combined"), "focal_alpha": ("focal", "combined"),
-           "focal_gamma": ("focal", "combined"), "bce_weight": ("combined",),
-           "focal_weight": ("combined",)}
-
-
-def _class_weight_flag(text: str) -> str | tuple[float, float]:
-  """`--class-weight`: auto, or two numbers W_YES,W_NO."""
-  if text.strip().lower() == "auto":
-    return "auto"
-  try:
-    values = tuple(float(x) for x in text.split(","))
-  except ValueError:
-    values = ()
-  if len(values) != 2:
-    raise UserError(f"--class-weight must be auto or W_YES,W_NO (two numbers), got {text!r}")
-  return values
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """The training objective and its parameters (hashable: static under jit).
-
-  class_weight: (W_YES, W_NO), or "auto" until `resolved` replaces it by the
-  inverse class frequencies of the training split.
-  """
-  kind: str = option("ce", "objective (ce: the colab's)", flag="--loss", choices=LOSSES,
-                     sparse=True)
-  pos_weight: float = option(1.0, "bce/focal/combined: weight of the yes terms", sparse=True)
-  focal_alpha: float = option(1.0, "focal/combined: scale of the focal term, both classes "
-                              "alike (1: none)", sparse=True)
-  focal_gamma: float = option(3.0, "focal/combined: focusing exponent", sparse=True)
-  bce_weight: float = option(0.5, "combined: weight of bce", sparse=True)
-  focal_weight: float = option(0.5, "combined: weight of focal", sparse=True)
-  label_smoothing: float = option(0.0, "target smoothing eps", sparse=True)
-  class_weight: tuple[float, float] | str | None = option(
-      None, "per-class loss weights; auto = inverse class frequency of the training split",
-      parse=_class_weight_flag, metavar="auto|W_YES,W_NO", sparse=True)
-
-  def __post_init__(self):
-    if self.kind not in LOSSES:
-      raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {self.kind!r}")
-    if self.class_weight is not None and self.class_weight != "auto":
-      cw = tuple(float(w) for w in self.class_weight)
-      object.__setattr__(self, "class_weight", cw)
-    for msg in _problems(self):
-      raise UserError(msg)
-
-  def resolved(self, n_yes: int, n_no: int) -> LossConfig:
-    """The config with `auto` class weights computed from the training split's counts."""
-    if self.class_weight != "auto":
-      return self
-    return dataclasses.replace(self, class_weight=balanced_class_weight(n_yes, n_no))
-
-
-def _misplaced(name: str, kind: str) -> str:
-  return f"--{name.replace('_', '-')} applies to --loss {'/'.join(APPLIES[name])}, not {kind}"
-
-
-def from_flags(given: dict) -> LossConfig:
-  """The config from the loss flags a user gave (even at their default values)."""
-  kind = given.get("kind", "ce")
-  for name in given:
-    if name in APPLIES and kind not in APPLIES[name]:
-      raise UserError(_misplaced(name, kind))
-  return LossConfig(**given)
-
-
-def _problems(c: LossConfig) -> list[str]:
-  """Every invalid value or senseless combination, as user-facing messages."""
-  out = []
-  finite = all(math.isfinite(v) for v in (c.pos_weight, c.focal_alpha, c.focal_gamma,
-                                          c.bce_weight, c.focal_weight, c.label_smoothing))
-  if not finite:
-    out.append("loss parameters must be finite numbers")
-  if not c.pos_weight > 0:
-    out.append(f"--pos-weight must be > 0, got {c.pos_weight}")
-  default = LossConfig.__dataclass_fields__
-  out += [_misplaced(name, c.kind) for name in APPLIES
-          if getattr(c, name) != default[name].default and c.kind not in APPLIES[name]]
-  if c.pos_weight != 1.0 and c.class_weight is not None:
-    out.append("--pos-weight and --class-weight both weight the classes: use one")
-  if not c.focal_alpha > 0 or not c.focal_gamma >= 0:
-    out.append(f"need --focal-alpha > 0 and --focal-gamma >= 0, got "
-               f"{c.focal_alpha}, {c.focal_gamma}")
-  if min(c.bce_weight, c.focal_weight) < 0 or c.bce_weight + c.focal_weight <= 0:
-    out.append(f"--bce-weight and --focal-weight must be >= 0 and not both 0, got "
-               f"{c.bce_weight}, {c.focal_weight}")
-  if not 0 <= c.label_smoothing < 1:
-    out.append(f"--label-smoothing must be in [0, 1), got {c.label_smoothing}")
-  cw = c.class_weight
-  if cw is not None and cw != "auto" and (len(cw) != 2 or not all(math.isfinite(w) and w > 0 for w in cw)):
-    out.append(f"--class-weight needs two positive numbers W_YES,W_NO, got {cw}")
-  return out
-
-
-def balanced_class_weight(n_yes: int, n_no: int) -> tuple[float, float]:
-  """sklearn's "balanced" weights (N / (2 N_yes), N / (2 N_no)); both classes needed."""
-  if n_yes <= 0 or n_no <= 0:
-    raise UserError(f"--class-weight auto needs both classes in the training split "
-                    f"(yes={n_yes}, no={n_no})")
-  n = n_yes + n_no
-  return (n / (2 * n_yes), n / (2 * n_no))
+from palijudge.configs import LossConfig, balanced_class_weight  # noqa: F401
 
 
 def ce_per_example(logits_BxLxV, targets_BxL, weights_BxL, label_smoothing: float = 0.0):

@@ -32,17 +32,11 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from palijudge.errors import UserError
+from palijudge.configs import PARAM_DTYPES, TRAINABLE, parse_mesh  # noqa: F401
 
 Params = dict[str, Any]
 
-# big_vision-style param-path regexes: what each trainable set updates.
-TRAINABLE = {
-    "attn": r"^llm/layers/attn/",
-    "llm": r"^llm/",
-    "all": r".*",
-    "lora": r"^llm/layers/lora/",  # Adapters only (see model/lora.py).
-}
-PARAM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# big_vision-style param-path regexes (configs.TRAINABLE): what each trainable set updates.
 
 
 def flatten(params: Params) -> dict[str, Any]:
@@ -125,20 +119,6 @@ def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
   if fsdp < 1 or len(devices) % fsdp:
     raise UserError(f"an FSDP group of {fsdp} devices does not divide the {len(devices)} devices")
   return Mesh(np.array(devices).reshape(len(devices) // fsdp, fsdp), AXES)
-
-
-def parse_mesh(text: str) -> tuple[int, int] | None:
-  """`--mesh DATAxFSDP` as (data, fsdp); None for the named policies (auto, fsdp, replicated)."""
-  if text in MESH_POLICIES:
-    return None
-  m = re.fullmatch(r"(\d+)x(\d+)", text)
-  if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-    raise UserError(f"--mesh wants {', '.join(MESH_POLICIES)} or DATAxFSDP such as 2x4, "
-                    f"got {text!r}")
-  return int(m.group(1)), int(m.group(2))
-
-
-MESH_POLICIES = ("auto", "fsdp", "replicated")
 
 
 def mesh_for(policy: str, fits_one_device: bool, devices=None) -> Mesh:

@@ -53,8 +53,8 @@ import numpy as np
 
 from palijudge import params as params_lib
 from palijudge.errors import UserError
+from palijudge.configs import QUANTIZE_MODES as MODES  # noqa: F401
 
-MODES = ("none", "int8", "int4", "nf4")
 SCALE_DTYPE = jnp.float32
 _CHUNK = 1 << 24  # Elements quantized at once (bounds the host's temporaries).
 

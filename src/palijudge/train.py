@@ -48,71 +48,11 @@ from palijudge.errors import UserError, where
 from palijudge.loader import LoadedModel, feature_cache
 from palijudge.model import lora
 from palijudge.model import paligemma as model_lib
-from palijudge.model import vit
-from palijudge.options import option
+from palijudge.configs import (MAX_STEPS, OPTIMIZERS, REMAT_POLICIES,  # noqa: F401
+                               EvalConfig, TrainConfig)
 
 Params = dict[str, Any]
 
-OPTIMIZERS = ("sgd", "adam")
-MAX_STEPS = 2 ** 31 - 1  # The step counter is an int32 on the device.
-REMAT_POLICIES = tuple(vit.REMAT_POLICIES)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """One training recipe. Defaults = big_vision's fine-tuning colab (the users' recipe)."""
-  lr: float = option(0.03, "peak learning rate (warm-up, then cosine decay to 0)")
-  batch_size: int = option(2, "examples per optimizer step (per micro-batch with --accum)",
-                           flag="--batch")
-  steps: int = option(256, "optimizer steps per stage")
-  seed: int = option(0, "seed of the data order, augmentation and LoRA init")
-  trainable: str = option("attn", "which parameters train: attn (the colab's), llm, all, lora",
-                          choices=tuple(params_lib.TRAINABLE))
-  optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
-  warmup_percent: float = option(0.10, "fraction of the steps spent warming up", flag="--warmup")
-  loss: losses.LossConfig = losses.LossConfig()
-  print_every: int = option(32, "steps between progress lines")
-  accum: int = option(1, "gradient accumulation: effective batch = batch x accum")
-  remat: str = option("none", "what the decoder layers keep for the backward pass "
-                      "(full: nothing)", choices=REMAT_POLICIES)
-  fsdp: bool = option(False, "shard params and optimizer state over each host's devices (FSDP; "
-                      "the same as --mesh fsdp)")
-  flip: bool = option(False, "augment: random left-right mirror of training images")
-  lora_rank: int = option(8, "adapter rank with --trainable lora")
-  lora_alpha: float = option(16.0, "adapter scale alpha (the update is alpha/rank * A B)")
-  max_restarts: int = option(0, "on divergence, restart with the next seed up to this many times")
-  diverge_loss: float = option(1.0, "divergence: the median loss of 32 steps stays above this "
-                               "for 32 steps, having been below (0: non-finite losses only)")
-  save_every: int = option(0, "write the train state every N steps (for --resume; 0: never)")
-
-  def __post_init__(self):
-    def need(ok, msg):
-      if not ok:
-        raise UserError(f"training config: {msg}")
-    need(self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}")
-    need(self.batch_size >= 1, f"--batch must be >= 1, got {self.batch_size}")
-    need(1 <= self.steps <= MAX_STEPS, f"--steps must be in 1..{MAX_STEPS}, got {self.steps}")
-    need(self.trainable in params_lib.TRAINABLE, f"--trainable must be one of {', '.join(params_lib.TRAINABLE)}")
-    need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
-    need(0 <= self.warmup_percent < 1, "warm-up fraction must be in [0, 1)")
-    need(self.print_every >= 1, "print_every must be >= 1")
-    need(self.accum >= 1, f"--accum must be >= 1, got {self.accum}")
-    need(self.max_restarts >= 0, "--max-restarts must be >= 0")
-    need(self.diverge_loss >= 0, "--diverge-loss must be >= 0")
-    need(self.save_every >= 0, "--save-every must be >= 0")
-    need(self.lora_rank >= 1, "--lora-rank must be >= 1")
-    need(self.lora_alpha > 0 and math.isfinite(self.lora_alpha),
-         f"--lora-alpha must be a finite number > 0, got {self.lora_alpha}")
-    need(self.remat in REMAT_POLICIES, f"--remat must be one of {', '.join(REMAT_POLICIES)}")
-
-  def check_data(self, n_examples: int, name: str) -> None:
-    """Refuses, before any work, a step larger than the data: it would only repeat examples
-    inside one step, at the memory cost of the whole batch."""
-    per_step = self.batch_size * self.accum
-    if per_step > n_examples:
-      accum = f" x --accum {self.accum}" if self.accum > 1 else ""
-      raise UserError(f"{name}: --batch {self.batch_size}{accum} takes {per_step} examples per "
-                      f"step, more than its {n_examples}; use at most {n_examples}")
 
 
 def colab_lr(base: float, train_steps: int, warmup_percent: float = 0.10) -> Callable:
@@ -330,12 +270,13 @@ def load_state(path: str, like: TrainState) -> tuple[TrainState, dict]:
 
 
 @dataclasses.dataclass(frozen=True)
-class FitOptions:
-  prompt: str
-  gif_frame: str = "first"
+class Stage:
+  """One stage's place in a run (learn's wiring): where its train state is saved and
+  resumed from, its index, who watches its steps. The recipe is the TrainConfig; the
+  prompt and the frame of an animated image, the EvalConfig's."""
   state_path: str | None = None  # Where periodic train state goes.
   resume: bool = False
-  stage: int = 0                 # Stage index, stored with the state.
+  index: int = 0                 # Stored with the state: another stage's state is not resumed.
   use_feature_cache: bool = True
   # Called with each history row (step, lr, loss, grad_norm, seconds) as it happens:
   # run records stream train_log.csv, so a killed run keeps its log.
@@ -343,10 +284,11 @@ class FitOptions:
   evaluation: "Evaluation | None" = None  # --eval-every: score, keep the best, stop early.
 
 
-def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig,
-        opts: FitOptions, log: Log = print, cache: PixelCache | None = None,
+def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig, ecfg: EvalConfig,
+        stage: Stage = Stage(), log: Log = print, cache: PixelCache | None = None,
         features: FeatureCache | None = None) -> FitResult:
-  """Runs the stage, restarting with the next seed on divergence.
+  """Runs the stage, restarting with the next seed on divergence. Examples whose prefix is
+  empty are prompted with `ecfg.prompt`; animated images give `ecfg.gif_frame`.
 
   `features`: a frozen-encoder cache shared with evaluation (made here if None).
   """
@@ -357,7 +299,7 @@ def fit(lm: LoadedModel, examples: Sequence[Example], tcfg: TrainConfig,
   for attempt in range(tcfg.max_restarts + 1):
     try:
       params, history, compile_s, kept = _attempt(
-          lm, examples, dataclasses.replace(tcfg, seed=seed), opts, log, cache, features)
+          lm, examples, dataclasses.replace(tcfg, seed=seed), ecfg, stage, log, cache, features)
       return FitResult(params, history, seed, attempt, time.time() - start, compile_s,
                        kept_step=kept)
     except Diverged as d:
@@ -393,7 +335,21 @@ def training_mesh(lm: LoadedModel, tcfg: TrainConfig) -> jax.sharding.Mesh:
                           devices=jax.devices())
 
 
-def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
+@dataclasses.dataclass
+class _Prepared:
+  """What one attempt's loop runs: the compiled step's inputs, laid out on the devices."""
+  step_fn: Callable
+  state: TrainState
+  frozen: Params
+  batches: Batches
+  features: FeatureCache | None
+  data: jax.sharding.NamedSharding  # A global batch's layout.
+  first: int                        # The first step (after a resumed one).
+  recipe: dict                      # Saved with the train state.
+
+
+def _attempt(lm, examples, tcfg: TrainConfig, ecfg: EvalConfig, stage: Stage, log, cache,
+             features):
   model = model_lib.build(lm.cfg, lm.model.dtype, tcfg.remat, tcfg.lora_alpha)
   mesh = training_mesh(lm, tcfg)
   big_batch = tcfg.batch_size * tcfg.accum
@@ -408,24 +364,25 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
   state = init_state(trainable, tx)
   state_sh = params_lib.tree_shardings(mesh, state)
   frozen_sh = params_lib.tree_shardings(mesh, frozen)
-  first, rec = 1, recipe(tcfg, examples, opts, lm.weights_id)
-  if opts.resume and opts.state_path and os.path.exists(opts.state_path):
-    state, first = _resume(opts, tcfg, state, rec, log)
+  first, rec = 1, recipe(tcfg, examples, ecfg, lm.weights_id)
+  if stage.resume and stage.state_path and os.path.exists(stage.state_path):
+    state, first = _resume(stage, tcfg, state, rec, log)
   state = params_lib.place(state, state_sh)
   frozen = params_lib.place(frozen, frozen_sh)
   step_fn = jit_train_step(model, tx, tcfg.loss, lm.yes_no_ids, mesh, state_sh,
                                      frozen_sh, tcfg.accum)
   stream = training_stream(examples, tcfg.steps, big_batch, tcfg.seed)  # Lazy: any --steps.
   skip = (first - 1) * big_batch
-  batches = Batches(stream[skip:], lm.tok, lm.cfg.image_size, big_batch, opts.prompt,
-                    with_suffix=True, gif_frame=opts.gif_frame, cache=cache,
+  batches = Batches(stream[skip:], lm.tok, lm.cfg.image_size, big_batch, ecfg.prompt,
+                    with_suffix=True, gif_frame=ecfg.gif_frame, cache=cache,
                     flips=Flips(tcfg.seed, len(stream), skip) if tcfg.flip else None,
                     rows=distributed.batch_rows(data, big_batch))  # This process's share.
-  if not opts.use_feature_cache:
+  if not stage.use_feature_cache:
     features = None
   elif features is None:
-    features = feature_cache(lm, tcfg.trainable, opts.gif_frame)
-  return _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, data, rec)
+    features = feature_cache(lm, tcfg.trainable, ecfg.gif_frame)
+  return _loop(_Prepared(step_fn, state, frozen, batches, features, data, first, rec), tcfg,
+               stage, log)
 
 
 # What a resumed run must share with the run that saved the state: every field of
@@ -434,12 +391,12 @@ def _attempt(lm, examples, tcfg, opts: FitOptions, log, cache, features):
 _NOT_RECIPE = ("print_every", "save_every", "max_restarts", "seed", "fsdp", "remat")
 
 
-def recipe(tcfg: TrainConfig, examples: Sequence[Example], opts: FitOptions, weights: str
+def recipe(tcfg: TrainConfig, examples: Sequence[Example], ecfg: EvalConfig, weights: str
            ) -> dict:
   """The resolved recipe saved with the train state: flags, prompt, data and weights."""
   data = files.sha256_text(json.dumps([(e.image, e.label, e.prefix) for e in examples]))
   out = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in _NOT_RECIPE}
-  out |= {"prompt": opts.prompt, "gif_frame": opts.gif_frame, "data": data,
+  out |= {"prompt": ecfg.prompt, "gif_frame": ecfg.gif_frame, "data": data,
           "examples": len(examples), "weights": weights}
   return json.loads(json.dumps(out))  # As it reads back from the file.
 
@@ -457,39 +414,39 @@ def recipe_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
   return out
 
 
-def _resume(opts: FitOptions, tcfg: TrainConfig, state, rec: dict, log: Log):
+def _resume(stage: Stage, tcfg: TrainConfig, state, rec: dict, log: Log):
   """(state, first step) from the saved train state, refusing one saved under another recipe."""
-  info = checkpoint.read_meta(opts.state_path)
-  if (info.get("stage"), info.get("seed")) != (opts.stage, tcfg.seed):
+  info = checkpoint.read_meta(stage.state_path)
+  if (info.get("stage"), info.get("seed")) != (stage.index, tcfg.seed):
     return state, 1  # Another stage's or attempt's state: this one starts fresh.
   saved = info.get("recipe")
   changes = recipe_changes(saved, rec) if isinstance(saved, dict) else []
   if changes:
-    raise UserError(f"{where(opts.state_path)}: --resume: this train state was saved by another "
+    raise UserError(f"{where(stage.state_path)}: --resume: this train state was saved by another "
                     f"recipe ({'; '.join(changes)}); give the same flags and data, or drop "
                     f"--resume to start over")
-  state, info = load_state(opts.state_path, state)
-  log(f"resumed from {opts.state_path} at step {int(info['step'])}")
+  state, info = load_state(stage.state_path, state)
+  log(f"resumed from {stage.state_path} at step {int(info['step'])}")
   return state, int(info["step"]) + 1
 
 
-def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, data, rec):
+def _loop(p: _Prepared, tcfg: TrainConfig, stage: Stage, log: Log):
   """The steps. Each step's metrics are read one step late, after the next step is
   dispatched, so the host never waits for the device between steps; a step whose
   state is needed (a guard snapshot, a save, an evaluation, the last) is read at once."""
   sched = colab_lr(tcfg.lr, tcfg.steps, tcfg.warmup_percent)
-  w = _Watch(tcfg, opts, log, rec)
-  compiled, pending = None, None
-  for step, (chunk, batch) in enumerate(batches, start=first):
-    if features is not None:
-      batch = features.attach(chunk, batch)
-    batch = distributed.global_batch(batch, data, tcfg.batch_size * tcfg.accum)
+  w = _Watch(tcfg, stage, log, p.recipe)
+  state, frozen, compiled, pending = p.state, p.frozen, None, None
+  for step, (chunk, batch) in enumerate(p.batches, start=p.first):
+    if p.features is not None:
+      batch = p.features.attach(chunk, batch)
+    batch = distributed.global_batch(batch, p.data, tcfg.batch_size * tcfg.accum)
     lr = sched(step)  # Once per step, on the host; data to the device (no recompilation).
     state = state.replace(lr=jax.device_put(lr, state.lr.sharding))
     if compiled is None:  # Ahead of time, so the wait is announced and measured.
       progress.write(log, "compiling the train step ...")
       c0 = time.time()
-      compiled = _compiled(step_fn, state, batch, frozen)
+      compiled = _compiled(p.step_fn, state, batch, frozen)
       w.compile_s = time.time() - c0
     state, metrics = compiled(state, batch, frozen)
     if pending is not None:
@@ -508,7 +465,7 @@ def _loop(step_fn, state, frozen, batches, features, tcfg, opts, first, log, dat
     kept = w.evaluated.step
     trained = jax.device_put(w.evaluated.params, jax.tree.map(lambda a: a.sharding, trained))
     progress.write(log, f"keeping the state of step {kept}, where valid "
-                   f"{opts.evaluation.metric} was best ({w.evaluated.score:.4f})")
+                   f"{stage.evaluation.metric} was best ({w.evaluated.score:.4f})")
   # Evaluation runs on each process's own devices: `local` gives each leaf's view there
   # (the same arrays with one process). The trained leaves stay on the devices.
   params = params_lib.merge(distributed.local(trained), distributed.local(frozen))
@@ -562,8 +519,8 @@ class _Watch:
   """What the loop does with each step's metrics: history, guard, progress lines, saves,
   and the evaluations of --eval-every."""
 
-  def __init__(self, tcfg: TrainConfig, opts: FitOptions, log: Log, rec: dict):
-    self.tcfg, self.opts, self.log, self.rec = tcfg, opts, log, rec
+  def __init__(self, tcfg: TrainConfig, stage: Stage, log: Log, rec: dict):
+    self.tcfg, self.stage, self.log, self.rec = tcfg, stage, log, rec
     self.history, self.guard, self.t0 = [], Guard(tcfg.diverge_loss), time.time()
     self.best = (math.inf, 0, None)  # (median loss, step, host copy of the trainable params)
     self.evaluated: _Best | None = None  # The best evaluated state (--eval-every).
@@ -574,10 +531,10 @@ class _Watch:
     """One step's row: waits for its metrics; raises Diverged when the guard says so."""
     loss = float(metrics["loss"])
     self.history.append((step, lr, loss, float(metrics["grad_norm"]), time.time() - self.t0))
-    if self.opts.on_step is not None:
-      self.opts.on_step(*self.history[-1])
+    if self.stage.on_step is not None:
+      self.stage.on_step(*self.history[-1])
     if self.bar is None:
-      self.bar = progress.bar(self.tcfg.steps, f"train (stage {self.opts.stage + 1})", "step",
+      self.bar = progress.bar(self.tcfg.steps, f"train (stage {self.stage.index + 1})", "step",
                               initial=step)
     else:
       _advance(self.bar, self.history, self.tcfg.batch_size * self.tcfg.accum)
@@ -590,20 +547,20 @@ class _Watch:
 
   def needs_state(self, step: int) -> bool:
     """Whether `at_state` must see the state of this step (so its metrics are read now)."""
-    ev, t = self.opts.evaluation, self.tcfg
+    ev, t = self.stage.evaluation, self.tcfg
     return (step % GUARD_WINDOW == 0 or step == t.steps
-            or bool(t.save_every and self.opts.state_path and step % t.save_every == 0)
+            or bool(t.save_every and self.stage.state_path and step % t.save_every == 0)
             or bool(ev and step % ev.every == 0))
 
   def at_state(self, step: int, state: TrainState, frozen: Params) -> bool:
     """Snapshot, save and evaluate the state after `step`; True to stop early."""
-    t, opts = self.tcfg, self.opts
+    t, stage = self.tcfg, self.stage
     if step % GUARD_WINDOW == 0 and self.guard.median < self.best[0]:
       self.best = (self.guard.median, step, distributed.host(state.params))
-    if t.save_every and opts.state_path and step % t.save_every == 0 and step < t.steps:
-      save_state(opts.state_path, state, {"stage": opts.stage, "seed": t.seed, "step": step,
-                                          "recipe": self.rec})
-    ev = opts.evaluation
+    if t.save_every and stage.state_path and step % t.save_every == 0 and step < t.steps:
+      save_state(stage.state_path, state, {"stage": stage.index, "seed": t.seed, "step": step,
+                                           "recipe": self.rec})
+    ev = stage.evaluation
     if ev is None or (step % ev.every and step != t.steps):
       return False
     return self._evaluate(ev, step, state, frozen)

@@ -449,15 +449,12 @@ def _partial_of(rel: str, **change) -> Callable[[Path], None]:
     ecfg = EvalConfig().resolved()
     spec = loader.resolve("tiny", cache_dir=str(root / "cache"))
     rows = data_lib.read_examples(root / "dataset/data.tsv")
-    settings = infer.InferSettings(
-        model=spec.weights, data="dataset/data.tsv", n_examples=len(rows), prompt=ecfg.prompt,
-        mode=ecfg.mode, threshold=ecfg.decision, gif_frame=ecfg.gif_frame, frames=ecfg.frames,
-        combine=ecfg.combine, batch_size=ecfg.eval_batch,
+    source = infer.Source(
+        model=spec.weights, data="dataset/data.tsv", n_examples=len(rows),
         model_id=f"{spec.weights_id}+{files.sha256(spec.tokenizer)}", data_id=infer.data_id(rows))
-    settings = dataclasses.replace(settings, **change)
+    proof = {**infer.proof(source, ecfg), **change}
     head = "".join(predictions.header("tsv"))
-    (root / rel).write_text(infer.PROOF + json.dumps(dataclasses.asdict(settings),
-                                                     sort_keys=True) + "\n" + head)
+    (root / rel).write_text(infer.PROOF + json.dumps(proof, sort_keys=True) + "\n" + head)
   return setup
 
 

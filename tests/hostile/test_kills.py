@@ -109,11 +109,9 @@ def scorer(examples, ecfg, cache=None, features=None):
     yield chunk, np.array(p, np.float32), [""] * len(chunk)
 
 ecfg = EvalConfig(eval_batch=50).resolved()
-settings = infer.InferSettings(model="m", data="d", n_examples=len(rows), prompt=ecfg.prompt,
-                               mode="score", threshold=0.5, gif_frame="first", frames=0,
-                               combine="mean", batch_size=50, model_id="m",
-                               data_id=infer.data_id(rows))
-infer.run(None, rows, target, settings, ecfg, overwrite=True, progress=False, scorer=scorer)
+source = infer.Source(model="m", data="d", n_examples=len(rows), model_id="m",
+                      data_id=infer.data_id(rows))
+infer.run(None, rows, target, source, ecfg, overwrite=True, progress=False, scorer=scorer)
 """
 
 SIZES = {"checkpoint": 256 * MB, "state": 96 * MB, "infer": 1500 * 20000}

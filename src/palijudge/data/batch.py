@@ -110,11 +110,18 @@ class PixelCache:
     self.store: dict[tuple, np.ndarray] = {}
 
   def get(self, ex: Example, size: int, gif_frame: str) -> np.ndarray:
-    key = (ex.image, size, gif_frame)
+    """(size, size, 3): the one frame `gif_frame` names of `ex`'s image."""
+    return self._kept((ex.image, size, gif_frame), lambda: load_pixels(ex, size, gif_frame))
+
+  def frames(self, ex: Example, size: int, k: int) -> np.ndarray:
+    """(F, size, size, 3): every frame of `ex`'s image, or `k` evenly spaced (0: all)."""
+    return self._kept((ex.image, size, "all", k), lambda: load_frames(ex, size, k))
+
+  def _kept(self, key: tuple, load) -> np.ndarray:
     hit = self.store.get(key)
     if hit is not None:
       return hit
-    x = load_pixels(ex, size, gif_frame)
+    x = load()
     if self.used + x.nbytes <= self.budget:
       self.store[key] = x
       self.used += x.nbytes
@@ -125,6 +132,14 @@ def load_pixels(ex: Example, size: int, gif_frame: str) -> np.ndarray:
   """One preprocessed image; errors name the data file and line too."""
   try:
     return images_lib.load_image(ex.image, size, gif_frame)
+  except UserError as e:
+    raise UserError(f"{where(ex.source, ex.line)}: {e}") from None
+
+
+def load_frames(ex: Example, size: int, k: int) -> np.ndarray:
+  """Every frame (or `k` evenly spaced) preprocessed; errors name the data file and line."""
+  try:
+    return images_lib.load_frames(ex.image, size, k)
   except UserError as e:
     raise UserError(f"{where(ex.source, ex.line)}: {e}") from None
 

@@ -19,11 +19,10 @@ import os
 from typing import Any, Iterable, Sequence
 
 from palijudge import files
+from palijudge.configs import DEFAULT_PROMPT  # noqa: F401  (the prompt where a prefix is empty)
 from palijudge.errors import UserError, where
 
 _BOM = "\ufeff"
-# The prompt used where a row's prefix is empty (the users' best, see MISSION.md).
-DEFAULT_PROMPT = "Is this image appropriate based on Federal Food, Drug, and Cosmetic Act?"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,14 +16,12 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from palijudge.configs import GIF_COMBINE, GIF_FRAMES, GIF_POLICIES  # noqa: F401
 from palijudge.errors import UserError
 
-GIF_FRAMES = ("first", "middle", "last")
-# `all`: evaluation scores every frame (or K evenly spaced) and combines p(yes)
-# (see `frame_indices`, `combine`); where one frame is needed (training
+# `all` (configs.GIF_POLICIES): evaluation scores every frame (or K evenly spaced) and
+# combines p(yes) (see `frame_indices`, `combine`); where one frame is needed (training
 # batches, `decode_rgb`), `all` means the first frame.
-GIF_POLICIES = GIF_FRAMES + ("all",)
-GIF_COMBINE = ("min", "mean", "max")
 
 # Pillow raises these for corrupt, truncated or unsupported files.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError,

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from palijudge import learn, loader, losses, metrics, options, predictions, stats
+from palijudge import configs, learn, loader, losses, metrics, options, predictions, stats
 from palijudge import train as train_lib
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
@@ -29,7 +29,7 @@ from palijudge.evaluate import EvalConfig
 from palijudge.experiments import records
 from palijudge.experiments.records import finite
 
-METRICS = ("accuracy", "precision", "recall", "f_measure", "auc")
+METRICS = configs.CV_METRICS
 
 
 def cv_score(values: Sequence[float]) -> tuple[float, float]:

@@ -32,19 +32,10 @@ from typing import Any, Sequence
 
 from palijudge import compare, files, learn, metrics as metrics_lib, predictions
 from palijudge.errors import UserError, where
-from palijudge.evaluate import EvalConfig
+from palijudge.configs import ALIASES, METRIC_COLUMNS, SETTINGS, SORT_KEYS, EvalConfig  # noqa: F401
 from palijudge.experiments import plots as plots
 from palijudge.experiments.records import RunRecord, finite
 
-METRIC_COLUMNS = (("score", "score"), ("precision", "precision"), ("recall", "recall"),
-                  ("f_measure", "F1"), ("auc", "AUC"), ("accuracy", "accuracy"))
-SETTINGS = (("lr", "lr"), ("steps", "steps"), ("two_stage", "-2"), ("batch", "batch"),
-            ("accum", "accum"), ("trainable", "trainable"), ("optimizer", "optimizer"),
-            ("loss", "loss"), ("focal_alpha", "alpha"),
-            ("focal_gamma", "gamma"), ("bce_weight", "bce_w"), ("focal_weight", "focal_w"),
-            ("label_smoothing", "smooth"), ("seed", "seed"))
-ALIASES = {"batch": ("batch", "batch_size"), "loss": ("loss.kind", "loss")}
-SORT_KEYS = tuple(k for k, _ in METRIC_COLUMNS) + ("name",) + tuple(k for k, _ in SETTINGS)
 # Besides SETTINGS, a row's settings are every other field of the recipe (train_config)
 # and the learn and evaluation flags that change what a run does, but these: they say how
 # a run reports or saves, not what it is.
@@ -615,3 +606,51 @@ def build(root: str | Path = "experiments", sort: str = "score", storage: str | 
   page = files.write_text(root / "leaderboard.html", html_page(rows, sort, rel, made))
   return Built(md, page, histories, len(rows))
 
+
+# --- What `06-tune.py status` prints -----------------------------------------------
+
+STATUS_KEYS = ("lr", "loss", "focal_alpha", "focal_gamma", "bce_weight", "focal_weight")
+
+
+def _why(t, retried: dict[int, int]) -> str:
+  """The note after a trial's line: why it failed or was pruned, retries, warnings."""
+  from palijudge.experiments import tune
+  notes = [t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""]
+  if t.state.name == "FAIL" and not notes[0]:  # failed by a live worker's heartbeat check
+    notes[0] = tune.STALE_REASON + (f"; retried as trial {retried[t.number]}"
+                                    if t.number in retried else "")
+  if "failed_trial" in t.system_attrs:
+    notes.append(f"retry of trial {t.system_attrs['retry_history'][-1]}")
+  notes.append(f"warning: {t.user_attrs['warning']}" if t.user_attrs.get("warning") else "")
+  return "; ".join(n for n in notes if n)
+
+
+def study_status(study, now: datetime.datetime | None = None) -> str:
+  """One line per trial, the best (its full command line), trials of the last 7 days."""
+  from palijudge.experiments import tune
+  trials = study.get_trials(deepcopy=False)
+  retried = {t.system_attrs["retry_history"][-1]: t.number for t in trials
+             if "retry_history" in t.system_attrs}
+  lines = [f"study {study.study_name}: {len(trials)} trial(s)",
+           f"{'trial':>5}  {'state':8} {'score':>7}  settings"]
+  for t in trials:
+    cfg = settings_of(t.user_attrs.get("config") or t.params)
+    text = " ".join(f"{k}={fmt(k, cfg[k])}" for k in STATUS_KEYS if k in cfg)
+    why = _why(t, retried)
+    lines.append(f"{t.number:5d}  {t.state.name:8} {fmt('score', t.value):>7}  {text}"
+                 + (f"  [{why}]" if why else ""))
+  done = [t for t in trials if t.state.name == "COMPLETE"]
+  if done:
+    best = max(done, key=lambda t: t.value)
+    attrs = study.user_attrs
+    target = tune.Target(attrs.get("model"), attrs.get("cv") or best.user_attrs.get("cv"),
+                         attrs.get("metric", "f_measure"), quantize=attrs.get("quantize") or None)
+    command = (tune.to_command(best.user_attrs["config"], target)  # older studies: as stored
+               if "config" in best.user_attrs and "model" in attrs
+               else best.user_attrs.get("command", ""))
+    lines.append(f"best: trial {best.number} with {best.value:.4f}: {command}")
+  now = now or datetime.datetime.now()
+  week = [t for t in trials if t.datetime_complete
+          and now - t.datetime_complete < datetime.timedelta(days=7)]
+  lines.append(f"finished in the last 7 days: {len(week)}")
+  return "\n".join(lines)

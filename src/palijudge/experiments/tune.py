@@ -23,22 +23,21 @@ import yaml
 from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize uses
 from optuna.trial import FrozenTrial, TrialState
 
-from palijudge.evaluate import DEFAULT_PROMPT
-from palijudge.loader import DEFAULT_MODEL
+from palijudge.configs import (DEFAULT_MODEL, DEFAULT_STUDY, GRACE_S, HEARTBEAT_S,  # noqa: F401
+                               NOT_FIXABLE)
+from palijudge.data.examples import DEFAULT_PROMPT
 from palijudge.experiments import cv
 from palijudge.experiments.cv import METRICS
 from palijudge.losses import LossConfig
 from palijudge.train import TrainConfig
 from palijudge.errors import UserError, where
-from palijudge import files, options
+from palijudge import files
 from palijudge.experiments.records import RunRecord
 
 DEFAULT_STORAGE = "study.db"  # Under the experiments folder.
-DEFAULT_STUDY = "palijudge"
 STARTUP_TRIALS = 3
-# A running trial's worker writes a heartbeat every HEARTBEAT_S; a trial without one for
-# GRACE_S is FAIL (its worker is gone) and re-enqueued with its params, MAX_RETRIES times.
-HEARTBEAT_S, GRACE_S, MAX_RETRIES = 60, 300, 2
+# A trial without a heartbeat for GRACE_S (configs) is re-enqueued, MAX_RETRIES times.
+MAX_RETRIES = 2
 STALE_REASON = "no heartbeat: its worker stopped (killed, or its host lost)"
 OPEN_TRIES = 6  # concurrent first workers racing on schema creation: retries with jitter
 PLAN_WAIT_S = 30.0  # how long other workers wait for the first one to enqueue the plan
@@ -59,7 +58,6 @@ DEFAULTS: dict[str, Any] = _defaults()
 # 03-do_learn.py's flags a search may fix for every trial (`run --optimizer adam`), by
 # configuration key (cv.config_keys); not --seed (06's is the sampler's) nor those about a
 # saved checkpoint (trials save none).
-NOT_FIXABLE = ("seed", "save_every", "resume", "full", "keep", "probe_only")
 FIXABLE = {k: cf for k, cf in cv.config_keys().items() if cf[1].name not in NOT_FIXABLE}
 FIXED_DEFAULTS = {k: f.default for k, (_, f) in FIXABLE.items()}
 FLAGS = {k: "--" + k.replace("_", "-") for k in {**DEFAULTS, **FIXED_DEFAULTS}}
@@ -233,19 +231,11 @@ def _flag_value(value: Any) -> list[str]:
   return [repr(value) if isinstance(value, float) else str(value)]
 
 
-def add_fixed_flags(parser) -> None:
-  """03-do_learn.py's recipe flags (FIXABLE), to fix for every trial of a search; only those
-  given reach the namespace (fixed_flags)."""
-  for cls, title in zip(cv.SEARCH_CONFIGS, ("training, fixed for every trial",
-                                            "objective, fixed for every trial",
-                                            "stages, fixed for every trial")):
-    options.add(parser, cls, title, skip=NOT_FIXABLE, given_only=True)
-
-
-def fixed_flags(args) -> dict[str, Any]:
-  """{key: value} of the fixed flags given (add_fixed_flags), as the study stores them."""
-  return {k: list(getattr(args, f.name)) if isinstance(getattr(args, f.name), tuple)
-          else getattr(args, f.name) for k, (_, f) in FIXABLE.items() if hasattr(args, f.name)}
+def fixed_flags(given: dict[str, Any]) -> dict[str, Any]:
+  """{key: value} of the fixed flags given ({field name: value}: 06-tune.py's `given_only`
+  groups of 03-do_learn.py's flags), as the study stores them."""
+  return {k: list(given[f.name]) if isinstance(given[f.name], tuple) else given[f.name]
+          for k, (_, f) in FIXABLE.items() if f.name in given}
 
 
 def with_fixed(space: Space, fixed: dict[str, Any]) -> Space:
@@ -600,3 +590,13 @@ def tell(study: optuna.Study, number: int, score: float | None, reason: str = ""
   if score is None:
     return _finish(study, trial, None, TrialState.FAIL, reason or "failed", record)
   return _finish(study, trial, score, TrialState.COMPLETE, "", record)
+
+
+def parse_score(text: str) -> float | None:
+  """`tell`'s score: a number, or None for `fail`."""
+  if text.lower() in ("fail", "failed"):
+    return None
+  try:
+    return float(text)
+  except ValueError:
+    raise UserError(f"score must be a number or `fail`, got {text!r}") from None

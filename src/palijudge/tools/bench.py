@@ -46,6 +46,7 @@ from palijudge import params as params_lib
 from palijudge.data import examples as data_lib
 from palijudge.data import splits, synthetic
 from palijudge.data.batch import Batch, Batches, training_stream
+from palijudge.configs import EvalConfig
 from palijudge.data.examples import DEFAULT_PROMPT
 from palijudge.errors import UserError
 from palijudge.model import config
@@ -364,7 +365,7 @@ def _curve(lm, examples, lr: float, seed: int, steps: int, features) -> list[flo
   # diverge_loss 0: only a non-finite loss ends the run; its history then ends in it.
   tcfg = train.TrainConfig(lr=lr, seed=seed, steps=steps, diverge_loss=0.0,
                            print_every=10 ** 6)
-  result = train.fit(lm, examples, tcfg, train.FitOptions(prompt=DEFAULT_PROMPT),
+  result = train.fit(lm, examples, tcfg, EvalConfig(prompt=DEFAULT_PROMPT),
                      log=lambda _: None, features=features)
   return [round(loss, 4) for _, _, loss, _, _ in result.history]
 
