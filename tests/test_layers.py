@@ -123,9 +123,8 @@ ALLOWED = {
     "distributed": "errors",
     "ensemble": "configs data.batch errors evaluate files loader probe quantize",
     "errors": "",
-    "evaluate": ("configs data.batch data.examples data.images data.tokenizer distributed errors "
-                 "gallery loader metrics model.features model.paligemma params progress stats "
-                 "thresholds"),
+    "evaluate": ("configs data.batch data.examples data.images data.tokenizer distributed gallery "
+                 "loader metrics model.features model.paligemma params progress stats thresholds"),
     "experiments.cv": ("configs data.examples data.splits errors evaluate experiments.records "
                        "learn loader losses metrics options predictions stats train"),
     "experiments.leaderboard": ("compare configs errors experiments.plots experiments.records "
@@ -162,7 +161,7 @@ ALLOWED = {
     "quantize": "configs errors params",
     "stats": "metrics",
     "thresholds": "errors metrics",
-    "tools.bench": ("checkpoint data.batch data.examples data.splits data.synthetic errors "
+    "tools.bench": ("checkpoint configs data.batch data.examples data.splits data.synthetic errors "
                     "evaluate learn loader losses model.config model.paligemma params train"),
     "tools.demo": ("data.examples data.splits data.synthetic errors evaluate files learn loader "
                    "train"),
