@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The original scripts' flow, the README's table row by row (02 -> 03 -> 04 -> 13 -> 14 -> 15
 # -> 16, and 16's 64 rows into 15 again), exactly as a user types it after `make demo`, with
-# the tiny model: docs-pending/h1.md's block. tests/test_original_flow.py runs it in a fresh
+# the tiny model: the README block under "The original scripts on the demo data".
+# tests/test_original_flow.py runs it in a fresh
 # project made by the demo's data step; it runs from any project's root after `make demo`.
 set -euo pipefail
 playground/02-shuffle_data.sh -v 10 -n set1
