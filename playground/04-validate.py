@@ -34,7 +34,8 @@ class Config:
 
 def main(cfg, project):
   import os
-  from palijudge import evaluate, files, predictions
+  from palijudge import files, predictions
+  from palijudge.evaluation import reports, scoring
   from palijudge.data import examples
   paths = cli.judge_paths(cfg, project)
   ecfg = cli.eval_config(cfg, project, paths)
@@ -49,9 +50,9 @@ def main(cfg, project):
                                                      for rows in sets.values()]
     files.check_writable(cfg.scores, "--scores file", inputs)
   judge = cli.load_judge(cfg, project, paths, ecfg)
-  results = evaluate.report(judge.lm, sets, ecfg, scorer=judge.scorer)
+  results = reports.report(judge.lm, sets, ecfg, scorer=judge.scorer)
   if cfg.scores:
-    res = evaluate.EvalResult.concat(list(results.values()))
+    res = scoring.EvalResult.concat(list(results.values()))
     predictions.write(cfg.scores, predictions.rows_of(res), res.mode == "decode")
     print(f"wrote {os.path.normpath(cfg.scores)}")
 

@@ -13,7 +13,7 @@ import dataclasses
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
 from palijudge.options import group, option
-from palijudge.prompts import PROMPT_METRICS
+from palijudge.evaluation.prompts import PROMPT_METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Config:
 
 def main(cfg, project):
   import dataclasses
-  from palijudge import evaluate, prompts
+  from palijudge.evaluation import prompts, scoring
   from palijudge.data import examples
   candidates = list(cfg.prompt) + (prompts.read_prompt_file(project.find(cfg.prompts))
                                    if cfg.prompts else [])
@@ -47,7 +47,7 @@ def main(cfg, project):
   lm = cli.load_model(cfg, project, model=model)
 
   def score(exs, prompt):
-    return evaluate.evaluate(lm, exs, dataclasses.replace(ecfg, prompt=prompt))
+    return scoring.evaluate(lm, exs, dataclasses.replace(ecfg, prompt=prompt))
   ranked = prompts.rank(rows, candidates, cfg.metric, score)
   print(f"{len(rows)} examples, {len(candidates)} prompts, threshold {ecfg.decision:g}")
   print(prompts.format_table(ranked, cfg.metric))

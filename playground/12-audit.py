@@ -101,7 +101,8 @@ def _split_files(name: str, project) -> list:
 
 
 def main(cfg, project):
-  from palijudge import files, gallery
+  from palijudge import files
+  from palijudge.evaluation import gallery
   from palijudge.data import audit_report, examples
   if cfg.benchmark:
     return benchmark(cfg)

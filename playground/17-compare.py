@@ -60,7 +60,7 @@ def _kind(source: str, flag: str, have_sets: bool) -> str:
 
 def _judge(source: str, kind: str, sets: dict, cfg, project) -> dict:
   """{set name: compare.Side}: a prediction file's rows, or a model evaluated on every set."""
-  from palijudge import compare
+  from palijudge.evaluation import compare
   if kind == "file":
     return compare.sides_from_file(project.find(source), sets, cfg.eval.threshold)
   paths = [project.find(source)] if kind == "checkpoint" else []
@@ -71,7 +71,7 @@ def _judge(source: str, kind: str, sets: dict, cfg, project) -> dict:
 
 
 def main(cfg, project):
-  from palijudge import compare
+  from palijudge.evaluation import compare
   from palijudge.data import examples
   if cfg.resamples < 1 or cfg.max_list < 0:
     raise cli.UserError("--resamples must be >= 1 and --list >= 0")

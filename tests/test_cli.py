@@ -15,7 +15,7 @@ import sys
 import pytest
 from testing import PLAY
 
-from palijudge import cli, configs, evaluate, train
+from palijudge import cli, configs, train
 from palijudge.data import splits
 from palijudge.errors import UserError
 from palijudge.losses import LossConfig
@@ -152,9 +152,9 @@ def test_help_shows_each_default_once(helps, script):
 
 
 SHARED = {"--lr": (train.TrainConfig, "lr"), "--batch": (train.TrainConfig, "batch_size"),
-          "--threshold": (evaluate.EvalConfig, "threshold"),
-          "--eval-batch": (evaluate.EvalConfig, "eval_batch"),
-          "--gallery-max": (evaluate.EvalConfig, "gallery_max")}
+          "--threshold": (configs.EvalConfig, "threshold"),
+          "--eval-batch": (configs.EvalConfig, "eval_batch"),
+          "--gallery-max": (configs.EvalConfig, "gallery_max")}
 
 
 def _field_default(cls, name):
@@ -176,7 +176,7 @@ def test_shared_flag_defaults_are_the_config_defaults(helps):
   assert (train.TrainConfig.lr, train.TrainConfig.batch_size) == (0.03, 2)  # The colab's.
   learn, _ = cli.parse(_config_of("03-do_learn.py"), [])
   assert learn.train == train.TrainConfig()
-  assert cli.eval_config(learn) == evaluate.EvalConfig().resolved()
+  assert cli.eval_config(learn) == configs.EvalConfig().resolved()
 
 
 def test_a_model_folder_is_found_in_the_project_wherever_the_command_runs(

@@ -1,4 +1,4 @@
-"""palijudge.compare: matching by (image, label), flips, McNemar, paired intervals, the verdict,
+"""palijudge.evaluation.compare: matching by (image, label), flips, McNemar, paired intervals, the verdict,
 and the lottery's lead line."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 
-from palijudge import compare, stats
+from palijudge.evaluation import compare, stats
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalResult
+from palijudge.evaluation.scoring import EvalResult
 from palijudge.predictions import PredRow
 
 LABELS = [True] * 6 + [False] * 4

@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from palijudge import checkpoint, ensemble, evaluate, loader, probe
+from palijudge import configs
+from palijudge import checkpoint, loader
+from palijudge.evaluation import ensemble, probe, reports
 from palijudge import params as params_lib
 from palijudge.errors import UserError
 
@@ -56,13 +58,13 @@ def deltas(tiny_lm, tmp_path_factory):
 def _report(paths, sets, ecfg, how="mean"):
   judge = ensemble.load_judge(paths, LCFG, "unused", ecfg, how)
   logs = []
-  return evaluate.report(judge.lm, sets, ecfg, log=logs.append, scorer=judge.scorer), logs
+  return reports.report(judge.lm, sets, ecfg, log=logs.append, scorer=judge.scorer), logs
 
 
 def test_an_ensemble_of_identical_checkpoints_is_the_checkpoint(deltas, tiny_examples):
   everything, _, valid = tiny_examples
   sets = {"all": everything, "valid": valid}
-  ecfg = evaluate.EvalConfig(eval_batch=5).resolved()  # 5: a last, partial batch too.
+  ecfg = configs.EvalConfig(eval_batch=5).resolved()  # 5: a last, partial batch too.
   single, single_log = _report(deltas[:1], sets, ecfg)
   for how in ensemble.COMBINE:
     triple, triple_log = _report([deltas[0]] * 3, sets, ecfg, how)
@@ -73,7 +75,7 @@ def test_an_ensemble_of_identical_checkpoints_is_the_checkpoint(deltas, tiny_exa
 
 def test_an_ensemble_combines_its_members_example_by_example(deltas, tiny_examples):
   everything, _, _ = tiny_examples
-  ecfg = evaluate.EvalConfig(eval_batch=4).resolved()
+  ecfg = configs.EvalConfig(eval_batch=4).resolved()
   ps = [_report([d], {"all": everything}, ecfg)[0]["all"].p_yes for d in deltas]
   assert not np.array_equal(ps[0], ps[1])  # Different members, or the test shows nothing.
   for how in ensemble.COMBINE:
@@ -92,16 +94,16 @@ def test_deltas_over_one_base_share_it(deltas):
 
 def test_what_an_ensemble_refuses(deltas, tiny_lm, tmp_path):
   with pytest.raises(UserError, match="needs --mode score"):
-    ensemble.load_judge(deltas, LCFG, "unused", evaluate.EvalConfig(mode="decode"))
+    ensemble.load_judge(deltas, LCFG, "unused", configs.EvalConfig(mode="decode"))
   fitted = probe.Probe(np.zeros(tiny_lm.cfg.llm.width), 0.0, 1.0, 0, tiny_lm.spec.weights_id,
                        tiny_lm.cfg.to_dict(), tiny_lm.spec.weights)
   probe.save(str(tmp_path / "p.probe.npz"), fitted)
   with pytest.raises(UserError, match="p.probe.npz: a probe file judges alone"):
     ensemble.load_judge([deltas[0], str(tmp_path / "p.probe.npz")], LCFG, "unused",
-                        evaluate.EvalConfig().resolved())
+                        configs.EvalConfig().resolved())
   judge = ensemble.load_judge([str(tmp_path / "p.probe.npz")], LCFG, "unused",
-                              evaluate.EvalConfig().resolved())
+                              configs.EvalConfig().resolved())
   assert judge.lm.spec.weights_id == tiny_lm.spec.weights_id
   with pytest.raises(UserError, match="is a probe, which gives p\\(yes\\) only"):
     ensemble.load_judge([str(tmp_path / "p.probe.npz")], LCFG, "unused",
-                        evaluate.EvalConfig(mode="decode"))
+                        configs.EvalConfig(mode="decode"))

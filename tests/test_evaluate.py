@@ -1,4 +1,4 @@
-"""palijudge.evaluate on the tiny model: EvalConfig validation and threshold sources,
+"""palijudge.evaluation.scoring on the tiny model: EvalConfig validation and threshold sources,
 reports (threshold picked on one set and applied to all, galleries, regressions),
 decode mode, GIF frames, prompt ranking."""
 
@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from palijudge.options import group
-from palijudge import cli, evaluate, thresholds
+from palijudge import cli
+from palijudge.evaluation import reports, scoring, thresholds
 from palijudge.data import examples as data
 from palijudge.data import synthetic
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig, EvalResult
+from palijudge.configs import EvalConfig
+from palijudge.evaluation.scoring import EvalResult
 from palijudge.metrics import Confusion
 
 PROMPT = "is it ok"
@@ -81,8 +83,8 @@ def test_report_picks_on_valid_and_applies_everywhere(tiny_lm, tiny_examples, tm
           "d/valid.jsonl": exs[6:], "safe": exs[:3]}
   ecfg = _ecfg(json=True, pick_threshold="valid", target="f1", gallery=str(tmp_path / "gal"))
   lines = []
-  out = evaluate.report(tiny_lm, sets, ecfg, "before training", lines.append)
-  t = evaluate.shared_threshold(out)
+  out = reports.report(tiny_lm, sets, ecfg, "before training", lines.append)
+  t = reports.shared_threshold(out)
   assert lines[0].startswith(f"threshold {t:.6g} picked on d/valid.jsonl")
   assert all(r.threshold == t for r in out.values())
   for r in out.values():
@@ -94,7 +96,7 @@ def test_report_picks_on_valid_and_applies_everywhere(tiny_lm, tiny_examples, tm
   assert len(list((tmp_path / "gal").glob("*.html"))) == 4
   worse = {n: dataclasses.replace(r, pred=~r.labels) for n, r in out.items()}
   assert any(w.startswith("warning: safe got worse after training: accuracy")
-             for w in evaluate.regressions(out, worse))
+             for w in reports.regressions(out, worse))
 
 
 def _result(y, p, name):
@@ -113,12 +115,12 @@ def test_pick_on_valid_applies_unchanged_to_other_splits(monkeypatch):
              "d/valid.jsonl": _result(Y, P, "v")}
   # report() judges precomputed results: evaluate() hands back the set's own result.
   by_examples = {id(r.examples): r for r in results.values()}
-  monkeypatch.setattr(evaluate, "evaluate", lambda lm, exs, ecfg, *a, **k: by_examples[id(exs)])
+  monkeypatch.setattr(reports, "evaluate", lambda lm, exs, ecfg, *a, **k: by_examples[id(exs)])
   ecfg = EvalConfig(pick_threshold="valid", target="precision=1")
   logged = []
-  out = evaluate.report(None, {n: r.examples for n, r in results.items()}, ecfg,
+  out = reports.report(None, {n: r.examples for n, r in results.items()}, ecfg,
                         log=logged.append)
-  choice = evaluate.shared_threshold(out)
+  choice = reports.shared_threshold(out)
   assert choice == pytest.approx(0.75) and "picked on d/valid.jsonl" in logged[0]
   for name, res in out.items():
     assert res.threshold == choice
@@ -139,7 +141,7 @@ def test_eval_result_metrics_dict():
 def test_decode_mode_reports_invalid_rate(tiny_lm, tiny_examples):
   exs = tiny_examples[0]
   lines = []
-  evaluate.report(tiny_lm, {"v": exs[:4]}, _ecfg(mode="decode"), "", lines.append)
+  reports.report(tiny_lm, {"v": exs[:4]}, _ecfg(mode="decode"), "", lines.append)
   assert "  invalid answers: " in lines[0] and "/4 (" in lines[0]
 
 
@@ -150,14 +152,14 @@ def test_gif_all_frames_combine(tiny_lm, tmp_path):
   (tmp_path / "d.jsonl").write_text('{"image": "anim.gif", "suffix": "no"}\n'
                                     '{"image": "anim.gif", "suffix": "yes"}\n')
   exs = data.read_examples(tmp_path / "d.jsonl")
-  single = [evaluate.evaluate(tiny_lm, exs, EvalConfig(prompt=PROMPT, gif_frame=f)).p_yes[0]
+  single = [scoring.evaluate(tiny_lm, exs, EvalConfig(prompt=PROMPT, gif_frame=f)).p_yes[0]
             for f in ("first", "middle", "last")]
   assert max(single) - min(single) > 1e-5  # The frames disagree.
   for how, fn in (("min", min), ("mean", np.mean), ("max", max)):
-    res = evaluate.evaluate(tiny_lm, exs, EvalConfig(prompt=PROMPT, gif_frame="all",
+    res = scoring.evaluate(tiny_lm, exs, EvalConfig(prompt=PROMPT, gif_frame="all",
                                                      gif_combine=how, eval_batch=2))
     np.testing.assert_allclose(res.p_yes, [fn(single)] * 2, rtol=1e-4, atol=1e-6)
-  two = evaluate.evaluate(tiny_lm, exs, EvalConfig(prompt=PROMPT, gif_frame="all", gif_frames=2,
+  two = scoring.evaluate(tiny_lm, exs, EvalConfig(prompt=PROMPT, gif_frame="all", gif_frames=2,
                                                    gif_combine="max"))
   np.testing.assert_allclose(two.p_yes[0], max(single[0], single[2]), rtol=1e-4, atol=1e-6)
   with pytest.raises(UserError, match="needs --mode score"):
@@ -173,13 +175,13 @@ def test_result_block_keeps_its_six_lines_then_ends_with_the_interval_line():
         for i, y in enumerate(labels)]
   p = np.array([0.9, 0.8, 0.7, 0.6, 0.55, 0.3, 0.4, 0.2, 0.1, 0.05], np.float32)
   res = EvalResult(ex, p, p >= 0.5, [""] * 10, 0, 0.5)
-  lines = evaluate.format_result(res, "dataset/set1/valid.jsonl").splitlines()
+  lines = reports.format_result(res, "dataset/set1/valid.jsonl").splitlines()
   assert "\n".join(lines[:6]) == format_block(res.confusion, "dataset/set1/valid.jsonl")
   assert lines[6] == "  threshold: 0.5" and lines[10].startswith("  ECE:       ")
   acc = proportion_confint(9, 10, method="wilson")
   assert len(lines) == 12 and lines[-1] == res.intervals.line()
   assert lines[-1].startswith(f"  95% interval: accuracy [{acc[0]:.3f}, {acc[1]:.3f}]  ")
-  record = json.loads(json_line(res.confusion, "v", **evaluate.json_extra(res)))
+  record = json.loads(json_line(res.confusion, "v", **reports.json_extra(res)))
   assert record["accuracy_ci"] == pytest.approx(list(acc))
   assert record["roc_auc_ci"] == res.intervals.roc_auc.to_list()
   assert res.metrics()["auc_ci"] == res.intervals.roc_auc.to_list()

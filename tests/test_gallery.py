@@ -1,4 +1,4 @@
-"""palijudge.gallery: one self-contained HTML page per evaluated set with errors: FP and FN
+"""palijudge.evaluation.gallery: one self-contained HTML page per evaluated set with errors: FP and FN
 sections, most confidently wrong first, thumbnails embedded as JPEG data URIs."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from palijudge import gallery
-from palijudge.evaluate import EvalResult
+from palijudge.evaluation import gallery
+from palijudge.evaluation.scoring import EvalResult
 
 
 def _result(examples, p_yes, threshold=0.5) -> EvalResult:

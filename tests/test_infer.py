@@ -13,7 +13,7 @@ import pytest
 from palijudge import infer, predictions
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig
+from palijudge.configs import EvalConfig
 
 PROMPT = "is it ok"
 

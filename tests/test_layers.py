@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "palijudge"
 # (label, modules, what they do), bottom to top.
 LAYERS = [
-    ("errors, files, options, metrics, thresholds, progress, stats, inputs",
-     {"errors", "files", "options", "metrics", "thresholds", "progress", "stats", "inputs"},
+    ("errors, files, options, metrics, progress, inputs, evaluation/ thresholds and stats",
+     {"errors", "files", "options", "metrics", "evaluation.thresholds", "progress",
+      "evaluation.stats", "inputs"},
      "bottom: UserError; project folders, the one atomic writer (which never replaces an "
      "input), locks, sha256; the options layer (option() and group() fields become "
      "command-line flags, the only argparse); confusion, AUC and calibration; threshold "
@@ -68,13 +69,14 @@ LAYERS = [
     ("losses, train", {"losses", "train"},
      "objectives (LossConfig); TrainConfig, optimizer, the pure train step, the loop: guard, "
      "restarts, resume (nanodo's train.py shape)"),
-    ("evaluate, prompts, predictions, gallery, infer, probe, ensemble",
-     {"gallery", "evaluate", "prompts", "predictions", "infer", "probe", "ensemble"},
-     "EvalResult, the Result block, report over named sets; ranking prompts (05); the one "
-     "prediction-row schema "
+    ("evaluation/ scoring, reports, prompts, gallery, probe, ensemble; predictions, infer",
+     {"evaluation.gallery", "evaluation.scoring", "evaluation.reports", "evaluation.prompts",
+      "predictions", "infer", "evaluation.probe", "evaluation.ensemble"},
+     "scoring (p(yes), EvalResult), reports (the Result block over named sets, the picked "
+     "threshold); ranking prompts (05); the one prediction-row schema "
      "and outcome filters; HTML error galleries; streaming, resumable inference; the linear "
      "probe on frozen image embeddings; what judges (a model, an ensemble, a probe)"),
-    ("compare", {"compare"},
+    ("evaluation/ compare", {"evaluation.compare"},
      "two models on the same examples: flips, McNemar, paired intervals, the verdict; the "
      "lottery's spread and lead (17, --runs N)"),
     ("learn", {"learn"},
@@ -102,10 +104,9 @@ LEVEL = {m: i for i, (_, layer, _) in enumerate(LAYERS) for m in layer}
 ALLOWED = {
     "checkpoint": "errors files model.config params",
     "cli": ("checkpoint configs data.audit data.decisions data.examples data.splits devices "
-            "distributed ensemble errors files loader model.paligemma options params probe "
-            "progress"),
-    "compare": "data.examples errors evaluate loader predictions stats",
-    "configs": "errors metrics options thresholds",
+            "distributed errors evaluation.ensemble evaluation.probe files loader model.paligemma "
+            "options params progress"),
+    "configs": "errors evaluation.thresholds metrics options",
     "data.audit": ("data.decisions data.examples data.images data.likeness errors files options "
                    "progress"),
     "data.audit_bench": "data.audit data.examples data.images data.templated files",
@@ -121,26 +122,39 @@ ALLOWED = {
     "data.tokenizer": "errors",
     "devices": "params",
     "distributed": "errors",
-    "ensemble": "configs data.batch errors evaluate files loader probe quantize",
     "errors": "",
-    "evaluate": ("configs data.batch data.examples data.images data.tokenizer distributed gallery "
-                 "loader metrics model.features model.paligemma params progress stats thresholds"),
-    "experiments.cv": ("configs data.examples data.splits errors evaluate experiments.records "
-                       "learn loader losses metrics options predictions stats train"),
-    "experiments.leaderboard": ("compare configs errors experiments.plots experiments.records "
-                                "experiments.tune files learn metrics predictions"),
+    "evaluation.compare": ("configs data.examples errors evaluation.scoring evaluation.stats "
+                           "loader predictions"),
+    "evaluation.ensemble": ("configs data.batch errors evaluation.probe evaluation.scoring files "
+                            "loader quantize"),
+    "evaluation.gallery": "data.audit_report data.images errors files",
+    "evaluation.probe": ("checkpoint configs data.examples data.images errors evaluation.reports "
+                         "evaluation.scoring files loader model.features"),
+    "evaluation.prompts": "data.examples errors metrics",
+    "evaluation.reports": ("configs data.batch data.examples distributed evaluation.gallery "
+                           "evaluation.scoring evaluation.thresholds loader metrics model.features"),
+    "evaluation.scoring": ("configs data.batch data.examples data.images data.tokenizer "
+                           "distributed evaluation.stats loader metrics model.features "
+                           "model.paligemma params progress"),
+    "evaluation.stats": "metrics",
+    "evaluation.thresholds": "errors metrics",
+    "experiments.cv": ("configs data.examples data.splits errors evaluation.stats "
+                       "experiments.records learn loader losses metrics options predictions train"),
+    "experiments.leaderboard": ("configs errors evaluation.compare experiments.plots "
+                                "experiments.records experiments.tune files learn metrics "
+                                "predictions"),
     "experiments.plots": "files metrics",
     "experiments.records": "data.examples errors experiments.plots files metrics params",
     "experiments.tune": ("configs data.examples errors experiments.cv experiments.records files "
                          "losses train"),
     "files": "errors",
-    "gallery": "data.audit_report data.images errors files",
     "hf": "checkpoint errors files model.config model.paligemma params",
     "hf_export": "errors hf model.config params",
-    "infer": "data.examples errors evaluate files loader predictions progress",
+    "infer": "configs data.examples errors evaluation.scoring files loader predictions progress",
     "inputs": "",
-    "learn": ("checkpoint compare configs data.batch data.examples distributed errors evaluate "
-              "files loader metrics model.lora params phases predictions probe quantize train"),
+    "learn": ("checkpoint configs data.batch data.examples distributed errors evaluation.compare "
+              "evaluation.probe evaluation.reports evaluation.scoring files loader metrics "
+              "model.lora params phases predictions quantize train"),
     "loader": ("checkpoint configs data.synthetic data.tokenizer devices distributed errors files "
                "hf model.config model.features model.lora model.paligemma params quantize"),
     "losses": "configs data.batch model.paligemma",
@@ -154,23 +168,21 @@ ALLOWED = {
     "options": "",
     "params": "configs errors",
     "phases": "",
-    "predictions": "data.examples errors files metrics stats",
-    "probe": "checkpoint data.examples data.images errors evaluate files loader model.features",
+    "predictions": "data.examples errors evaluation.stats files metrics",
     "progress": "",
-    "prompts": "data.examples errors metrics",
     "quantize": "configs errors params",
-    "stats": "metrics",
-    "thresholds": "errors metrics",
     "tools.bench": ("checkpoint configs data.batch data.examples data.splits data.synthetic errors "
-                    "evaluate learn loader losses model.config model.paligemma params train"),
-    "tools.demo": ("data.examples data.splits data.synthetic errors evaluate files learn loader "
-                   "train"),
+                    "evaluation.scoring learn loader losses model.config model.paligemma params "
+                    "train"),
+    "tools.demo": ("configs data.examples data.splits data.synthetic errors evaluation.scoring "
+                   "files learn loader train"),
     "tools.download": "errors files hf progress",
     "tools.fullsize": "checkpoint data.synthetic errors model.paligemma params",
     "tools.gpubench": ("data.batch errors losses model.config model.lora model.paligemma params "
                        "phases tools.fullsize tools.planner train"),
     "tools.planner": "data.batch model.config model.lora model.paligemma params quantize train",
-    "tools.quantbench": "data.examples data.synthetic evaluate loader params tools.bench",
+    "tools.quantbench": ("configs data.examples data.synthetic evaluation.scoring loader params "
+                         "tools.bench"),
     "train": ("checkpoint configs data.batch data.examples distributed errors files loader losses "
               "model.features model.lora model.paligemma params progress quantize"),
 }
@@ -248,7 +260,7 @@ def test_loading_a_model_does_not_import_the_trainer():
 
 
 def test_the_probe_builds_its_encoder_cache_without_the_trainer():
-  assert _imported_by("palijudge.probe", ("optax", "palijudge.train")) == []
+  assert _imported_by("palijudge.evaluation.probe", ("optax", "palijudge.train")) == []
 
 
 def architecture_block(width: int = 99, left: int = 27) -> str:

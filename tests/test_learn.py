@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from palijudge import checkpoint, evaluate, learn, loader, probe, train
+from palijudge import configs
+from palijudge import checkpoint, learn, loader, train
+from palijudge.evaluation import probe, scoring
 from palijudge import params as params_lib
 from palijudge.errors import UserError
 from palijudge.model import lora
@@ -28,7 +30,7 @@ def test_runs_keep_the_best_by_the_chosen_metric(tiny_lm, tiny_examples, tmp_pat
   _, tr, va = tiny_examples
   tcfg = train.TrainConfig(steps=2, batch_size=2, lr=0.3)
   logs = []
-  result = learn.learn(tiny_lm, tr, va, tcfg, evaluate.EvalConfig().resolved(),
+  result = learn.learn(tiny_lm, tr, va, tcfg, configs.EvalConfig().resolved(),
                        learn.LearnConfig(runs=3, select="auc"), names=NAMES,
                        save_to=str(tmp_path / "best.npz"), log=logs.append)
   scores = [float(l.split("= ")[1]) for l in logs if re.match(r"run \d+: valid auc = ", l)]
@@ -52,7 +54,7 @@ def test_a_run_record_gets_intervals_and_a_summary(tiny_lm, tiny_examples, tmp_p
   _, tr, va = tiny_examples
   rec = records.RunRecord(tmp_path / "exp", "r")
   learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
-              evaluate.EvalConfig().resolved(), names=NAMES, record=rec, log=_quiet)
+              configs.EvalConfig().resolved(), names=NAMES, record=rec, log=_quiet)
   valid = rec.eval_metrics()["1st trained"]["valid"]
   assert len(valid["accuracy_ci"]) == 2 and valid["accuracy_ci"][0] <= valid["accuracy"]
   assert rec.summary().count("  95% interval: accuracy [") == 3  # all, train, valid.
@@ -69,7 +71,7 @@ def test_a_two_stage_record_keeps_its_stages_in_order_tagged_and_once(tiny_lm, t
   rec.write_config({"dataset": "dataset/set1"})
   with rec.running():
     learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
-                evaluate.EvalConfig().resolved(), learn.LearnConfig(two_stage=True),
+                configs.EvalConfig().resolved(), learn.LearnConfig(two_stage=True),
                 names=NAMES, record=rec, log=_quiet)
   assert list(rec.eval_metrics()) == ["before training", "1st trained", "2nd trained"]
   cfg, text = rec.config(), rec.summary()
@@ -92,7 +94,7 @@ def test_a_lottery_record_heads_with_the_kept_run(tiny_lm, tiny_examples, tmp_pa
   _, tr, va = tiny_examples
   rec = records.RunRecord(tmp_path / "exp", "r")
   res = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2, lr=0.3),
-                    evaluate.EvalConfig().resolved(), learn.LearnConfig(runs=2, select="auc"),
+                    configs.EvalConfig().resolved(), learn.LearnConfig(runs=2, select="auc"),
                     names=NAMES, record=rec, log=_quiet)
   ev = rec.eval_metrics()
   assert list(ev) == ["before training", "run 1, 1st trained", "run 2, 1st trained"]
@@ -106,7 +108,7 @@ def test_two_stages_run_the_second_at_a_tenth_of_the_rate(tiny_lm, tiny_examples
   _, tr, va = tiny_examples
   logs = []
   learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=2, batch_size=2, lr=0.02),
-              evaluate.EvalConfig().resolved(), learn.LearnConfig(two_stage=True), names=NAMES,
+              configs.EvalConfig().resolved(), learn.LearnConfig(two_stage=True), names=NAMES,
               log=logs.append)
   stages = [l for l in logs if l.startswith("training stage")]
   assert [s.split(",")[0] for s in stages] == ["training stage 1: lr 0.02",
@@ -122,7 +124,7 @@ def test_delta_checkpoint_loads_over_its_verified_base(tiny_lm, tiny_examples, t
                    trainable="attn")
   tcfg = train.TrainConfig(steps=2, batch_size=2)
   for name, full in (("delta.npz", False), ("full.npz", True)):
-    learn.learn(lm, tr, va, tcfg, evaluate.EvalConfig().resolved(), learn.LearnConfig(full=full),
+    learn.learn(lm, tr, va, tcfg, configs.EvalConfig().resolved(), learn.LearnConfig(full=full),
                 names=NAMES, save_to=str(tmp_path / name), log=_quiet)
   delta, full_path = tmp_path / "delta.npz", tmp_path / "full.npz"
   names = checkpoint.param_names(delta)
@@ -147,13 +149,13 @@ def test_lora_trains_and_round_trips_as_an_adapter_only_delta(tiny_lm, tiny_exam
   lm = loader.load(tiny_lm.spec, trainable="lora")
   tcfg = train.TrainConfig(trainable="lora", optimizer="adam", lr=0.01, steps=4, batch_size=2,
                            lora_rank=4)
-  ecfg = evaluate.EvalConfig().resolved()
+  ecfg = configs.EvalConfig().resolved()
   res = learn.learn(lm, tr, va, tcfg, ecfg, names=NAMES, save_to=str(tmp_path / "lora.npz"),
                     log=_quiet)
   names = checkpoint.param_names(tmp_path / "lora.npz")
   assert names and all(n.startswith(lora.PREFIX) for n in names)
   loaded = loader.load(loader.resolve(str(tmp_path / "lora.npz")), trainable="lora")
-  np.testing.assert_allclose(evaluate.evaluate(loaded, va, ecfg).p_yes,
+  np.testing.assert_allclose(scoring.evaluate(loaded, va, ecfg).p_yes,
                              res.after["valid"].p_yes, atol=1e-5)
   b = params_lib.flatten(loaded.params)["llm/layers/lora/mlp/linear/b"]
   assert np.abs(np.asarray(b)).max() > 0  # The adapters were trained.
@@ -164,7 +166,7 @@ def test_an_unwritable_checkpoint_fails_before_any_work(tiny_lm, tiny_examples, 
   (tmp_path / "file").write_text("x")
   logs = []
   with pytest.raises(UserError, match="file"):
-    learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=2), evaluate.EvalConfig().resolved(),
+    learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=2), configs.EvalConfig().resolved(),
                 names=NAMES, save_to=str(tmp_path / "file" / "x.npz"), log=logs.append)
   assert not logs  # Nothing evaluated, nothing trained.
 
@@ -173,7 +175,7 @@ def test_phases_time_every_part_of_the_iteration(tiny_lm, tiny_examples):
   _, tr, va = tiny_examples
   phases = Phases(peak=lambda: None)
   learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=3, batch_size=2),
-              evaluate.EvalConfig().resolved(), learn.LearnConfig(two_stage=True), names=NAMES,
+              configs.EvalConfig().resolved(), learn.LearnConfig(two_stage=True), names=NAMES,
               phases=phases, log=_quiet)
   names = [p.name for p in phases.records]
   assert names == ["before_evaluation", "compilation", "training", "after_evaluation",
@@ -193,7 +195,7 @@ def test_a_killed_save_leaves_nothing_behind_after_the_next_run(tiny_lm, tiny_ex
   stale.write_bytes(b"half a checkpoint")
   logs = []
   learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
-              evaluate.EvalConfig().resolved(), names=NAMES, save_to=str(tmp_path / "x.npz"),
+              configs.EvalConfig().resolved(), names=NAMES, save_to=str(tmp_path / "x.npz"),
               log=logs.append)
   assert not stale.exists() and (tmp_path / "x.npz").is_file()
   assert any(stale.name in l for l in logs)
@@ -206,7 +208,7 @@ def test_keep_all_saves_every_run_as_a_loadable_delta(tiny_lm, tiny_examples, tm
   stale.write_bytes(b"old")
   logs = []
   result = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=2, batch_size=2, lr=0.3),
-                       evaluate.EvalConfig().resolved(), learn.LearnConfig(runs=2, keep="all"),
+                       configs.EvalConfig().resolved(), learn.LearnConfig(runs=2, keep="all"),
                        names=NAMES, save_to=str(tmp_path / "x.npz"), log=logs.append)
   assert not stale.exists() and any("removed x.run3.npz" in l for l in logs)
   assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["x.npz", "x.run1.npz",
@@ -222,7 +224,7 @@ def test_keep_all_saves_every_run_as_a_loadable_delta(tiny_lm, tiny_examples, tm
         jax.tree.leaves(loaded.params), jax.tree.leaves(result.lm.params)))
     assert same == (1000 * (run - 1) == best)  # The best run's file equals NAME.npz's model.
   with pytest.raises(UserError, match="--keep all needs -w"):
-    learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1), evaluate.EvalConfig().resolved(),
+    learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1), configs.EvalConfig().resolved(),
                 learn.LearnConfig(keep="all"), names=NAMES, log=_quiet)
 
 
@@ -230,7 +232,7 @@ def test_probe_is_reported_beside_the_fine_tune_and_saved(tiny_lm, tiny_examples
   _, tr, va = tiny_examples
   logs = []
   result = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
-                       evaluate.EvalConfig().resolved(), learn.LearnConfig(probe=True),
+                       configs.EvalConfig().resolved(), learn.LearnConfig(probe=True),
                        names=NAMES, save_to=str(tmp_path / "x.npz"), log=logs.append)
   text = "\n".join(logs)
   assert text.index("Result: valid (1st trained)") < text.index("Result: valid (probe)")
@@ -239,7 +241,7 @@ def test_probe_is_reported_beside_the_fine_tune_and_saved(tiny_lm, tiny_examples
   assert fitted.weights_id == tiny_lm.spec.weights_id  # The encoder before training.
   logs = []
   only = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
-                     evaluate.EvalConfig().resolved(), learn.LearnConfig(probe_only=True),
+                     configs.EvalConfig().resolved(), learn.LearnConfig(probe_only=True),
                      names=NAMES, save_to=str(tmp_path / "y.npz"), log=logs.append)
   assert not only.after and not any("training stage" in l or "before training" in l
                                     for l in logs)
@@ -256,7 +258,7 @@ def test_train_file_continues_a_delta_records_its_parent_and_finds_a_moved_base(
   shutil.copyfile(tiny_lm.spec.weights, cache / "tiny.npz")
   spec = loader.ModelSpec(tiny_lm.cfg, str(cache / "tiny.npz"), tiny_lm.spec.tokenizer, "tiny",
                           cache_dir=str(cache))
-  ecfg = evaluate.EvalConfig().resolved()
+  ecfg = configs.EvalConfig().resolved()
   first, second = tmp_path / "ck" / "first.npz", tmp_path / "ck" / "second.npz"
   learn.train_file(loader.load(spec, trainable="llm"), tr,
                    train.TrainConfig(steps=2, batch_size=2, trainable="llm"), ecfg, str(first),
@@ -305,7 +307,7 @@ def test_eval_every_logs_the_valid_metric_and_keeps_the_best_step(tiny_lm, tiny_
   rec = records.RunRecord(tmp_path / "exp", "r")
   logs = []
   res = learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=4, batch_size=2, lr=0.3),
-                    evaluate.EvalConfig().resolved(), learn.LearnConfig(eval_every=2, select="auc"),
+                    configs.EvalConfig().resolved(), learn.LearnConfig(eval_every=2, select="auc"),
                     names=NAMES, record=rec, save_to=str(tmp_path / "m.npz"), log=logs.append)
   valid = [(r["step"], r["valid"]) for r in rec.steps() if r["valid"] is not None]
   assert [s for s, _ in valid] == [2, 4] and all(r["stage"] == "stage 1" for r in rec.steps())
@@ -327,7 +329,7 @@ def test_a_run_answering_one_thing_says_so_with_the_data_s_balance(tiny_lm, tiny
   rec = records.RunRecord(tmp_path / "exp", "r")
   logs = []
   learn.learn(tiny_lm, tr, va, train.TrainConfig(steps=1, batch_size=2),
-              evaluate.EvalConfig(threshold=1e-9).resolved(), names=NAMES, record=rec,
+              configs.EvalConfig(threshold=1e-9).resolved(), names=NAMES, record=rec,
               log=logs.append)
   share = sum(e.label for e in va) / len(va)
   warned = [l for l in logs if l.startswith("warning: 1st trained on valid: every prediction "
@@ -339,7 +341,7 @@ def test_a_run_answering_one_thing_says_so_with_the_data_s_balance(tiny_lm, tiny
   assert after["valid"]["constant_answer"] == "yes"
   # 15-train.py, which has no valid set, judges a sample of its training data.
   learn.train_file(tiny_lm, tr, train.TrainConfig(steps=1, batch_size=2),
-                        evaluate.EvalConfig(threshold=1e-9).resolved(),
+                        configs.EvalConfig(threshold=1e-9).resolved(),
                         str(tmp_path / "t.npz"), log=logs.append)
   n_yes = sum(e.label for e in tr)
   assert f"the training data is {100 * n_yes / len(tr):.0f} % yes" in logs[-1]

@@ -21,7 +21,9 @@ from palijudge.errors import UserError
 SHARDED_SCRIPT = textwrap.dedent("""
   import json, sys
   import jax, numpy as np
-  from palijudge import evaluate, loader
+  from palijudge import loader
+  from palijudge import configs
+  from palijudge.evaluation import scoring
   from palijudge import params as params_lib
   from palijudge.data import examples
   cache, data, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -35,11 +37,11 @@ SHARDED_SCRIPT = textwrap.dedent("""
                    "total": params_lib.nbytes(lm.params)}
     if policy == "fsdp":
       rows = examples.read_jsonl(data)[:12]
-      res = evaluate.evaluate(lm, rows, evaluate.EvalConfig(eval_batch=6))
+      res = scoring.evaluate(lm, rows, configs.EvalConfig(eval_batch=6))
       out["fsdp_p"] = res.p_yes.tolist()
       del lm
   one = loader.load(spec, mesh=params_lib.make_mesh(jax.devices()[:1]))
-  out["one_p"] = evaluate.evaluate(one, rows, evaluate.EvalConfig(eval_batch=6)).p_yes.tolist()
+  out["one_p"] = scoring.evaluate(one, rows, configs.EvalConfig(eval_batch=6)).p_yes.tolist()
   print(json.dumps(out))
 """)
 

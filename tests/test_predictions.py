@@ -99,7 +99,8 @@ def _row(i, label, pred):
 
 
 def test_aggregate_block_ends_with_the_interval_line():
-  from palijudge import metrics, stats
+  from palijudge import metrics
+  from palijudge.evaluation import stats
   rows = [_row(i, i < 6, i < 5 or i == 9) for i in range(10)]
   text = predictions.format_rows(rows, "out.tsv", threshold=0.5).splitlines()
   conf, _ = predictions.aggregate(rows)

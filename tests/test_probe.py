@@ -9,7 +9,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from palijudge import checkpoint, evaluate, loader, probe
+from palijudge import configs
+from palijudge import checkpoint, loader
+from palijudge.evaluation import probe, scoring
 from palijudge.data import examples, splits, synthetic
 from palijudge.errors import UserError
 
@@ -29,7 +31,7 @@ def demo_split(tmp_path_factory):
 def test_probe_learns_the_demo_rule_on_the_tiny_random_encoder(tiny_lm, demo_split):
   train, valid = demo_split
   fitted, results = probe.fit_and_report(tiny_lm, train, {"train": train, "valid": valid},
-                                         evaluate.EvalConfig().resolved(), log=_quiet)
+                                         configs.EvalConfig().resolved(), log=_quiet)
   assert results["valid"].confusion.accuracy >= 0.9
   assert results["valid"].mode == "score" and results["valid"].threshold == 0.5
   assert fitted.n_train == 160 and fitted.folds == 5 and fitted.C in probe.C_GRID
@@ -38,7 +40,7 @@ def test_probe_learns_the_demo_rule_on_the_tiny_random_encoder(tiny_lm, demo_spl
   flipped = [dataclasses.replace(e, label=bool(y), suffix="yes" if y else "no")
              for e, y in zip(train, shuffled)]
   _, noise = probe.fit_and_report(tiny_lm, flipped, {"valid": valid},
-                                  evaluate.EvalConfig().resolved(), log=_quiet)
+                                  configs.EvalConfig().resolved(), log=_quiet)
   assert noise["valid"].confusion.accuracy < 0.9
 
 
@@ -139,17 +141,17 @@ def test_probe_refuses_another_encoder_and_settings_it_cannot_follow(tiny_lm, de
     probe.check_model(fitted, other)
   probe.check_model(fitted, tiny_lm)
   features = probe.encoder_features(tiny_lm, "first")
-  for ecfg, needle in ((evaluate.EvalConfig(mode="decode"), "--mode decode"),
-                       (evaluate.EvalConfig(gif_frame="all").resolved(), "--gif-frame all")):
+  for ecfg, needle in ((configs.EvalConfig(mode="decode"), "--mode decode"),
+                       (configs.EvalConfig(gif_frame="all").resolved(), "--gif-frame all")):
     with pytest.raises(UserError, match=needle):
-      evaluate.evaluate(None, demo_split[1], ecfg, scorer=probe.scorer(fitted, features))
+      scoring.evaluate(None, demo_split[1], ecfg, scorer=probe.scorer(fitted, features))
 
 
 def test_probe_beside_a_decode_evaluation_scores_one_frame():
-  for ecfg in (evaluate.EvalConfig(mode="decode"),
-               evaluate.EvalConfig(gif_frame="all", gif_combine="min").resolved()):
+  for ecfg in (configs.EvalConfig(mode="decode"),
+               configs.EvalConfig(gif_frame="all", gif_combine="min").resolved()):
     got = probe.probe_config(ecfg)
     assert (got.mode, got.gif_frame, got.gif_combine, got.threshold) == ("score", "first",
                                                                          None, 0.5)
-  plain = evaluate.EvalConfig().resolved()
+  plain = configs.EvalConfig().resolved()
   assert probe.probe_config(plain) is plain

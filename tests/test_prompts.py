@@ -1,12 +1,12 @@
-"""palijudge.prompts: the prompt file and ranking prompts by a real evaluation."""
+"""palijudge.evaluation.prompts: the prompt file and ranking prompts by a real evaluation."""
 
 from __future__ import annotations
 
 import pytest
 
-from palijudge import evaluate, prompts
+from palijudge.evaluation import prompts, scoring
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig
+from palijudge.configs import EvalConfig
 
 
 def test_prompt_file_and_ranking(tmp_path, tiny_examples, tiny_lm):
@@ -21,7 +21,7 @@ def test_prompt_file_and_ranking(tmp_path, tiny_examples, tiny_lm):
 
   def fake(examples, prompt):
     seen.append({e.prefix for e in examples})
-    return evaluate.evaluate(tiny_lm, examples, EvalConfig(prompt=prompt, eval_batch=4))
+    return scoring.evaluate(tiny_lm, examples, EvalConfig(prompt=prompt, eval_batch=4))
   ranked = prompts.rank(exs, ["is it ok", "is this an ad"], "auc", fake)
   assert seen == [{""}, {""}]
   assert ranked[0].value >= ranked[1].value

@@ -18,7 +18,9 @@ import pytest
 import qwix
 from hypothesis import given, settings, strategies as st
 
-from palijudge import checkpoint, evaluate, learn, loader, quantize, train
+from palijudge import configs
+from palijudge import checkpoint, learn, loader, quantize, train
+from palijudge.evaluation import scoring
 from palijudge import params as params_lib
 from palijudge.data.examples import DEFAULT_PROMPT
 from palijudge.errors import UserError
@@ -100,7 +102,7 @@ def test_every_matrix_of_every_preset_is_known():
 @pytest.mark.parametrize("mode", MODES)
 def test_forward_error_is_bounded_on_the_tiny_model(tiny_project, tiny_lm, tiny_examples, mode):
   every, _, _ = tiny_examples
-  ecfg = evaluate.EvalConfig().resolved()
+  ecfg = configs.EvalConfig().resolved()
   lm = loader.load(_spec(tiny_project), trainable="attn", quantize=mode)
   flat = params_lib.flatten(lm.params)
   assert quantize.is_quantized(flat["llm/layers/mlp/linear"])
@@ -111,8 +113,8 @@ def test_forward_error_is_bounded_on_the_tiny_model(tiny_project, tiny_lm, tiny_
   plain = params_lib.flatten(tiny_lm.params)  # f32: a quarter, or an eighth, and the scales.
   assert params_lib.nbytes([flat[n] for n in names]) < 0.3 * params_lib.nbytes(
       [plain[n] for n in names])
-  ref = evaluate.evaluate(tiny_lm, every, ecfg).p_yes
-  got = evaluate.evaluate(lm, every, ecfg).p_yes
+  ref = scoring.evaluate(tiny_lm, every, ecfg).p_yes
+  got = scoring.evaluate(lm, every, ecfg).p_yes
   diff = np.abs(got - ref)
   # Measured on this random model: 0.00017, 0.0020, 0.0015; the bounds leave room for other
   # BLAS builds; 0 would mean nothing was quantized.
@@ -126,8 +128,8 @@ def test_decode_mode_reads_quantized_weights_and_adapters(tiny_project, tiny_exa
   flat = params_lib.flatten(lm.params)
   flat["llm/layers/lora/mlp/linear/b"] = np.full_like(flat["llm/layers/lora/mlp/linear/b"], 0.05)
   lm = dataclasses.replace(lm, params=params_lib.unflatten(flat))
-  scored = evaluate.evaluate(lm, va, evaluate.EvalConfig().resolved()).p_yes
-  decoded = evaluate.evaluate(lm, va, evaluate.EvalConfig(mode="decode").resolved()).p_yes
+  scored = scoring.evaluate(lm, va, configs.EvalConfig().resolved()).p_yes
+  decoded = scoring.evaluate(lm, va, configs.EvalConfig(mode="decode").resolved()).p_yes
   np.testing.assert_allclose(decoded, scored, atol=1e-5)
 
 
@@ -144,8 +146,8 @@ def test_training_learns_and_a_saved_delta_revalidates_bit_for_bit(
   assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
   trained = dataclasses.replace(lm, params=res.params,
                                 model=lm.model.clone(lora_alpha=tcfg.lora_alpha))
-  ecfg = evaluate.EvalConfig().resolved()
-  after = evaluate.evaluate(trained, va, ecfg).p_yes
+  ecfg = configs.EvalConfig().resolved()
+  after = scoring.evaluate(trained, va, ecfg).p_yes
   path = tmp_path / "q.npz"
   learn.save(trained, tcfg, ecfg, learn.LearnConfig(), str(path), 0.5)
   meta = checkpoint.read_meta(path)
@@ -155,7 +157,7 @@ def test_training_learns_and_a_saved_delta_revalidates_bit_for_bit(
   for _ in range(2):  # Run to run, and whatever --trainable the judging script names.
     again = loader.load(loader.resolve(str(path), cache_dir=str(tiny_project.cache)))
     assert again.quantize["mode"] == mode
-    np.testing.assert_array_equal(evaluate.evaluate(again, va, ecfg).p_yes, after)
+    np.testing.assert_array_equal(scoring.evaluate(again, va, ecfg).p_yes, after)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +169,7 @@ def deltas(tiny_project, tiny_examples, tmp_path_factory):
     lm = loader.load(_spec(tiny_project), quantize=mode)
     path = tmp_path_factory.mktemp("deltas") / f"{mode}.npz"
     learn.learn(lm, tr, va, train.TrainConfig(steps=2, batch_size=2),
-                evaluate.EvalConfig().resolved(), names=("all", "train", "valid"),
+                configs.EvalConfig().resolved(), names=("all", "train", "valid"),
                 save_to=str(path), log=_quiet)
     out[mode] = str(path)
   return out
@@ -203,7 +205,7 @@ def test_nothing_frozen_and_full_saves_are_refused(tiny_project, tiny_examples, 
   _, tr, va = tiny_examples
   logs = []
   with pytest.raises(UserError, match="--full: this model's frozen weights are quantized"):
-    learn.learn(lm, tr, va, train.TrainConfig(steps=2), evaluate.EvalConfig().resolved(),
+    learn.learn(lm, tr, va, train.TrainConfig(steps=2), configs.EvalConfig().resolved(),
                 learn.LearnConfig(full=True), names=("all", "train", "valid"),
                 save_to=str(tmp_path / "full.npz"), log=logs.append)
   assert not logs and not (tmp_path / "full.npz").exists()

@@ -16,7 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from palijudge import checkpoint, evaluate, loader
+from palijudge import configs
+from palijudge import checkpoint, loader
+from palijudge.evaluation import scoring
 from palijudge.params import flatten
 from palijudge.data import examples as data
 from palijudge.data import synthetic
@@ -345,7 +347,7 @@ def _misranked_pair(project) -> str:
   """dataset/pair.jsonl: a `no` scored above a `yes`, so no threshold gives precision 0.9."""
   lm = loader.load(loader.resolve("tiny", cache_dir=str(project / "cache")))
   exs = data.read_examples(project / "dataset/data.jsonl")
-  p = evaluate.evaluate(lm, exs, evaluate.EvalConfig().resolved()).p_yes
+  p = scoring.evaluate(lm, exs, configs.EvalConfig().resolved()).p_yes
   no = max((i for i, e in enumerate(exs) if not e.label), key=lambda i: p[i])
   yes = min((i for i, e in enumerate(exs) if e.label), key=lambda i: p[i])
   assert p[no] > p[yes]

@@ -1,4 +1,4 @@
-"""palijudge.stats: Wilson coverage by simulation; bootstrap, McNemar and t intervals checked
+"""palijudge.evaluation.stats: Wilson coverage by simulation; bootstrap, McNemar and t intervals checked
 against scikit-learn, scipy and statsmodels on literal data."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from palijudge import stats
+from palijudge.evaluation import stats
 
 # Ten validation images: 6 yes, 4 no; two models' p(yes) and predictions at 0.5.
 Y = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0], bool)

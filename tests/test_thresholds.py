@@ -1,6 +1,6 @@
 """Threshold selection on one split: targets, exact counts, unreachable targets, set names.
 
-Applying the pick to every evaluated set is evaluate.report's (tests/test_evaluate.py)."""
+Applying the pick to every evaluated set is reports.report's (tests/test_evaluate.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palijudge import thresholds
+from palijudge.evaluation import thresholds
 from palijudge.errors import UserError
 from palijudge.metrics import Confusion
-from palijudge.thresholds import Target, parse_target, pick
+from palijudge.evaluation.thresholds import Target, parse_target, pick
 
 Y = [True, True, True, False, True, False, False, False]
 P = [0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.1]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from palijudge.data.examples import Example
-from palijudge.evaluate import EvalResult
+from palijudge.evaluation.scoring import EvalResult
 from palijudge.files import Project
 from palijudge.tools import demo
 

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import pytest
 
+from palijudge import configs
 from palijudge import checkpoint, loader, losses, train
 from palijudge import params as params_lib
 from palijudge.data import examples as data_lib
@@ -324,17 +325,18 @@ def test_tiny_gemma2_trains(tmp_path):
 
 def test_lora_alpha_is_saved_and_used_on_load(tiny_lm, tiny_examples, tmp_path):
   """An adapter-only checkpoint records its alpha; loading it rebuilds the same model."""
-  from palijudge import evaluate, learn
+  from palijudge import learn
+  from palijudge.evaluation import scoring
   lm = loader.load(tiny_lm.spec, trainable="lora")
   tcfg = train.TrainConfig(trainable="lora", steps=3, batch_size=2, lr=0.1, lora_alpha=32.0,
                            optimizer="adam")
-  ecfg = evaluate.EvalConfig().resolved()
+  ecfg = configs.EvalConfig().resolved()
   res = learn.learn(lm, tiny_examples[1], tiny_examples[2], tcfg, ecfg,
                     names=("a", "t", "v"), save_to=str(tmp_path / "l.npz"), log=lambda _: None)
   assert checkpoint.read_meta(tmp_path / "l.npz")["train_config"]["lora_alpha"] == 32.0
   loaded = loader.load(loader.resolve(str(tmp_path / "l.npz")), trainable="lora")
   assert loaded.model.lora_alpha == 32.0
-  again = evaluate.evaluate(loaded, tiny_examples[2], ecfg)
+  again = scoring.evaluate(loaded, tiny_examples[2], ecfg)
   np.testing.assert_allclose(again.p_yes, res.after["v"].p_yes, atol=1e-5)
 
 

@@ -335,7 +335,8 @@ def model_inputs(cfg, project: Project, paths: Sequence[str] = ()) -> list[tuple
   """(what, file) of every file the model(s) `paths` (none: --model) are loaded from:
   weights, a delta's base, the tokenizer, a probe's encoder. Read before any work, so an
   output that is one of them is refused at once (`files.check_writable(..., inputs)`)."""
-  from palijudge import loader, probe
+  from palijudge import loader
+  from palijudge.evaluation import probe
   lcfg = cfg.load
   out = [("the --base checkpoint", project.find(lcfg.base))] if lcfg.base else []
   for path in paths or [lcfg.model]:
@@ -360,7 +361,7 @@ def judge_paths(cfg, project: Project) -> list[str]:
 
 def load_judge(cfg, project: Project, paths: Sequence[str], ecfg):
   """ensemble.Judge for `paths`: the --model, one checkpoint, an ensemble or a probe."""
-  from palijudge import ensemble
+  from palijudge.evaluation import ensemble
   judge = ensemble.load_judge(paths, cfg.load, str(project.cache), ecfg,
                               cfg.judge.ensemble if hasattr(cfg, "judge") else "mean")
   announce(judge.lm)

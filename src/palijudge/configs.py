@@ -19,7 +19,7 @@ import math
 import re
 from typing import Callable, Sequence
 
-from palijudge import thresholds
+from palijudge.evaluation import thresholds
 from palijudge.errors import UserError
 from palijudge.metrics import DEFAULT_THRESHOLD
 from palijudge.options import group, option

@@ -30,7 +30,8 @@ from palijudge import progress as progress_lib
 from palijudge.data.examples import Example
 from palijudge import files
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig, Scorer, iter_scores, judge
+from palijudge.configs import EvalConfig
+from palijudge.evaluation.scoring import Scorer, iter_scores, judge
 from palijudge.loader import LoadedModel
 
 Log = Callable[[str], None]
@@ -168,7 +169,7 @@ def run(lm: LoadedModel, examples: Sequence[Example], out_path: str | None,
         scorer: Scorer | None = None) -> InferResult:
   """Predicts every example into `out_path` (or stdout); see the module docstring.
 
-  `scorer` (an ensemble, a probe) judges instead of `lm` (see `evaluate.Scorer`).
+  `scorer` (an ensemble, a probe) judges instead of `lm` (see `scoring.Scorer`).
   """
   score = scorer or functools.partial(iter_scores, lm)
   fmt = fmt or predictions.format_of(out_path)

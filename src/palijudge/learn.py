@@ -7,7 +7,7 @@ and saves its checkpoint atomically with the recipe, prompt and decision
 threshold (`--keep all`: every run's too, as NAME.runK.npz, for an ensemble).
 `--probe` fits the linear probe (see `probe`) on the encoder before training
 and reports it beside the fine-tune; `--probe-only` does only that. It sits
-above `train` and `evaluate` and below the experiments: run records are
+above `train` and `evaluation` and below the experiments: run records are
 written through the small `Recorder` interface, which
 `experiments.records.RunRecord` implements, so nothing here imports them.
 """
@@ -21,21 +21,22 @@ import re
 from typing import Callable, Protocol, Sequence
 
 from palijudge import checkpoint
-from palijudge import compare
+from palijudge.evaluation import compare
 from palijudge import distributed
 from palijudge import files
 from palijudge import loader as loader_lib
 from palijudge import metrics
 from palijudge import params as params_lib
 from palijudge import predictions
-from palijudge import probe as probe_lib
+from palijudge.evaluation import probe as probe_lib
 from palijudge import quantize
 from palijudge import train as train_lib
 from palijudge.data.batch import PixelCache
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
-from palijudge.evaluate import (EvalConfig, EvalResult, evaluate, format_result, report,
-                                shared_threshold)
+from palijudge.configs import EvalConfig
+from palijudge.evaluation.scoring import EvalResult, evaluate
+from palijudge.evaluation.reports import format_result, report, shared_threshold
 from palijudge.loader import LoadedModel
 from palijudge.model import lora
 from palijudge.configs import LearnConfig  # noqa: F401

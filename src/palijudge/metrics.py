@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 # Predict yes when p(yes) >= this, unless a threshold was given, stored or picked
-# (evaluate.EvalConfig decides which).
+# (configs.EvalConfig decides which).
 DEFAULT_THRESHOLD = 0.5
 
 

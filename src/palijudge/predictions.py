@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from palijudge import files, stats
+from palijudge import files
+from palijudge.evaluation import stats
 from palijudge.data import examples as tsv
 from palijudge.data.examples import Example, normalize_label
 from palijudge.errors import UserError, where
@@ -60,7 +61,7 @@ def format_of(path: str | None, default: str = "tsv") -> str:
 
 
 def rows_of(result) -> list[PredRow]:
-  """The rows of an `evaluate.EvalResult`."""
+  """The rows of an `scoring.EvalResult`."""
   return rows_from(result.examples, result.p_yes, result.pred, result.answers)
 
 

@@ -39,7 +39,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from palijudge import checkpoint, files, infer, loader, predictions, probe
+from palijudge import checkpoint, files, infer, loader, predictions
+from palijudge.evaluation import probe
 from palijudge.data import examples as data_lib
 from palijudge.data import splits, synthetic
 from palijudge.params import flatten, trainable_pattern, unflatten
@@ -445,7 +446,7 @@ def _partial_of(rel: str, **change) -> Callable[[Path], None]:
   """OUT.partial as `13-inference.py --model tiny -d dataset/data.tsv` would have left it,
   its proof line `change`d (another model, other data)."""
   def setup(root: Path) -> None:
-    from palijudge.evaluate import EvalConfig
+    from palijudge.configs import EvalConfig
     ecfg = EvalConfig().resolved()
     spec = loader.resolve("tiny", cache_dir=str(root / "cache"))
     rows = data_lib.read_examples(root / "dataset/data.tsv")

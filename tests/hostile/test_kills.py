@@ -96,7 +96,7 @@ import time
 import numpy as np
 from palijudge import infer
 from palijudge.data.examples import Example
-from palijudge.evaluate import EvalConfig
+from palijudge.configs import EvalConfig
 rows = [Example(image=f"/img/{i}.png", label=i % 2 == 0, prefix=f"p{i} " + "x" * 20000,
                 suffix="yes", source="data.jsonl", line=i + 1, raw_image=f"{i}.png")
         for i in range(1500)]

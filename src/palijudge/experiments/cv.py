@@ -21,11 +21,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from palijudge import configs, learn, loader, losses, metrics, options, predictions, stats
+from palijudge import configs, learn, loader, losses, metrics, options, predictions
+from palijudge.evaluation import stats
 from palijudge import train as train_lib
 from palijudge.data import examples, splits
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig
+from palijudge.configs import EvalConfig
 from palijudge.experiments import records
 from palijudge.experiments.records import finite
 

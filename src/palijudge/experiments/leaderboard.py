@@ -30,7 +30,8 @@ import html
 from pathlib import Path
 from typing import Any, Sequence
 
-from palijudge import compare, files, learn, metrics as metrics_lib, predictions
+from palijudge import files, learn, metrics as metrics_lib, predictions
+from palijudge.evaluation import compare
 from palijudge.errors import UserError, where
 from palijudge.configs import ALIASES, METRIC_COLUMNS, SETTINGS, SORT_KEYS, EvalConfig  # noqa: F401
 from palijudge.experiments import plots as plots

@@ -40,7 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from palijudge import checkpoint, evaluate, learn, losses, train
+from palijudge import configs
+from palijudge import checkpoint, learn, losses, train
+from palijudge.evaluation import scoring
 from palijudge import loader as session
 from palijudge import params as params_lib
 from palijudge.data import examples as data_lib
@@ -179,7 +181,7 @@ def bench_load_compile(b: Bench) -> list[dict]:
     features = session.feature_cache(lm, "attn", "first")
     zbatch = features.attach(chunk, batch)
     jax.block_until_ready(step(state[0], zbatch, frozen))
-    evaluate.evaluate(lm, b.examples[:BATCH], evaluate.EvalConfig(eval_batch=8).resolved())
+    scoring.evaluate(lm, b.examples[:BATCH], configs.EvalConfig(eval_batch=8).resolved())
   with Clock() as plain:
     lm = session.load(b.spec, trainable="attn", compute="float32")
     trainable, frozen = params_lib.split(lm.params, "attn")
@@ -219,11 +221,11 @@ def bench_train_step(b: Bench) -> list[dict]:
 def bench_classify(b: Bench) -> list[dict]:
   """Every image classified once: ours from a cold feature cache, plain by decoding."""
   n = len(b.examples)
-  ecfg = evaluate.EvalConfig().resolved()
-  evaluate.evaluate(b.lm, b.examples[:8], ecfg)  # Both paths compiled before the timers.
+  ecfg = configs.EvalConfig().resolved()
+  scoring.evaluate(b.lm, b.examples[:8], ecfg)  # Both paths compiled before the timers.
   _plain_classify(b.lm, b.examples[:BATCH])
   with Clock() as ours:
-    evaluate.evaluate(b.lm, b.examples, ecfg,
+    scoring.evaluate(b.lm, b.examples, ecfg,
                       features=session.feature_cache(b.lm, "attn", "first"))
   with Clock() as plain:
     _plain_classify(b.lm, b.examples)
@@ -263,7 +265,7 @@ def bench_iteration(b: Bench, steps: int) -> list[dict]:
     _plain_iteration(b, train_set, valid_set, steps)
   tcfg = train.TrainConfig(steps=steps, print_every=10 ** 6)  # The default recipe: batch 2.
   with Clock() as ours:
-    learn.learn(b.lm, train_set, valid_set, tcfg, evaluate.EvalConfig().resolved(),
+    learn.learn(b.lm, train_set, valid_set, tcfg, configs.EvalConfig().resolved(),
                 names=("all", "train", "valid"), log=lambda _: None)
   return [_line("do_learn_iteration", ours.wall, plain.wall, "s", higher_is_better=False,
                 **_cpu(ours, plain), images=len(b.examples),

@@ -26,7 +26,8 @@ import os
 from palijudge import files, learn, loader
 from palijudge.data import examples, splits, synthetic
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig, EvalResult
+from palijudge.configs import EvalConfig
+from palijudge.evaluation.scoring import EvalResult
 from palijudge.files import Project
 from palijudge.train import TrainConfig
 

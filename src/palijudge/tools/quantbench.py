@@ -20,7 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from palijudge import evaluate, loader
+from palijudge import configs
+from palijudge import loader
+from palijudge.evaluation import scoring
 from palijudge import params as params_lib
 from palijudge.data.examples import Example
 
@@ -28,8 +30,8 @@ from palijudge.data.examples import Example
 def _scores(spec: loader.ModelSpec, examples: Sequence[Example], trainable: str,
             mode: str | None, eval_batch: int) -> np.ndarray:
   lm = loader.load(spec, trainable=trainable, quantize=mode, compute="float32")
-  ecfg = evaluate.EvalConfig(eval_batch=eval_batch).resolved()
-  return evaluate.evaluate(lm, list(examples), ecfg).p_yes.astype(np.float64)
+  ecfg = configs.EvalConfig(eval_batch=eval_batch).resolved()
+  return scoring.evaluate(lm, list(examples), ecfg).p_yes.astype(np.float64)
 
 
 def cost(spec: loader.ModelSpec, examples: Sequence[Example], modes: Sequence[str],

@@ -20,10 +20,12 @@ from typing import Sequence
 
 import numpy as np
 
-from palijudge import predictions, stats
+from palijudge import predictions
+from palijudge.evaluation import stats
 from palijudge.data.examples import Example
 from palijudge.errors import UserError
-from palijudge.evaluate import EvalConfig, EvalResult, evaluate
+from palijudge.configs import EvalConfig
+from palijudge.evaluation.scoring import EvalResult, evaluate
 from palijudge.loader import LoadedModel
 from palijudge.predictions import PredRow
 
@@ -64,7 +66,7 @@ def side_of(result: EvalResult) -> Side:
 def judge_sets(lm: LoadedModel, sets: dict[str, Sequence[Example]], ecfg: EvalConfig,
                scorer=None) -> dict[str, Side]:
   """A model's Side on every named set (checkpoints in 17-compare.py); `scorer` (a probe)
-  judges instead of `lm`'s own scores (see `evaluate.Scorer`)."""
+  judges instead of `lm`'s own scores (see `scoring.Scorer`)."""
   return {name: side_of(evaluate(lm, examples, ecfg, desc=name, scorer=scorer))
           for name, examples in sets.items()}
 

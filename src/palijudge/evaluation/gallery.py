@@ -67,7 +67,7 @@ def error_indices(labels: np.ndarray, pred: np.ndarray, p_yes: np.ndarray
 
 
 def render(result, title: str, limit: int) -> str:
-  """The page for one EvalResult (see `evaluate.EvalResult`)."""
+  """The page for one EvalResult (see `scoring.EvalResult`)."""
   fp, fn = error_indices(result.labels, np.asarray(result.pred, bool), np.asarray(result.p_yes))
   c = result.confusion
   head = (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"

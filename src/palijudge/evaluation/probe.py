@@ -39,7 +39,9 @@ from palijudge.data.examples import Example
 from palijudge.model.features import FeatureCache
 from palijudge.data.images import GIF_FRAMES
 from palijudge.errors import UserError, where
-from palijudge.evaluate import EvalConfig, EvalResult, Scorer, report
+from palijudge.configs import EvalConfig
+from palijudge.evaluation.scoring import EvalResult, Scorer
+from palijudge.evaluation.reports import report
 from palijudge.loader import LoadedModel, encoder_cache
 
 Log = Callable[[str], None]
@@ -151,7 +153,7 @@ def probe_config(ecfg: EvalConfig) -> EvalConfig:
 
 
 def scorer(probe: Probe, features: FeatureCache) -> Scorer:
-  """An `evaluate.Scorer`: the probe's p(yes), `eval_batch` examples at a time."""
+  """An `scoring.Scorer`: the probe's p(yes), `eval_batch` examples at a time."""
   size = features.model.cfg.image_size
 
   def scores(examples, ecfg: EvalConfig, cache=None, _features=None):
@@ -175,7 +177,7 @@ def check_model(probe: Probe, lm: LoadedModel) -> None:
 def fit_and_report(lm: LoadedModel, train: Sequence[Example], sets: dict, ecfg: EvalConfig,
                    features: FeatureCache | None = None, log: Log = print, seed: int = 0,
                    strict: bool = True) -> tuple[Probe, dict[str, EvalResult]]:
-  """Fits on `train`, then prints a Result block per set, tagged "probe" (see evaluate.report).
+  """Fits on `train`, then prints a Result block per set, tagged "probe" (see reports.report).
 
   The probe's threshold is the one the results were judged at (picked, if
   --pick-threshold asked).

@@ -25,11 +25,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from palijudge import files, loader, quantize
-from palijudge import probe as probe_lib
+from palijudge.evaluation import probe as probe_lib
 from palijudge.configs import COMBINE  # noqa: F401
 from palijudge.data.batch import PixelCache
 from palijudge.errors import UserError, where
-from palijudge.evaluate import EvalConfig, Scorer, iter_scores
+from palijudge.configs import EvalConfig
+from palijudge.evaluation.scoring import Scorer, iter_scores
 from palijudge.loader import LoadConfig, LoadedModel
 
 Log = Callable[[str], None]
@@ -48,7 +49,7 @@ def combine(p_MxN: Sequence[np.ndarray], how: str) -> np.ndarray:
 
 
 def scorer(members: Sequence[LoadedModel], how: str) -> Scorer:
-  """An `evaluate.Scorer` combining the members' p(yes) batch by batch (one member: its own)."""
+  """An `scoring.Scorer` combining the members' p(yes) batch by batch (one member: its own)."""
   if len(members) == 1:
     return functools.partial(iter_scores, members[0])
 
@@ -65,7 +66,7 @@ def scorer(members: Sequence[LoadedModel], how: str) -> Scorer:
 
 @dataclasses.dataclass(frozen=True)
 class Judge:
-  """A loaded judge: `scorer` for evaluate.report / infer.run, `lm` for the rest."""
+  """A loaded judge: `scorer` for reports.report / infer.run, `lm` for the rest."""
   lm: LoadedModel        # The model (an ensemble's first member; a probe's encoder model).
   scorer: Scorer
   name: str              # What judges, for prediction files' settings.
