@@ -117,7 +117,7 @@ ALLOWED = {
     "data.images": "configs errors",
     "data.likeness": "",
     "data.splits": "data.examples errors files",
-    "data.synthetic": "data.examples data.images errors files",
+    "data.synthetic": "configs data.images errors files",
     "data.templated": "data.synthetic files",
     "data.tokenizer": "errors",
     "devices": "params",
@@ -145,8 +145,7 @@ ALLOWED = {
                                 "predictions"),
     "experiments.plots": "files metrics",
     "experiments.records": "data.examples errors experiments.plots files metrics params",
-    "experiments.tune": ("configs data.examples errors experiments.cv experiments.records files "
-                         "losses train"),
+    "experiments.tune": "configs errors experiments.cv experiments.records files losses train",
     "files": "errors",
     "hf": "checkpoint errors files model.config model.paligemma params",
     "hf_export": "errors hf model.config params",
@@ -178,8 +177,8 @@ ALLOWED = {
                    "files learn loader train"),
     "tools.download": "errors files hf progress",
     "tools.fullsize": "checkpoint data.synthetic errors model.paligemma params",
-    "tools.gpubench": ("data.batch errors losses model.config model.lora model.paligemma params "
-                       "phases tools.fullsize tools.planner train"),
+    "tools.gpubench": ("configs data.batch errors losses model.config model.lora model.paligemma "
+                       "params phases tools.fullsize tools.planner train"),
     "tools.planner": "data.batch model.config model.lora model.paligemma params quantize train",
     "tools.quantbench": ("configs data.examples data.synthetic evaluation.scoring loader params "
                          "tools.bench"),

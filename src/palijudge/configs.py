@@ -145,7 +145,11 @@ class LossConfig:
   @classmethod
   def from_flags(cls, given: dict) -> LossConfig:
     """From the flags a user gave (even at their defaults): another loss's parameter is refused."""
-    return loss_from_flags(given)
+    kind = given.get("kind", "ce")
+    for name in given:
+      if name in APPLIES and kind not in APPLIES[name]:
+        raise UserError(_misplaced(name, kind))
+    return cls(**given)
 
   def resolved(self, n_yes: int, n_no: int) -> LossConfig:
     """The config with `auto` class weights computed from the training split's counts."""
@@ -156,15 +160,6 @@ class LossConfig:
 
 def _misplaced(name: str, kind: str) -> str:
   return f"--{name.replace('_', '-')} applies to --loss {'/'.join(APPLIES[name])}, not {kind}"
-
-
-def loss_from_flags(given: dict) -> LossConfig:
-  """The config from the loss flags a user gave (even at their default values)."""
-  kind = given.get("kind", "ce")
-  for name in given:
-    if name in APPLIES and kind not in APPLIES[name]:
-      raise UserError(_misplaced(name, kind))
-  return LossConfig(**given)
 
 
 def _problems(c: LossConfig) -> list[str]:

@@ -48,8 +48,7 @@ from palijudge.errors import UserError, where
 from palijudge.loader import LoadedModel, feature_cache
 from palijudge.model import lora
 from palijudge.model import paligemma as model_lib
-from palijudge.configs import (MAX_STEPS, OPTIMIZERS, REMAT_POLICIES,  # noqa: F401
-                               EvalConfig, TrainConfig)
+from palijudge.configs import EvalConfig, TrainConfig  # noqa: F401  (TrainConfig: re-exported)
 
 Params = dict[str, Any]
 

@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 
 from palijudge.errors import UserError, where
 from palijudge import files
+from palijudge.configs import DEFAULT_PROMPT
 from palijudge.data import images
-from palijudge.data.examples import DEFAULT_PROMPT
 
 SPECIAL_IDS = dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3)
 # The tiny tokenizer's pieces: the "tiny" model preset's vocabulary (model.config) is this size.

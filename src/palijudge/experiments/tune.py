@@ -23,9 +23,8 @@ import yaml
 from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize uses
 from optuna.trial import FrozenTrial, TrialState
 
-from palijudge.configs import (DEFAULT_MODEL, DEFAULT_STUDY, GRACE_S, HEARTBEAT_S,  # noqa: F401
-                               NOT_FIXABLE)
-from palijudge.data.examples import DEFAULT_PROMPT
+from palijudge.configs import (DEFAULT_MODEL, DEFAULT_PROMPT, DEFAULT_STUDY, GRACE_S,  # noqa: F401
+                               HEARTBEAT_S, NOT_FIXABLE)
 from palijudge.experiments import cv
 from palijudge.experiments.cv import METRICS
 from palijudge.losses import LossConfig

@@ -48,8 +48,7 @@ from palijudge import params as params_lib
 from palijudge.data import examples as data_lib
 from palijudge.data import splits, synthetic
 from palijudge.data.batch import Batch, Batches, training_stream
-from palijudge.configs import EvalConfig
-from palijudge.data.examples import DEFAULT_PROMPT
+from palijudge.configs import DEFAULT_PROMPT, EvalConfig
 from palijudge.errors import UserError
 from palijudge.model import config
 from palijudge.model import paligemma as model_lib

@@ -80,6 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from palijudge import losses, phases, train
+from palijudge.configs import OPTIMIZERS, REMAT_POLICIES
 from palijudge import params as params_lib
 from palijudge.data.batch import Batch
 from palijudge.errors import UserError
@@ -139,8 +140,8 @@ class Spec:
         (self.kind in KINDS, f"kind must be one of {', '.join(KINDS)}"),
         (self.allocator in ALLOCATORS, f"allocator must be one of {', '.join(ALLOCATORS)}"),
         (self.model in config_lib.PRESETS, f"unknown model preset {self.model!r}"),
-        (self.optimizer in train.OPTIMIZERS, f"optimizer must be one of {train.OPTIMIZERS}"),
-        (self.remat in train.REMAT_POLICIES, f"remat must be one of {train.REMAT_POLICIES}"),
+        (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+        (self.remat in REMAT_POLICIES, f"remat must be one of {REMAT_POLICIES}"),
         (self.param_dtype in PARAM_DTYPES, f"param_dtype must be one of {PARAM_DTYPES}"),
         (self.batch >= 1 and self.steps >= 1 and self.warmup >= 0 and self.lora_rank >= 1,
          "batch, steps and lora_rank must be >= 1, warmup >= 0"),
