@@ -180,3 +180,26 @@ def test_batches_cut_a_lazy_stream_batch_by_batch(tiny_lm, tiny_examples):
     assert c1 == c2
     np.testing.assert_array_equal(b1.text, b2.text)
     np.testing.assert_array_equal(b1.image, b2.image)
+
+
+def test_the_pixel_cache_keeps_frames_and_still_images_apart_and_hits(tmp_path, monkeypatch):
+  """PixelCache.frames (animated images, --gif-frame all) and .get (one frame) cache by
+  their own keys: a second lookup is a hit, no file is decoded again."""
+  from PIL import Image
+  from palijudge.data.examples import Example
+  path = tmp_path / "a.gif"
+  frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+  frames[0].save(path, save_all=True, append_images=frames[1:], duration=50)
+  ex = Example(image=str(path), label=True, prefix="", suffix="yes", source="d.jsonl", line=1,
+               raw_image="a.gif")
+  loads = []
+  for name in ("load_frames", "load_pixels"):
+    real = getattr(batch_lib, name)
+    monkeypatch.setattr(batch_lib, name, lambda *a, real=real: loads.append(1) or real(*a))
+  cache = batch_lib.PixelCache()
+  all_frames = cache.frames(ex, 16, 0)
+  assert all_frames.shape == (3, 16, 16, 3) and cache.frames(ex, 16, 0) is all_frames
+  one = cache.get(ex, 16, "first")
+  assert one.shape == (16, 16, 3) and cache.get(ex, 16, "first") is one
+  assert len(loads) == 2  # One decode each; the repeats were hits.
+  np.testing.assert_array_equal(one, all_frames[0])
