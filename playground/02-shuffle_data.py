@@ -17,6 +17,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import resolve
 from palijudge.options import group, option
 from palijudge.data.audit import AuditConfig
 
@@ -43,16 +44,17 @@ def main(cfg, project):
   if (cfg.valid is None) == (cfg.folds is None):
     raise cli.UserError("give either -v N or --folds K")
   data = project.find(cfg.data) if cfg.data else str(project.dataset / "data.jsonl")
-  root = cli.data_root(cfg, project, data)
+  r = resolve(cfg, project)
+  root = r.root(data)
   out = project.split(cfg.name, "-n")
   if files.is_within(data, out):  # The split is rebuilt from scratch: its files are outputs.
     raise cli.UserError(f"--data {files.shown(data)}: lies inside {files.shown(out)}, the split "
                         f"-n {cfg.name} rebuilds; split from a file outside it")
   with files.lock(out, "split"):
-    _split(cfg, project, root, data, out)
+    _split(cfg, r, root, data, out)
 
 
-def _split(cfg, project, root, data, out):
+def _split(cfg, r, root, data, out):
   import os
   from palijudge import files
   from palijudge.data import examples, splits
@@ -60,7 +62,7 @@ def _split(cfg, project, root, data, out):
   rows = examples.read_examples(data, root)
   groups = None
   if not cfg.ignore_duplicates:
-    found = cli.run_audit(cfg, project, {files.shown(data): rows}, root)
+    found = r.audit({files.shown(data): rows}, root)
     print(found.kept_line())
     groups = found.group_ids() if found.groups else None
   if cfg.folds is not None:

@@ -18,6 +18,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import Save, resolve
 from palijudge.options import group, option
 
 
@@ -49,15 +50,14 @@ def main(cfg, project):
   from palijudge.data import examples, splits
   if (cfg.dataset is None) == (cfg.cv is None):
     raise cli.UserError("give either -d SET or --cv NAME")
-  ecfg, lcfg, tcfg = cli.eval_config(cfg), cfg.learn, cfg.train
-  save_to = str(files.inside(cfg.write + ".npz", project.checkpoints, "-w")) \
-      if cfg.write else None
+  r = resolve(cfg, project, judges=False, save=Save("-w", cfg.write))
+  lcfg, tcfg, save_to = cfg.learn, cfg.train, r.save_to
   if cfg.cv and (lcfg.probe_only or lcfg.keep == "all"):
     raise cli.UserError("--probe-only and --keep all work with -d SET, not --cv")
   if (lcfg.resume or tcfg.save_every) and not save_to:
     raise cli.UserError("--resume and --save-every need -w NAME (the state lives beside it)")
   folder = project.split(cfg.dataset or cfg.cv, "-d" if cfg.dataset else "--cv")
-  root = cli.data_root(cfg, project, folder)
+  root = r.root(folder)
   if cfg.cv:
     folds = splits.fold_paths(folder)
     train_sets = [examples.read_examples(tr, root) for tr, _ in folds]
@@ -72,25 +72,25 @@ def main(cfg, project):
   smallest = min(train_sets, key=len)  # Every numeric flag against the data, before any work.
   tcfg.check_data(len(smallest), files.shown(smallest[0].source))
   if save_to:  # What this run writes may not be what it reads.
-    inputs = cli.model_inputs(cfg, project) + [("the data file", e[0].source)
+    inputs = r.inputs() + [("the data file", e[0].source)
                                                for e in split[:2] if e]
     for path in learn.outputs_of(save_to, lcfg):
       files.check_writable(path, "-w checkpoint", inputs)
   with files.lock(save_to, "checkpoint") if save_to and distributed.is_main() \
       else contextlib.nullcontext():  # No other run writes NAME meanwhile.
-    _learn(cfg, project, root, folder, ecfg, save_to, split, folds if cfg.cv else None)
+    _learn(cfg, project, r, root, folder, split, folds if cfg.cv else None)
 
 
-def _learn(cfg, project, root, folder, ecfg, save_to, split, folds):
+def _learn(cfg, project, r, root, folder, split, folds):
   """Loads the model, trains (or cross-validates) and records the run."""
   import contextlib
   from palijudge import distributed, files, learn, options, phases as phases_lib
   from palijudge.experiments import cv, records
   train_set, valid_set, names = split
-  tcfg, lcfg = cfg.train, cfg.learn
+  tcfg, lcfg, ecfg, save_to = cfg.train, cfg.learn, r.eval, r.save_to
   phases = phases_lib.Phases() if cfg.phases else None
   with phases("checkpoint_load") if phases else contextlib.nullcontext():
-    lm = cli.load_model(cfg, project, trainable=tcfg.trainable, tcfg=tcfg)
+    lm = r.load(tcfg.trainable, tcfg)
   record = None
   if distributed.is_main():  # Process 0 alone writes the run record.
     config = {"command": records.command_line(), "args": options.flat(cfg),
@@ -107,7 +107,7 @@ def _learn(cfg, project, root, folder, ecfg, save_to, split, folds):
       cv.cv_learn(lm, folds, tcfg, ecfg, lcfg, root=root, metric=cfg.cv_metric, record=record)
       return
     learn.learn(lm, train_set, valid_set, tcfg, ecfg, lcfg, names=names, save_to=save_to,
-                record=record, extra_sets=cli.eval_sets(cfg, project, taken=names),
+                record=record, extra_sets=r.eval_sets(taken=names),
                 phases=phases)
   if record:
     print(f"record: {files.shown(record.path)}")

@@ -17,6 +17,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import resolve
 from palijudge.options import group, option
 
 
@@ -36,20 +37,18 @@ def main(cfg, project):
   import os
   from palijudge import files, predictions
   from palijudge.evaluation import reports, scoring
-  from palijudge.data import examples
-  paths = cli.judge_paths(cfg, project)
-  ecfg = cli.eval_config(cfg, project, paths)
-  sets = {f: examples.read_examples(project.find(f), cli.data_root(cfg, project, project.find(f)))
-          for f in cfg.files}
-  sets.update(cli.eval_sets(cfg, project, taken=list(sets)))
+  r = resolve(cfg, project)
+  ecfg = r.eval
+  sets = {f: r.read(f) for f in cfg.files}
+  sets.update(r.eval_sets(taken=list(sets)))
   if cfg.scores:
     fmt = predictions.format_of(cfg.scores)
     for rows in sets.values():
       predictions.check_values(rows, fmt)
-    inputs = cli.model_inputs(cfg, project, paths) + [("a dataset", rows[0].source)
+    inputs = r.inputs() + [("a dataset", rows[0].source)
                                                      for rows in sets.values()]
     files.check_writable(cfg.scores, "--scores file", inputs)
-  judge = cli.load_judge(cfg, project, paths, ecfg)
+  judge = r.judge()
   results = reports.report(judge.lm, sets, ecfg, scorer=judge.scorer)
   if cfg.scores:
     res = scoring.EvalResult.concat(list(results.values()))

@@ -12,6 +12,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import resolve
 from palijudge.options import group, option
 from palijudge.evaluation.prompts import PROMPT_METRICS
 
@@ -34,17 +35,14 @@ class Config:
 def main(cfg, project):
   import dataclasses
   from palijudge.evaluation import prompts, scoring
-  from palijudge.data import examples
   candidates = list(cfg.prompt) + (prompts.read_prompt_file(project.find(cfg.prompts))
                                    if cfg.prompts else [])
   if not candidates:
     raise cli.UserError("give candidate prompts with --prompt TEXT (repeat) or --prompts FILE")
-  model = project.find(cfg.checkpoint) if cfg.checkpoint else None
-  ecfg = dataclasses.replace(cli.eval_config(cfg, project, [model or cfg.load.model]),
-                             prompt=candidates[0])
-  rows = [e for f in map(project.find, cfg.files)
-          for e in examples.read_examples(f, cli.data_root(cfg, project, f))]
-  lm = cli.load_model(cfg, project, model=model)
+  r = resolve(cfg, project, [cfg.checkpoint] if cfg.checkpoint else None)
+  ecfg = dataclasses.replace(r.eval, prompt=candidates[0])
+  rows = [e for f in cfg.files for e in r.read(f)]
+  lm = r.load()
 
   def score(exs, prompt):
     return scoring.evaluate(lm, exs, dataclasses.replace(ecfg, prompt=prompt))

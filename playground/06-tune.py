@@ -21,6 +21,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import resolve
 from palijudge.options import group, option
 
 
@@ -131,7 +132,7 @@ def _run(cfg, project, study, space, target, experiments):
   cli.announce(spec=spec)
   folds = project.split(target.cv, "--cv")
   objective = _objective(str(folds), project.find(target.model),
-                         cli.data_root(cfg, project, folds), str(project.cache),
+                         resolve(cfg, project).root(folds), str(project.cache),
                          target.quantize)
   tune.run_trials(study, space, objective, cfg.trials, records_root=experiments, target=target)
   print(leaderboard.study_status(study))

@@ -64,8 +64,10 @@ class Config:
   steps: int = option(256, "training steps in the whole iteration (the users run 256)")
   workdir: str | None = option(None, "generated model and data (default: cache/bench)",
                                suppress_default=True)
-  rows: str = option("load,step,classify,iteration,start", "measurements, comma-separated: "
-                     "load, step, classify, iteration, start")
+  rows: str = option("load,step,classify,iteration,floor,start", "measurements, "
+                     "comma-separated: load, step, classify, iteration, floor (the least CPU "
+                     "time the iteration's arithmetic allows on this machine; after iteration, "
+                     "the largest speedup possible), start")
   curves: Curves = group(Curves, "--curves: the divergence guard's evidence")
   quantize: QuantizeCost = group(QuantizeCost, "--quantize-cost / --quantize-memory: what "
                                  "--quantize costs and saves")

@@ -8,6 +8,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import resolve
 from palijudge.options import group, option
 
 
@@ -25,20 +26,20 @@ class Config:
 
 def main(cfg, project):
   from palijudge import files, hf_export
-  model = project.find(cfg.checkpoint)
-  inputs = cli.model_inputs(cfg, project, [model])
+  r = resolve(cfg, project, [cfg.checkpoint])
+  model, inputs = r.models[0], r.inputs()
   if cfg.format == "npz":
     files.check_writable(cfg.out, "export", inputs)
   else:
     hf_export.check_export_folder(cfg.out)
   with files.lock(cfg.out, "export"):
-    _export(cfg, project, model)
+    _export(cfg, r, model)
 
 
-def _export(cfg, project, model):
+def _export(cfg, r, model):
   from palijudge import checkpoint, hf_export, quantize
   from palijudge.model import lora
-  lm = cli.load_model(cfg, project, model=model)
+  lm = r.load()
   quantize.check_full_save(lm.quantize, "export")
   meta = dict(checkpoint.read_meta(lm.spec.weights), delta=False, exported_from=model)
   meta.pop("base_sha256", None)

@@ -25,6 +25,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import resolve
 from palijudge.options import group, option
 from palijudge.data.audit import AuditConfig
 
@@ -103,7 +104,7 @@ def _split_files(name: str, project) -> list:
 def main(cfg, project):
   from palijudge import files
   from palijudge.evaluation import gallery
-  from palijudge.data import audit_report, examples
+  from palijudge.data import audit_report
   if cfg.benchmark:
     return benchmark(cfg)
   named = (_split_files(cfg.split, project) if cfg.split else []) + _named(cfg.files, project)
@@ -116,8 +117,9 @@ def main(cfg, project):
     raise cli.UserError(f"set names repeat ({', '.join(names)}): name them, e.g. train=FILE")
   html = project.find(cfg.html) if cfg.html else str(project.experiments / "audit.html")
   files.check_writable(html, "--html page", [("a dataset", p) for _, p in named])
-  sets = {n: examples.read_examples(p, cli.data_root(cfg, project, p)) for n, p in named}
-  found = cli.run_audit(cfg, project, sets, cli.data_root(cfg, project, named[0][1]))
+  r = resolve(cfg, project)
+  sets = {n: r.read(p) for n, p in named}
+  found = r.audit(sets, r.root(named[0][1]))
   for line in audit_report.report(found, limit=cfg.show):
     print(line)
   print(f"page: {files.shown(gallery.write_audit(html, found, 'Duplicate audit: ' + ', '.join(names)))}")

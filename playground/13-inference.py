@@ -18,6 +18,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import resolve
 from palijudge.options import group, option
 from palijudge.predictions import FORMATS
 
@@ -42,20 +43,19 @@ def main(cfg, project):
   import contextlib
   import sys
   from palijudge import files, infer, predictions
-  from palijudge.data import examples
-  paths = cli.judge_paths(cfg, project)
-  ecfg = cli.eval_config(cfg, project, paths, log=lambda line: print(line, file=sys.stderr))
+  r = resolve(cfg, project, log=lambda line: print(line, file=sys.stderr))
+  ecfg = r.eval
   fmt = cfg.format or predictions.format_of(cfg.out)
   data = project.find(cfg.data)
-  rows = examples.read_examples(data, cli.data_root(cfg, project, data))
+  rows = r.read(data)
   predictions.check_values(rows, fmt)
   if cfg.out:
     infer.check_target(cfg.out, cfg.overwrite)
-    inputs = cli.model_inputs(cfg, project, paths) + [("-d", data)]
+    inputs = r.inputs() + [("-d", data)]
     for path in (cfg.out, cfg.out + ".partial"):
       files.check_writable(path, "prediction file", inputs)
   with files.lock(cfg.out, "prediction file") if cfg.out else contextlib.nullcontext():
-    judge = cli.load_judge(cfg, project, paths, ecfg)
+    judge = r.judge()
     source = infer.Source(model=judge.name, data=cfg.data, n_examples=len(rows),
                           model_id=judge.identity() if cfg.out else "",
                           data_id=infer.data_id(rows))

@@ -20,6 +20,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import Save, resolve
 from palijudge.options import group, option
 
 
@@ -56,33 +57,32 @@ def main(cfg, project):
   import math
   import os
   from palijudge import distributed, files, learn, options
-  from palijudge.data import examples
   from palijudge.experiments import records
   if cfg.repeat < 1:
     raise cli.UserError(f"-t/--repeat must be >= 1, got {cfg.repeat}")
-  save_to = cli.checkpoint_path(cfg.save, project, "-s")
-  parent = project.find(cfg.load_from) if cfg.load_from else None
+  r = resolve(cfg, project, [cfg.load_from], judges=False, save=Save("-s", cfg.save, True))
+  save_to, parent = r.save_to, (r.models[0] if r.models else None)
   tcfg = cfg.train if cfg.steps is None else dataclasses.replace(cfg.train, steps=cfg.steps)
   data = project.find(cfg.data)
-  rows = examples.read_examples(data, cli.data_root(cfg, project, data))
+  rows = r.read(data)
   tcfg.check_data(len(rows), files.shown(data))
   if cfg.steps is None:
     steps = math.ceil(len(rows) / (tcfg.batch_size * tcfg.accum)) * cfg.repeat
     if steps > configs.MAX_STEPS:
       raise cli.UserError(f"-t {cfg.repeat}: {steps} steps, more than {configs.MAX_STEPS}")
     tcfg = dataclasses.replace(tcfg, steps=steps)
-  inputs = cli.model_inputs(cfg, project, [parent] if parent else ()) + [("-d", data)]
+  inputs = r.inputs() + [("-d", data)]
   for path in (save_to, learn.state_path(save_to)):
     files.check_writable(path, "-s checkpoint", inputs)
   with files.lock(save_to, "checkpoint") if distributed.is_main() else contextlib.nullcontext():
-    lm = cli.load_model(cfg, project, model=parent, trainable=tcfg.trainable, tcfg=tcfg)
+    lm = r.load(tcfg.trainable, tcfg)
     record = records.open_run(  # Process 0 alone writes it; a resumed run continues it.
         cfg.experiments or project.experiments, os.path.basename(save_to)[:-len(".npz")],
         {"command": records.command_line(), "args": options.flat(cfg),
          **learn.record_config(lm, tcfg, files.shown(data), save_to, parent=parent)},
         learn.resumed_checkpoint(save_to, cfg.resume)) if distributed.is_main() else None
     with record.running() if record else contextlib.nullcontext():
-      learn.train_file(lm, rows, tcfg, cli.eval_config(cfg), save_to, parent=parent,
+      learn.train_file(lm, rows, tcfg, r.eval, save_to, parent=parent,
                        full=cfg.full, resume=cfg.resume, record=record)
     if record:
       print(f"record: {files.shown(record.path)}")

@@ -22,6 +22,7 @@ import dataclasses
 
 import _env  # noqa: F401  (runs this script with the project's .venv)
 from palijudge import cli, configs
+from palijudge.resolve import resolve
 from palijudge.options import group, option
 
 PREDICTION_SUFFIXES = (".tsv", ".jsonl")
@@ -63,21 +64,20 @@ def _judge(source: str, kind: str, sets: dict, cfg, project) -> dict:
   from palijudge.evaluation import compare
   if kind == "file":
     return compare.sides_from_file(project.find(source), sets, cfg.eval.threshold)
-  paths = [project.find(source)] if kind == "checkpoint" else []
-  ecfg = cli.eval_config(cfg, project, paths or [cfg.load.model])
-  judge = cli.load_judge(cfg, project, paths, ecfg)  # A checkpoint, the base, or a probe.
+  r = resolve(cfg, project, [source] if kind == "checkpoint" else [])
+  ecfg = r.eval
+  judge = r.judge()  # A checkpoint, the base (--model), or a probe.
   # The judge goes when this returns: one model at a time.
   return compare.judge_sets(judge.lm, sets, ecfg, judge.scorer)
 
 
 def main(cfg, project):
   from palijudge.evaluation import compare
-  from palijudge.data import examples
   if cfg.resamples < 1 or cfg.max_list < 0:
     raise cli.UserError("--resamples must be >= 1 and --list >= 0")
-  sets = {f: examples.read_examples(project.find(f), cli.data_root(cfg, project, project.find(f)))
-          for f in cfg.files}
-  sets.update(cli.eval_sets(cfg, project, taken=list(sets)))
+  r = resolve(cfg, project, [])
+  sets = {f: r.read(f) for f in cfg.files}
+  sets.update(r.eval_sets(taken=list(sets)))
   kinds = [_kind(s, f, bool(sets)) for s, f in ((cfg.a, "-a"), (cfg.b, "-b"))]
   # Prediction files first: one that lacks a set's examples is refused before a model loads.
   order = sorted(range(2), key=lambda i: kinds[i] != "file")

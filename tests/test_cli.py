@@ -1,4 +1,4 @@
-"""palijudge.cli: the helpers scripts share (--eval-set, the loss flags of a config tree),
+"""palijudge.cli: the options scripts share (the loss flags of a config tree),
 every script's --help (each default shown once, equal to its config field's, without
 jax), and the options layer as the only place that speaks argparse."""
 
@@ -44,16 +44,6 @@ def _config_of(script: str):
     sys.path.insert(0, str(PLAY))  # Its `import _env`.
   module = runpy.run_path(str(PLAY / script), run_name="not_main")
   return module.get("Config") or module["COMMANDS"]
-
-
-def test_eval_sets(tiny_project):
-  args = _args(["--eval-set", f"safe={tiny_project.dataset / 'data.jsonl'}"])
-  sets = cli.eval_sets(args, tiny_project)
-  assert list(sets) == ["safe"] and len(sets["safe"]) == 24
-  with pytest.raises(UserError, match="already used"):
-    cli.eval_sets(args, tiny_project, taken=["safe"])
-  with pytest.raises(UserError, match="NAME=FILE"):
-    cli.eval_sets(_args(["--eval-set", "safe.jsonl"]), tiny_project)
 
 
 def _loss(argv) -> LossConfig:
@@ -176,31 +166,7 @@ def test_shared_flag_defaults_are_the_config_defaults(helps):
   assert (train.TrainConfig.lr, train.TrainConfig.batch_size) == (0.03, 2)  # The colab's.
   learn, _ = cli.parse(_config_of("03-do_learn.py"), [])
   assert learn.train == train.TrainConfig()
-  assert cli.eval_config(learn) == configs.EvalConfig().resolved()
-
-
-def test_a_model_folder_is_found_in_the_project_wherever_the_command_runs(
-    tmp_path, monkeypatch):
-  """--model NAME: a .npz or a folder (transformers) under the project root is a file, from
-  any cwd, for loading and for the inputs an output may not replace alike; a preset is a name."""
-  from palijudge import loader
-  from palijudge.files import Project
-  project = Project.at(tmp_path / "project")
-  (project.root / "models" / "hf").mkdir(parents=True)
-  (tmp_path / "elsewhere").mkdir()
-  monkeypatch.chdir(tmp_path / "elsewhere")
-  assert cli.model_file("models/hf", project) == str(project.root / "models" / "hf")
-  assert cli.model_file("paligemma-3b-pt-224", project) is None
-  assert cli.model_file("checkpoints/x.npz", project) == "checkpoints/x.npz"  # Not there (yet).
-  seen = []
-
-  def resolve(path, *a, **k):
-    seen.append(path)
-    return type("Spec", (), {"inputs": []})()
-  monkeypatch.setattr(loader, "resolve", resolve)
-  cfg = _args(["--model", "models/hf"])
-  assert cli.model_inputs(cfg, project) == []
-  assert seen == [str(project.root / "models" / "hf")]
+  assert learn.eval == configs.EvalConfig()
 
 
 # `--help` does not wait for jax: every flag comes from a config in configs.py (or the

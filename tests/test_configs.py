@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import types
 
-import numpy as np
 import pytest
 
-from palijudge import checkpoint, cli, configs
+from palijudge import configs
 from palijudge.configs import EvalConfig
 from palijudge.errors import UserError
 from palijudge.model import vit
@@ -52,17 +50,7 @@ def test_no_threshold_applies_in_decode_mode():
   assert EvalConfig(mode="decode").decided([0.8]).decision == 0.5
 
 
-def test_stored_thresholds_are_read_from_the_checkpoints(tmp_path):
-  """cli.eval_config reads what each checkpoint stores and lets `decided` decide."""
-  paths = []
-  for i, t in enumerate((0.3, 0.3, 0.6)):
-    paths.append(str(tmp_path / f"c{i}.npz"))
-    checkpoint.write_npz(paths[-1], [("params/x", np.zeros(1))], {"threshold": t})
-  cfg = types.SimpleNamespace(eval=EvalConfig())
-  logs: list[str] = []
-  assert cli.eval_config(cfg, None, paths[:2], logs.append).threshold == 0.3 and not logs
-  assert cli.eval_config(cfg, None, paths, logs.append).threshold == 0.5 and len(logs) == 1
-  assert cli.eval_config(cfg, None, ["paligemma-3b-pt-224"]).threshold == 0.5  # A preset.
+# What the checkpoints store is read by palijudge.resolve (tests/test_resolve.py).
 
 
 # --- The configs themselves -------------------------------------------------------

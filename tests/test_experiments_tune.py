@@ -114,7 +114,7 @@ def test_the_printed_command_trains_the_trials_recipe(monkeypatch):
   args, _ = cli.parse(_script("03-do_learn.py", monkeypatch).Config,
                       shlex.split(tune.to_command(changed, tune.Target("tiny", "cv5")))[2:])
   tcfg, prompt = cv.trial_config(changed)
-  assert (args.train, cli.eval_config(args).prompt) == (tcfg, prompt)
+  assert (args.train, args.eval.prompt) == (tcfg, prompt)
   assert (args.load.model, args.cv) == ("tiny", "cv5")
 
 

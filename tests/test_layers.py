@@ -93,19 +93,22 @@ LAYERS = [
      "bench, gpubench, fullsize (random full-size checkpoints), planner, download, demo, "
      "quantbench (what --quantize costs and saves)"),
     ("cli", {"cli"},
-     "the scripts' one entry point (cli.run(Config, main)): the process flags, what scripts "
-     "decide from their config trees (threshold, data root, model), process setup (GPU "
-     "memory settings, compilation cache, jax.distributed) and the one error boundary "
+     "the scripts' one entry point (cli.run(Config, main)): the process flags, the options "
+     "scripts share, process setup (GPU memory settings, compilation cache, "
+     "jax.distributed), where it runs (announce) and the one error boundary "
      "(UserError/OSError -> one line, exit 2)"),
+    ("resolve", {"resolve"},
+     "the one step that decides, from a script's flags, the project and the checkpoints it "
+     "reads: the models to load, the threshold, the data root, the checkpoint it writes, "
+     "the files no output may replace, the caches"),
 ]
 LEVEL = {m: i for i, (_, layer, _) in enumerate(LAYERS) for m in layer}
 
 # Per module: the package modules it may import (module level or inside functions).
 ALLOWED = {
     "checkpoint": "errors files model.config params",
-    "cli": ("checkpoint configs data.audit data.decisions data.examples data.splits devices "
-            "distributed errors evaluation.ensemble evaluation.probe files loader model.paligemma "
-            "options params progress"),
+    "cli": ("configs devices distributed errors files loader model.paligemma options params "
+            "progress"),
     "configs": "errors evaluation.thresholds metrics options",
     "data.audit": ("data.decisions data.examples data.images data.likeness errors files options "
                    "progress"),
@@ -170,6 +173,8 @@ ALLOWED = {
     "predictions": "data.examples errors evaluation.stats files metrics",
     "progress": "",
     "quantize": "configs errors params",
+    "resolve": ("checkpoint cli configs data.audit data.decisions data.examples data.splits errors "
+                "evaluation.ensemble evaluation.probe files loader"),
     "tools.bench": ("checkpoint configs data.batch data.examples data.splits data.synthetic errors "
                     "evaluation.scoring learn loader losses model.config model.paligemma params "
                     "train"),

@@ -1,4 +1,4 @@
-"""The numbered scripts' one entry point, and what they decide from their configs.
+"""The numbered scripts' one entry point (what they decide from their configs: `resolve`).
 
 Each script is `cli.run(Config, main)`: `Config` is its one frozen config tree
 (its own fields plus the concern configs it composes, `configs.py`, every
@@ -220,12 +220,7 @@ def _setup(proc: Process, project: Project) -> None:
       sys.stdout = open(os.devnull, "w")
 
 
-# --- The fields scripts share, and what is decided from them -------------------------
-#
-# A script's config names its concerns by these field names, so the helpers below
-# find them: `load` (configs.LoadConfig), `eval` (configs.EvalConfig), `judge`
-# (configs.JudgeConfig), `train` (configs.TrainConfig), `audit` (data.audit.AuditConfig),
-# `root` (root_option) and `eval_set` (eval_set_option).
+# --- The fields scripts share (what is decided from them: `resolve`) ------------------
 
 ROOT_HELP = ("folder the data's relative image paths start from (default: for a split, the "
              "one 02-shuffle_data.py recorded in dataset/NAME/split.json; else dataset/ for a "
@@ -246,51 +241,6 @@ def eval_set_option():
 def eval_except(*keep: str) -> tuple[str, ...]:
   """The EvalConfig fields a script leaves out when it keeps only `keep` (a trainer)."""
   return tuple(f.name for f in options.flags(configs.EvalConfig) if f.name not in keep)
-
-
-def checkpoint_path(value: str, project: Project, flag: str) -> str:
-  """A checkpoint to write: a path (with a / or .npz, from the cwd) or a name under checkpoints/."""
-  if "/" in value or os.sep in value or value.endswith(".npz"):
-    if not value.endswith(".npz"):
-      raise UserError(f"{flag} {value!r}: a checkpoint path must end in .npz")
-    return os.path.abspath(value)
-  return str(files.inside(value + ".npz", project.checkpoints, flag))
-
-
-def data_root(cfg, project: Project, of: str | os.PathLike | None = None) -> str:
-  """The one rule for every script: --root (-i) when given, else the root of `of` (a data file
-  or a split's folder: data.splits.root_of), else the project's dataset/ folder."""
-  if getattr(cfg, "root", None):
-    return project.find(cfg.root)
-  if of is None:
-    return str(project.dataset)
-  from palijudge.data import splits
-  return splits.root_of(of, project.dataset)
-
-
-def eval_config(cfg, project: Project | None = None, paths: Sequence[str | None] = (),
-                log=print) -> configs.EvalConfig:
-  """`cfg.eval` with its threshold decided (configs.EvalConfig.decided) from the flags and
-  the thresholds the models `paths` store (a checkpoint, the members of an ensemble)."""
-  from palijudge import checkpoint
-  stored = [checkpoint.stored_threshold(project.find(p) if project else p)
-            for p in paths if p]
-  return cfg.eval.decided(stored, log)
-
-
-def load_model(cfg, project: Project, model: str | None = None, trainable: str = "attn",
-               tcfg=None):
-  """The --model (or `model`), said where it runs first. With `tcfg` (a training run) the
-  parameters go straight to the training placement over every process's devices."""
-  import jax
-  from palijudge import loader
-  lcfg = cfg.load
-  path = project.find(model) if model else model_file(lcfg.model, project)
-  policy = "fsdp" if tcfg is not None and tcfg.fsdp and lcfg.mesh == "auto" else None
-  lm = loader.load_model(lcfg, str(project.cache), trainable, path,
-                         devices=jax.devices() if tcfg is not None else None, policy=policy)
-  announce(lm, tcfg)
-  return lm
 
 
 def announce(lm=None, tcfg=None, spec=None) -> None:
@@ -322,82 +272,3 @@ def announce(lm=None, tcfg=None, spec=None) -> None:
                                   tcfg.steps if tcfg else None)
     if warning:
       print(warning, file=sys.stderr)
-
-
-def model_file(name: str, project: Project) -> str | None:
-  """--model as a file, found in the project: a .npz, or a folder (a transformers
-  checkpoint); None for a preset's name (its files are in cache/)."""
-  found = project.find(name)
-  return found if name.endswith(".npz") or os.path.isdir(found) else None
-
-
-def model_inputs(cfg, project: Project, paths: Sequence[str] = ()) -> list[tuple[str, str]]:
-  """(what, file) of every file the model(s) `paths` (none: --model) are loaded from:
-  weights, a delta's base, the tokenizer, a probe's encoder. Read before any work, so an
-  output that is one of them is refused at once (`files.check_writable(..., inputs)`)."""
-  from palijudge import loader
-  from palijudge.evaluation import probe
-  lcfg = cfg.load
-  out = [("the --base checkpoint", project.find(lcfg.base))] if lcfg.base else []
-  for path in paths or [lcfg.model]:
-    path = model_file(path, project) or path
-    if probe.is_probe(path):
-      fitted = probe.load(path)
-      out += [("the probe file", path), ("the probe's encoder", fitted.encoder)]
-      out += [("the probe's base", fitted.base)] if fitted.base else []
-      continue
-    out += loader.resolve(path, lcfg.model_config, lcfg.tokenizer, str(project.cache),
-                          lcfg.base).inputs
-  return out
-
-
-def judge_paths(cfg, project: Project) -> list[str]:
-  """The files -m names, found in the project; none given: --model when it is a file."""
-  named = cfg.judge.paths
-  if not named and cfg.load.model.endswith(".npz"):
-    named = [cfg.load.model]
-  return [str(project.find(p)) for p in named]
-
-
-def load_judge(cfg, project: Project, paths: Sequence[str], ecfg):
-  """ensemble.Judge for `paths`: the --model, one checkpoint, an ensemble or a probe."""
-  from palijudge.evaluation import ensemble
-  judge = ensemble.load_judge(paths, cfg.load, str(project.cache), ecfg,
-                              cfg.judge.ensemble if hasattr(cfg, "judge") else "mean")
-  announce(judge.lm)
-  return judge
-
-
-def eval_sets(cfg, project: Project, taken: Sequence[str] = ()) -> dict:
-  """{NAME: examples} of every --eval-set NAME=FILE (images: `data_root` of each file)."""
-  from palijudge.data import examples
-  out: dict = {}
-  for spec in getattr(cfg, "eval_set", ()):
-    name, sep, path = spec.partition("=")
-    name, path = name.strip(), path.strip()
-    if not sep or not name or not path:
-      raise UserError(f"--eval-set {spec!r}: expected NAME=FILE, e.g. safe=dataset/safe.jsonl")
-    if name in out or name in taken:
-      raise UserError(f"--eval-set {name}: the name is already used; pick another")
-    path = project.find(path)
-    out[name] = examples.read_examples(path, data_root(cfg, project, path))
-  return out
-
-
-def run_audit(cfg, project: Project, sets: dict, root: str | None = None):
-  """data.audit.find over {NAME: examples} with `cfg.audit` and the decisions file
-  (--decisions, else dataset/audit-decisions.tsv when it exists; its image paths resolve
-  against `root`, the sets' root, default `data_root`); loads the model for --embeddings."""
-  from palijudge.data import audit, decisions
-  acfg = cfg.audit
-  path = (project.find(acfg.decisions) if acfg.decisions else
-          str(project.dataset / decisions.FILE_NAME))
-  decided = (decisions.read(path, root or data_root(cfg, project))
-             if acfg.decisions or os.path.isfile(path) else decisions.NONE)
-  embed = None
-  if acfg.embeddings:
-    from palijudge import loader
-    lm = load_model(cfg, project)
-    features = loader.encoder_cache(lm, "first")  # Frozen encoder: cached on disk.
-    embed = lambda exs: features.pooled(exs, lm.cfg.image_size)  # noqa: E731
-  return audit.find(sets, acfg, embed, decided, path)

@@ -79,54 +79,116 @@ def selection_score(result: EvalResult, metric: str) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Run:
-  """Everything one run needs besides the recipe (internal)."""
-  sets: dict
-  ecfg: EvalConfig
-  lcfg: LearnConfig
-  save_to: str | None
-  record: Recorder | None
-  cache: PixelCache
-  features: object
-  before: dict
-  phases: Phases | NoPhases
-  valid_name: str = ""
+class _Kept:
+  """The run a lottery keeps: the best by --select on the valid set."""
+  score: float
+  run: int                      # 0-based.
+  lm: LoadedModel               # Its trained model.
+  after: dict[str, EvalResult]  # Its results after the last stage.
+  tcfg: train_lib.TrainConfig   # Its recipe (its seed).
+  diverged: str
 
 
-def _train_run(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainConfig, run: int,
-               r: _Run, log: Log) -> tuple[LoadedModel, dict[str, EvalResult], str]:
-  """One run: 1 or 2 stages, evaluated after each. Returns (lm, after-results, diverged)."""
-  state = state_path(r.save_to) if r.save_to else None
-  stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if r.lcfg.two_stage else [])
-  after, diverged = {}, ""
-  for i, stage in enumerate(stages):
-    log(f"training stage {i + 1}: lr {stage.lr:g}, batch {stage.batch_size}"
-        f"{f' x {stage.accum}' if stage.accum > 1 else ''}, {stage.steps} steps, "
-        f"trainable {stage.trainable}, {stage.optimizer}, seed {stage.seed}")
-    name = f"run {run + 1}, stage {i + 1}" if r.lcfg.runs > 1 else f"stage {i + 1}"
-    stream = (lambda *row, name=name: r.record.log_step(*row, stage=name)) if r.record else None
-    where = train_lib.Stage(state_path=state, resume=r.lcfg.resume, index=run * 2 + i,
-                            on_step=stream, evaluation=_evaluation(lm, stage, r, name))
-    result = train_lib.fit(lm, train, stage, r.ecfg, where, log=log, cache=r.cache,
-                           features=r.features)
-    r.phases.add("compilation", result.compile_seconds)
-    r.phases.add("training", result.seconds - result.compile_seconds)
-    if result.diverged:
-      diverged = f"stage {i + 1}: {result.diverged}; kept step {result.kept_step}"
-    if i + 1 < len(stages):  # Stage 2 continues the seed that stage 1 ended with.
-      stages[i + 1] = dataclasses.replace(stages[i + 1], seed=result.seed)
-    lm = dataclasses.replace(lm, params=result.params,
-                             model=lm.model.clone(lora_alpha=stage.lora_alpha))
-    with r.phases("after_evaluation"):
-      tag = _TAGS[i]
-      after = report(lm, r.sets, r.ecfg, tag, log, r.cache, r.features, baseline=r.before,
-                     strict=False)
-    warning = metrics.constant_warning(after[r.valid_name].confusion)
-    if warning:  # A run that learned nothing says so (the record flags it: constant_answer).
-      log(f"warning: {tag} on {os.path.basename(r.valid_name)}: {warning}")
-    if r.record:  # Every stage of every run, not only the kept one.
-      r.record.write_eval(stage_name(run, i, r.lcfg.runs), _by_name(after))
-  return lm, after, diverged
+class _Lottery:
+  """`--runs` runs of one or two stages each, evaluated after every stage; keeps the best.
+
+  Made once per `learn` call with what every run shares: the sets it reports and the
+  caches it reports them with, the recipe's evaluation and learning configs, where the
+  results go (checkpoint, run record, phase timings) and the results before training
+  (each Result block's baseline).
+  """
+
+  def __init__(self, sets: dict, valid_name: str, ecfg: EvalConfig, lcfg: LearnConfig,
+               cache: PixelCache, features, before: dict, save_to: str | None,
+               record: Recorder | None, phases: Phases | NoPhases, log: Log):
+    self.sets, self.valid_name, self.ecfg, self.lcfg = sets, valid_name, ecfg, lcfg
+    self.cache, self.features, self.before = cache, features, before
+    self.save_to, self.record, self.phases, self.log = save_to, record, phases, log
+
+  def run(self, lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainConfig
+          ) -> _Kept:
+    """Every run; the best by --select on the valid set. With --keep all every run's
+    checkpoint is saved as it finishes (run_path)."""
+    best, runs, lcfg, log = None, self.lcfg.runs, self.lcfg, self.log
+    scores, valids = [], []  # Every run's, for the spread and the lead printed at the end.
+    for run in range(runs):
+      cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 1000 * run)
+      if runs > 1:
+        log(f"run {run + 1}/{runs} (seed {cfg.seed})")
+      run_lm, after, diverged = self._stages(lm, train, cfg, run)
+      score = selection_score(after[self.valid_name], lcfg.select)
+      scores.append(score)
+      valids.append(after[self.valid_name])
+      if runs > 1:
+        log(f"run {run + 1}: valid {lcfg.select} = {score:.4f}")
+      if lcfg.keep == "all" and distributed.is_main():
+        path = run_path(self.save_to, run + 1)
+        with self.phases("save"):
+          save(run_lm, cfg, self.ecfg, lcfg, path, shared_threshold(after), diverged)
+        log(f"saved {files.shown(path)}")
+      if best is None or score > best.score:
+        best = _Kept(score, run, run_lm, after, cfg, diverged)
+    if runs > 1:  # Is the winner better, or luckier? (see compare.lottery)
+      for line in compare.lottery([f"run {i + 1}" for i in range(runs)], scores, valids,
+                                  lcfg.select, best.run):
+        log(line)
+    return best
+
+  def _stages(self, lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainConfig,
+              run: int) -> tuple[LoadedModel, dict[str, EvalResult], str]:
+    """One run: 1 or 2 stages, evaluated after each. Returns (lm, after-results, diverged)."""
+    lcfg, record, log = self.lcfg, self.record, self.log
+    state = state_path(self.save_to) if self.save_to else None
+    stages = [tcfg] + ([dataclasses.replace(tcfg, lr=tcfg.lr / 10)] if lcfg.two_stage else [])
+    after, diverged = {}, ""
+    for i, stage in enumerate(stages):
+      log(f"training stage {i + 1}: lr {stage.lr:g}, batch {stage.batch_size}"
+          f"{f' x {stage.accum}' if stage.accum > 1 else ''}, {stage.steps} steps, "
+          f"trainable {stage.trainable}, {stage.optimizer}, seed {stage.seed}")
+      name = f"run {run + 1}, stage {i + 1}" if lcfg.runs > 1 else f"stage {i + 1}"
+      stream = (lambda *row, name=name: record.log_step(*row, stage=name)) if record else None
+      where = train_lib.Stage(state_path=state, resume=lcfg.resume, index=run * 2 + i,
+                              on_step=stream, evaluation=self._evaluation(lm, stage, name))
+      result = train_lib.fit(lm, train, stage, self.ecfg, where, log=log, cache=self.cache,
+                             features=self.features)
+      self.phases.add("compilation", result.compile_seconds)
+      self.phases.add("training", result.seconds - result.compile_seconds)
+      if result.diverged:
+        diverged = f"stage {i + 1}: {result.diverged}; kept step {result.kept_step}"
+      if i + 1 < len(stages):  # Stage 2 continues the seed that stage 1 ended with.
+        stages[i + 1] = dataclasses.replace(stages[i + 1], seed=result.seed)
+      lm = dataclasses.replace(lm, params=result.params,
+                               model=lm.model.clone(lora_alpha=stage.lora_alpha))
+      with self.phases("after_evaluation"):
+        tag = _TAGS[i]
+        after = report(lm, self.sets, self.ecfg, tag, log, self.cache, self.features,
+                       baseline=self.before, strict=False)
+      warning = metrics.constant_warning(after[self.valid_name].confusion)
+      if warning:  # A run that learned nothing says so (the record flags it: constant_answer).
+        log(f"warning: {tag} on {os.path.basename(self.valid_name)}: {warning}")
+      if record:  # Every stage of every run, not only the kept one.
+        record.write_eval(stage_name(run, i, lcfg.runs), _by_name(after))
+    return lm, after, diverged
+
+  def _evaluation(self, lm: LoadedModel, tcfg: train_lib.TrainConfig, stage: str
+                  ) -> train_lib.Evaluation | None:
+    """--eval-every: the valid set's --select metric on the trained parameters, every N steps
+    (logged to the run record beside the loss)."""
+    lcfg = self.lcfg
+    if not lcfg.eval_every:
+      return None
+    valid = self.sets[self.valid_name]
+    model = lm.model.clone(lora_alpha=tcfg.lora_alpha)  # As the stage's result is evaluated.
+
+    def score(step: int, params) -> float:
+      trained = dataclasses.replace(lm, params=params, model=model)
+      result = evaluate(trained, valid, self.ecfg, self.cache, self.features,
+                        desc="eval during training")
+      value = selection_score(result, lcfg.select)
+      if self.record:
+        self.record.log_valid(step, value, stage=stage)
+      return value
+    return train_lib.Evaluation(lcfg.eval_every, score, lcfg.select, lcfg.patience)
 
 
 _TAGS = ("1st trained", "2nd trained")  # The Result blocks' tag after each stage.
@@ -136,25 +198,6 @@ def stage_name(run: int, stage: int, runs: int) -> str:
   """A trained stage's name in the run record (0-based run and stage): `1st trained`, or
   `run 2, 2nd trained` in a lottery of several runs."""
   return f"run {run + 1}, {_TAGS[stage]}" if runs > 1 else _TAGS[stage]
-
-
-def _evaluation(lm: LoadedModel, tcfg: train_lib.TrainConfig, r: _Run, stage: str
-                ) -> train_lib.Evaluation | None:
-  """--eval-every: the valid set's --select metric on the trained parameters, every N steps
-  (logged to the run record beside the loss)."""
-  if not r.lcfg.eval_every:
-    return None
-  valid = r.sets[r.valid_name]
-  model = lm.model.clone(lora_alpha=tcfg.lora_alpha)  # As the stage's result is evaluated.
-
-  def score(step: int, params) -> float:
-    trained = dataclasses.replace(lm, params=params, model=model)
-    result = evaluate(trained, valid, r.ecfg, r.cache, r.features, desc="eval during training")
-    value = selection_score(result, r.lcfg.select)
-    if r.record:
-      r.record.log_valid(step, value, stage=stage)
-    return value
-  return train_lib.Evaluation(r.lcfg.eval_every, score, r.lcfg.select, r.lcfg.patience)
 
 
 def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
@@ -192,8 +235,9 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
     before = report(view, sets, ecfg, "before training", log, cache, features, strict=False)
   if record:  # At once, in the order things happen (and kept if the run is killed).
     record.write_eval("before training", _by_name(before))
-  r = _Run(sets, ecfg, lcfg, save_to, record, cache, features, before, ph, valid_name)
-  best = _lottery(lm, train, tcfg, r, valid_name, log)
+  lottery = _Lottery(sets, valid_name, ecfg, lcfg, cache, features, before, save_to, record,
+                     ph, log)
+  best = lottery.run(lm, train, tcfg)
   trained, after, diverged = best.lm, best.after, best.diverged
   if lcfg.runs > 1:
     log(f"best run: {best.run + 1}/{lcfg.runs} (seed {best.tcfg.seed}), valid {lcfg.select} = "
@@ -210,49 +254,6 @@ def learn(lm: LoadedModel, train: Sequence[Example], valid: Sequence[Example],
     final = stage_name(best.run, 1 if lcfg.two_stage else 0, lcfg.runs)
     _write_record(record, after, final, valid_name, probed)
   return LearnResult(trained, before, after, diverged, probed)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Kept:
-  """The run a lottery keeps: the best by --select on the valid set."""
-  score: float
-  run: int                      # 0-based.
-  lm: LoadedModel               # Its trained model.
-  after: dict[str, EvalResult]  # Its results after the last stage.
-  tcfg: train_lib.TrainConfig   # Its recipe (its seed).
-  diverged: str
-
-
-def _lottery(lm: LoadedModel, train: Sequence[Example], tcfg: train_lib.TrainConfig, r: _Run,
-             valid_name: str, log: Log) -> _Kept:
-  """`--runs` runs; the best by --select.
-
-  With --keep all every run's checkpoint is saved as it finishes (run_path).
-  """
-  best, runs = None, r.lcfg.runs
-  scores, valids = [], []  # Every run's, for the spread and the lead printed at the end.
-  for run in range(runs):
-    cfg = dataclasses.replace(tcfg, seed=tcfg.seed + 1000 * run)
-    if runs > 1:
-      log(f"run {run + 1}/{runs} (seed {cfg.seed})")
-    run_lm, after, diverged = _train_run(lm, train, cfg, run, r, log)
-    score = selection_score(after[valid_name], r.lcfg.select)
-    scores.append(score)
-    valids.append(after[valid_name])
-    if runs > 1:
-      log(f"run {run + 1}: valid {r.lcfg.select} = {score:.4f}")
-    if r.lcfg.keep == "all" and distributed.is_main():
-      path = run_path(r.save_to, run + 1)
-      with r.phases("save"):
-        save(run_lm, cfg, r.ecfg, r.lcfg, path, shared_threshold(after), diverged)
-      log(f"saved {files.shown(path)}")
-    if best is None or score > best.score:
-      best = _Kept(score, run, run_lm, after, cfg, diverged)
-  if runs > 1:  # Is the winner better, or luckier? (see compare.lottery)
-    for line in compare.lottery([f"run {i + 1}" for i in range(runs)], scores, valids,
-                                r.lcfg.select, best.run):
-      log(line)
-  return best
 
 
 def _stem(save_to: str) -> str:

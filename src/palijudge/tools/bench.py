@@ -271,6 +271,111 @@ def bench_iteration(b: Bench, steps: int) -> list[dict]:
                 split=f"{len(train_set)}/{len(valid_set)}", train_steps=steps, batch=BATCH)]
 
 
+# --- The floor: how few CPU seconds the iteration's arithmetic allows ----------------
+
+def matmul_flops(fn, *args) -> int:
+  """Multiply-add FLOPs (2 per multiply-add) of every dot and convolution `fn(*args)` runs,
+  counted on its jaxpr: a scan's body counts once per iteration (XLA's own cost analysis
+  counts a loop's body once), a remat's recomputation is included (it is in the jaxpr of
+  the gradient). Element-wise work is left out: a floor, not an estimate."""
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _jaxpr_flops(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      depth = int(np.prod([lhs[d] for d in contract]))
+      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * depth
+    elif name == "conv_general_dilated":
+      rhs = eqn.invars[1].aval.shape  # (out, in / groups, *window) in the default layout.
+      spec = eqn.params["dimension_numbers"].rhs_spec
+      per_out = int(np.prod([rhs[d] for d in spec[1:]]))
+      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * per_out
+    elif name == "while":
+      raise ValueError("a while loop's trip count is unknown: count it by hand")
+    times = eqn.params.get("length", 1) if name == "scan" else 1
+    subs = [v for v in eqn.params.values() if hasattr(v, "eqns") or hasattr(v, "jaxpr")]
+    subs += [b for v in eqn.params.values() if isinstance(v, tuple) for b in v
+             if hasattr(b, "jaxpr")]  # cond's branches: the dearest one.
+    counts = [_jaxpr_flops(getattr(v, "jaxpr", v)) for v in subs]
+    if name == "cond":
+      total += max(counts, default=0)
+    else:
+      total += times * sum(counts)
+  return total
+
+
+def gemm_rate(shapes=((574, 512, 2048), (574, 2048, 512), (2048, 2048, 2048)),
+              reps: int = 30, tries: int = 3) -> float:
+  """The best f32 matrix-multiply rate this machine's XLA reaches, GFLOP per CPU second
+  (all threads counted, as the iteration's CPU time is): the step's MLP shapes (574 rows:
+  two examples of 287 tokens) and a large square one, the best of `tries` timings each."""
+  best = 0.0
+  for m, k, n in shapes:
+    a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    for _ in range(tries):
+      with Clock() as c:
+        for _ in range(reps):
+          out = f(a, b)
+        out.block_until_ready()
+      best = max(best, 2 * m * k * n * reps / max(c.cpu, 1e-9) / 1e9)
+  return best
+
+
+def bench_floor(b: Bench, steps: int, iteration: dict | None = None) -> list[dict]:
+  """The iteration's matrix arithmetic (256 train steps at batch 2; the encoder once per
+  image; one scoring pass per image before and after training) over the best rate this
+  machine multiplies matrices at: no implementation of the same computation in f32 takes
+  fewer CPU seconds. Element-wise work, compilation and image decoding are left out.
+  `iteration`: the iteration row of the same run, to set the floor beside what it took."""
+  lm = b.lm
+  train_set, valid_set = splits.split(b.examples, 10, 0)
+  # Batches takes one text bucket per dataset (one compile): the first batch has it.
+  chunk, batch = next(iter(Batches(train_set, lm.tok, lm.cfg.image_size, BATCH,
+                                   DEFAULT_PROMPT, with_suffix=True)))
+  step, state, frozen = _our_step(lm)
+  features = session.feature_cache(lm, "attn", "first")
+  zbatch = features.attach(chunk, batch)
+  step_fn = functools.partial(train.train_step, model=lm.model, tx=train.make_optimizer(
+      train.TrainConfig()), loss=losses.LossConfig(), yes_no_ids=tuple(lm.yes_no_ids))
+  step_flops = matmul_flops(step_fn, state[0], zbatch, frozen)
+  image = np.zeros((1, lm.cfg.image_size, lm.cfg.image_size, 3), np.float32)
+  enc_flops = matmul_flops(lambda p, x: lm.model.apply({"params": {"img": p}}, x,
+                                                       method=model_lib.PaliGemma.embed_image),
+                           lm.params["img"], image)
+  ids = np.asarray(lm.yes_no_ids, np.int32)
+  score_flops = 0
+  for examples in (train_set, valid_set):  # Each scored before and after training.
+    one, first = next(iter(Batches(examples, lm.tok, lm.cfg.image_size, 1, DEFAULT_PROMPT,
+                                   with_suffix=False)))
+    z = features.attach(one, first)
+    per = matmul_flops(functools.partial(model_lib.yes_no_logits, lm.model), lm.params,
+                       z.inputs(), z.prefix_len, ids)
+    score_flops += 2 * len(examples) * per
+  total = steps * step_flops + len(b.examples) * enc_flops + score_flops
+  rate = gemm_rate()
+  floor = total / (rate * 1e9)
+  rec = {"measure": "iteration_floor", "step_gflop": round(step_flops / 1e9, 2),
+         "encoder_gflop_per_image": round(enc_flops / 1e9, 2),
+         "score_gflop_per_image": round(score_flops / 2 / len(b.examples) / 1e9, 2),
+         "iteration_tflop": round(total / 1e12, 2), "iteration_flop": int(total),
+         "gemm_gflop_per_cpu_s": round(rate, 1), "floor_cpu_s": round(floor, 3), "unit": "CPU s", "train_steps": steps,
+         "note": "matrix FLOPs / the best f32 GEMM rate: no f32 implementation is faster"}
+  if iteration:  # How far ours is from the floor, and the most any f32 code could gain.
+    ours, plain = iteration["ours_cpu_s"], iteration["plain_cpu_s"]
+    rec |= {"ours_cpu_s": ours, "plain_cpu_s": plain,
+            "ours_at_floor_share": round(floor / ours, 2),
+            "max_speedup_cpu": round(plain / floor, 2), "cpu_s_for_8x": round(plain / 8, 1)}
+  print(json.dumps(rec), flush=True)
+  return [rec]
+
+
 def bench_start(b: Bench, steps: int = 4) -> list[dict]:
   """A real `03-do_learn.py -2 --phases` run twice: compilation cold, then from the cache."""
   project = os.path.join(b.workdir, "project")
@@ -311,7 +416,7 @@ def machine() -> dict:
           "device": getattr(dev, "device_kind", str(dev)), "jax": jax.__version__}
 
 
-ROWS = ("load", "step", "classify", "iteration", "start")
+ROWS = ("load", "step", "classify", "iteration", "floor", "start")
 
 
 def main(workdir: str, steps: int, n_images: int = 96,
@@ -323,10 +428,16 @@ def main(workdir: str, steps: int, n_images: int = 96,
   jax.config.update("jax_enable_compilation_cache", False)
   print(json.dumps({"measure": "machine", **machine()}), flush=True)
   b = setup(workdir, n_images, model_config)
+  out: list[dict] = []
+  iteration = lambda: next((r for r in out if r["measure"] == "do_learn_iteration"),  # noqa: E731
+                           None)
   run = {"load": lambda: bench_load_compile(b), "step": lambda: bench_train_step(b),
          "classify": lambda: bench_classify(b), "iteration": lambda: bench_iteration(b, steps),
-         "start": lambda: bench_start(b)}
-  return [rec for name in ROWS if name in rows for rec in run[name]()]
+         "floor": lambda: bench_floor(b, steps, iteration()), "start": lambda: bench_start(b)}
+  for name in ROWS:
+    if name in rows:
+      out += run[name]()
+  return out
 
 
 # --- Loss curves of the default recipe: the divergence guard's evidence -------
