@@ -17,7 +17,9 @@ Rows (one JSON line each): load + compile (cold: the persistent compilation
 cache is off), the train step with the encoder inside both paths, the train
 step as ours really runs it (image tokens cached) against the same plain step,
 classifying every image once, the whole 256-step `03-do_learn` iteration as the
-users run it, and the cold and warm start of a real `03-do_learn.py` run.
+users run it, the iteration's floor (its matrix FLOPs over the best f32 GEMM rate of
+the machine: the fewest CPU seconds any f32 implementation could take), and the
+cold and warm start of a real `03-do_learn.py` run.
 The CPU model: image 224, ViT patch 14 / width 384 / depth 12 / mlp 1536 /
 6 heads; Gemma width 512 / depth 4 / mlp 2048 / 4 heads / 1 KV head /
 head_dim 128 / vocab 4096; f32; random weights.
