@@ -72,22 +72,21 @@ def main(cfg, project):
   smallest = min(train_sets, key=len)  # Every numeric flag against the data, before any work.
   tcfg.check_data(len(smallest), files.shown(smallest[0].source))
   if save_to:  # What this run writes may not be what it reads.
-    inputs = r.inputs() + [("the data file", e[0].source)
-                                               for e in split[:2] if e]
+    inputs = r.inputs() + [("the data file", e[0].source) for e in split[:2] if e]
     for path in learn.outputs_of(save_to, lcfg):
       files.check_writable(path, "-w checkpoint", inputs)
   with files.lock(save_to, "checkpoint") if save_to and distributed.is_main() \
       else contextlib.nullcontext():  # No other run writes NAME meanwhile.
-    _learn(cfg, project, r, root, folder, split, folds if cfg.cv else None)
+    _learn(cfg, r, root, folder, split, folds if cfg.cv else None)
 
 
-def _learn(cfg, project, r, root, folder, split, folds):
+def _learn(cfg, r, root, folder, split, folds):
   """Loads the model, trains (or cross-validates) and records the run."""
   import contextlib
   from palijudge import distributed, files, learn, options, phases as phases_lib
   from palijudge.experiments import cv, records
   train_set, valid_set, names = split
-  tcfg, lcfg, ecfg, save_to = cfg.train, cfg.learn, r.eval, r.save_to
+  tcfg, lcfg, ecfg, save_to, project = cfg.train, cfg.learn, r.eval, r.save_to, r.project
   phases = phases_lib.Phases() if cfg.phases else None
   with phases("checkpoint_load") if phases else contextlib.nullcontext():
     lm = r.load(tcfg.trainable, tcfg)

@@ -45,8 +45,7 @@ def main(cfg, project):
     fmt = predictions.format_of(cfg.scores)
     for rows in sets.values():
       predictions.check_values(rows, fmt)
-    inputs = r.inputs() + [("a dataset", rows[0].source)
-                                                     for rows in sets.values()]
+    inputs = r.inputs() + [("a dataset", rows[0].source) for rows in sets.values()]
     files.check_writable(cfg.scores, "--scores file", inputs)
   judge = r.judge()
   results = reports.report(judge.lm, sets, ecfg, scorer=judge.scorer)
